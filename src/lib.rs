@@ -1,1 +1,5 @@
+pub mod connection;
+pub mod error;
+pub mod pki;
 pub mod protocol;
+pub mod tls;

@@ -1,0 +1,263 @@
+//! Frames over any byte stream: a buffered reader and a batching writer,
+//! each bounded by timeouts that name the phase that ran out.
+//!
+//! The two halves are separate types so a client can write requests and read
+//! responses at the same time (pipelining), and generic over
+//! `AsyncRead`/`AsyncWrite` so tests can drive them over `tokio::io::duplex`.
+//! TLS streams buffer like a `BufWriter`: nothing leaves until `flush()`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::protocol::frame::{self, HEADER_LEN};
+use crate::protocol::{self, Frame, PREAMBLE_LEN};
+
+/// Writes are batched until this many bytes are pending, so many small frames
+/// (pipelined small files) share TLS records and syscalls.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Runs `fut`, turning an elapsed `dur` into [`Error::Timeout`] for `phase`.
+pub async fn with_timeout<T>(
+    phase: &'static str,
+    dur: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(dur, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { phase, after: dur }),
+    }
+}
+
+/// Reads frames from `R`, keeping partial input in a buffer.
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    /// Who is on the other end, for error messages.
+    peer: String,
+    /// Longest wait for any single read once a transfer is under way.
+    idle: Duration,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R, peer: impl Into<String>, idle: Duration) -> Self {
+        FrameReader { io, buf: BytesMut::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
+    }
+
+    /// Reads the peer's preamble and returns its protocol version.
+    pub async fn read_preamble(&mut self, within: Duration) -> Result<u16> {
+        with_timeout("protocol preamble", within, async {
+            while self.buf.len() < PREAMBLE_LEN {
+                if self.fill().await? == 0 {
+                    return Err(self.lost("closed before the protocol preamble"));
+                }
+            }
+            let bytes: [u8; PREAMBLE_LEN] = self.buf.split_to(PREAMBLE_LEN)[..].try_into().expect("length checked");
+            protocol::parse_preamble(&bytes).map_err(|error| Error::Frame { peer: self.peer.clone(), error })
+        })
+        .await
+    }
+
+    /// Reads the next frame; `Ok(None)` on a clean end of stream between
+    /// frames. Each read from the socket may wait at most the idle timeout.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(n) = frame::check(&self.buf).map_err(|error| self.bad(error))? {
+                // Consume the frame before parsing, so a frame that parses
+                // badly (a hostile path, say) leaves the stream in sync.
+                let bytes = self.buf.split_to(n).freeze();
+                return Frame::parse(bytes).map(Some).map_err(|error| self.bad(error));
+            }
+            if self.buf.len() >= HEADER_LEN {
+                // check() bounded the length, so this reservation is too.
+                let want = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
+                self.buf.reserve(HEADER_LEN + want - self.buf.len());
+            }
+            let idle = self.idle;
+            let n = with_timeout("idle transfer", idle, self.fill()).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(self.lost("closed in the middle of a frame"))
+                };
+            }
+        }
+    }
+
+    /// Like [`read_frame`](Self::read_frame), with a tighter deadline for
+    /// the whole frame (used for the first request of a connection).
+    pub async fn read_frame_within(&mut self, phase: &'static str, within: Duration) -> Result<Option<Frame>> {
+        with_timeout(phase, within, self.read_frame()).await
+    }
+
+    /// The peer's name, as given at construction.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    async fn fill(&mut self) -> Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(FLUSH_AT);
+        }
+        self.io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+    }
+
+    fn bad(&self, error: protocol::FrameError) -> Error {
+        Error::Frame { peer: self.peer.clone(), error }
+    }
+
+    fn lost(&self, what: &str) -> Error {
+        Error::ConnectionLost {
+            peer: self.peer.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned()),
+        }
+    }
+}
+
+/// Writes frames to `W`, batching small ones.
+pub struct FrameWriter<W> {
+    io: W,
+    buf: Vec<u8>,
+    peer: String,
+    idle: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W, peer: impl Into<String>, idle: Duration) -> Self {
+        FrameWriter { io, buf: Vec::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
+    }
+
+    /// Queues this build's preamble.
+    pub fn queue_preamble(&mut self) {
+        self.buf.extend_from_slice(&protocol::preamble());
+    }
+
+    /// Queues a frame, writing out the batch once it is large.
+    pub async fn send(&mut self, f: &Frame) -> Result<()> {
+        f.encode(&mut self.buf);
+        self.write_if_full().await
+    }
+
+    /// Queues a `Data` frame holding `payload` (at most `MAX_DATA_LEN`).
+    pub async fn send_data(&mut self, payload: &[u8]) -> Result<()> {
+        frame::encode_data_header(payload.len(), &mut self.buf);
+        self.buf.extend_from_slice(payload);
+        self.write_if_full().await
+    }
+
+    /// Writes everything queued and flushes the stream (TLS records out).
+    pub async fn flush(&mut self) -> Result<()> {
+        self.write_buffered().await?;
+        let idle = self.idle;
+        let peer = self.peer.clone();
+        with_timeout("idle transfer", idle, async {
+            self.io.flush().await.map_err(|source| Error::ConnectionLost { peer, source })
+        })
+        .await
+    }
+
+    /// Flushes, then closes the write side (TLS close_notify).
+    pub async fn shutdown(&mut self, within: Duration) -> Result<()> {
+        self.flush().await?;
+        let peer = self.peer.clone();
+        with_timeout("TLS shutdown", within, async {
+            self.io.shutdown().await.map_err(|source| Error::ConnectionLost { peer, source })
+        })
+        .await
+    }
+
+    async fn write_if_full(&mut self) -> Result<()> {
+        if self.buf.len() >= FLUSH_AT {
+            self.write_buffered().await?;
+        }
+        Ok(())
+    }
+
+    /// Each write call gets the idle budget, so a slow but moving peer is
+    /// fine and a stalled one is dropped.
+    async fn write_buffered(&mut self) -> Result<()> {
+        let mut at = 0;
+        while at < self.buf.len() {
+            let idle = self.idle;
+            let n = with_timeout("idle transfer", idle, async {
+                self.io
+                    .write(&self.buf[at..])
+                    .await
+                    .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+            })
+            .await?;
+            if n == 0 {
+                return Err(Error::ConnectionLost {
+                    peer: self.peer.clone(),
+                    source: std::io::ErrorKind::WriteZero.into(),
+                });
+            }
+            at += n;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WirePath;
+
+    #[tokio::test]
+    async fn frames_cross_a_duplex_in_order_with_a_preamble() {
+        let (a, b) = tokio::io::duplex(1200);
+        let t = Duration::from_secs(5);
+        let mut w = FrameWriter::new(a, "b", t);
+        let mut r = FrameReader::new(b, "a", t);
+        let big = vec![0xAB; protocol::MAX_DATA_LEN];
+        let writer = async move {
+            w.queue_preamble();
+            w.send(&Frame::Get { path: WirePath::parse("x/y").unwrap() }).await?;
+            w.send_data(&big).await?;
+            w.send(&Frame::Ok).await?;
+            w.shutdown(t).await
+        };
+        let reader = async move {
+            assert_eq!(r.read_preamble(t).await?, protocol::VERSION);
+            assert!(matches!(r.read_frame().await?, Some(Frame::Get { .. })));
+            match r.read_frame().await? {
+                Some(Frame::Data(d)) => assert_eq!(d.len(), protocol::MAX_DATA_LEN),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(r.read_frame().await?, Some(Frame::Ok));
+            assert_eq!(r.read_frame().await?, None);
+            Ok::<_, Error>(())
+        };
+        let (wr, rr) = tokio::join!(writer, reader);
+        wr.unwrap();
+        rr.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_mid_frame_is_an_error_not_an_end() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut buf = Vec::new();
+        Frame::Ok.encode(&mut buf);
+        Frame::Get { path: WirePath::parse("abc").unwrap() }.encode(&mut buf);
+        a.write_all(&buf[..buf.len() - 1]).await.unwrap();
+        drop(a);
+        let mut r = FrameReader::new(b, "a", Duration::from_secs(5));
+        assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Ok));
+        assert!(matches!(r.read_frame().await, Err(Error::ConnectionLost { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_hits_the_idle_timeout() {
+        let (_a, b) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(b, "a", Duration::from_secs(60));
+        assert!(matches!(r.read_frame().await, Err(Error::Timeout { phase: "idle transfer", .. })));
+    }
+}

@@ -1,0 +1,230 @@
+//! `xfer keygen`: a local CA and the peer certificates it signs.
+//!
+//! Everything is generated in memory first and written only once every
+//! target is known to be free (or `--force` was given), so a refused run
+//! writes nothing at all. Private keys are created with mode 0600. This module
+//! reports what it wrote; printing is the CLI's job.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+use crate::error::{Error, Result};
+
+/// Validity of a CA created by keygen.
+pub const CA_DAYS: u32 = 3650;
+/// Default validity of a peer certificate.
+pub const PEER_DAYS: u32 = 365;
+/// Names every peer certificate carries besides its own, so loopback works.
+pub const LOOPBACK_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct KeygenConfig {
+    pub dir: PathBuf,
+    /// Peers to issue; each gets NAME.pem and NAME.key.
+    pub names: Vec<String>,
+    /// Extra subject alternative names (DNS names or IP addresses).
+    pub sans: Vec<String>,
+    pub days: u32,
+    pub force: bool,
+}
+
+/// One file keygen wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    /// For certificates: who it is for, fingerprint and expiry.
+    pub cert: Option<CertSummary>,
+}
+
+/// What a user needs to recognise a certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    pub subject: String,
+    /// SHA-256 of the DER, as colon-separated upper-case hex.
+    pub sha256: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// Generates the CA (when missing) and each peer, then writes them.
+pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
+    for name in &cfg.names {
+        check_name(name)?;
+    }
+    if cfg.days == 0 {
+        return Err(Error::Usage("--days must be at least 1".into()));
+    }
+    let ca_pem = cfg.dir.join("ca.pem");
+    let ca_key = cfg.dir.join("ca.key");
+    let mut files: Vec<(PathBuf, String, Option<CertSummary>)> = Vec::new();
+
+    let issuer = if ca_pem.exists() {
+        load_ca(&ca_pem, &ca_key)?
+    } else {
+        if ca_key.exists() && !cfg.force {
+            return Err(refuse_overwrite(&[ca_key]));
+        }
+        let key = KeyPair::generate().map_err(gen_error)?;
+        let params = ca_params(&key)?;
+        let cert = params.self_signed(&key).map_err(gen_error)?;
+        let subject = ca_subject(&params);
+        files.push((ca_pem.clone(), cert.pem(), Some(summary(subject, &params, cert.der()))));
+        files.push((ca_key.clone(), key.serialize_pem(), None));
+        Issuer::new(params, key)
+    };
+
+    for name in &cfg.names {
+        let key = KeyPair::generate().map_err(gen_error)?;
+        let params = peer_params(name, &cfg.sans, cfg.days)?;
+        let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
+        files.push((cfg.dir.join(format!("{name}.pem")), cert.pem(), Some(summary(name.clone(), &params, cert.der()))));
+        files.push((cfg.dir.join(format!("{name}.key")), key.serialize_pem(), None));
+    }
+
+    if !cfg.force {
+        let taken: Vec<PathBuf> = files.iter().map(|f| f.0.clone()).filter(|p| p.exists()).collect();
+        if !taken.is_empty() {
+            return Err(refuse_overwrite(&taken));
+        }
+    }
+    fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+    let mut written = Vec::new();
+    for (path, pem, cert) in files {
+        write_pem(&path, &pem, cert.is_none())?;
+        written.push(Written { path, cert });
+    }
+    Ok(written)
+}
+
+/// Names become file names and DNS names, so keep them to a safe alphabet.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name != "ca"
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid peer name '{name}': use 1-63 letters, digits, '-', '.' or '_', not starting with '.' or '-', and not 'ca'"
+        )))
+    }
+}
+
+fn refuse_overwrite(taken: &[PathBuf]) -> Error {
+    let list: Vec<String> = taken.iter().map(|p| p.display().to_string()).collect();
+    Error::Usage(format!(
+        "refusing to overwrite {}: nothing was written; pass --force to replace, or choose another --dir or name",
+        list.join(", ")
+    ))
+}
+
+fn gen_error(e: rcgen::Error) -> Error {
+    Error::io("certificate generation failed", std::io::Error::other(e.to_string()))
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+    bytes[0] &= 0x7f; // keep the DER INTEGER positive
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack absorbs clock skew between the two machines.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days.into());
+}
+
+fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    // A per-CA suffix keeps two different xfer CAs apart in logs and stores.
+    let tag = hex(&sha256(key.public_key_raw())[..4]);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("xfer CA {tag}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.serial_number = Some(random_serial());
+    validity(&mut params, CA_DAYS);
+    Ok(params)
+}
+
+fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificateParams> {
+    let mut sans: Vec<String> = Vec::new();
+    for s in std::iter::once(name).chain(extra.iter().map(String::as_str)).chain(LOOPBACK_SANS) {
+        if !sans.iter().any(|x| x == s) {
+            sans.push(s.to_owned());
+        }
+    }
+    let mut params = CertificateParams::new(sans)
+        .map_err(|e| Error::Usage(format!("invalid --san: {e}")))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    validity(&mut params, days);
+    Ok(params)
+}
+
+fn load_ca(ca_pem: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
+    let key_pem = fs::read_to_string(ca_key).map_err(|e| {
+        bad(ca_key, format!("{e}: the CA key is needed to sign new peers (it stays on the machine that ran keygen first)"))
+    })?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(ca_key, format!("not a usable private key: {e}")))?;
+    let cert_pem = fs::read_to_string(ca_pem).map_err(|e| bad(ca_pem, e.to_string()))?;
+    Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(ca_pem, format!("not a usable CA certificate: {e}")))
+}
+
+fn write_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true).mode(if private { 0o600 } else { 0o644 });
+    let ctx = || format!("cannot write {}", path.display());
+    let mut f = opts.open(path).map_err(|e| Error::io(ctx(), e))?;
+    if private {
+        // An existing file keeps its old mode through open(); tighten it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(ctx(), e))?;
+    }
+    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(ctx(), e))
+}
+
+fn summary(subject: String, params: &CertificateParams, der: &CertificateDer<'_>) -> CertSummary {
+    CertSummary { subject, sha256: fingerprint(der), not_after: params.not_after }
+}
+
+fn ca_subject(params: &CertificateParams) -> String {
+    match params.distinguished_name.get(&DnType::CommonName) {
+        Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
+        _ => "xfer CA".to_owned(),
+    }
+}
+
+/// SHA-256 fingerprint of a certificate, `AB:CD:...` as openssl prints it.
+pub fn fingerprint(der: &[u8]) -> String {
+    sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

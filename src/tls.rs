@@ -1,0 +1,217 @@
+//! TLS set-up: identities from PEM files, rustls configs for both sides, the
+//! peer's name from its verified certificate, and handshake failures turned
+//! into sentences a user can act on.
+//!
+//! Only TLS 1.3 with the aws-lc-rs provider is ever configured, both sides
+//! always authenticate against the CA, and there is no way to turn either
+//! off: `allow_unauthenticated()` is never called.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::{Error, Result};
+use crate::protocol::ALPN;
+
+/// Where an identity's three PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPaths {
+    /// This peer's certificate (chain), PEM.
+    pub cert: PathBuf,
+    /// This peer's private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The CA certificate(s) the other side must chain to, PEM.
+    pub ca: PathBuf,
+}
+
+impl IdentityPaths {
+    /// The files `xfer keygen` writes for NAME in DIR.
+    pub fn in_dir(dir: &Path, name: &str) -> IdentityPaths {
+        IdentityPaths {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            ca: dir.join("ca.pem"),
+        }
+    }
+}
+
+/// A loaded identity: what a peer presents and what it trusts.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Arc<RootCertStore>,
+    pub paths: IdentityPaths,
+}
+
+const KEYGEN_HINT: &str = "run `xfer keygen` to create certificates, or point --certs/--cert/--key/--ca at existing ones";
+
+impl Identity {
+    /// Reads and checks the three files.
+    pub fn load(paths: &IdentityPaths) -> Result<Identity> {
+        let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
+        let chain = read_certs(&paths.cert).map_err(|m| bad(&paths.cert, m))?;
+        let key = PrivateKeyDer::from_pem_file(&paths.key)
+            .map_err(|e| bad(&paths.key, format!("{}; {KEYGEN_HINT}", pem_error(e))))?;
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs(&paths.ca).map_err(|m| bad(&paths.ca, m))? {
+            roots
+                .add(ca)
+                .map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
+        }
+        Ok(Identity { chain, key, roots: Arc::new(roots), paths: paths.clone() })
+    }
+
+    /// The server side: TLS 1.3 only, client certificates required and
+    /// verified against the CA.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
+        let provider = provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| self.ca_error(e))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| self.ca_error(e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| self.key_error(e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The client side: TLS 1.3 only, the server verified against the CA
+    /// (and its name against HOST), this identity presented.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        let provider = provider();
+        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| self.ca_error(e))?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| self.ca_error(e))?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| self.key_error(e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn ca_error(&self, e: impl std::fmt::Display) -> Error {
+        Error::Identity { path: self.paths.ca.clone(), message: e.to_string() }
+    }
+
+    fn key_error(&self, e: rustls::Error) -> Error {
+        Error::Identity {
+            path: self.paths.key.clone(),
+            message: format!("does not fit {}: {e}", self.paths.cert.display()),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read_certs(path: &Path) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}; {KEYGEN_HINT}", pem_error(e)))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(pem_error)?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
+fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls_pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind in the file".into(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// The names a certificate gives its holder: the subject's common name(s)
+/// first, then DNS subject alternative names. Used to identify a verified
+/// peer, so only call it on a certificate rustls has already verified.
+pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = gn {
+                if !names.iter().any(|n| n == dns) {
+                    names.push((*dns).to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Finds the rustls error inside an I/O error from tokio-rustls, if any.
+pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// Explains a failed TLS session from the client's point of view.
+pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) -> String {
+    let ca = ids.ca.display();
+    let cert = ids.cert.display();
+    match e {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+                "the server's certificate does not name '{host}': pass --server-name with a name it has, or re-issue it with `xfer keygen --san {host}`"
+            ),
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "the server's certificate is not signed by the CA in {ca}: both sides must use certificates from the same `xfer keygen` CA"
+            ),
+            other => format!("the server's certificate was rejected: {}", describe_cert_error(other)),
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError => format!(
+                "the server rejected this client's certificate {cert}: it is not signed by the CA the server trusts"
+            ),
+            AlertDescription::CertificateRequired => "the server requires a client certificate".to_owned(),
+            AlertDescription::CertificateExpired => format!("the server says this client's certificate {cert} has expired: renew it with `xfer keygen`"),
+            AlertDescription::CertificateRevoked => format!("the server says this client's certificate {cert} is revoked"),
+            AlertDescription::NoApplicationProtocol => "the server does not speak the xfer protocol (ALPN mismatch)".to_owned(),
+            other => format!("the server ended the handshake with alert {other:?}"),
+        },
+        rustls::Error::NoApplicationProtocol => "the server does not speak the xfer protocol (ALPN mismatch)".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Explains a failed TLS session from the server's point of view (for logs).
+pub fn explain_for_server(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::NoCertificatesPresented => "the client presented no certificate".to_owned(),
+        rustls::Error::InvalidCertificate(ce) => format!("the client's certificate was rejected: {}", describe_cert_error(ce)),
+        rustls::Error::NoApplicationProtocol => "the client does not speak the xfer protocol (no xfer ALPN)".to_owned(),
+        rustls::Error::InvalidMessage(m) => format!("not a TLS 1.3 client ({m:?})"),
+        rustls::Error::PeerIncompatible(p) => format!("incompatible TLS client: {p:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn describe_cert_error(e: &CertificateError) -> String {
+    match e {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => "not signed by the configured CA".into(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!("expired ({e:?})"),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!("not valid yet ({e:?})"),
+        other => format!("{other:?}"),
+    }
+}
