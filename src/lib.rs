@@ -3,3 +3,5 @@ pub mod error;
 pub mod pki;
 pub mod protocol;
 pub mod tls;
+pub mod store;
+pub mod walk;
