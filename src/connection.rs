@@ -16,6 +16,33 @@ use crate::error::{Error, Result};
 use crate::protocol::frame::{self, HEADER_LEN};
 use crate::protocol::{self, Frame, PREAMBLE_LEN};
 
+/// The time budgets of a connection, one per phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect (client).
+    pub connect: Duration,
+    /// TLS handshake.
+    pub handshake: Duration,
+    /// From the handshake to the preamble and first request (server).
+    pub header: Duration,
+    /// Longest wait for any single read or write during a session.
+    pub idle: Duration,
+    /// Sending TLS close_notify at the end.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            shutdown: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Writes are batched until this many bytes are pending, so many small frames
 /// (pipelined small files) share TLS records and syscalls.
 const FLUSH_AT: usize = 256 * 1024;
@@ -92,6 +119,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// the whole frame (used for the first request of a connection).
     pub async fn read_frame_within(&mut self, phase: &'static str, within: Duration) -> Result<Option<Frame>> {
         with_timeout(phase, within, self.read_frame()).await
+    }
+
+    /// True when a whole frame is already buffered, so reading it will not
+    /// wait on the peer. Callers flush their replies before waiting.
+    pub fn has_frame(&self) -> bool {
+        matches!(frame::check(&self.buf), Ok(Some(_)))
     }
 
     /// The peer's name, as given at construction.

@@ -5,3 +5,6 @@ pub mod protocol;
 pub mod tls;
 pub mod store;
 pub mod walk;
+pub mod transfer;
+pub mod progress;
+pub mod client;

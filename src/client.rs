@@ -1,0 +1,503 @@
+//! The client: one mutually authenticated TLS connection to a server, and
+//! the four operations over it (push, pull, list, remove).
+//!
+//! Every operation is pipelined: one future writes all requests (and file
+//! payloads) while another reads the replies in order, so there is no round
+//! trip per file. What to expect next travels from the writer to the reader
+//! through a bounded channel, which also bounds how far ahead the writer may
+//! run. Outcomes go to a [`Reporter`]; nothing here prints.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
+use crate::error::{Class, Error, Result};
+use crate::progress::{FileReport, Reporter, Status};
+use crate::protocol::{DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
+use crate::store::Root;
+use crate::tls::{self, Identity, IdentityPaths};
+use crate::transfer::{self, FileOutcome, SendOutcome};
+use crate::walk::{Item, Walk};
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// DNS name or IP address of the server.
+    pub host: String,
+    pub port: u16,
+    /// The name the server's certificate must carry, when not `host`.
+    pub server_name: Option<String>,
+    pub identity: IdentityPaths,
+    pub timeouts: Timeouts,
+}
+
+impl ClientConfig {
+    /// A config for `HOST[:PORT]` (IPv6 as `[::1]:5001` or a bare `::1`).
+    pub fn new(target: &str, identity: IdentityPaths) -> Result<ClientConfig> {
+        let (host, port) = parse_target(target)?;
+        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default() })
+    }
+}
+
+/// Splits `HOST[:PORT]`.
+pub fn parse_target(s: &str) -> Result<(String, u16)> {
+    let bad = || Error::Usage(format!("invalid server '{s}': expected HOST or HOST:PORT (IPv6 as [::1]:5001)"));
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => return Err(bad()),
+        }
+    } else if s.matches(':').count() > 1 {
+        (s, None) // a bare IPv6 address
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad())?,
+        None => DEFAULT_PORT,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port))
+}
+
+type Tls = TlsStream<TcpStream>;
+
+/// An open connection to a server.
+pub struct Client {
+    r: FrameReader<ReadHalf<Tls>>,
+    w: FrameWriter<WriteHalf<Tls>>,
+    cfg: ClientConfig,
+}
+
+/// What the reader must do for the next thing the writer sent.
+enum Expect {
+    Dir(WirePath),
+    File { path: WirePath, outcome: SendOutcome },
+    Skipped { path: String, reason: String },
+    LocalFailure { path: String, error: String },
+    Removed(WirePath),
+}
+
+impl Client {
+    /// Connects, completes the TLS handshake and queues the preamble.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client> {
+        let id = Identity::load(&cfg.identity)?;
+        let connector = TlsConnector::from(id.client_config()?);
+        let name = cfg.server_name.clone().unwrap_or_else(|| cfg.host.clone());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|_| Error::Usage(format!("'{name}' is not a valid DNS name or IP address")))?;
+        let addr = if cfg.host.contains(':') { format!("[{}]:{}", cfg.host, cfg.port) } else { format!("{}:{}", cfg.host, cfg.port) };
+        let t = cfg.timeouts;
+        let tcp = with_timeout("connect", t.connect, async {
+            TcpStream::connect((cfg.host.as_str(), cfg.port))
+                .await
+                .map_err(|source| Error::Connect { addr: addr.clone(), source })
+        })
+        .await?;
+        // Requests are batched by FrameWriter; Nagle would only add delay.
+        let _ = tcp.set_nodelay(true);
+        let tls = with_timeout("TLS handshake", t.handshake, async {
+            connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|source| explain(&cfg, Error::ConnectionLost { peer: addr.clone(), source }))
+        })
+        .await?;
+        let (rd, wr) = tokio::io::split(tls);
+        let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
+        w.queue_preamble();
+        Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg })
+    }
+
+    /// Sends files and folders (recursively) to `to` on the server, placed
+    /// as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
+    pub async fn push(&mut self, sources: &[PathBuf], to: &WirePath, rep: &mut Reporter) -> Result<()> {
+        let mut walks = Vec::new();
+        for src in sources {
+            let meta = std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
+            let rel = to
+                .join(&source_name(src)?)
+                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
+            walks.push(Walk::new(src.clone(), rel, &meta, None));
+        }
+        let mut items = transfer::spawn_walk(walks.into_iter().flatten());
+        let (tx, mut rx) = mpsc::channel::<Expect>(4096);
+        let Client { r, w, cfg } = self;
+        let writer = async move {
+            loop {
+                // Flush before waiting on the walk, so the server is never
+                // left waiting on bytes that sit in our buffer.
+                let item = match items.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => {
+                        w.flush().await?;
+                        match items.recv().await {
+                            Some(item) => item,
+                            None => break,
+                        }
+                    }
+                };
+                let expect = match item {
+                    Item::Dir { rel, meta } => {
+                        w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
+                        Expect::Dir(rel)
+                    }
+                    Item::File { rel, abs, .. } => {
+                        let outcome = transfer::send_file(w, &rel, &abs).await?;
+                        Expect::File { path: rel, outcome }
+                    }
+                    Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
+                    Item::Failed { rel, error } => Expect::LocalFailure { path: rel, error },
+                };
+                if tx.send(expect).await.is_err() {
+                    break; // the reader failed; its error is the one to report
+                }
+            }
+            w.flush().await
+        };
+        let reader = async {
+            greet(r, cfg.timeouts.header).await?;
+            while let Some(expect) = rx.recv().await {
+                read_outcome(r, expect, rep).await?;
+            }
+            Ok(())
+        };
+        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+    }
+
+    /// Fetches files and folders into `out`: `x/b.txt` → `out/b.txt`,
+    /// `x/d` → `out/d/…`.
+    pub async fn pull(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
+        let root = Root::open_local(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+        let Client { r, w, cfg } = self;
+        let writer = async move {
+            for p in remotes {
+                w.send(&Frame::Get { path: p.clone() }).await?;
+            }
+            w.flush().await
+        };
+        let reader = async {
+            greet(r, cfg.timeouts.header).await?;
+            for p in remotes {
+                pull_one(r, p, &root, rep).await?;
+            }
+            Ok(())
+        };
+        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+    }
+
+    /// Lists a folder (or one file) on the server.
+    pub async fn list(&mut self, path: &WirePath, rep: &mut Reporter) -> Result<()> {
+        let Client { r, w, cfg } = self;
+        let writer = async move {
+            w.send(&Frame::List { path: path.clone() }).await?;
+            w.flush().await
+        };
+        let reader = async {
+            greet(r, cfg.timeouts.header).await?;
+            loop {
+                match reply(r).await? {
+                    Frame::Entry(e) => rep.entry(&e),
+                    Frame::Ok => return Ok(()),
+                    Frame::Error { code, message } => return Err(refusal(path.as_str(), code, message)),
+                    other => return Err(unexpected(r.peer(), &other)),
+                }
+            }
+        };
+        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+    }
+
+    /// Removes files (and folders, with `recursive`) on the server.
+    pub async fn remove(&mut self, paths: &[WirePath], recursive: bool, rep: &mut Reporter) -> Result<()> {
+        let Client { r, w, cfg } = self;
+        let (tx, mut rx) = mpsc::channel::<Expect>(4096);
+        let writer = async move {
+            for p in paths {
+                w.send(&Frame::Remove { path: p.clone(), recursive }).await?;
+                if tx.send(Expect::Removed(p.clone())).await.is_err() {
+                    break;
+                }
+            }
+            w.flush().await
+        };
+        let reader = async {
+            greet(r, cfg.timeouts.header).await?;
+            while let Some(expect) = rx.recv().await {
+                read_outcome(r, expect, rep).await?;
+            }
+            Ok(())
+        };
+        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+    }
+
+    /// Ends the session cleanly (TLS close_notify).
+    pub async fn close(mut self) -> Result<()> {
+        let within = self.cfg.timeouts.shutdown;
+        let cfg = self.cfg.clone();
+        self.w.shutdown(within).await.map_err(|e| explain(&cfg, e))
+    }
+}
+
+/// Runs the writer and reader of one operation together. The reader's
+/// result decides; if the writer fails first (the server hung up), the
+/// reader gets a moment to read the server's reason, which is more useful
+/// than "broken pipe".
+async fn pipeline<T>(writer: impl Future<Output = Result<()>>, reader: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::pin!(writer, reader);
+    tokio::select! {
+        r = &mut reader => r,
+        w = &mut writer => match w {
+            Ok(()) => reader.await,
+            Err(we) => match tokio::time::timeout(Duration::from_secs(2), reader).await {
+                Ok(Err(re)) => Err(re),
+                _ => Err(we),
+            },
+        },
+    }
+}
+
+/// Reads the server's preamble.
+async fn greet(r: &mut FrameReader<ReadHalf<Tls>>, within: Duration) -> Result<()> {
+    let theirs = r.read_preamble(within).await?;
+    if theirs != VERSION {
+        return Err(Error::Version { peer: r.peer().to_owned(), ours: VERSION, theirs });
+    }
+    Ok(())
+}
+
+/// The next frame, where the server must send one.
+async fn reply(r: &mut FrameReader<ReadHalf<Tls>>) -> Result<Frame> {
+    r.read_frame().await?.ok_or_else(|| Error::ConnectionLost {
+        peer: r.peer().to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection before answering"),
+    })
+}
+
+/// Reads the server's answer to one pushed item or removal and reports it.
+async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &mut Reporter) -> Result<()> {
+    let (path, size, sent) = match expect {
+        Expect::Skipped { path, reason } => {
+            rep.file(report(path, 0, None, 0, Status::Skipped, Some(reason), Class::Other));
+            return Ok(());
+        }
+        Expect::LocalFailure { path, error } => {
+            rep.file(report(path, 0, None, 0, Status::Failed, Some(error), Class::Other));
+            return Ok(());
+        }
+        Expect::Dir(path) => (path, None, Err(String::new())),
+        Expect::Removed(path) => return read_removed(r, path, rep).await,
+        Expect::File { path, outcome: SendOutcome::NotStarted(error) } => {
+            rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(error), Class::Other));
+            return Ok(());
+        }
+        Expect::File { path, outcome: SendOutcome::Aborted { size, reason } } => (path, Some(size), Err(reason)),
+        Expect::File { path, outcome: SendOutcome::Sent(s) } => (path, Some(s.size), Ok(s)),
+    };
+    let is_file = size.is_some();
+    match reply(r).await? {
+        Frame::Ok if !is_file => {
+            rep.dir();
+            Ok(())
+        }
+        Frame::Stored { size: got, blake3 } if is_file => {
+            let sent = sent.map_err(|_| Error::protocol(r.peer(), format!("{path}: stored a file the client abandoned")))?;
+            let (st, err, class) = if got == sent.size && blake3 == sent.blake3 {
+                (Status::Ok, None, Class::Other)
+            } else {
+                let msg = format!(
+                    "{path}: the server stored {got} bytes with BLAKE3 {}, but {} bytes with {} were sent",
+                    transfer::hex(&blake3), sent.size, transfer::hex(&sent.blake3)
+                );
+                (Status::Failed, Some(msg), Class::Integrity)
+            };
+            rep.file(report(path.to_string(), sent.size, Some(transfer::hex(&sent.blake3)), sent.size, st, err, class));
+            Ok(())
+        }
+        Frame::Error { code, message } => {
+            let e = refusal(path.as_str(), code, message);
+            if e.class() == Class::Connection {
+                return Err(e); // not admitted, wrong version, shutting down
+            }
+            let message = match (&sent, code) {
+                (Err(reason), ErrorCode::Aborted) => format!("{path}: not sent: {reason}"),
+                _ => e.to_string(),
+            };
+            let hash = sent.as_ref().ok().map(|s| transfer::hex(&s.blake3));
+            let bytes = if is_file { size.unwrap_or(0) } else { 0 };
+            rep.file(report(path.to_string(), size.unwrap_or(0), hash, bytes, Status::Failed, Some(message), e.class()));
+            Ok(())
+        }
+        other => Err(unexpected(r.peer(), &other)),
+    }
+}
+
+/// Reads the answer to one `Remove`.
+async fn read_removed(r: &mut FrameReader<ReadHalf<Tls>>, path: WirePath, rep: &mut Reporter) -> Result<()> {
+    match reply(r).await? {
+        Frame::Ok => rep.file(report(path.to_string(), 0, None, 0, Status::Ok, None, Class::Other)),
+        Frame::Error { code, message } => {
+            let e = refusal(path.as_str(), code, message);
+            if e.class() == Class::Connection {
+                return Err(e);
+            }
+            rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+        }
+        other => return Err(unexpected(r.peer(), &other)),
+    }
+    Ok(())
+}
+
+/// Receives everything the server sends for one `Get`.
+async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &Root, rep: &mut Reporter) -> Result<()> {
+    loop {
+        match reply(r).await? {
+            Frame::Dir { path, .. } => {
+                check_within(r, asked, &path)?;
+                let root = root.clone();
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || root.mkdir(&p)).await.expect("mkdir task panicked") {
+                    Ok(()) => rep.dir(),
+                    Err(e) => rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(e.message), Class::Other)),
+                }
+            }
+            Frame::File(h) => {
+                check_within(r, asked, &h.path)?;
+                let (root2, p) = (root.clone(), h.path.clone());
+                let staged = tokio::task::spawn_blocking(move || root2.stage(&p)).await.expect("stage task panicked");
+                let (staged, local_err) = match staged {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => (None, Some(e)),
+                };
+                let outcome = transfer::receive_file(r, &h, staged).await?;
+                let path = h.path.to_string();
+                match (outcome, local_err) {
+                    (FileOutcome::Ok(got), None) => {
+                        rep.file(report(path, got.size, Some(transfer::hex(&got.blake3)), got.size, Status::Ok, None, Class::Other))
+                    }
+                    (FileOutcome::Ok(got), Some(e)) => rep.file(report(path, got.size, None, got.size, Status::Failed, Some(e.message), Class::Other)),
+                    (FileOutcome::Failed { code, message, bytes }, _) => {
+                        let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+                        rep.file(report(path, h.size, None, bytes, Status::Failed, Some(message), class));
+                    }
+                    (FileOutcome::PeerError { code, message }, _) => {
+                        let e = refusal(&path, code, message);
+                        rep.file(report(path, h.size, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+                        return Ok(());
+                    }
+                }
+            }
+            Frame::Skipped { path, reason } => {
+                check_within(r, asked, &path)?;
+                rep.file(report(path.to_string(), 0, None, 0, Status::Skipped, Some(reason), Class::Other));
+            }
+            Frame::Ok => return Ok(()),
+            Frame::Error { code, message } => {
+                let e = refusal(asked.as_str(), code, message);
+                if e.class() == Class::Connection {
+                    return Err(e);
+                }
+                rep.file(report(asked.to_string(), 0, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+                return Ok(());
+            }
+            other => return Err(unexpected(r.peer(), &other)),
+        }
+    }
+}
+
+/// A server may only send what was asked for: `Get x/d` yields `d/…`.
+fn check_within(r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath) -> Result<()> {
+    let ok = match asked.file_name() {
+        None => !got.is_root(),
+        Some(name) => got.components().next() == Some(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::protocol(r.peer(), format!("sent '{got}' in answer to a request for '{asked}'")))
+    }
+}
+
+fn report(path: String, size: u64, blake3: Option<String>, bytes: u64, status: Status, error: Option<String>, class: Class) -> FileReport {
+    FileReport { path, size, blake3, bytes, status, error, class }
+}
+
+/// Turns a server's `Error` frame into an [`Error`] of the right class.
+fn refusal(path: &str, code: ErrorCode, message: String) -> Error {
+    match code {
+        ErrorCode::NotAdmitted => Error::NotAdmitted(message),
+        ErrorCode::ShuttingDown => Error::ConnectionLost { peer: path.to_owned(), source: std::io::Error::other(message) },
+        _ => Error::Refused { path: path.to_owned(), code, message },
+    }
+}
+
+fn unexpected(peer: &str, f: &Frame) -> Error {
+    Error::protocol(peer, format!("unexpected {} frame", f.name()))
+}
+
+/// The name a pushed source gets on the server: its last component, or for
+/// `.` and `..` the name of the folder they stand for.
+fn source_name(src: &Path) -> Result<String> {
+    let name = match src.file_name() {
+        Some(n) => n.to_owned(),
+        None => src
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_owned()))
+            .ok_or_else(|| Error::Usage(format!("cannot push {}: it has no name to give it on the server", src.display())))?,
+    };
+    name.into_string()
+        .map_err(|n| Error::Usage(format!("cannot push {}: the name is not valid UTF-8", n.to_string_lossy())))
+}
+
+/// Replaces a bare I/O error that carries a TLS alert or certificate error
+/// with a sentence saying what is wrong and how to fix it.
+fn explain(cfg: &ClientConfig, e: Error) -> Error {
+    match e {
+        Error::ConnectionLost { peer, source } => match tls::rustls_error(&source) {
+            Some(te) => Error::Tls { peer, message: tls::explain_for_client(te, cfg.server_name.as_deref().unwrap_or(&cfg.host), &cfg.identity) },
+            None => Error::ConnectionLost { peer, source },
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_and_without_ports() {
+        assert_eq!(parse_target("files.example.org").unwrap(), ("files.example.org".into(), 5001));
+        assert_eq!(parse_target("h:7").unwrap(), ("h".into(), 7));
+        assert_eq!(parse_target("127.0.0.1:9").unwrap(), ("127.0.0.1".into(), 9));
+        assert_eq!(parse_target("[::1]:8").unwrap(), ("::1".into(), 8));
+        assert_eq!(parse_target("[::1]").unwrap(), ("::1".into(), 5001));
+        assert_eq!(parse_target("::1").unwrap(), ("::1".into(), 5001));
+        for bad in ["", "h:", "h:x", "[::1", "[::1]x", "h:70000"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sources_are_named_by_their_last_component() {
+        assert_eq!(source_name(Path::new("a/b.txt")).unwrap(), "b.txt");
+        assert_eq!(source_name(Path::new("dist/")).unwrap(), "dist");
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(source_name(Path::new(".")).unwrap(), here.file_name().unwrap().to_str().unwrap());
+    }
+}

@@ -1,0 +1,202 @@
+//! Everything a client command tells its user: one line per file outcome
+//! and a summary, either for people (stderr, quiet on success) or as JSON
+//! Lines on stdout for machines (`--json`). Transfer code reports here and
+//! never prints.
+
+use std::io::Write;
+use std::time::Instant;
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{Class, Error, Result};
+use crate::protocol::{ListEntry, Timestamp};
+
+/// How a command reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Summary and problems on stderr; listings on stdout.
+    Human,
+    /// JSON Lines on stdout.
+    Json,
+    /// Nothing but errors (for library use and `--quiet`).
+    Quiet,
+}
+
+/// Which command is reporting, for wording and JSON field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Push,
+    Pull,
+    List,
+    Remove,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Failed,
+}
+
+/// One file's outcome.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// Remote path, relative to the server's root.
+    pub path: String,
+    pub size: u64,
+    pub blake3: Option<String>,
+    /// Payload bytes that crossed the connection for this file.
+    pub bytes: u64,
+    pub status: Status,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+    /// For failures: the class that decides the exit code.
+    pub class: Class,
+}
+
+/// Totals of a finished command.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub ok: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub dirs: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Collects outcomes, prints them per [`Output`], and decides the result.
+#[derive(Debug)]
+pub struct Reporter {
+    output: Output,
+    op: Op,
+    started: Instant,
+    sum: Summary,
+    worst: Option<Class>,
+}
+
+impl Reporter {
+    pub fn new(output: Output, op: Op) -> Reporter {
+        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None }
+    }
+
+    /// Records one file (or removed path).
+    pub fn file(&mut self, r: FileReport) {
+        match r.status {
+            Status::Ok => {
+                self.sum.ok += 1;
+                self.sum.bytes += r.bytes;
+            }
+            Status::Skipped => self.sum.skipped += 1,
+            Status::Failed => {
+                self.sum.failed += 1;
+                self.sum.bytes += r.bytes;
+                self.worst = self.worst.max(Some(r.class));
+            }
+        }
+        match self.output {
+            Output::Json => {
+                let bytes_key = if self.op == Op::Pull { "bytes_received" } else { "bytes_sent" };
+                let mut v = serde_json::json!({
+                    "type": "file", "path": r.path, "size": r.size, "blake3": r.blake3,
+                    "status": r.status,
+                });
+                v[bytes_key] = r.bytes.into();
+                if let Some(e) = &r.error {
+                    v["error"] = e.clone().into();
+                }
+                json_line(&v);
+            }
+            Output::Human => match r.status {
+                Status::Ok => {}
+                Status::Skipped => eprintln!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default()),
+                Status::Failed => eprintln!("xfer: failed: {}", r.error.unwrap_or(r.path)),
+            },
+            Output::Quiet => {}
+        }
+    }
+
+    /// Records a folder created or sent.
+    pub fn dir(&mut self) {
+        self.sum.dirs += 1;
+    }
+
+    /// Prints one `ls` entry.
+    pub fn entry(&mut self, e: &ListEntry) {
+        self.sum.ok += 1;
+        match self.output {
+            Output::Json => json_line(&serde_json::json!({
+                "type": "entry", "path": e.path.as_str(), "size": e.size,
+                "mtime": iso8601(e.mtime), "dir": e.is_dir,
+            })),
+            Output::Human => {
+                let name = e.path.file_name().unwrap_or(".");
+                let slash = if e.is_dir { "/" } else { "" };
+                println!("{:>12}  {}  {name}{slash}", e.size, iso8601(e.mtime));
+            }
+            Output::Quiet => {}
+        }
+    }
+
+    /// Prints the summary; fails with the worst class if anything failed.
+    pub fn finish(mut self) -> Result<Summary> {
+        self.sum.seconds = self.started.elapsed().as_secs_f64();
+        let s = &self.sum;
+        match self.output {
+            Output::Json => json_line(&serde_json::json!({
+                "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
+                "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
+                "failed": s.failed, "dirs": s.dirs, "bytes": s.bytes, "seconds": s.seconds,
+            })),
+            Output::Human if self.op != Op::List => eprintln!("{}", self.human_summary()),
+            _ => {}
+        }
+        match self.worst {
+            Some(class) => Err(Error::Failed { failed: s.failed, total: s.ok + s.skipped + s.failed, class }),
+            None => Ok(self.sum),
+        }
+    }
+
+    fn human_summary(&self) -> String {
+        let s = &self.sum;
+        let (verb, noun) = match self.op {
+            Op::Push => ("pushed", "file"),
+            Op::Pull => ("pulled", "file"),
+            Op::Remove => ("removed", "path"),
+            Op::List => ("listed", "entry"),
+        };
+        let mut line = format!("{verb} {} {noun}{}", s.ok, if s.ok == 1 { "" } else { "s" });
+        if self.op != Op::Remove {
+            let mib = s.bytes as f64 / (1024.0 * 1024.0);
+            let rate = if s.seconds > 0.0 { mib / s.seconds } else { 0.0 };
+            line += &format!(" ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3", s.seconds);
+        }
+        if s.skipped > 0 {
+            line += &format!("; {} skipped", s.skipped);
+        }
+        if s.failed > 0 {
+            line += &format!("; {} FAILED", s.failed);
+        }
+        line
+    }
+}
+
+/// A timestamp as ISO 8601 / RFC 3339 in UTC, seconds precision.
+pub fn iso8601(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.secs)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.secs.to_string())
+}
+
+fn json_line(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) is not worth failing a transfer for.
+    if serde_json::to_writer(&mut out, v).is_ok() {
+        let _ = writeln!(out);
+    }
+    let _ = out.flush();
+}

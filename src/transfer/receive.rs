@@ -1,0 +1,166 @@
+//! The receiving half: after a `File` header, `Data` frames are hashed and
+//! written to a staged file; on `End` the hash is compared with the
+//! sender's and only a match is committed under the final name.
+//!
+//! A failure that leaves the stream in sync (a write error, a hash or size
+//! mismatch, an `Abort`) is a [`FileOutcome::Failed`] and the connection goes
+//! on; anything else (a cut connection, a frame that makes no sense here) is
+//! an `Err` and ends it. Either way the staged file is dropped, which deletes
+//! it, so nothing partial ever appears under the final name.
+
+use tokio::io::AsyncRead;
+
+use crate::connection::FrameReader;
+use crate::error::{Error, Result};
+use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
+use crate::store::{Staged, StoreError};
+
+use super::hex;
+
+/// Payload is gathered into writes of this size, one blocking call each.
+const WRITE_LEN: usize = 1024 * 1024;
+
+/// A file that arrived, verified and committed.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub size: u64,
+    pub blake3: [u8; 32],
+}
+
+/// How one file ended.
+#[derive(Debug, Clone)]
+pub enum FileOutcome {
+    Ok(Received),
+    /// The file failed but the stream is still in sync.
+    Failed { code: ErrorCode, message: String, bytes: u64 },
+    /// The peer sent `Error` instead of the rest of the file (pull only):
+    /// it also ends the response this file belonged to.
+    PeerError { code: ErrorCode, message: String },
+}
+
+/// Receives the payload that follows `h`, into `staged` (or, with `None`,
+/// only hashing and discarding it, for a file already refused).
+pub async fn receive_file<R: AsyncRead + Unpin>(
+    r: &mut FrameReader<R>,
+    h: &FileHeader,
+    staged: Option<Staged>,
+) -> Result<FileOutcome> {
+    let mut hasher = blake3::Hasher::new();
+    let mut got: u64 = 0;
+    let mut sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
+    let mut failure: Option<StoreError> = None;
+    loop {
+        match r.read_frame().await? {
+            Some(Frame::Data(d)) => {
+                got += d.len() as u64;
+                if h.size != UNKNOWN_SIZE && got > h.size {
+                    return Err(Error::protocol(r.peer(), format!("{}: more payload than the {} bytes announced", h.path, h.size)));
+                }
+                hasher.update(&d);
+                if let Some(s) = sink.as_mut() {
+                    if let Err(e) = s.push(&d).await {
+                        // Keep reading to stay in sync; the temp file goes.
+                        failure = Some(e);
+                        sink = None;
+                    }
+                }
+            }
+            Some(Frame::End { blake3 }) => {
+                return Ok(finish(h, sink, failure, got, blake3, *hasher.finalize().as_bytes()).await);
+            }
+            Some(Frame::Abort { reason }) => {
+                return Ok(FileOutcome::Failed { code: ErrorCode::Aborted, message: format!("{}: the sender abandoned it: {reason}", h.path), bytes: got });
+            }
+            Some(Frame::Error { code, message }) => return Ok(FileOutcome::PeerError { code, message }),
+            Some(other) => {
+                return Err(Error::protocol(r.peer(), format!("unexpected {} frame inside the payload of {}", other.name(), h.path)));
+            }
+            None => {
+                return Err(Error::ConnectionLost {
+                    peer: r.peer().to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("closed during the payload of {}", h.path)),
+                });
+            }
+        }
+    }
+}
+
+async fn finish(
+    h: &FileHeader,
+    sink: Option<Sink>,
+    failure: Option<StoreError>,
+    got: u64,
+    expected: [u8; 32],
+    actual: [u8; 32],
+) -> FileOutcome {
+    let failed = |code, message| FileOutcome::Failed { code, message, bytes: got };
+    if let Some(e) = failure {
+        return failed(e.code, e.message);
+    }
+    if h.size != UNKNOWN_SIZE && got != h.size {
+        return failed(ErrorCode::Protocol, format!("{}: {got} payload bytes, but {} were announced", h.path, h.size));
+    }
+    if expected != actual {
+        return failed(
+            ErrorCode::Integrity,
+            format!("{}: BLAKE3 mismatch: the sender had {}, the receiver got {}", h.path, hex(&expected), hex(&actual)),
+        );
+    }
+    if let Some(s) = sink {
+        if let Err(e) = s.commit(h).await {
+            return failed(e.code, e.message);
+        }
+    }
+    FileOutcome::Ok(Received { size: got, blake3: actual })
+}
+
+/// Reads and drops the payload of a file refused at its header.
+pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
+    match receive_file(r, h, None).await? {
+        FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
+        _ => Ok(()),
+    }
+}
+
+/// A staged file plus a write-gathering buffer. The file is `None` only
+/// while a blocking write holds it.
+struct Sink {
+    staged: Option<Staged>,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    async fn push(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_LEN {
+            self.write_out().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered bytes on a blocking thread.
+    async fn write_out(&mut self) -> std::result::Result<(), StoreError> {
+        let staged = self.staged.take().expect("sink holds its file between writes");
+        let buf = std::mem::take(&mut self.buf);
+        let (staged, mut buf, r) = tokio::task::spawn_blocking(move || {
+            let mut staged = staged;
+            let r = staged.write_all(&buf);
+            (staged, buf, r)
+        })
+        .await
+        .expect("blocking write task panicked");
+        self.staged = Some(staged);
+        buf.clear();
+        self.buf = buf;
+        r
+    }
+
+    async fn commit(mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
+        self.write_out().await?;
+        let (mode, mtime) = (h.mode, h.mtime);
+        let staged = self.staged.expect("sink holds its file between writes");
+        tokio::task::spawn_blocking(move || staged.commit(mode, mtime))
+            .await
+            .expect("blocking commit task panicked")
+    }
+}
