@@ -139,19 +139,7 @@ impl Client {
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let Client { r, w, cfg } = self;
         let writer = async move {
-            loop {
-                // Flush before waiting on the walk, so the server is never
-                // left waiting on bytes that sit in our buffer.
-                let item = match items.try_recv() {
-                    Ok(item) => item,
-                    Err(_) => {
-                        w.flush().await?;
-                        match items.recv().await {
-                            Some(item) => item,
-                            None => break,
-                        }
-                    }
-                };
+            while let Some(item) = transfer::next_item(&mut items, w).await? {
                 let expect = match item {
                     Item::Dir { rel, meta } => {
                         w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
@@ -441,7 +429,9 @@ fn refusal(path: &str, code: ErrorCode, message: String) -> Error {
     match code {
         ErrorCode::NotAdmitted => Error::NotAdmitted(message),
         ErrorCode::ShuttingDown => Error::ConnectionLost { peer: path.to_owned(), source: std::io::Error::other(message) },
-        _ => Error::Refused { path: path.to_owned(), code, message },
+        // Server messages usually name the path already; don't say it twice.
+        _ if message.starts_with(path) => Error::Refused { path: path.to_owned(), code, message },
+        _ => Error::Refused { path: path.to_owned(), code, message: format!("{path}: {message}") },
     }
 }
 

@@ -47,7 +47,8 @@ pub enum Error {
     #[error("cannot load {}: {message}", path.display())]
     Identity { path: PathBuf, message: String },
 
-    #[error("{path}: {message}")]
+    /// `message` names the path (the client makes sure of it).
+    #[error("{message}")]
     Refused { path: String, code: ErrorCode, message: String },
     #[error("refused remote path '{path}': {error}")]
     BadPath { path: String, error: PathError },

@@ -1,3 +1,71 @@
-fn main() {
-    println!("Hello, world!");
+//! The `xfer` binary: parse arguments, set up logging, run the command, and
+//! turn its error into one line on stderr and an exit code. Exit codes live
+//! here and nowhere else (README.md, "Exit codes").
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use xfer::cli::{self, Cli, Command};
+use xfer::error::{Class, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors exit 2 from clap itself
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xfer: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let class = e.downcast_ref::<Error>().map(Error::class).unwrap_or(Class::Other);
+            // A closed stdout (`xfer ls host | head`) is not a failure.
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("xfer: {e:#}");
+            ExitCode::from(exit_code(class))
+        }
+    }
+}
+
+/// README.md, "Exit codes".
+fn exit_code(class: Class) -> u8 {
+    match class {
+        Class::Other => 1,
+        Class::Usage => 2,
+        Class::Connection => 3,
+        Class::Refused => 4,
+        Class::Integrity => 5,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// The server logs at info by default, clients only warnings; -v and -q
+/// move that, and RUST_LOG overrides it.
+fn init_logging(cli: &Cli) {
+    let base = if matches!(cli.command, Command::Serve(_)) { 2 } else { 1 };
+    let level = if cli.quiet { 0 } else { base + i32::from(cli.verbose) };
+    let directive = match level {
+        0 => "xfer=error",
+        1 => "xfer=warn",
+        2 => "xfer=info",
+        3 => "xfer=debug",
+        _ => "xfer=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
 }

@@ -55,6 +55,18 @@ pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static) -> mpsc::R
     rx
 }
 
+/// The next walk item; flushes `w` first when none is ready, so the peer is
+/// never left waiting on bytes that sit in our buffer while we wait on disk.
+pub async fn next_item<W: AsyncWrite + Unpin>(items: &mut mpsc::Receiver<Item>, w: &mut FrameWriter<W>) -> Result<Option<Item>> {
+    match items.try_recv() {
+        Ok(item) => Ok(Some(item)),
+        Err(_) => {
+            w.flush().await?;
+            Ok(items.recv().await)
+        }
+    }
+}
+
 /// Sends the file at `abs` as `rel`; `Err` means the connection failed.
 pub async fn send_file<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,

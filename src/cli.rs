@@ -1,0 +1,355 @@
+//! The command line: clap definitions, and their translation into the plain
+//! configs the library takes ([`ServeConfig`], [`ClientConfig`],
+//! [`KeygenConfig`]). This is the only module that knows clap, and with
+//! `main.rs` the only one that prints outside [`crate::progress`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientConfig};
+use crate::connection::Timeouts;
+use crate::error::Error;
+use crate::pki::{self, KeygenConfig};
+use crate::progress::{Op, Output, Reporter};
+use crate::protocol::WirePath;
+use crate::server::{self, ServeConfig, Server};
+use crate::tls::IdentityPaths;
+
+/// Move files between machines over mutual TLS 1.3, every byte verified
+/// with BLAKE3.
+#[derive(Debug, Parser)]
+#[command(name = "xfer", version = VERSION, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// What `--version` prints: the release and the wire protocol it speaks.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a CA (if missing) and peer certificates signed by it.
+    Keygen(KeygenArgs),
+    /// Receive and serve files under a root folder.
+    Serve(ServeArgs),
+    /// Send files and folders to a server.
+    Push(PushArgs),
+    /// Fetch files and folders from a server.
+    Pull(PullArgs),
+    /// List a folder on a server.
+    Ls(LsArgs),
+    /// Remove files (and folders, with -r) on a server.
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Peers to issue (default: server and client).
+    pub names: Vec<String>,
+    /// Folder for the CA and certificates.
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// Extra DNS name or IP address for the certificates (repeatable).
+    #[arg(long = "san", value_name = "HOST_OR_IP")]
+    pub sans: Vec<String>,
+    /// Validity of the peer certificates, in days.
+    #[arg(long, default_value_t = pki::PEER_DAYS)]
+    pub days: u32,
+    /// Overwrite existing peer files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Who this peer is and which CA it trusts.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// Folder holding ca.pem, NAME.pem and NAME.key.
+    #[arg(long, env = "XFER_CERTS", default_value = "certs", value_name = "DIR")]
+    pub certs: PathBuf,
+    /// Which identity in --certs to use [default: server for serve, client otherwise].
+    #[arg(long, env = "XFER_NAME")]
+    pub name: Option<String>,
+    /// Certificate file (overrides --certs/--name).
+    #[arg(long, env = "XFER_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Private key file (overrides --certs/--name).
+    #[arg(long, env = "XFER_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// CA certificate file (overrides --certs).
+    #[arg(long, env = "XFER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl IdentityArgs {
+    fn paths(&self, default_name: &str) -> IdentityPaths {
+        let base = IdentityPaths::in_dir(&self.certs, self.name.as_deref().unwrap_or(default_name));
+        IdentityPaths {
+            cert: self.cert.clone().unwrap_or(base.cert),
+            key: self.key.clone().unwrap_or(base.key),
+            ca: self.ca.clone().unwrap_or(base.ca),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:5001")]
+    pub listen: SocketAddr,
+    /// Folder to receive into and serve from (created if missing).
+    #[arg(long, default_value = "received")]
+    pub root: PathBuf,
+    /// Admit only clients whose certificate has this name (CN or DNS SAN); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow: Vec<String>,
+    /// Refuse push and rm.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = server::MAX_CONNS)]
+    pub max_conns: usize,
+    /// Time in-flight transfers get to finish on SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Deadline for the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Deadline from the handshake to the client's first request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest a transfer may stall (per read or write).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Options shared by the commands that talk to a server.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The name the server's certificate must carry, if not HOST.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// JSON Lines on stdout: one object per file, then a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest a transfer may stall (per read or write).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Server, as HOST or HOST:PORT (default port 5001).
+    pub host: String,
+    /// Files and folders to send.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Remote folder to place them in (default: the root).
+    #[arg(long, value_name = "REMOTE_DIR", default_value = "")]
+    pub to: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Server, as HOST or HOST:PORT (default port 5001).
+    pub host: String,
+    /// Remote files and folders, relative to the server's root.
+    #[arg(required = true)]
+    pub remotes: Vec<String>,
+    /// Local folder to place them in (created if missing).
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Server, as HOST or HOST:PORT (default port 5001).
+    pub host: String,
+    /// Remote folder (default: the root).
+    #[arg(default_value = "")]
+    pub remote: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Server, as HOST or HOST:PORT (default port 5001).
+    pub host: String,
+    /// Remote files (and folders, with -r) to remove.
+    #[arg(required = true)]
+    pub remotes: Vec<String>,
+    /// Remove folders and everything in them.
+    #[arg(short, long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in '{s}': use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen(a) => keygen(a),
+        Command::Serve(a) => serve(a).await,
+        Command::Push(a) => {
+            let to = remote_path(&a.to)?;
+            let output = output(&a.client, cli.quiet);
+            with_client(&a.host, &a.client, Op::Push, output, |c, rep| Box::pin(async move { c.push(&a.paths, &to, rep).await }))
+                .await
+        }
+        Command::Pull(a) => {
+            let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
+            let output = output(&a.client, cli.quiet);
+            let out = a.out.clone();
+            with_client(&a.host, &a.client, Op::Pull, output, |c, rep| Box::pin(async move { c.pull(&remotes, &out, rep).await }))
+                .await
+        }
+        Command::Ls(a) => {
+            let path = remote_path(&a.remote)?;
+            let output = if a.client.json { Output::Json } else { Output::Human };
+            with_client(&a.host, &a.client, Op::List, output, |c, rep| Box::pin(async move { c.list(&path, rep).await })).await
+        }
+        Command::Rm(a) => {
+            let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
+            let output = output(&a.client, cli.quiet);
+            let recursive = a.recursive;
+            with_client(&a.host, &a.client, Op::Remove, output, |c, rep| {
+                Box::pin(async move { c.remove(&remotes, recursive, rep).await })
+            })
+            .await
+        }
+    }
+}
+
+fn output(args: &ClientArgs, quiet: bool) -> Output {
+    match (args.json, quiet) {
+        (true, _) => Output::Json,
+        (false, true) => Output::Quiet,
+        (false, false) => Output::Human,
+    }
+}
+
+/// A remote path as typed: cleaned, but never allowed out of the root.
+fn remote_path(s: &str) -> Result<WirePath, Error> {
+    WirePath::from_user(s).map_err(|error| Error::BadPath { path: s.to_owned(), error })
+}
+
+type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
+
+/// Connects, runs one operation, closes, and always prints the summary.
+async fn with_client<F>(host: &str, args: &ClientArgs, op: Op, output: Output, f: F) -> anyhow::Result<()>
+where
+    F: for<'a> FnOnce(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
+{
+    let mut cfg = ClientConfig::new(host, args.identity.paths("client"))?;
+    cfg.server_name = args.server_name.clone();
+    cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
+    let mut rep = Reporter::new(output, op);
+    let mut client = Client::connect(cfg).await?;
+    let result = f(&mut client, &mut rep).await;
+    let closed = if result.is_ok() { client.close().await } else { Ok(()) };
+    let summary = rep.finish();
+    result?;
+    closed?;
+    summary?;
+    Ok(())
+}
+
+fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
+    let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
+    for w in pki::keygen(&cfg)? {
+        match w.cert {
+            Some(c) => println!(
+                "wrote {}  {}  sha256 {}  expires {}",
+                w.path.display(),
+                c.subject,
+                c.sha256,
+                c.not_after.date()
+            ),
+            None => println!("wrote {}  (private key, mode 0600)", w.path.display()),
+        }
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server"));
+    cfg.allow = a.allow;
+    cfg.read_only = a.read_only;
+    cfg.max_conns = a.max_conns;
+    cfg.grace = a.grace;
+    cfg.timeouts = Timeouts {
+        handshake: a.handshake_timeout,
+        header: a.header_timeout,
+        idle: a.idle_timeout,
+        ..Timeouts::default()
+    };
+    let allow = cfg.allow.clone();
+    let read_only = cfg.read_only;
+    let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
+    let addr = server.local_addr()?;
+    tracing::info!(
+        root = %server.root().display(),
+        read_only,
+        allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },
+        "listening on {addr}"
+    );
+    server.run(server::shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        assert!(VERSION.ends_with(&format!("(protocol {})", crate::protocol::VERSION)));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

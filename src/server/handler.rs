@@ -1,0 +1,366 @@
+//! One connection: TLS handshake under a deadline, the peer's name from its
+//! verified certificate, the admission check, the version exchange, then
+//! requests in order until the client closes.
+//!
+//! A failure that concerns one request (a refused path, a hash mismatch) is
+//! answered with an `Error` frame and the connection goes on; a frame that
+//! breaks the protocol is answered and the connection closed. Nothing a
+//! client sends can reach another connection: each runs on its own task and
+//! shares only the read-only [`Shared`] state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Shared;
+use crate::connection::{FrameReader, FrameWriter, with_timeout};
+use crate::error::{Error, Result};
+use crate::protocol::{ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
+use crate::store::StoreError;
+use crate::tls;
+use crate::transfer::{self, FileOutcome, SendOutcome};
+use crate::walk::Item;
+
+type Tls = TlsStream<TcpStream>;
+
+/// Serves one accepted TCP connection to its end; logs, never fails.
+pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>, token: CancellationToken) {
+    let _ = tcp.set_nodelay(true);
+    let t = shared.timeouts;
+    let accepted = with_timeout("TLS handshake", t.handshake, async {
+        shared
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
+    })
+    .await;
+    let tls = match accepted {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%addr, "refused before TLS completed: {}", describe(&e));
+            return;
+        }
+    };
+    // rustls has verified the chain against the CA; only then are the
+    // certificate's names trusted to identify the peer.
+    let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
+    let peer = names.first().cloned().unwrap_or_else(|| "(unnamed)".to_owned());
+    let span = info_span!("conn", peer = %peer, %addr);
+    async move {
+        info!("connected");
+        let started = Instant::now();
+        let (rd, wr) = tokio::io::split(tls);
+        let mut conn = Conn {
+            r: FrameReader::new(rd, peer.clone(), t.idle),
+            w: FrameWriter::new(wr, peer.clone(), t.idle),
+            shared,
+            files: 0,
+            bytes: 0,
+        };
+        let result = conn.run(&names, token).await;
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
+            Err(e) => warn!(files = conn.files, bytes = conn.bytes, "closed with error: {}", describe(&e)),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// An error as one log line, with TLS failures explained.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::ConnectionLost { source, .. } => match tls::rustls_error(source) {
+            Some(te) => tls::explain_for_server(te),
+            None => source.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking store task panicked")
+}
+
+struct Conn {
+    r: FrameReader<ReadHalf<Tls>>,
+    w: FrameWriter<WriteHalf<Tls>>,
+    shared: Arc<Shared>,
+    /// Files received or sent, and their payload bytes, for the close log.
+    files: u64,
+    bytes: u64,
+}
+
+impl Conn {
+    async fn run(&mut self, names: &[String], token: CancellationToken) -> Result<()> {
+        let t = self.shared.timeouts;
+        let version = self.r.read_preamble(t.header).await?;
+        self.w.queue_preamble();
+        if version != VERSION {
+            let e = Error::Version { peer: self.r.peer().to_owned(), ours: VERSION, theirs: version };
+            self.close_with(ErrorCode::Version, e.to_string()).await;
+            return Err(e);
+        }
+        if !admitted(&self.shared.allow, names) {
+            let msg = format!(
+                "certificate {} is not in this server's --allow list ({})",
+                names.first().map(String::as_str).unwrap_or("(unnamed)"),
+                self.shared.allow.join(", ")
+            );
+            self.close_with(ErrorCode::NotAdmitted, msg.clone()).await;
+            return Err(Error::NotAdmitted(msg));
+        }
+        let mut first = true;
+        loop {
+            // Replies are batched; send them before waiting on the client.
+            if !self.r.has_frame() {
+                self.w.flush().await?;
+            }
+            let next = tokio::select! {
+                // Shutdown is only noticed between requests, never inside one.
+                biased;
+                _ = token.cancelled() => {
+                    self.close_with(ErrorCode::ShuttingDown, "the server is shutting down; run the command again".into()).await;
+                    return Ok(());
+                }
+                f = self.read_request(first) => f,
+            };
+            first = false;
+            let frame = match next {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
+                    self.refuse_bad_path(error).await?;
+                    continue;
+                }
+                Err(e @ Error::Frame { .. }) => {
+                    self.close_with(ErrorCode::Protocol, e.to_string()).await;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            self.dispatch(frame).await?;
+        }
+        self.w.shutdown(t.shutdown).await
+    }
+
+    async fn read_request(&mut self, first: bool) -> Result<Option<Frame>> {
+        if first {
+            self.r.read_frame_within("request header", self.shared.timeouts.header).await
+        } else {
+            self.r.read_frame().await
+        }
+    }
+
+    async fn dispatch(&mut self, frame: Frame) -> Result<()> {
+        match frame {
+            Frame::File(h) => self.put(h).await,
+            Frame::Dir { path, .. } => {
+                let r = self.writable().map(drop);
+                let root = self.shared.root.clone();
+                let p = path.clone();
+                let r = match r {
+                    Ok(()) => blocking(move || root.mkdir(&p)).await,
+                    Err(e) => Err(e),
+                };
+                self.answer(&path, "mkdir", r).await
+            }
+            Frame::Get { path } => self.get(path).await,
+            Frame::List { path } => self.list(path).await,
+            Frame::Remove { path, recursive } => {
+                let root = self.shared.root.clone();
+                let p = path.clone();
+                let r = match self.writable() {
+                    Ok(()) => blocking(move || root.remove(&p, recursive)).await,
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    info!(path = %path, "removed");
+                }
+                self.answer(&path, "remove", r).await
+            }
+            other => {
+                let e = Error::protocol(self.r.peer(), format!("unexpected {} frame between requests", other.name()));
+                self.close_with(ErrorCode::Protocol, e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn writable(&self) -> std::result::Result<(), StoreError> {
+        if self.shared.read_only {
+            Err(StoreError { code: ErrorCode::Denied, message: "this server is read-only (--read-only)".into() })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Replies `Ok` or `Error` to a request without payload.
+    async fn answer(&mut self, path: &WirePath, op: &str, r: std::result::Result<(), StoreError>) -> Result<()> {
+        match r {
+            Ok(()) => self.w.send(&Frame::Ok).await,
+            Err(e) => {
+                warn!(path = %path, "{op} refused: {}", e.message);
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await
+            }
+        }
+    }
+
+    /// Receives one pushed file.
+    async fn put(&mut self, h: FileHeader) -> Result<()> {
+        let started = Instant::now();
+        let staged = match self.writable() {
+            Ok(()) => {
+                let (root, p) = (self.shared.root.clone(), h.path.clone());
+                blocking(move || root.stage(&p)).await
+            }
+            Err(e) => Err(e),
+        };
+        let staged = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                // Answer at once; the payload that follows is read and dropped.
+                warn!(path = %h.path, "push refused: {}", e.message);
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await?;
+                return transfer::discard_payload(&mut self.r, &h).await;
+            }
+        };
+        match transfer::receive_file(&mut self.r, &h, Some(staged)).await? {
+            FileOutcome::Ok(got) => {
+                self.log_file("received", &h.path, got.size, &got.blake3, started);
+                self.w.send(&Frame::Stored { size: got.size, blake3: got.blake3 }).await
+            }
+            FileOutcome::Failed { code, message, bytes } => {
+                self.bytes += bytes;
+                warn!(path = %h.path, bytes, "push failed: {message}");
+                self.w.send(&Frame::Error { code, message }).await
+            }
+            FileOutcome::PeerError { message, .. } => {
+                let e = Error::protocol(self.r.peer(), format!("client sent an error frame inside a file: {message}"));
+                self.close_with(ErrorCode::Protocol, e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a file or a tree, then `Ok`.
+    async fn get(&mut self, path: WirePath) -> Result<()> {
+        let root = self.shared.root.clone();
+        let p = path.clone();
+        let walk = match blocking(move || root.walk(&p)).await {
+            Ok(w) => w,
+            Err(e) => return self.answer(&path, "pull", Err(e)).await,
+        };
+        let mut items = transfer::spawn_walk(walk);
+        while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
+            match item {
+                Item::Dir { rel, meta } => {
+                    self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
+                }
+                Item::File { rel, abs, .. } => {
+                    let started = Instant::now();
+                    match transfer::send_file(&mut self.w, &rel, &abs).await? {
+                        SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size, &s.blake3, started),
+                        SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
+                        SendOutcome::NotStarted(reason) => self.send_failed(&rel, &reason).await?,
+                    }
+                }
+                Item::Skipped { rel, reason } => match WirePath::parse(&rel) {
+                    Ok(path) => self.w.send(&Frame::Skipped { path, reason }).await?,
+                    Err(_) => warn!(path = %rel, "not sent: {reason}"),
+                },
+                Item::Failed { rel, error } => match WirePath::parse(&rel) {
+                    Ok(path) => self.send_failed(&path, &error).await?,
+                    Err(_) => warn!(path = %rel, "not sent: {error}"),
+                },
+            }
+        }
+        self.w.send(&Frame::Ok).await
+    }
+
+    /// Tells a pulling client that one file of a tree could not be read: an
+    /// empty header and an `Abort`, so it is reported as failed, not skipped.
+    async fn send_failed(&mut self, path: &WirePath, reason: &str) -> Result<()> {
+        warn!(path = %path, "cannot send: {reason}");
+        let h = FileHeader { path: path.clone(), size: 0, mode: 0o600, mtime: Timestamp::default() };
+        self.w.send(&Frame::File(h)).await?;
+        self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
+    }
+
+    async fn list(&mut self, path: WirePath) -> Result<()> {
+        let root = self.shared.root.clone();
+        let p = path.clone();
+        match blocking(move || root.list(&p)).await {
+            Ok(entries) => {
+                for e in entries {
+                    self.w.send(&Frame::Entry(e)).await?;
+                }
+                self.w.send(&Frame::Ok).await
+            }
+            Err(e) => self.answer(&path, "list", Err(e)).await,
+        }
+    }
+
+    /// Answers a request whose path broke the rules; the stream is still in
+    /// sync, so the connection goes on (after skipping a refused payload).
+    async fn refuse_bad_path(&mut self, error: FrameError) -> Result<()> {
+        warn!("refused: {error}");
+        let is_file = error.is_file_header();
+        self.w.send(&Frame::Error { code: ErrorCode::BadPath, message: error.to_string() }).await?;
+        if is_file {
+            let h = FileHeader { path: WirePath::root(), size: UNKNOWN_SIZE, mode: 0, mtime: Timestamp::default() };
+            transfer::discard_payload(&mut self.r, &h).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a final `Error` and closes, ignoring failures: the connection
+    /// is being given up anyway.
+    async fn close_with(&mut self, code: ErrorCode, message: String) {
+        let _ = self.w.send(&Frame::Error { code, message }).await;
+        let _ = self.w.shutdown(self.shared.timeouts.shutdown).await;
+    }
+
+    fn log_file(&mut self, what: &str, path: &WirePath, size: u64, blake3: &[u8; 32], started: Instant) {
+        self.files += 1;
+        self.bytes += size;
+        let secs = started.elapsed().as_secs_f64();
+        let mbps = if secs > 0.0 { size as f64 / secs / 1e6 } else { 0.0 };
+        info!(
+            path = %path,
+            bytes = size,
+            secs = format_args!("{secs:.3}"),
+            mb_per_s = format_args!("{mbps:.1}"),
+            blake3 = %transfer::hex(blake3),
+            "{what}"
+        );
+    }
+}
+
+/// With an allow list, a client must have one of its names on it.
+fn admitted(allow: &[String], names: &[String]) -> bool {
+    allow.is_empty() || names.iter().any(|n| allow.contains(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_any_certificate_name() {
+        let names = ["runner-7".to_owned(), "ci.example.org".to_owned()];
+        assert!(admitted(&[], &names));
+        assert!(admitted(&["ci.example.org".into()], &names));
+        assert!(!admitted(&["runner-8".into()], &names));
+        assert!(!admitted(&["runner-8".into()], &[]));
+    }
+}
