@@ -43,13 +43,23 @@ impl ClientConfig {
     /// A config for `HOST[:PORT]` (IPv6 as `[::1]:5001` or a bare `::1`).
     pub fn new(target: &str, identity: IdentityPaths) -> Result<ClientConfig> {
         let (host, port) = parse_target(target)?;
-        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default() })
+        Ok(ClientConfig {
+            host,
+            port,
+            server_name: None,
+            identity,
+            timeouts: Timeouts::default(),
+        })
     }
 }
 
 /// Splits `HOST[:PORT]`.
 pub fn parse_target(s: &str) -> Result<(String, u16)> {
-    let bad = || Error::Usage(format!("invalid server '{s}': expected HOST or HOST:PORT (IPv6 as [::1]:5001)"));
+    let bad = || {
+        Error::Usage(format!(
+            "invalid server '{s}': expected HOST or HOST:PORT (IPv6 as [::1]:5001)"
+        ))
+    };
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or_else(bad)?;
         match after.strip_prefix(':') {
@@ -101,27 +111,43 @@ impl Client {
         let name = cfg.server_name.clone().unwrap_or_else(|| cfg.host.clone());
         let server_name = ServerName::try_from(name.clone())
             .map_err(|_| Error::Usage(format!("'{name}' is not a valid DNS name or IP address")))?;
-        let addr = if cfg.host.contains(':') { format!("[{}]:{}", cfg.host, cfg.port) } else { format!("{}:{}", cfg.host, cfg.port) };
+        let addr = if cfg.host.contains(':') {
+            format!("[{}]:{}", cfg.host, cfg.port)
+        } else {
+            format!("{}:{}", cfg.host, cfg.port)
+        };
         let t = cfg.timeouts;
         let tcp = with_timeout("connect", t.connect, async {
             TcpStream::connect((cfg.host.as_str(), cfg.port))
                 .await
-                .map_err(|source| Error::Connect { addr: addr.clone(), source })
+                .map_err(|source| Error::Connect {
+                    addr: addr.clone(),
+                    source,
+                })
         })
         .await?;
         // Requests are batched by FrameWriter; Nagle would only add delay.
         let _ = tcp.set_nodelay(true);
         let tls = with_timeout("TLS handshake", t.handshake, async {
-            connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|source| explain(&cfg, Error::ConnectionLost { peer: addr.clone(), source }))
+            connector.connect(server_name, tcp).await.map_err(|source| {
+                explain(
+                    &cfg,
+                    Error::ConnectionLost {
+                        peer: addr.clone(),
+                        source,
+                    },
+                )
+            })
         })
         .await?;
         let (rd, wr) = tokio::io::split(tls);
         let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
         w.queue_preamble();
-        Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg })
+        Ok(Client {
+            r: FrameReader::new(rd, addr, t.idle),
+            w,
+            cfg,
+        })
     }
 
     /// Sends files and folders (recursively) to `to` on the server, placed
@@ -129,10 +155,12 @@ impl Client {
     pub async fn push(&mut self, sources: &[PathBuf], to: &WirePath, rep: &mut Reporter) -> Result<()> {
         let mut walks = Vec::new();
         for src in sources {
-            let meta = std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
-            let rel = to
-                .join(&source_name(src)?)
-                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
+            let meta =
+                std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
+            let rel = to.join(&source_name(src)?).map_err(|error| Error::BadPath {
+                path: src.display().to_string(),
+                error,
+            })?;
             walks.push(Walk::new(src.clone(), rel, &meta, None));
         }
         let mut items = transfer::spawn_walk(walks.into_iter().flatten());
@@ -142,7 +170,12 @@ impl Client {
             while let Some(item) = transfer::next_item(&mut items, w).await? {
                 let expect = match item {
                     Item::Dir { rel, meta } => {
-                        w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
+                        w.send(&Frame::Dir {
+                            path: rel.clone(),
+                            mode: meta.mode,
+                            mtime: meta.mtime,
+                        })
+                        .await?;
                         Expect::Dir(rel)
                     }
                     Item::File { rel, abs, .. } => {
@@ -165,7 +198,8 @@ impl Client {
             }
             Ok(())
         };
-        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+        let result = pipeline(writer, reader).await;
+        self.conclude(result).await
     }
 
     /// Fetches files and folders into `out`: `x/b.txt` → `out/b.txt`,
@@ -186,7 +220,8 @@ impl Client {
             }
             Ok(())
         };
-        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+        let result = pipeline(writer, reader).await;
+        self.conclude(result).await
     }
 
     /// Lists a folder (or one file) on the server.
@@ -207,7 +242,8 @@ impl Client {
                 }
             }
         };
-        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+        let result = pipeline(writer, reader).await;
+        self.conclude(result).await
     }
 
     /// Removes files (and folders, with `recursive`) on the server.
@@ -216,7 +252,11 @@ impl Client {
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let writer = async move {
             for p in paths {
-                w.send(&Frame::Remove { path: p.clone(), recursive }).await?;
+                w.send(&Frame::Remove {
+                    path: p.clone(),
+                    recursive,
+                })
+                .await?;
                 if tx.send(Expect::Removed(p.clone())).await.is_err() {
                     break;
                 }
@@ -230,7 +270,37 @@ impl Client {
             }
             Ok(())
         };
-        pipeline(writer, reader).await.map_err(|e| explain(cfg, e))
+        let result = pipeline(writer, reader).await;
+        self.conclude(result).await
+    }
+
+    /// Finishes an operation's result: when the connection broke under us,
+    /// the server may have said why just before (shutting down, not
+    /// admitted), which beats "broken pipe"; TLS errors are explained.
+    async fn conclude<T>(&mut self, result: Result<T>) -> Result<T> {
+        let e = match result {
+            Ok(v) => return Ok(v),
+            Err(e @ Error::ConnectionLost { .. }) => match self.server_reason().await {
+                Some(reason) => reason,
+                None => e,
+            },
+            Err(e) => e,
+        };
+        Err(explain(&self.cfg, e))
+    }
+
+    /// Reads what is left from the server, briefly, looking for an `Error`.
+    async fn server_reason(&mut self) -> Option<Error> {
+        let r = &mut self.r;
+        let look = async {
+            while let Ok(Some(f)) = r.read_frame().await {
+                if let Frame::Error { code, message } = f {
+                    return Some(refusal("", code, message));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(1), look).await.ok().flatten()
     }
 
     /// Ends the session cleanly (TLS close_notify).
@@ -263,7 +333,11 @@ async fn pipeline<T>(writer: impl Future<Output = Result<()>>, reader: impl Futu
 async fn greet(r: &mut FrameReader<ReadHalf<Tls>>, within: Duration) -> Result<()> {
     let theirs = r.read_preamble(within).await?;
     if theirs != VERSION {
-        return Err(Error::Version { peer: r.peer().to_owned(), ours: VERSION, theirs });
+        return Err(Error::Version {
+            peer: r.peer().to_owned(),
+            ours: VERSION,
+            theirs,
+        });
     }
     Ok(())
 }
@@ -272,7 +346,10 @@ async fn greet(r: &mut FrameReader<ReadHalf<Tls>>, within: Duration) -> Result<(
 async fn reply(r: &mut FrameReader<ReadHalf<Tls>>) -> Result<Frame> {
     r.read_frame().await?.ok_or_else(|| Error::ConnectionLost {
         peer: r.peer().to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection before answering"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection before answering",
+        ),
     })
 }
 
@@ -289,12 +366,29 @@ async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &
         }
         Expect::Dir(path) => (path, None, Err(String::new())),
         Expect::Removed(path) => return read_removed(r, path, rep).await,
-        Expect::File { path, outcome: SendOutcome::NotStarted(error) } => {
-            rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(error), Class::Other));
+        Expect::File {
+            path,
+            outcome: SendOutcome::NotStarted(error),
+        } => {
+            rep.file(report(
+                path.to_string(),
+                0,
+                None,
+                0,
+                Status::Failed,
+                Some(error),
+                Class::Other,
+            ));
             return Ok(());
         }
-        Expect::File { path, outcome: SendOutcome::Aborted { size, reason } } => (path, Some(size), Err(reason)),
-        Expect::File { path, outcome: SendOutcome::Sent(s) } => (path, Some(s.size), Ok(s)),
+        Expect::File {
+            path,
+            outcome: SendOutcome::Aborted { size, reason },
+        } => (path, Some(size), Err(reason)),
+        Expect::File {
+            path,
+            outcome: SendOutcome::Sent(s),
+        } => (path, Some(s.size), Ok(s)),
     };
     let is_file = size.is_some();
     match reply(r).await? {
@@ -303,17 +397,28 @@ async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &
             Ok(())
         }
         Frame::Stored { size: got, blake3 } if is_file => {
-            let sent = sent.map_err(|_| Error::protocol(r.peer(), format!("{path}: stored a file the client abandoned")))?;
+            let sent =
+                sent.map_err(|_| Error::protocol(r.peer(), format!("{path}: stored a file the client abandoned")))?;
             let (st, err, class) = if got == sent.size && blake3 == sent.blake3 {
                 (Status::Ok, None, Class::Other)
             } else {
                 let msg = format!(
                     "{path}: the server stored {got} bytes with BLAKE3 {}, but {} bytes with {} were sent",
-                    transfer::hex(&blake3), sent.size, transfer::hex(&sent.blake3)
+                    transfer::hex(&blake3),
+                    sent.size,
+                    transfer::hex(&sent.blake3)
                 );
                 (Status::Failed, Some(msg), Class::Integrity)
             };
-            rep.file(report(path.to_string(), sent.size, Some(transfer::hex(&sent.blake3)), sent.size, st, err, class));
+            rep.file(report(
+                path.to_string(),
+                sent.size,
+                Some(transfer::hex(&sent.blake3)),
+                sent.size,
+                st,
+                err,
+                class,
+            ));
             Ok(())
         }
         Frame::Error { code, message } => {
@@ -327,7 +432,15 @@ async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &
             };
             let hash = sent.as_ref().ok().map(|s| transfer::hex(&s.blake3));
             let bytes = if is_file { size.unwrap_or(0) } else { 0 };
-            rep.file(report(path.to_string(), size.unwrap_or(0), hash, bytes, Status::Failed, Some(message), e.class()));
+            rep.file(report(
+                path.to_string(),
+                size.unwrap_or(0),
+                hash,
+                bytes,
+                Status::Failed,
+                Some(message),
+                e.class(),
+            ));
             Ok(())
         }
         other => Err(unexpected(r.peer(), &other)),
@@ -343,7 +456,15 @@ async fn read_removed(r: &mut FrameReader<ReadHalf<Tls>>, path: WirePath, rep: &
             if e.class() == Class::Connection {
                 return Err(e);
             }
-            rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+            rep.file(report(
+                path.to_string(),
+                0,
+                None,
+                0,
+                Status::Failed,
+                Some(e.to_string()),
+                e.class(),
+            ));
         }
         other => return Err(unexpected(r.peer(), &other)),
     }
@@ -358,15 +479,28 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
                 check_within(r, asked, &path)?;
                 let root = root.clone();
                 let p = path.clone();
-                match tokio::task::spawn_blocking(move || root.mkdir(&p)).await.expect("mkdir task panicked") {
+                match tokio::task::spawn_blocking(move || root.mkdir(&p))
+                    .await
+                    .expect("mkdir task panicked")
+                {
                     Ok(()) => rep.dir(),
-                    Err(e) => rep.file(report(path.to_string(), 0, None, 0, Status::Failed, Some(e.message), Class::Other)),
+                    Err(e) => rep.file(report(
+                        path.to_string(),
+                        0,
+                        None,
+                        0,
+                        Status::Failed,
+                        Some(e.message),
+                        Class::Other,
+                    )),
                 }
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
                 let (root2, p) = (root.clone(), h.path.clone());
-                let staged = tokio::task::spawn_blocking(move || root2.stage(&p)).await.expect("stage task panicked");
+                let staged = tokio::task::spawn_blocking(move || root2.stage(&p))
+                    .await
+                    .expect("stage task panicked");
                 let (staged, local_err) = match staged {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e)),
@@ -374,24 +508,58 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
                 let outcome = transfer::receive_file(r, &h, staged).await?;
                 let path = h.path.to_string();
                 match (outcome, local_err) {
-                    (FileOutcome::Ok(got), None) => {
-                        rep.file(report(path, got.size, Some(transfer::hex(&got.blake3)), got.size, Status::Ok, None, Class::Other))
-                    }
-                    (FileOutcome::Ok(got), Some(e)) => rep.file(report(path, got.size, None, got.size, Status::Failed, Some(e.message), Class::Other)),
+                    (FileOutcome::Ok(got), None) => rep.file(report(
+                        path,
+                        got.size,
+                        Some(transfer::hex(&got.blake3)),
+                        got.size,
+                        Status::Ok,
+                        None,
+                        Class::Other,
+                    )),
+                    (FileOutcome::Ok(got), Some(e)) => rep.file(report(
+                        path,
+                        got.size,
+                        None,
+                        got.size,
+                        Status::Failed,
+                        Some(e.message),
+                        Class::Other,
+                    )),
                     (FileOutcome::Failed { code, message, bytes }, _) => {
-                        let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+                        let class = if code == ErrorCode::Integrity {
+                            Class::Integrity
+                        } else {
+                            Class::Other
+                        };
                         rep.file(report(path, h.size, None, bytes, Status::Failed, Some(message), class));
                     }
                     (FileOutcome::PeerError { code, message }, _) => {
                         let e = refusal(&path, code, message);
-                        rep.file(report(path, h.size, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+                        rep.file(report(
+                            path,
+                            h.size,
+                            None,
+                            0,
+                            Status::Failed,
+                            Some(e.to_string()),
+                            e.class(),
+                        ));
                         return Ok(());
                     }
                 }
             }
             Frame::Skipped { path, reason } => {
                 check_within(r, asked, &path)?;
-                rep.file(report(path.to_string(), 0, None, 0, Status::Skipped, Some(reason), Class::Other));
+                rep.file(report(
+                    path.to_string(),
+                    0,
+                    None,
+                    0,
+                    Status::Skipped,
+                    Some(reason),
+                    Class::Other,
+                ));
             }
             Frame::Ok => return Ok(()),
             Frame::Error { code, message } => {
@@ -399,7 +567,15 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
                 if e.class() == Class::Connection {
                     return Err(e);
                 }
-                rep.file(report(asked.to_string(), 0, None, 0, Status::Failed, Some(e.to_string()), e.class()));
+                rep.file(report(
+                    asked.to_string(),
+                    0,
+                    None,
+                    0,
+                    Status::Failed,
+                    Some(e.to_string()),
+                    e.class(),
+                ));
                 return Ok(());
             }
             other => return Err(unexpected(r.peer(), &other)),
@@ -416,22 +592,48 @@ fn check_within(r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath
     if ok {
         Ok(())
     } else {
-        Err(Error::protocol(r.peer(), format!("sent '{got}' in answer to a request for '{asked}'")))
+        Err(Error::protocol(
+            r.peer(),
+            format!("sent '{got}' in answer to a request for '{asked}'"),
+        ))
     }
 }
 
-fn report(path: String, size: u64, blake3: Option<String>, bytes: u64, status: Status, error: Option<String>, class: Class) -> FileReport {
-    FileReport { path, size, blake3, bytes, status, error, class }
+fn report(
+    path: String,
+    size: u64,
+    blake3: Option<String>,
+    bytes: u64,
+    status: Status,
+    error: Option<String>,
+    class: Class,
+) -> FileReport {
+    FileReport {
+        path,
+        size,
+        blake3,
+        bytes,
+        status,
+        error,
+        class,
+    }
 }
 
 /// Turns a server's `Error` frame into an [`Error`] of the right class.
 fn refusal(path: &str, code: ErrorCode, message: String) -> Error {
     match code {
         ErrorCode::NotAdmitted => Error::NotAdmitted(message),
-        ErrorCode::ShuttingDown => Error::ConnectionLost { peer: path.to_owned(), source: std::io::Error::other(message) },
         // Server messages usually name the path already; don't say it twice.
-        _ if message.starts_with(path) => Error::Refused { path: path.to_owned(), code, message },
-        _ => Error::Refused { path: path.to_owned(), code, message: format!("{path}: {message}") },
+        _ if message.starts_with(path) => Error::Refused {
+            path: path.to_owned(),
+            code,
+            message,
+        },
+        _ => Error::Refused {
+            path: path.to_owned(),
+            code,
+            message: format!("{path}: {message}"),
+        },
     }
 }
 
@@ -448,10 +650,19 @@ fn source_name(src: &Path) -> Result<String> {
             .canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_owned()))
-            .ok_or_else(|| Error::Usage(format!("cannot push {}: it has no name to give it on the server", src.display())))?,
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "cannot push {}: it has no name to give it on the server",
+                    src.display()
+                ))
+            })?,
     };
-    name.into_string()
-        .map_err(|n| Error::Usage(format!("cannot push {}: the name is not valid UTF-8", n.to_string_lossy())))
+    name.into_string().map_err(|n| {
+        Error::Usage(format!(
+            "cannot push {}: the name is not valid UTF-8",
+            n.to_string_lossy()
+        ))
+    })
 }
 
 /// Replaces a bare I/O error that carries a TLS alert or certificate error
@@ -459,7 +670,10 @@ fn source_name(src: &Path) -> Result<String> {
 fn explain(cfg: &ClientConfig, e: Error) -> Error {
     match e {
         Error::ConnectionLost { peer, source } => match tls::rustls_error(&source) {
-            Some(te) => Error::Tls { peer, message: tls::explain_for_client(te, cfg.server_name.as_deref().unwrap_or(&cfg.host), &cfg.identity) },
+            Some(te) => Error::Tls {
+                peer,
+                message: tls::explain_for_client(te, cfg.server_name.as_deref().unwrap_or(&cfg.host), &cfg.identity),
+            },
             None => Error::ConnectionLost { peer, source },
         },
         other => other,
@@ -472,7 +686,10 @@ mod tests {
 
     #[test]
     fn targets_parse_with_and_without_ports() {
-        assert_eq!(parse_target("files.example.org").unwrap(), ("files.example.org".into(), 5001));
+        assert_eq!(
+            parse_target("files.example.org").unwrap(),
+            ("files.example.org".into(), 5001)
+        );
         assert_eq!(parse_target("h:7").unwrap(), ("h".into(), 7));
         assert_eq!(parse_target("127.0.0.1:9").unwrap(), ("127.0.0.1".into(), 9));
         assert_eq!(parse_target("[::1]:8").unwrap(), ("::1".into(), 8));
@@ -488,6 +705,9 @@ mod tests {
         assert_eq!(source_name(Path::new("a/b.txt")).unwrap(), "b.txt");
         assert_eq!(source_name(Path::new("dist/")).unwrap(), "dist");
         let here = std::env::current_dir().unwrap();
-        assert_eq!(source_name(Path::new(".")).unwrap(), here.file_name().unwrap().to_str().unwrap());
+        assert_eq!(
+            source_name(Path::new(".")).unwrap(),
+            here.file_name().unwrap().to_str().unwrap()
+        );
     }
 }

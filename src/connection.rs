@@ -48,11 +48,7 @@ impl Default for Timeouts {
 const FLUSH_AT: usize = 256 * 1024;
 
 /// Runs `fut`, turning an elapsed `dur` into [`Error::Timeout`] for `phase`.
-pub async fn with_timeout<T>(
-    phase: &'static str,
-    dur: Duration,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
+pub async fn with_timeout<T>(phase: &'static str, dur: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout(dur, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout { phase, after: dur }),
@@ -71,7 +67,12 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, peer: impl Into<String>, idle: Duration) -> Self {
-        FrameReader { io, buf: BytesMut::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(2 * FLUSH_AT),
+            peer: peer.into(),
+            idle,
+        }
     }
 
     /// Reads the peer's preamble and returns its protocol version.
@@ -83,7 +84,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             }
             let bytes: [u8; PREAMBLE_LEN] = self.buf.split_to(PREAMBLE_LEN)[..].try_into().expect("length checked");
-            protocol::parse_preamble(&bytes).map_err(|error| Error::Frame { peer: self.peer.clone(), error })
+            protocol::parse_preamble(&bytes).map_err(|error| Error::Frame {
+                peer: self.peer.clone(),
+                error,
+            })
         })
         .await
     }
@@ -139,11 +143,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.io
             .read_buf(&mut self.buf)
             .await
-            .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+            .map_err(|source| Error::ConnectionLost {
+                peer: self.peer.clone(),
+                source,
+            })
     }
 
     fn bad(&self, error: protocol::FrameError) -> Error {
-        Error::Frame { peer: self.peer.clone(), error }
+        Error::Frame {
+            peer: self.peer.clone(),
+            error,
+        }
     }
 
     fn lost(&self, what: &str) -> Error {
@@ -164,7 +174,12 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(io: W, peer: impl Into<String>, idle: Duration) -> Self {
-        FrameWriter { io, buf: Vec::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
+        FrameWriter {
+            io,
+            buf: Vec::with_capacity(2 * FLUSH_AT),
+            peer: peer.into(),
+            idle,
+        }
     }
 
     /// Queues this build's preamble.
@@ -191,7 +206,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let idle = self.idle;
         let peer = self.peer.clone();
         with_timeout("idle transfer", idle, async {
-            self.io.flush().await.map_err(|source| Error::ConnectionLost { peer, source })
+            self.io
+                .flush()
+                .await
+                .map_err(|source| Error::ConnectionLost { peer, source })
         })
         .await
     }
@@ -201,7 +219,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await?;
         let peer = self.peer.clone();
         with_timeout("TLS shutdown", within, async {
-            self.io.shutdown().await.map_err(|source| Error::ConnectionLost { peer, source })
+            self.io
+                .shutdown()
+                .await
+                .map_err(|source| Error::ConnectionLost { peer, source })
         })
         .await
     }
@@ -223,7 +244,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 self.io
                     .write(&self.buf[at..])
                     .await
-                    .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+                    .map_err(|source| Error::ConnectionLost {
+                        peer: self.peer.clone(),
+                        source,
+                    })
             })
             .await?;
             if n == 0 {
@@ -253,7 +277,10 @@ mod tests {
         let big = vec![0xAB; protocol::MAX_DATA_LEN];
         let writer = async move {
             w.queue_preamble();
-            w.send(&Frame::Get { path: WirePath::parse("x/y").unwrap() }).await?;
+            w.send(&Frame::Get {
+                path: WirePath::parse("x/y").unwrap(),
+            })
+            .await?;
             w.send_data(&big).await?;
             w.send(&Frame::Ok).await?;
             w.shutdown(t).await
@@ -279,7 +306,10 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(64);
         let mut buf = Vec::new();
         Frame::Ok.encode(&mut buf);
-        Frame::Get { path: WirePath::parse("abc").unwrap() }.encode(&mut buf);
+        Frame::Get {
+            path: WirePath::parse("abc").unwrap(),
+        }
+        .encode(&mut buf);
         a.write_all(&buf[..buf.len() - 1]).await.unwrap();
         drop(a);
         let mut r = FrameReader::new(b, "a", Duration::from_secs(5));
@@ -291,6 +321,12 @@ mod tests {
     async fn a_silent_peer_hits_the_idle_timeout() {
         let (_a, b) = tokio::io::duplex(64);
         let mut r = FrameReader::new(b, "a", Duration::from_secs(60));
-        assert!(matches!(r.read_frame().await, Err(Error::Timeout { phase: "idle transfer", .. })));
+        assert!(matches!(
+            r.read_frame().await,
+            Err(Error::Timeout {
+                phase: "idle transfer",
+                ..
+            })
+        ));
     }
 }

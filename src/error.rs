@@ -39,7 +39,9 @@ pub enum Error {
     Timeout { phase: &'static str, after: Duration },
     #[error("connection to {peer} lost: {source}")]
     ConnectionLost { peer: String, source: io::Error },
-    #[error("{peer} speaks xfer protocol version {theirs}, this build speaks {ours}: install matching versions on both sides")]
+    #[error(
+        "{peer} speaks xfer protocol version {theirs}, this build speaks {ours}: install matching versions on both sides"
+    )]
     Version { peer: String, ours: u16, theirs: u16 },
     #[error("the server did not admit this client: {0}")]
     NotAdmitted(String),
@@ -49,12 +51,22 @@ pub enum Error {
 
     /// `message` names the path (the client makes sure of it).
     #[error("{message}")]
-    Refused { path: String, code: ErrorCode, message: String },
+    Refused {
+        path: String,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("refused remote path '{path}': {error}")]
     BadPath { path: String, error: PathError },
 
-    #[error("{path}: BLAKE3 mismatch: the sender had {expected}, the receiver got {actual}; the destination was left untouched")]
-    Integrity { path: String, expected: String, actual: String },
+    #[error(
+        "{path}: BLAKE3 mismatch: the sender had {expected}, the receiver got {actual}; the destination was left untouched"
+    )]
+    Integrity {
+        path: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("protocol error from {peer}: {message}")]
     Protocol { peer: String, message: String },
@@ -78,7 +90,7 @@ impl Error {
             | Error::Version { .. }
             | Error::NotAdmitted(_) => Class::Connection,
             Error::Refused { code, .. } => match code {
-                ErrorCode::NotAdmitted | ErrorCode::Version => Class::Connection,
+                ErrorCode::NotAdmitted | ErrorCode::Version | ErrorCode::ShuttingDown => Class::Connection,
                 ErrorCode::Integrity => Class::Integrity,
                 ErrorCode::Protocol | ErrorCode::Io | ErrorCode::Aborted | ErrorCode::Unknown(_) => Class::Other,
                 _ => Class::Refused,
@@ -92,12 +104,18 @@ impl Error {
 
     /// Wraps a local I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// A frame the peer sent that could not be decoded or was unexpected.
     pub fn protocol(peer: &str, message: impl std::fmt::Display) -> Error {
-        Error::Protocol { peer: peer.to_owned(), message: message.to_string() }
+        Error::Protocol {
+            peer: peer.to_owned(),
+            message: message.to_string(),
+        }
     }
 }
 

@@ -24,10 +24,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let class = e.downcast_ref::<Error>().map(Error::class).unwrap_or(Class::Other);
-            // A closed stdout (`xfer ls host | head`) is not a failure.
-            if is_broken_pipe(&e) {
-                return ExitCode::SUCCESS;
-            }
             eprintln!("xfer: {e:#}");
             ExitCode::from(exit_code(class))
         }
@@ -43,10 +39,6 @@ fn exit_code(class: Class) -> u8 {
         Class::Refused => 4,
         Class::Integrity => 5,
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// The server logs at info by default, clients only warnings; -v and -q

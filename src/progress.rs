@@ -80,7 +80,13 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(output: Output, op: Op) -> Reporter {
-        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None }
+        Reporter {
+            output,
+            op,
+            started: Instant::now(),
+            sum: Summary::default(),
+            worst: None,
+        }
     }
 
     /// Records one file (or removed path).
@@ -99,7 +105,11 @@ impl Reporter {
         }
         match self.output {
             Output::Json => {
-                let bytes_key = if self.op == Op::Pull { "bytes_received" } else { "bytes_sent" };
+                let bytes_key = if self.op == Op::Pull {
+                    "bytes_received"
+                } else {
+                    "bytes_sent"
+                };
                 let mut v = serde_json::json!({
                     "type": "file", "path": r.path, "size": r.size, "blake3": r.blake3,
                     "status": r.status,
@@ -135,7 +145,13 @@ impl Reporter {
             Output::Human => {
                 let name = e.path.file_name().unwrap_or(".");
                 let slash = if e.is_dir { "/" } else { "" };
-                println!("{:>12}  {}  {name}{slash}", e.size, iso8601(e.mtime));
+                // A closed stdout (`xfer ls host | head`) is not an error.
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{:>12}  {}  {name}{slash}",
+                    e.size,
+                    iso8601(e.mtime)
+                );
             }
             Output::Quiet => {}
         }
@@ -155,7 +171,11 @@ impl Reporter {
             _ => {}
         }
         match self.worst {
-            Some(class) => Err(Error::Failed { failed: s.failed, total: s.ok + s.skipped + s.failed, class }),
+            Some(class) => Err(Error::Failed {
+                failed: s.failed,
+                total: s.ok + s.skipped + s.failed,
+                class,
+            }),
             None => Ok(self.sum),
         }
     }
@@ -172,7 +192,10 @@ impl Reporter {
         if self.op != Op::Remove {
             let mib = s.bytes as f64 / (1024.0 * 1024.0);
             let rate = if s.seconds > 0.0 { mib / s.seconds } else { 0.0 };
-            line += &format!(" ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3", s.seconds);
+            line += &format!(
+                " ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3",
+                s.seconds
+            );
         }
         if s.skipped > 0 {
             line += &format!("; {} skipped", s.skipped);

@@ -50,12 +50,16 @@ pub struct Identity {
     pub paths: IdentityPaths,
 }
 
-const KEYGEN_HINT: &str = "run `xfer keygen` to create certificates, or point --certs/--cert/--key/--ca at existing ones";
+const KEYGEN_HINT: &str =
+    "run `xfer keygen` to create certificates, or point --certs/--cert/--key/--ca at existing ones";
 
 impl Identity {
     /// Reads and checks the three files.
     pub fn load(paths: &IdentityPaths) -> Result<Identity> {
-        let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
+        let bad = |path: &Path, message: String| Error::Identity {
+            path: path.to_owned(),
+            message,
+        };
         let chain = read_certs(&paths.cert).map_err(|m| bad(&paths.cert, m))?;
         let key = PrivateKeyDer::from_pem_file(&paths.key)
             .map_err(|e| bad(&paths.key, format!("{}; {KEYGEN_HINT}", pem_error(e))))?;
@@ -65,7 +69,12 @@ impl Identity {
                 .add(ca)
                 .map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
-        Ok(Identity { chain, key, roots: Arc::new(roots), paths: paths.clone() })
+        Ok(Identity {
+            chain,
+            key,
+            roots: Arc::new(roots),
+            paths: paths.clone(),
+        })
     }
 
     /// The server side: TLS 1.3 only, client certificates required and
@@ -103,7 +112,10 @@ impl Identity {
     }
 
     fn ca_error(&self, e: impl std::fmt::Display) -> Error {
-        Error::Identity { path: self.paths.ca.clone(), message: e.to_string() }
+        Error::Identity {
+            path: self.paths.ca.clone(),
+            message: e.to_string(),
+        }
     }
 
     fn key_error(&self, e: rustls::Error) -> Error {
@@ -185,12 +197,20 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
                 "the server rejected this client's certificate {cert}: it is not signed by the CA the server trusts"
             ),
             AlertDescription::CertificateRequired => "the server requires a client certificate".to_owned(),
-            AlertDescription::CertificateExpired => format!("the server says this client's certificate {cert} has expired: renew it with `xfer keygen`"),
-            AlertDescription::CertificateRevoked => format!("the server says this client's certificate {cert} is revoked"),
-            AlertDescription::NoApplicationProtocol => "the server does not speak the xfer protocol (ALPN mismatch)".to_owned(),
+            AlertDescription::CertificateExpired => {
+                format!("the server says this client's certificate {cert} has expired: renew it with `xfer keygen`")
+            }
+            AlertDescription::CertificateRevoked => {
+                format!("the server says this client's certificate {cert} is revoked")
+            }
+            AlertDescription::NoApplicationProtocol => {
+                "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
+            }
             other => format!("the server ended the handshake with alert {other:?}"),
         },
-        rustls::Error::NoApplicationProtocol => "the server does not speak the xfer protocol (ALPN mismatch)".to_owned(),
+        rustls::Error::NoApplicationProtocol => {
+            "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
+        }
         other => other.to_string(),
     }
 }
@@ -199,7 +219,9 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
 pub fn explain_for_server(e: &rustls::Error) -> String {
     match e {
         rustls::Error::NoCertificatesPresented => "the client presented no certificate".to_owned(),
-        rustls::Error::InvalidCertificate(ce) => format!("the client's certificate was rejected: {}", describe_cert_error(ce)),
+        rustls::Error::InvalidCertificate(ce) => {
+            format!("the client's certificate was rejected: {}", describe_cert_error(ce))
+        }
         rustls::Error::NoApplicationProtocol => "the client does not speak the xfer protocol (no xfer ALPN)".to_owned(),
         rustls::Error::InvalidMessage(m) => format!("not a TLS 1.3 client ({m:?})"),
         rustls::Error::PeerIncompatible(p) => format!("incompatible TLS client: {p:?}"),

@@ -136,18 +136,42 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     File(FileHeader),
-    Dir { path: WirePath, mode: u32, mtime: Timestamp },
-    Skipped { path: WirePath, reason: String },
-    Get { path: WirePath },
-    List { path: WirePath },
-    Remove { path: WirePath, recursive: bool },
+    Dir {
+        path: WirePath,
+        mode: u32,
+        mtime: Timestamp,
+    },
+    Skipped {
+        path: WirePath,
+        reason: String,
+    },
+    Get {
+        path: WirePath,
+    },
+    List {
+        path: WirePath,
+    },
+    Remove {
+        path: WirePath,
+        recursive: bool,
+    },
     Data(Bytes),
-    End { blake3: [u8; 32] },
-    Abort { reason: String },
-    Stored { size: u64, blake3: [u8; 32] },
+    End {
+        blake3: [u8; 32],
+    },
+    Abort {
+        reason: String,
+    },
+    Stored {
+        size: u64,
+        blake3: [u8; 32],
+    },
     Ok,
     Entry(ListEntry),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Why bytes could not be decoded as a frame.
@@ -169,11 +193,7 @@ pub enum FrameError {
     /// A well-formed frame whose path breaks a rule. The stream is still in
     /// sync, so a receiver can refuse just this request.
     #[error("refused path '{path}': {error}")]
-    BadPath {
-        kind: u8,
-        path: String,
-        error: PathError,
-    },
+    BadPath { kind: u8, path: String, error: PathError },
 }
 
 impl FrameError {
@@ -489,23 +509,62 @@ mod tests {
     }
 
     fn samples() -> Vec<Frame> {
-        let t = Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
+        let t = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 123_456_789,
+        };
         vec![
-            Frame::File(FileHeader { path: p("a/b.txt"), size: 42, mode: 0o755, mtime: t }),
-            Frame::File(FileHeader { path: p("s"), size: super::super::UNKNOWN_SIZE, mode: 0, mtime: Timestamp { secs: -5, nanos: 0 } }),
-            Frame::Dir { path: p("d/e"), mode: 0o700, mtime: t },
-            Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
+            Frame::File(FileHeader {
+                path: p("a/b.txt"),
+                size: 42,
+                mode: 0o755,
+                mtime: t,
+            }),
+            Frame::File(FileHeader {
+                path: p("s"),
+                size: super::super::UNKNOWN_SIZE,
+                mode: 0,
+                mtime: Timestamp { secs: -5, nanos: 0 },
+            }),
+            Frame::Dir {
+                path: p("d/e"),
+                mode: 0o700,
+                mtime: t,
+            },
+            Frame::Skipped {
+                path: p("link"),
+                reason: "symbolic link".into(),
+            },
             Frame::Get { path: p("x") },
             Frame::List { path: WirePath::root() },
-            Frame::Remove { path: p("x/y"), recursive: true },
+            Frame::Remove {
+                path: p("x/y"),
+                recursive: true,
+            },
             Frame::Data(Bytes::from_static(b"payload")),
             Frame::End { blake3: [7; 32] },
-            Frame::Abort { reason: "source changed".into() },
-            Frame::Stored { size: 9, blake3: [1; 32] },
+            Frame::Abort {
+                reason: "source changed".into(),
+            },
+            Frame::Stored {
+                size: 9,
+                blake3: [1; 32],
+            },
             Frame::Ok,
-            Frame::Entry(ListEntry { path: p("f"), size: 3, mtime: t, is_dir: false }),
-            Frame::Error { code: ErrorCode::NotFound, message: "no such file: x".into() },
-            Frame::Error { code: ErrorCode::Unknown(999), message: String::new() },
+            Frame::Entry(ListEntry {
+                path: p("f"),
+                size: 3,
+                mtime: t,
+                is_dir: false,
+            }),
+            Frame::Error {
+                code: ErrorCode::NotFound,
+                message: "no such file: x".into(),
+            },
+            Frame::Error {
+                code: ErrorCode::Unknown(999),
+                message: String::new(),
+            },
         ]
     }
 
@@ -551,13 +610,25 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused() {
         // OK with a trailing byte.
-        assert_eq!(Frame::decode(&[code::OK, 0, 0, 0, 1, 9]), Err(FrameError::Trailing(code::OK)));
+        assert_eq!(
+            Frame::decode(&[code::OK, 0, 0, 0, 1, 9]),
+            Err(FrameError::Trailing(code::OK))
+        );
         // END with a short hash.
-        assert_eq!(Frame::decode(&[code::END, 0, 0, 0, 2, 1, 2]), Err(FrameError::Truncated(code::END)));
+        assert_eq!(
+            Frame::decode(&[code::END, 0, 0, 0, 2, 1, 2]),
+            Err(FrameError::Truncated(code::END))
+        );
         // Empty DATA.
-        assert!(matches!(Frame::decode(&[code::DATA, 0, 0, 0, 0]), Err(FrameError::Invalid(..))));
+        assert!(matches!(
+            Frame::decode(&[code::DATA, 0, 0, 0, 0]),
+            Err(FrameError::Invalid(..))
+        ));
         // REMOVE with a boolean of 2.
-        assert!(matches!(Frame::decode(&[code::REMOVE, 0, 0, 0, 4, 0, 1, b'x', 2]), Err(FrameError::Invalid(..))));
+        assert!(matches!(
+            Frame::decode(&[code::REMOVE, 0, 0, 0, 4, 0, 1, b'x', 2]),
+            Err(FrameError::Invalid(..))
+        ));
     }
 
     #[test]
@@ -571,7 +642,13 @@ mod tests {
         buf[1..5].copy_from_slice(&len.to_be_bytes());
         let err = Frame::decode(&buf).unwrap_err();
         assert!(err.is_file_header());
-        assert!(matches!(err, FrameError::BadPath { error: PathError::ParentComponent, .. }));
+        assert!(matches!(
+            err,
+            FrameError::BadPath {
+                error: PathError::ParentComponent,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(WirePath::from_user("./a//b/").unwrap().as_str(), "a/b");
         assert!(WirePath::from_user(".").unwrap().is_root());
         assert_eq!(WirePath::from_user("/etc/x").unwrap_err(), PathError::Absolute);
-        assert_eq!(WirePath::from_user("a/../../x").unwrap_err(), PathError::ParentComponent);
+        assert_eq!(
+            WirePath::from_user("a/../../x").unwrap_err(),
+            PathError::ParentComponent
+        );
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             .acceptor
             .accept(tcp)
             .await
-            .map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
+            .map_err(|source| Error::ConnectionLost {
+                peer: addr.to_string(),
+                source,
+            })
     })
     .await;
     let tls = match accepted {
@@ -50,7 +53,13 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
     };
     // rustls has verified the chain against the CA; only then are the
     // certificate's names trusted to identify the peer.
-    let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
+    let names = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(tls::cert_names)
+        .unwrap_or_default();
     let peer = names.first().cloned().unwrap_or_else(|| "(unnamed)".to_owned());
     let span = info_span!("conn", peer = %peer, %addr);
     async move {
@@ -67,8 +76,18 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         let result = conn.run(&names, token).await;
         let secs = started.elapsed().as_secs_f64();
         match result {
-            Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
-            Err(e) => warn!(files = conn.files, bytes = conn.bytes, "closed with error: {}", describe(&e)),
+            Ok(()) => info!(
+                files = conn.files,
+                bytes = conn.bytes,
+                secs = format_args!("{secs:.3}"),
+                "closed"
+            ),
+            Err(e) => warn!(
+                files = conn.files,
+                bytes = conn.bytes,
+                "closed with error: {}",
+                describe(&e)
+            ),
         }
     }
     .instrument(span)
@@ -88,7 +107,9 @@ fn describe(e: &Error) -> String {
 
 /// Runs blocking filesystem work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking store task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking store task panicked")
 }
 
 struct Conn {
@@ -101,23 +122,54 @@ struct Conn {
 }
 
 impl Conn {
+    /// Runs the session, then closes it as cleanly as the failure allows:
+    /// queued replies and a final `Error` go out, then close_notify, all
+    /// within the shutdown budget.
     async fn run(&mut self, names: &[String], token: CancellationToken) -> Result<()> {
+        let result = self.session(names, token).await;
+        let last_word = match &result {
+            Ok(()) => None,
+            Err(e @ (Error::Protocol { .. } | Error::Frame { .. })) => Some((ErrorCode::Protocol, e.to_string())),
+            Err(Error::Version { .. }) => Some((ErrorCode::Version, result.as_ref().unwrap_err().to_string())),
+            Err(Error::NotAdmitted(m)) => Some((ErrorCode::NotAdmitted, m.clone())),
+            Err(_) => None,
+        };
+        let within = self.shared.timeouts.shutdown;
+        let w = &mut self.w;
+        let closed = tokio::time::timeout(within, async move {
+            if let Some((code, message)) = last_word {
+                w.send(&Frame::Error { code, message }).await?;
+            }
+            w.shutdown(within).await
+        })
+        .await;
+        match (result, closed) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(r)) => r,
+            (Ok(()), Err(_)) => Err(Error::Timeout {
+                phase: "TLS shutdown",
+                after: within,
+            }),
+        }
+    }
+
+    async fn session(&mut self, names: &[String], token: CancellationToken) -> Result<()> {
         let t = self.shared.timeouts;
         let version = self.r.read_preamble(t.header).await?;
         self.w.queue_preamble();
         if version != VERSION {
-            let e = Error::Version { peer: self.r.peer().to_owned(), ours: VERSION, theirs: version };
-            self.close_with(ErrorCode::Version, e.to_string()).await;
-            return Err(e);
+            return Err(Error::Version {
+                peer: self.r.peer().to_owned(),
+                ours: VERSION,
+                theirs: version,
+            });
         }
         if !admitted(&self.shared.allow, names) {
-            let msg = format!(
+            return Err(Error::NotAdmitted(format!(
                 "certificate {} is not in this server's --allow list ({})",
                 names.first().map(String::as_str).unwrap_or("(unnamed)"),
                 self.shared.allow.join(", ")
-            );
-            self.close_with(ErrorCode::NotAdmitted, msg.clone()).await;
-            return Err(Error::NotAdmitted(msg));
+            )));
         }
         let mut first = true;
         loop {
@@ -129,33 +181,30 @@ impl Conn {
                 // Shutdown is only noticed between requests, never inside one.
                 biased;
                 _ = token.cancelled() => {
-                    self.close_with(ErrorCode::ShuttingDown, "the server is shutting down; run the command again".into()).await;
+                    let message = "the server is shutting down; run the command again".to_owned();
+                    self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message }).await?;
                     return Ok(());
                 }
                 f = self.read_request(first) => f,
             };
             first = false;
-            let frame = match next {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
-                    self.refuse_bad_path(error).await?;
-                    continue;
-                }
-                Err(e @ Error::Frame { .. }) => {
-                    self.close_with(ErrorCode::Protocol, e.to_string()).await;
-                    return Err(e);
-                }
+            match next {
+                Ok(Some(frame)) => self.dispatch(frame).await?,
+                Ok(None) => return Ok(()),
+                Err(Error::Frame {
+                    error: error @ FrameError::BadPath { .. },
+                    ..
+                }) => self.refuse_bad_path(error).await?,
                 Err(e) => return Err(e),
-            };
-            self.dispatch(frame).await?;
+            }
         }
-        self.w.shutdown(t.shutdown).await
     }
 
     async fn read_request(&mut self, first: bool) -> Result<Option<Frame>> {
         if first {
-            self.r.read_frame_within("request header", self.shared.timeouts.header).await
+            self.r
+                .read_frame_within("request header", self.shared.timeouts.header)
+                .await
         } else {
             self.r.read_frame().await
         }
@@ -188,17 +237,19 @@ impl Conn {
                 }
                 self.answer(&path, "remove", r).await
             }
-            other => {
-                let e = Error::protocol(self.r.peer(), format!("unexpected {} frame between requests", other.name()));
-                self.close_with(ErrorCode::Protocol, e.to_string()).await;
-                Err(e)
-            }
+            other => Err(Error::protocol(
+                self.r.peer(),
+                format!("unexpected {} frame between requests", other.name()),
+            )),
         }
     }
 
     fn writable(&self) -> std::result::Result<(), StoreError> {
         if self.shared.read_only {
-            Err(StoreError { code: ErrorCode::Denied, message: "this server is read-only (--read-only)".into() })
+            Err(StoreError {
+                code: ErrorCode::Denied,
+                message: "this server is read-only (--read-only)".into(),
+            })
         } else {
             Ok(())
         }
@@ -210,7 +261,12 @@ impl Conn {
             Ok(()) => self.w.send(&Frame::Ok).await,
             Err(e) => {
                 warn!(path = %path, "{op} refused: {}", e.message);
-                self.w.send(&Frame::Error { code: e.code, message: e.message }).await
+                self.w
+                    .send(&Frame::Error {
+                        code: e.code,
+                        message: e.message,
+                    })
+                    .await
             }
         }
     }
@@ -230,25 +286,34 @@ impl Conn {
             Err(e) => {
                 // Answer at once; the payload that follows is read and dropped.
                 warn!(path = %h.path, "push refused: {}", e.message);
-                self.w.send(&Frame::Error { code: e.code, message: e.message }).await?;
+                self.w
+                    .send(&Frame::Error {
+                        code: e.code,
+                        message: e.message,
+                    })
+                    .await?;
                 return transfer::discard_payload(&mut self.r, &h).await;
             }
         };
         match transfer::receive_file(&mut self.r, &h, Some(staged)).await? {
             FileOutcome::Ok(got) => {
                 self.log_file("received", &h.path, got.size, &got.blake3, started);
-                self.w.send(&Frame::Stored { size: got.size, blake3: got.blake3 }).await
+                self.w
+                    .send(&Frame::Stored {
+                        size: got.size,
+                        blake3: got.blake3,
+                    })
+                    .await
             }
             FileOutcome::Failed { code, message, bytes } => {
                 self.bytes += bytes;
                 warn!(path = %h.path, bytes, "push failed: {message}");
                 self.w.send(&Frame::Error { code, message }).await
             }
-            FileOutcome::PeerError { message, .. } => {
-                let e = Error::protocol(self.r.peer(), format!("client sent an error frame inside a file: {message}"));
-                self.close_with(ErrorCode::Protocol, e.to_string()).await;
-                Err(e)
-            }
+            FileOutcome::PeerError { message, .. } => Err(Error::protocol(
+                self.r.peer(),
+                format!("client sent an error frame inside a file: {message}"),
+            )),
         }
     }
 
@@ -264,7 +329,13 @@ impl Conn {
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
             match item {
                 Item::Dir { rel, meta } => {
-                    self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
+                    self.w
+                        .send(&Frame::Dir {
+                            path: rel,
+                            mode: meta.mode,
+                            mtime: meta.mtime,
+                        })
+                        .await?;
                 }
                 Item::File { rel, abs, .. } => {
                     let started = Instant::now();
@@ -291,9 +362,18 @@ impl Conn {
     /// empty header and an `Abort`, so it is reported as failed, not skipped.
     async fn send_failed(&mut self, path: &WirePath, reason: &str) -> Result<()> {
         warn!(path = %path, "cannot send: {reason}");
-        let h = FileHeader { path: path.clone(), size: 0, mode: 0o600, mtime: Timestamp::default() };
+        let h = FileHeader {
+            path: path.clone(),
+            size: 0,
+            mode: 0o600,
+            mtime: Timestamp::default(),
+        };
         self.w.send(&Frame::File(h)).await?;
-        self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
+        self.w
+            .send(&Frame::Abort {
+                reason: format!("the server cannot read it: {reason}"),
+            })
+            .await
     }
 
     async fn list(&mut self, path: WirePath) -> Result<()> {
@@ -315,19 +395,22 @@ impl Conn {
     async fn refuse_bad_path(&mut self, error: FrameError) -> Result<()> {
         warn!("refused: {error}");
         let is_file = error.is_file_header();
-        self.w.send(&Frame::Error { code: ErrorCode::BadPath, message: error.to_string() }).await?;
+        self.w
+            .send(&Frame::Error {
+                code: ErrorCode::BadPath,
+                message: error.to_string(),
+            })
+            .await?;
         if is_file {
-            let h = FileHeader { path: WirePath::root(), size: UNKNOWN_SIZE, mode: 0, mtime: Timestamp::default() };
+            let h = FileHeader {
+                path: WirePath::root(),
+                size: UNKNOWN_SIZE,
+                mode: 0,
+                mtime: Timestamp::default(),
+            };
             transfer::discard_payload(&mut self.r, &h).await?;
         }
         Ok(())
-    }
-
-    /// Sends a final `Error` and closes, ignoring failures: the connection
-    /// is being given up anyway.
-    async fn close_with(&mut self, code: ErrorCode, message: String) {
-        let _ = self.w.send(&Frame::Error { code, message }).await;
-        let _ = self.w.shutdown(self.shared.timeouts.shutdown).await;
     }
 
     fn log_file(&mut self, what: &str, path: &WirePath, size: u64, blake3: &[u8; 32], started: Instant) {

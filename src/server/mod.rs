@@ -90,13 +90,26 @@ impl Server {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
-        let shared = Shared { acceptor, root, allow: cfg.allow, read_only: cfg.read_only, timeouts: cfg.timeouts };
-        Ok(Server { listener, shared: Arc::new(shared), max_conns: cfg.max_conns.max(1), grace: cfg.grace })
+        let shared = Shared {
+            acceptor,
+            root,
+            allow: cfg.allow,
+            read_only: cfg.read_only,
+            timeouts: cfg.timeouts,
+        };
+        Ok(Server {
+            listener,
+            shared: Arc::new(shared),
+            max_conns: cfg.max_conns.max(1),
+            grace: cfg.grace,
+        })
     }
 
     /// The address actually bound (the real port when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().map_err(|e| Error::io("cannot read the bound address", e))
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the bound address", e))
     }
 
     /// The root folder being served (canonical).
@@ -140,10 +153,17 @@ impl Server {
         token.cancel();
         tracker.close();
         if !tracker.is_empty() {
-            info!("shutting down: waiting up to {}s for {} connection(s)", self.grace.as_secs(), tracker.len());
+            info!(
+                "shutting down: waiting up to {}s for {} connection(s)",
+                self.grace.as_secs(),
+                tracker.len()
+            );
         }
         if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
-            warn!("grace period over: dropping {} connection(s); their unfinished files stay out of place", tracker.len());
+            warn!(
+                "grace period over: dropping {} connection(s); their unfinished files stay out of place",
+                tracker.len()
+            );
         }
         info!("stopped");
         Ok(())
@@ -155,7 +175,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

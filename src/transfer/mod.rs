@@ -8,8 +8,8 @@
 mod receive;
 mod send;
 
-pub use receive::{discard_payload, receive_file, FileOutcome, Received};
-pub use send::{next_item, send_file, spawn_walk, SendOutcome, Sent};
+pub use receive::{FileOutcome, Received, discard_payload, receive_file};
+pub use send::{SendOutcome, Sent, next_item, send_file, spawn_walk};
 
 /// Lower-case hex of a BLAKE3 hash, as `b3sum` prints it.
 pub fn hex(hash: &[u8; 32]) -> String {

@@ -32,10 +32,17 @@ pub struct Received {
 pub enum FileOutcome {
     Ok(Received),
     /// The file failed but the stream is still in sync.
-    Failed { code: ErrorCode, message: String, bytes: u64 },
+    Failed {
+        code: ErrorCode,
+        message: String,
+        bytes: u64,
+    },
     /// The peer sent `Error` instead of the rest of the file (pull only):
     /// it also ends the response this file belonged to.
-    PeerError { code: ErrorCode, message: String },
+    PeerError {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Receives the payload that follows `h`, into `staged` (or, with `None`,
@@ -47,14 +54,20 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
 ) -> Result<FileOutcome> {
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
-    let mut sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
+    let mut sink = staged.map(|s| Sink {
+        staged: Some(s),
+        buf: Vec::with_capacity(WRITE_LEN),
+    });
     let mut failure: Option<StoreError> = None;
     loop {
         match r.read_frame().await? {
             Some(Frame::Data(d)) => {
                 got += d.len() as u64;
                 if h.size != UNKNOWN_SIZE && got > h.size {
-                    return Err(Error::protocol(r.peer(), format!("{}: more payload than the {} bytes announced", h.path, h.size)));
+                    return Err(Error::protocol(
+                        r.peer(),
+                        format!("{}: more payload than the {} bytes announced", h.path, h.size),
+                    ));
                 }
                 hasher.update(&d);
                 if let Some(s) = sink.as_mut() {
@@ -69,16 +82,26 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
                 return Ok(finish(h, sink, failure, got, blake3, *hasher.finalize().as_bytes()).await);
             }
             Some(Frame::Abort { reason }) => {
-                return Ok(FileOutcome::Failed { code: ErrorCode::Aborted, message: format!("{}: the sender abandoned it: {reason}", h.path), bytes: got });
+                return Ok(FileOutcome::Failed {
+                    code: ErrorCode::Aborted,
+                    message: format!("{}: the sender abandoned it: {reason}", h.path),
+                    bytes: got,
+                });
             }
             Some(Frame::Error { code, message }) => return Ok(FileOutcome::PeerError { code, message }),
             Some(other) => {
-                return Err(Error::protocol(r.peer(), format!("unexpected {} frame inside the payload of {}", other.name(), h.path)));
+                return Err(Error::protocol(
+                    r.peer(),
+                    format!("unexpected {} frame inside the payload of {}", other.name(), h.path),
+                ));
             }
             None => {
                 return Err(Error::ConnectionLost {
                     peer: r.peer().to_owned(),
-                    source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("closed during the payload of {}", h.path)),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("closed during the payload of {}", h.path),
+                    ),
                 });
             }
         }
@@ -93,17 +116,29 @@ async fn finish(
     expected: [u8; 32],
     actual: [u8; 32],
 ) -> FileOutcome {
-    let failed = |code, message| FileOutcome::Failed { code, message, bytes: got };
+    let failed = |code, message| FileOutcome::Failed {
+        code,
+        message,
+        bytes: got,
+    };
     if let Some(e) = failure {
         return failed(e.code, e.message);
     }
     if h.size != UNKNOWN_SIZE && got != h.size {
-        return failed(ErrorCode::Protocol, format!("{}: {got} payload bytes, but {} were announced", h.path, h.size));
+        return failed(
+            ErrorCode::Protocol,
+            format!("{}: {got} payload bytes, but {} were announced", h.path, h.size),
+        );
     }
     if expected != actual {
         return failed(
             ErrorCode::Integrity,
-            format!("{}: BLAKE3 mismatch: the sender had {}, the receiver got {}", h.path, hex(&expected), hex(&actual)),
+            format!(
+                "{}: BLAKE3 mismatch: the sender had {}, the receiver got {}",
+                h.path,
+                hex(&expected),
+                hex(&actual)
+            ),
         );
     }
     if let Some(s) = sink {
@@ -111,7 +146,10 @@ async fn finish(
             return failed(e.code, e.message);
         }
     }
-    FileOutcome::Ok(Received { size: got, blake3: actual })
+    FileOutcome::Ok(Received {
+        size: got,
+        blake3: actual,
+    })
 }
 
 /// Reads and drops the payload of a file refused at its header.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::connection::FrameWriter;
 use crate::error::Result;
-use crate::protocol::{FileHeader, Frame, WirePath, CHUNK_LEN};
+use crate::protocol::{CHUNK_LEN, FileHeader, Frame, WirePath};
 use crate::walk::{Item, Meta};
 
 /// Bytes read from disk per blocking call; several `Data` frames' worth.
@@ -57,7 +57,10 @@ pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static) -> mpsc::R
 
 /// The next walk item; flushes `w` first when none is ready, so the peer is
 /// never left waiting on bytes that sit in our buffer while we wait on disk.
-pub async fn next_item<W: AsyncWrite + Unpin>(items: &mut mpsc::Receiver<Item>, w: &mut FrameWriter<W>) -> Result<Option<Item>> {
+pub async fn next_item<W: AsyncWrite + Unpin>(
+    items: &mut mpsc::Receiver<Item>,
+    w: &mut FrameWriter<W>,
+) -> Result<Option<Item>> {
     match items.try_recv() {
         Ok(item) => Ok(Some(item)),
         Err(_) => {
@@ -79,8 +82,13 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         // Nothing was sent yet, so there is nothing to abort on the wire.
         Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {}: {e}", abs.display()))),
     };
-    w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime }))
-        .await?;
+    w.send(&Frame::File(FileHeader {
+        path: rel.clone(),
+        size: meta.size,
+        mode: meta.mode,
+        mtime: meta.mtime,
+    }))
+    .await?;
     let mut hasher = blake3::Hasher::new();
     let mut left = meta.size;
     let mut buf = Vec::with_capacity(READ_LEN);
@@ -108,12 +116,21 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     }
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
-    Ok(SendOutcome::Sent(Sent { size: meta.size, blake3 }))
+    Ok(SendOutcome::Sent(Sent {
+        size: meta.size,
+        blake3,
+    }))
 }
 
 async fn abort<W: AsyncWrite + Unpin>(w: &mut FrameWriter<W>, size: u64, reason: &str) -> Result<SendOutcome> {
-    w.send(&Frame::Abort { reason: reason.to_owned() }).await?;
-    Ok(SendOutcome::Aborted { size, reason: reason.to_owned() })
+    w.send(&Frame::Abort {
+        reason: reason.to_owned(),
+    })
+    .await?;
+    Ok(SendOutcome::Aborted {
+        size,
+        reason: reason.to_owned(),
+    })
 }
 
 async fn open(abs: PathBuf) -> std::io::Result<(File, Meta)> {

@@ -1,0 +1,11 @@
+//! One test binary for everything that runs the real `xfer` over real TLS
+//! on loopback. One module per topic.
+
+mod support;
+
+mod keygen;
+mod paths;
+mod protocol;
+mod server;
+mod transfer;
+mod trust;

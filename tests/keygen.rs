@@ -1,0 +1,90 @@
+//! `xfer keygen`: the files, their modes, and never overwriting by accident.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::*;
+
+#[test]
+fn keygen_writes_ca_and_peers_with_private_keys_0600() {
+    let work = Dir::new();
+    let run = run_in(
+        work.path(),
+        &["keygen", "--san", "files.example.org", "--days", "30"],
+        &[],
+    );
+    run.assert_code(0);
+    for f in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        let mode = fs::metadata(work.join(&format!("certs/{f}")))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        if f.ends_with(".key") {
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        assert!(run.stdout().contains(&format!("certs/{f}")), "{run}");
+    }
+    assert!(
+        run.stdout().contains("sha256 ") && run.stdout().contains("expires "),
+        "{run}"
+    );
+
+    use rustls_pki_types::pem::PemObject;
+    let pem = fs::read(work.join("certs/server.pem")).unwrap();
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let names = xfer::tls::cert_names(&cert);
+    for n in ["server", "files.example.org", "localhost"] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_and_then_writes_nothing() {
+    let work = Dir::new();
+    run_in(work.path(), &["keygen"], &[]).assert_code(0);
+    let before = fs::read(work.join("certs/client.key")).unwrap();
+    // runner-1 is new, but client exists: nothing at all may be written.
+    let run = run_in(work.path(), &["keygen", "runner-1", "client"], &[]);
+    run.assert_code(2);
+    assert!(
+        run.stderr().contains("certs/client.pem") && run.stderr().contains("--force"),
+        "{run}"
+    );
+    assert!(!work.join("certs/runner-1.pem").exists() && !work.join("certs/runner-1.key").exists());
+    assert_eq!(fs::read(work.join("certs/client.key")).unwrap(), before);
+
+    run_in(work.path(), &["keygen", "client", "--force"], &[]).assert_code(0);
+    assert_ne!(fs::read(work.join("certs/client.key")).unwrap(), before);
+}
+
+#[test]
+fn a_peer_issued_later_by_the_same_ca_can_connect() {
+    let pki = Pki::new();
+    let ca_before = fs::read(pki.certs().join("ca.pem")).unwrap();
+    pki.issue(&["runner-7"]);
+    assert_eq!(
+        fs::read(pki.certs().join("ca.pem")).unwrap(),
+        ca_before,
+        "the CA is reused, not replaced"
+    );
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "runner-7", work.path(), "ls", &server, &[]).assert_code(0);
+}
+
+#[test]
+fn keygen_rejects_unsafe_names() {
+    let work = Dir::new();
+    for bad in ["../evil", "ca", ".hidden", "a/b"] {
+        run_in(work.path(), &["keygen", bad], &[]).assert_code(2);
+    }
+    assert!(!work.join("certs").exists() || work.listing("certs").is_empty());
+}

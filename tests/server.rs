@@ -1,0 +1,79 @@
+//! Server life cycle: garbage on the port, graceful shutdown on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn plaintext_http_and_random_bytes_are_refused_at_tls_and_the_server_goes_on() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let junk: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"XFER\x00\x01 hello in plaintext",
+        &random_bytes(4096, 9),
+    ];
+    for bytes in junk {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        // Whatever came back (a TLS alert, or nothing) is not file data.
+        assert!(!String::from_utf8_lossy(&buf).contains("XFER"));
+    }
+    assert!(server.wait_for_log("refused before TLS completed"), "{}", server.log());
+    work.write("f", b"still serving");
+    client(&pki, "client", work.path(), "push", &server, &["f"]).assert_code(0);
+    assert!(!server.log().contains("panicked"));
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let mut server = XferServer::start(&pki, &work.join("root"), &["--grace", "2s"]);
+    work.write("f", b"x");
+    client(&pki, "client", work.path(), "push", &server, &["f"]).assert_code(0);
+    let status = server.terminate().expect("server exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server.log().contains("stopped"), "{}", server.log());
+    assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_lets_a_transfer_in_flight_finish() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let mut server = XferServer::start(&pki, &work.join("root"), &["--grace", "20s"]);
+    work.write("big", &random_bytes(64 << 20, 5));
+    let mut push = std::process::Command::new(XFER)
+        .current_dir(work.path())
+        .args(["push", &server.addr, "big"])
+        .args(pki.id_args("client"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the file is being written (a staged file has data), then
+    // stop the server: the file in flight must still complete.
+    let staging = work.join("root/.xfer/tmp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(&staging)
+        .unwrap()
+        .flatten()
+        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+    {
+        assert!(std::time::Instant::now() < deadline, "the push never started writing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = server.terminate().expect("server exits within the grace period");
+    let push_status = push.wait().unwrap();
+    let mut err = String::new();
+    push.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(push_status.success(), "push: {err}\nserver:\n{}", server.log());
+    assert!(status.success());
+    assert_eq!(std::fs::read(work.join("root/big")).unwrap(), random_bytes(64 << 20, 5));
+}

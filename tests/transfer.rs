@@ -1,0 +1,305 @@
+//! Round trips through a real server: contents, metadata, layout, output.
+
+use std::fs;
+
+use crate::support::*;
+
+#[test]
+fn push_then_pull_round_trips_empty_tiny_and_large_files_byte_for_byte() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let files = [
+        ("empty", Vec::new()),
+        ("one", vec![0x5a]),
+        ("big.bin", random_bytes(10 << 20, 1)),
+    ];
+    for (name, data) in &files {
+        work.write(&format!("src/{name}"), data);
+    }
+    let srcs: Vec<String> = files
+        .iter()
+        .map(|(n, _)| work.join(&format!("src/{n}")).display().to_string())
+        .collect();
+    let mut args: Vec<&str> = srcs.iter().map(String::as_str).collect();
+    args.push("--json");
+    let push = client(&pki, "client", work.path(), "push", &server, &args);
+    push.assert_code(0);
+
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(work.join(&format!("root/{name}"))).unwrap(),
+            data,
+            "server copy of {name}"
+        );
+    }
+    let lines = push.json();
+    let big = lines
+        .iter()
+        .find(|l| l["path"] == "big.bin")
+        .expect("a line for big.bin");
+    assert_eq!(big["type"], "file");
+    assert_eq!(big["status"], "ok");
+    assert_eq!(big["size"], 10 << 20);
+    assert_eq!(big["bytes_sent"], 10 << 20);
+    assert_eq!(big["blake3"], blake3::hash(&files[2].1).to_hex().as_str());
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (
+            summary["type"].as_str(),
+            summary["ok"].as_u64(),
+            summary["failed"].as_u64()
+        ),
+        (Some("summary"), Some(3), Some(0))
+    );
+
+    let pull = client(
+        &pki,
+        "client",
+        work.path(),
+        "pull",
+        &server,
+        &["empty", "one", "big.bin", "--out", "got", "--json"],
+    );
+    pull.assert_code(0);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(work.join(&format!("got/{name}"))).unwrap(),
+            data,
+            "pulled copy of {name}"
+        );
+    }
+    let big = pull.json().into_iter().find(|l| l["path"] == "big.bin").unwrap();
+    assert_eq!(big["bytes_received"], 10 << 20);
+}
+
+#[test]
+fn trees_keep_layout_empty_folders_mtime_and_exec_bit_and_skip_symlinks() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let tool = work.write("src/dist/bin/tool", b"#!/bin/sh\necho hi\n");
+    let doc = work.write("src/dist/doc/a/b/readme.txt", &random_bytes(70_000, 2));
+    fs::create_dir_all(work.join("src/dist/empty/deeper")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", work.join("src/dist/link")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&doc, fs::Permissions::from_mode(0o640)).unwrap();
+    set_mtime(&tool, 1_500_000_000);
+    set_mtime(&doc, 1_400_000_000);
+
+    let push = client(
+        &pki,
+        "client",
+        work.path(),
+        "push",
+        &server,
+        &["src/dist/", "--to", "x/y", "--json"],
+    );
+    push.assert_code(0);
+    let skipped: Vec<_> = push.json().into_iter().filter(|l| l["status"] == "skipped").collect();
+    assert_eq!(skipped.len(), 1, "{push}");
+    assert_eq!(skipped[0]["path"], "x/y/dist/link");
+    assert!(
+        !work.join("root/x/y/dist/link").exists() && fs::symlink_metadata(work.join("root/x/y/dist/link")).is_err()
+    );
+    assert!(work.join("root/x/y/dist/empty/deeper").is_dir());
+    assert_eq!(mtime_mode(&work.join("root/x/y/dist/bin/tool")), (1_500_000_000, 0o755));
+    assert_eq!(
+        mtime_mode(&work.join("root/x/y/dist/doc/a/b/readme.txt")),
+        (1_400_000_000, 0o640)
+    );
+
+    // Pull the folder back: it lands as got/dist/..., metadata intact.
+    client(
+        &pki,
+        "client",
+        work.path(),
+        "pull",
+        &server,
+        &["x/y/dist", "--out", "got"],
+    )
+    .assert_code(0);
+    assert_eq!(
+        fs::read(work.join("got/dist/doc/a/b/readme.txt")).unwrap(),
+        fs::read(&doc).unwrap()
+    );
+    assert_eq!(mtime_mode(&work.join("got/dist/bin/tool")), (1_500_000_000, 0o755));
+    assert!(work.join("got/dist/empty/deeper").is_dir());
+    assert!(fs::symlink_metadata(work.join("got/dist/link")).is_err());
+
+    // A single file from inside the tree lands by its name.
+    client(
+        &pki,
+        "client",
+        work.path(),
+        "pull",
+        &server,
+        &["x/y/dist/bin/tool", "--out", "one"],
+    )
+    .assert_code(0);
+    assert_eq!(fs::read(work.join("one/tool")).unwrap(), fs::read(&tool).unwrap());
+}
+
+#[test]
+fn a_file_is_placed_by_its_name_and_replaced_atomically() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("a/b.txt", b"version one");
+    client(&pki, "client", work.path(), "push", &server, &["a/b.txt"]).assert_code(0);
+    assert_eq!(fs::read(work.join("root/b.txt")).unwrap(), b"version one");
+    work.write("a/b.txt", b"version two, longer");
+    client(&pki, "client", work.path(), "push", &server, &["a/b.txt", "--to", "x"]).assert_code(0);
+    client(&pki, "client", work.path(), "push", &server, &["a/b.txt"]).assert_code(0);
+    assert_eq!(fs::read(work.join("root/b.txt")).unwrap(), b"version two, longer");
+    assert_eq!(fs::read(work.join("root/x/b.txt")).unwrap(), b"version two, longer");
+    // Nothing is left in staging once transfers are done.
+    assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
+}
+
+#[test]
+fn ls_shows_size_iso_mtime_and_folders_and_hides_staging() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/dist/app.tar.gz", &[7u8; 1234]);
+    set_mtime(&work.join("root/dist/app.tar.gz"), 1_700_000_000);
+    fs::create_dir_all(work.join("root/dist/sub")).unwrap();
+
+    let ls = client(&pki, "client", work.path(), "ls", &server, &["dist"]);
+    ls.assert_code(0);
+    let lines: Vec<String> = ls
+        .stdout()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines[0], "1234 2023-11-14T22:13:20Z app.tar.gz", "{ls}");
+    assert!(lines[1].ends_with(" sub/"), "{ls}");
+
+    let root = client(&pki, "client", work.path(), "ls", &server, &[]);
+    root.assert_code(0);
+    assert!(
+        root.stdout().contains("dist/") && !root.stdout().contains(".xfer"),
+        "{root}"
+    );
+
+    let json = client(&pki, "client", work.path(), "ls", &server, &["dist", "--json"]);
+    let entries = json.json();
+    assert_eq!(entries[0]["type"], "entry");
+    assert_eq!(entries[0]["path"], "dist/app.tar.gz");
+    assert_eq!(entries[0]["size"], 1234);
+    assert_eq!(entries[0]["mtime"], "2023-11-14T22:13:20Z");
+    assert_eq!(entries[0]["dir"], false);
+    assert_eq!(entries[1]["dir"], true);
+
+    let missing = client(&pki, "client", work.path(), "ls", &server, &["nope"]);
+    missing.assert_code(4);
+    assert!(missing.stderr().contains("nope"), "{missing}");
+}
+
+#[test]
+fn rm_removes_files_and_folders_only_with_r() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/build.log", b"log");
+    work.write("root/dist/a", b"a");
+
+    client(&pki, "client", work.path(), "rm", &server, &["build.log"]).assert_code(0);
+    assert!(!work.join("root/build.log").exists());
+
+    let refused = client(&pki, "client", work.path(), "rm", &server, &["dist"]);
+    refused.assert_code(4);
+    assert!(refused.stderr().contains("-r"), "{refused}");
+    assert!(work.join("root/dist/a").exists());
+
+    client(&pki, "client", work.path(), "rm", &server, &["-r", "dist", "--json"]).assert_code(0);
+    assert!(!work.join("root/dist").exists());
+
+    let missing = client(&pki, "client", work.path(), "rm", &server, &["ghost"]);
+    missing.assert_code(4);
+    assert!(missing.stderr().contains("ghost"), "{missing}");
+}
+
+#[test]
+fn a_corrupted_push_is_detected_and_the_old_version_stays() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/f.bin", b"the old version");
+    work.write("src/f.bin", &random_bytes(300_000, 3));
+    let push = client_env(
+        &pki,
+        "client",
+        work.path(),
+        "push",
+        &server,
+        &["src/f.bin", "--json"],
+        &[("XFER_FAULT_CORRUPT_PAYLOAD", "1")],
+    );
+    push.assert_code(5);
+    let line = &push.json()[0];
+    assert_eq!(line["status"], "failed");
+    assert!(line["error"].as_str().unwrap().contains("BLAKE3 mismatch"), "{push}");
+    assert_eq!(fs::read(work.join("root/f.bin")).unwrap(), b"the old version");
+    assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
+    // Positive control: the same push without the fault succeeds.
+    client(&pki, "client", work.path(), "push", &server, &["src/f.bin"]).assert_code(0);
+    assert_eq!(
+        fs::read(work.join("root/f.bin")).unwrap(),
+        fs::read(work.join("src/f.bin")).unwrap()
+    );
+}
+
+#[test]
+fn a_corrupted_pull_is_detected_and_nothing_lands() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start_with_env(&pki, &work.join("root"), &[], &[("XFER_FAULT_CORRUPT_PAYLOAD", "1")]);
+    work.write("root/f.bin", &random_bytes(50_000, 4));
+    let pull = client(&pki, "client", work.path(), "pull", &server, &["f.bin", "--out", "got"]);
+    pull.assert_code(5);
+    assert!(pull.stderr().contains("BLAKE3 mismatch"), "{pull}");
+    assert_eq!(
+        work.listing("got"),
+        Vec::<String>::new(),
+        "no file and no temporary file"
+    );
+}
+
+#[test]
+fn many_clients_at_once_all_succeed() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    for i in 0..8 {
+        work.write(&format!("src{i}/f{i}.bin"), &random_bytes(1 << 20, 100 + i));
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (pki, work, server) = (&pki, &work, &server);
+                s.spawn(move || {
+                    client(
+                        pki,
+                        "client",
+                        work.path(),
+                        "push",
+                        server,
+                        &[&format!("src{i}/f{i}.bin")],
+                    )
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().assert_code(0);
+        }
+    });
+    for i in 0..8 {
+        assert_eq!(
+            fs::read(work.join(&format!("root/f{i}.bin"))).unwrap(),
+            random_bytes(1 << 20, 100 + i)
+        );
+    }
+}
