@@ -226,7 +226,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(a) => keygen(a),
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(a, cli.quiet).await,
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
             let output = output(&a.client, cli.quiet);
@@ -340,7 +340,7 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+async fn serve(a: ServeArgs, quiet: bool) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server"));
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
@@ -358,6 +358,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| "cannot start the server".to_owned())?;
     let addr = server.local_addr()?;
+    if quiet {
+        // Scripts wait for this line to learn the port, even with -q.
+        eprintln!("xfer: listening on {addr}");
+    }
     tracing::info!(
         root = %server.root().display(),
         read_only,
