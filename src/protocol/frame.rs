@@ -651,6 +651,22 @@ mod tests {
         ));
     }
 
+    /// The worked example of PROTOCOL.md, section 9, byte for byte.
+    #[test]
+    fn protocol_md_example_is_exact() {
+        let h = FileHeader { path: p("a/b.txt"), size: 3, mode: 0o644, mtime: Timestamp { secs: 1_700_000_000, nanos: 0 } };
+        let mut buf = Vec::new();
+        Frame::File(h).encode(&mut buf);
+        let want: &[u8] = &[
+            0x01, 0, 0, 0, 0x21, 0, 7, b'a', b'/', b'b', b'.', b't', b'x', b't', 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 1, 0xa4,
+            0, 0, 0, 0, 0x65, 0x53, 0xf1, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(buf, want);
+        buf.clear();
+        Frame::Stored { size: 3, blake3: [9; 32] }.encode(&mut buf);
+        assert_eq!(&buf[..13], &[0x20, 0, 0, 0, 0x28, 0, 0, 0, 0, 0, 0, 0, 3]);
+    }
+
     #[test]
     fn data_header_matches_frame_encoding() {
         let mut a = Vec::new();
