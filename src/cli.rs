@@ -209,9 +209,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -236,11 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Pull(a) => {
-            let remotes = a
-                .remotes
-                .iter()
-                .map(|r| remote_path(r))
-                .collect::<Result<Vec<_>, _>>()?;
+            let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet);
             let out = a.out.clone();
             with_client(&a.host, &a.client, Op::Pull, output, |c, rep| {
@@ -257,11 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Rm(a) => {
-            let remotes = a
-                .remotes
-                .iter()
-                .map(|r| remote_path(r))
-                .collect::<Result<Vec<_>, _>>()?;
+            let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet);
             let recursive = a.recursive;
             with_client(&a.host, &a.client, Op::Remove, output, |c, rep| {
@@ -282,10 +272,7 @@ fn output(args: &ClientArgs, quiet: bool) -> Output {
 
 /// A remote path as typed: cleaned, but never allowed out of the root.
 fn remote_path(s: &str) -> Result<WirePath, Error> {
-    WirePath::from_user(s).map_err(|error| Error::BadPath {
-        path: s.to_owned(),
-        error,
-    })
+    WirePath::from_user(s).map_err(|error| Error::BadPath { path: s.to_owned(), error })
 }
 
 type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
@@ -297,10 +284,7 @@ where
 {
     let mut cfg = ClientConfig::new(host, args.identity.paths("client"))?;
     cfg.server_name = args.server_name.clone();
-    cfg.timeouts = Timeouts {
-        idle: args.idle_timeout,
-        ..Timeouts::default()
-    };
+    cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     let mut rep = Reporter::new(output, op);
     let mut client = Client::connect(cfg).await?;
     let result = f(&mut client, &mut rep).await;
@@ -313,18 +297,8 @@ where
 }
 
 fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
-    let names = if a.names.is_empty() {
-        vec!["server".to_owned(), "client".to_owned()]
-    } else {
-        a.names
-    };
-    let cfg = KeygenConfig {
-        dir: a.dir,
-        names,
-        sans: a.sans,
-        days: a.days,
-        force: a.force,
-    };
+    let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
+    let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
     for w in pki::keygen(&cfg)? {
         match w.cert {
             Some(c) => println!(
@@ -354,9 +328,7 @@ async fn serve(a: ServeArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let allow = cfg.allow.clone();
     let read_only = cfg.read_only;
-    let server = Server::bind(cfg)
-        .await
-        .with_context(|| "cannot start the server".to_owned())?;
+    let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
     let addr = server.local_addr()?;
     if quiet {
         // Scripts wait for this line to learn the port, even with -q.

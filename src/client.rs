@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
-use crate::progress::{FileReport, Reporter, Status};
+use crate::progress::{FileReport, Reporter};
 use crate::protocol::{DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
 use crate::store::Root;
 use crate::tls::{self, Identity, IdentityPaths};
@@ -43,23 +43,13 @@ impl ClientConfig {
     /// A config for `HOST[:PORT]` (IPv6 as `[::1]:5001` or a bare `::1`).
     pub fn new(target: &str, identity: IdentityPaths) -> Result<ClientConfig> {
         let (host, port) = parse_target(target)?;
-        Ok(ClientConfig {
-            host,
-            port,
-            server_name: None,
-            identity,
-            timeouts: Timeouts::default(),
-        })
+        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default() })
     }
 }
 
 /// Splits `HOST[:PORT]`.
 pub fn parse_target(s: &str) -> Result<(String, u16)> {
-    let bad = || {
-        Error::Usage(format!(
-            "invalid server '{s}': expected HOST or HOST:PORT (IPv6 as [::1]:5001)"
-        ))
-    };
+    let bad = || Error::Usage(format!("invalid server '{s}': expected HOST or HOST:PORT (IPv6 as [::1]:5001)"));
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or_else(bad)?;
         match after.strip_prefix(':') {
@@ -120,34 +110,22 @@ impl Client {
         let tcp = with_timeout("connect", t.connect, async {
             TcpStream::connect((cfg.host.as_str(), cfg.port))
                 .await
-                .map_err(|source| Error::Connect {
-                    addr: addr.clone(),
-                    source,
-                })
+                .map_err(|source| Error::Connect { addr: addr.clone(), source })
         })
         .await?;
         // Requests are batched by FrameWriter; Nagle would only add delay.
         let _ = tcp.set_nodelay(true);
         let tls = with_timeout("TLS handshake", t.handshake, async {
-            connector.connect(server_name, tcp).await.map_err(|source| {
-                explain(
-                    &cfg,
-                    Error::ConnectionLost {
-                        peer: addr.clone(),
-                        source,
-                    },
-                )
-            })
+            connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|source| explain(&cfg, Error::ConnectionLost { peer: addr.clone(), source }))
         })
         .await?;
         let (rd, wr) = tokio::io::split(tls);
         let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
         w.queue_preamble();
-        Ok(Client {
-            r: FrameReader::new(rd, addr, t.idle),
-            w,
-            cfg,
-        })
+        Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg })
     }
 
     /// Sends files and folders (recursively) to `to` on the server, placed
@@ -157,10 +135,9 @@ impl Client {
         for src in sources {
             let meta =
                 std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
-            let rel = to.join(&source_name(src)?).map_err(|error| Error::BadPath {
-                path: src.display().to_string(),
-                error,
-            })?;
+            let rel = to
+                .join(&source_name(src)?)
+                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
             walks.push(Walk::new(src.clone(), rel, &meta, None));
         }
         let mut items = transfer::spawn_walk(walks.into_iter().flatten());
@@ -170,12 +147,7 @@ impl Client {
             while let Some(item) = transfer::next_item(&mut items, w).await? {
                 let expect = match item {
                     Item::Dir { rel, meta } => {
-                        w.send(&Frame::Dir {
-                            path: rel.clone(),
-                            mode: meta.mode,
-                            mtime: meta.mtime,
-                        })
-                        .await?;
+                        w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
                         Expect::Dir(rel)
                     }
                     Item::File { rel, abs, .. } => {
@@ -252,11 +224,7 @@ impl Client {
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let writer = async move {
             for p in paths {
-                w.send(&Frame::Remove {
-                    path: p.clone(),
-                    recursive,
-                })
-                .await?;
+                w.send(&Frame::Remove { path: p.clone(), recursive }).await?;
                 if tx.send(Expect::Removed(p.clone())).await.is_err() {
                     break;
                 }
@@ -333,11 +301,7 @@ async fn pipeline<T>(writer: impl Future<Output = Result<()>>, reader: impl Futu
 async fn greet(r: &mut FrameReader<ReadHalf<Tls>>, within: Duration) -> Result<()> {
     let theirs = r.read_preamble(within).await?;
     if theirs != VERSION {
-        return Err(Error::Version {
-            peer: r.peer().to_owned(),
-            ours: VERSION,
-            theirs,
-        });
+        return Err(Error::Version { peer: r.peer().to_owned(), ours: VERSION, theirs });
     }
     Ok(())
 }
@@ -355,232 +319,137 @@ async fn reply(r: &mut FrameReader<ReadHalf<Tls>>) -> Result<Frame> {
 
 /// Reads the server's answer to one pushed item or removal and reports it.
 async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &mut Reporter) -> Result<()> {
-    let (path, size, sent) = match expect {
-        Expect::Skipped { path, reason } => {
-            rep.file(report(path, 0, None, 0, Status::Skipped, Some(reason), Class::Other));
-            return Ok(());
-        }
-        Expect::LocalFailure { path, error } => {
-            rep.file(report(path, 0, None, 0, Status::Failed, Some(error), Class::Other));
-            return Ok(());
-        }
-        Expect::Dir(path) => (path, None, Err(String::new())),
-        Expect::Removed(path) => return read_removed(r, path, rep).await,
-        Expect::File {
-            path,
-            outcome: SendOutcome::NotStarted(error),
-        } => {
-            rep.file(report(
-                path.to_string(),
-                0,
-                None,
-                0,
-                Status::Failed,
-                Some(error),
-                Class::Other,
-            ));
-            return Ok(());
-        }
-        Expect::File {
-            path,
-            outcome: SendOutcome::Aborted { size, reason },
-        } => (path, Some(size), Err(reason)),
-        Expect::File {
-            path,
-            outcome: SendOutcome::Sent(s),
-        } => (path, Some(s.size), Ok(s)),
-    };
-    let is_file = size.is_some();
-    match reply(r).await? {
-        Frame::Ok if !is_file => {
-            rep.dir();
-            Ok(())
-        }
-        Frame::Stored { size: got, blake3 } if is_file => {
-            let sent =
-                sent.map_err(|_| Error::protocol(r.peer(), format!("{path}: stored a file the client abandoned")))?;
-            let (st, err, class) = if got == sent.size && blake3 == sent.blake3 {
-                (Status::Ok, None, Class::Other)
-            } else {
-                let msg = format!(
-                    "{path}: the server stored {got} bytes with BLAKE3 {}, but {} bytes with {} were sent",
-                    transfer::hex(&blake3),
-                    sent.size,
-                    transfer::hex(&sent.blake3)
-                );
-                (Status::Failed, Some(msg), Class::Integrity)
-            };
-            rep.file(report(
-                path.to_string(),
-                sent.size,
-                Some(transfer::hex(&sent.blake3)),
-                sent.size,
-                st,
-                err,
-                class,
-            ));
-            Ok(())
-        }
-        Frame::Error { code, message } => {
-            let e = refusal(path.as_str(), code, message);
-            if e.class() == Class::Connection {
-                return Err(e); // not admitted, wrong version, shutting down
-            }
-            let message = match (&sent, code) {
-                (Err(reason), ErrorCode::Aborted) => format!("{path}: not sent: {reason}"),
-                _ => e.to_string(),
-            };
-            let hash = sent.as_ref().ok().map(|s| transfer::hex(&s.blake3));
-            let bytes = if is_file { size.unwrap_or(0) } else { 0 };
-            rep.file(report(
-                path.to_string(),
-                size.unwrap_or(0),
-                hash,
-                bytes,
-                Status::Failed,
-                Some(message),
-                e.class(),
-            ));
-            Ok(())
-        }
-        other => Err(unexpected(r.peer(), &other)),
-    }
-}
-
-/// Reads the answer to one `Remove`.
-async fn read_removed(r: &mut FrameReader<ReadHalf<Tls>>, path: WirePath, rep: &mut Reporter) -> Result<()> {
-    match reply(r).await? {
-        Frame::Ok => rep.file(report(path.to_string(), 0, None, 0, Status::Ok, None, Class::Other)),
-        Frame::Error { code, message } => {
-            let e = refusal(path.as_str(), code, message);
-            if e.class() == Class::Connection {
-                return Err(e);
-            }
-            rep.file(report(
-                path.to_string(),
-                0,
-                None,
-                0,
-                Status::Failed,
-                Some(e.to_string()),
-                e.class(),
-            ));
-        }
-        other => return Err(unexpected(r.peer(), &other)),
+    match expect {
+        Expect::Skipped { path, reason } => rep.file(FileReport::skipped(path, reason)),
+        Expect::LocalFailure { path, error } => rep.file(FileReport::failed(path, error, Class::Other)),
+        Expect::File { path, outcome } => read_stored(r, path, outcome, rep).await?,
+        Expect::Dir(path) => match reply(r).await? {
+            Frame::Ok => rep.dir(),
+            Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
+            other => return Err(unexpected(r.peer(), &other)),
+        },
+        Expect::Removed(path) => match reply(r).await? {
+            Frame::Ok => rep.file(FileReport::done(&path)),
+            Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
+            other => return Err(unexpected(r.peer(), &other)),
+        },
     }
     Ok(())
 }
 
+/// Reads the server's answer to one pushed file: `STORED` with the hash we
+/// sent, or an `ERROR`.
+async fn read_stored(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    path: WirePath,
+    outcome: SendOutcome,
+    rep: &mut Reporter,
+) -> Result<()> {
+    let (size, bytes, sent) = match outcome {
+        SendOutcome::NotStarted(error) => {
+            rep.file(FileReport::failed(&path, error, Class::Other));
+            return Ok(());
+        }
+        SendOutcome::Aborted { size, sent, reason } => (size, sent, Err(reason)),
+        SendOutcome::Sent(s) => (s.size, s.size, Ok(s)),
+    };
+    let report = match (reply(r).await?, sent) {
+        (Frame::Stored { size: got, blake3 }, Ok(s)) if got == s.size && blake3 == s.blake3 => {
+            FileReport::ok(&path, s.size, &s.blake3)
+        }
+        (Frame::Stored { size: got, blake3 }, Ok(s)) => {
+            let (theirs, ours) = (transfer::hex(&blake3), transfer::hex(&s.blake3));
+            let msg = format!(
+                "{path}: the server stored {got} bytes with BLAKE3 {theirs}, but {size} bytes with {ours} were sent"
+            );
+            FileReport { size, bytes, blake3: Some(ours), ..FileReport::failed(&path, msg, Class::Integrity) }
+        }
+        (Frame::Error { code: ErrorCode::Aborted, .. }, Err(reason)) => {
+            FileReport { size, bytes, ..FileReport::failed(&path, format!("{path}: not sent: {reason}"), Class::Other) }
+        }
+        (Frame::Error { code, message }, sent) => {
+            let blake3 = sent.ok().map(|s| transfer::hex(&s.blake3));
+            FileReport { size, bytes, blake3, ..refused_report(&path, code, message)? }
+        }
+        (other, _) => return Err(unexpected(r.peer(), &other)),
+    };
+    rep.file(report);
+    Ok(())
+}
+
+/// A server's `ERROR` about one item, as that item's failure; the classes
+/// that concern the whole connection (not admitted, shutting down) end the
+/// operation instead.
+fn refused_report(path: &WirePath, code: ErrorCode, message: String) -> Result<FileReport> {
+    let e = refusal(path.as_str(), code, message);
+    if e.class() == Class::Connection {
+        return Err(e);
+    }
+    Ok(FileReport::failed(path, e.to_string(), e.class()))
+}
+
 /// Receives everything the server sends for one `Get`.
 async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &Root, rep: &mut Reporter) -> Result<()> {
+    // Items are named from the parent of what was asked; reports name the
+    // remote path from the server's root.
+    let base = asked.parent().unwrap_or_default();
+    let remote = |p: &WirePath| base.join_path(p).map(|p| p.to_string()).unwrap_or_else(|_| p.to_string());
     loop {
         match reply(r).await? {
             Frame::Dir { path, .. } => {
                 check_within(r, asked, &path)?;
-                let root = root.clone();
-                let p = path.clone();
-                match tokio::task::spawn_blocking(move || root.mkdir(&p))
-                    .await
-                    .expect("mkdir task panicked")
-                {
+                let (root, p) = (root.clone(), path.clone());
+                match blocking(move || root.mkdir(&p)).await {
                     Ok(()) => rep.dir(),
-                    Err(e) => rep.file(report(
-                        path.to_string(),
-                        0,
-                        None,
-                        0,
-                        Status::Failed,
-                        Some(e.message),
-                        Class::Other,
-                    )),
+                    Err(e) => rep.file(FileReport::failed(remote(&path), e.message, Class::Other)),
                 }
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
-                let (root2, p) = (root.clone(), h.path.clone());
-                let staged = tokio::task::spawn_blocking(move || root2.stage(&p))
-                    .await
-                    .expect("stage task panicked");
-                let (staged, local_err) = match staged {
+                let (root, p) = (root.clone(), h.path.clone());
+                let (staged, local_err) = match blocking(move || root.stage(&p)).await {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e)),
                 };
                 let outcome = transfer::receive_file(r, &h, staged).await?;
-                let path = h.path.to_string();
-                match (outcome, local_err) {
-                    (FileOutcome::Ok(got), None) => rep.file(report(
-                        path,
-                        got.size,
-                        Some(transfer::hex(&got.blake3)),
-                        got.size,
-                        Status::Ok,
-                        None,
-                        Class::Other,
-                    )),
-                    (FileOutcome::Ok(got), Some(e)) => rep.file(report(
-                        path,
-                        got.size,
-                        None,
-                        got.size,
-                        Status::Failed,
-                        Some(e.message),
-                        Class::Other,
-                    )),
-                    (FileOutcome::Failed { code, message, bytes }, _) => {
-                        let class = if code == ErrorCode::Integrity {
-                            Class::Integrity
-                        } else {
-                            Class::Other
-                        };
-                        rep.file(report(path, h.size, None, bytes, Status::Failed, Some(message), class));
-                    }
+                let path = remote(&h.path);
+                let report = match (outcome, local_err) {
                     (FileOutcome::PeerError { code, message }, _) => {
+                        // The server gave up on this file and on the rest of this GET.
                         let e = refusal(&path, code, message);
-                        rep.file(report(
-                            path,
-                            h.size,
-                            None,
-                            0,
-                            Status::Failed,
-                            Some(e.to_string()),
-                            e.class(),
-                        ));
+                        rep.file(FileReport { size: h.size, ..FileReport::failed(&path, e.to_string(), e.class()) });
                         return Ok(());
                     }
-                }
+                    (FileOutcome::Ok(got), None) => FileReport::ok(&path, got.size, &got.blake3),
+                    (FileOutcome::Ok(got), Some(e)) => FileReport {
+                        size: got.size,
+                        bytes: got.size,
+                        ..FileReport::failed(&path, e.message, Class::Other)
+                    },
+                    (FileOutcome::Failed { code, message, bytes }, _) => {
+                        let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+                        FileReport { size: h.size, bytes, ..FileReport::failed(&path, message, class) }
+                    }
+                };
+                rep.file(report);
             }
             Frame::Skipped { path, reason } => {
                 check_within(r, asked, &path)?;
-                rep.file(report(
-                    path.to_string(),
-                    0,
-                    None,
-                    0,
-                    Status::Skipped,
-                    Some(reason),
-                    Class::Other,
-                ));
+                rep.file(FileReport::skipped(remote(&path), reason));
             }
             Frame::Ok => return Ok(()),
             Frame::Error { code, message } => {
-                let e = refusal(asked.as_str(), code, message);
-                if e.class() == Class::Connection {
-                    return Err(e);
-                }
-                rep.file(report(
-                    asked.to_string(),
-                    0,
-                    None,
-                    0,
-                    Status::Failed,
-                    Some(e.to_string()),
-                    e.class(),
-                ));
+                rep.file(refused_report(asked, code, message)?);
                 return Ok(());
             }
             other => return Err(unexpected(r.peer(), &other)),
         }
     }
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking filesystem task panicked")
 }
 
 /// A server may only send what was asked for: `Get x/d` yields `d/…`.
@@ -592,30 +461,7 @@ fn check_within(r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath
     if ok {
         Ok(())
     } else {
-        Err(Error::protocol(
-            r.peer(),
-            format!("sent '{got}' in answer to a request for '{asked}'"),
-        ))
-    }
-}
-
-fn report(
-    path: String,
-    size: u64,
-    blake3: Option<String>,
-    bytes: u64,
-    status: Status,
-    error: Option<String>,
-    class: Class,
-) -> FileReport {
-    FileReport {
-        path,
-        size,
-        blake3,
-        bytes,
-        status,
-        error,
-        class,
+        Err(Error::protocol(r.peer(), format!("sent '{got}' in answer to a request for '{asked}'")))
     }
 }
 
@@ -624,16 +470,8 @@ fn refusal(path: &str, code: ErrorCode, message: String) -> Error {
     match code {
         ErrorCode::NotAdmitted => Error::NotAdmitted(message),
         // Server messages usually name the path already; don't say it twice.
-        _ if message.starts_with(path) => Error::Refused {
-            path: path.to_owned(),
-            code,
-            message,
-        },
-        _ => Error::Refused {
-            path: path.to_owned(),
-            code,
-            message: format!("{path}: {message}"),
-        },
+        _ if message.starts_with(path) => Error::Refused { path: path.to_owned(), code, message },
+        _ => Error::Refused { path: path.to_owned(), code, message: format!("{path}: {message}") },
     }
 }
 
@@ -646,23 +484,12 @@ fn unexpected(peer: &str, f: &Frame) -> Error {
 fn source_name(src: &Path) -> Result<String> {
     let name = match src.file_name() {
         Some(n) => n.to_owned(),
-        None => src
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_owned()))
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "cannot push {}: it has no name to give it on the server",
-                    src.display()
-                ))
-            })?,
+        None => src.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).ok_or_else(|| {
+            Error::Usage(format!("cannot push {}: it has no name to give it on the server", src.display()))
+        })?,
     };
-    name.into_string().map_err(|n| {
-        Error::Usage(format!(
-            "cannot push {}: the name is not valid UTF-8",
-            n.to_string_lossy()
-        ))
-    })
+    name.into_string()
+        .map_err(|n| Error::Usage(format!("cannot push {}: the name is not valid UTF-8", n.to_string_lossy())))
 }
 
 /// Replaces a bare I/O error that carries a TLS alert or certificate error
@@ -686,10 +513,7 @@ mod tests {
 
     #[test]
     fn targets_parse_with_and_without_ports() {
-        assert_eq!(
-            parse_target("files.example.org").unwrap(),
-            ("files.example.org".into(), 5001)
-        );
+        assert_eq!(parse_target("files.example.org").unwrap(), ("files.example.org".into(), 5001));
         assert_eq!(parse_target("h:7").unwrap(), ("h".into(), 7));
         assert_eq!(parse_target("127.0.0.1:9").unwrap(), ("127.0.0.1".into(), 9));
         assert_eq!(parse_target("[::1]:8").unwrap(), ("::1".into(), 8));
@@ -705,9 +529,6 @@ mod tests {
         assert_eq!(source_name(Path::new("a/b.txt")).unwrap(), "b.txt");
         assert_eq!(source_name(Path::new("dist/")).unwrap(), "dist");
         let here = std::env::current_dir().unwrap();
-        assert_eq!(
-            source_name(Path::new(".")).unwrap(),
-            here.file_name().unwrap().to_str().unwrap()
-        );
+        assert_eq!(source_name(Path::new(".")).unwrap(), here.file_name().unwrap().to_str().unwrap());
     }
 }

@@ -67,12 +67,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, peer: impl Into<String>, idle: Duration) -> Self {
-        FrameReader {
-            io,
-            buf: BytesMut::with_capacity(2 * FLUSH_AT),
-            peer: peer.into(),
-            idle,
-        }
+        FrameReader { io, buf: BytesMut::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
     }
 
     /// Reads the peer's preamble and returns its protocol version.
@@ -84,10 +79,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             }
             let bytes: [u8; PREAMBLE_LEN] = self.buf.split_to(PREAMBLE_LEN)[..].try_into().expect("length checked");
-            protocol::parse_preamble(&bytes).map_err(|error| Error::Frame {
-                peer: self.peer.clone(),
-                error,
-            })
+            protocol::parse_preamble(&bytes).map_err(|error| Error::Frame { peer: self.peer.clone(), error })
         })
         .await
     }
@@ -110,11 +102,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let idle = self.idle;
             let n = with_timeout("idle transfer", idle, self.fill()).await?;
             if n == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(self.lost("closed in the middle of a frame"))
-                };
+                return if self.buf.is_empty() { Ok(None) } else { Err(self.lost("closed in the middle of a frame")) };
             }
         }
     }
@@ -143,17 +131,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.io
             .read_buf(&mut self.buf)
             .await
-            .map_err(|source| Error::ConnectionLost {
-                peer: self.peer.clone(),
-                source,
-            })
+            .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
     }
 
     fn bad(&self, error: protocol::FrameError) -> Error {
-        Error::Frame {
-            peer: self.peer.clone(),
-            error,
-        }
+        Error::Frame { peer: self.peer.clone(), error }
     }
 
     fn lost(&self, what: &str) -> Error {
@@ -174,12 +156,7 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(io: W, peer: impl Into<String>, idle: Duration) -> Self {
-        FrameWriter {
-            io,
-            buf: Vec::with_capacity(2 * FLUSH_AT),
-            peer: peer.into(),
-            idle,
-        }
+        FrameWriter { io, buf: Vec::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
     }
 
     /// Queues this build's preamble.
@@ -206,10 +183,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let idle = self.idle;
         let peer = self.peer.clone();
         with_timeout("idle transfer", idle, async {
-            self.io
-                .flush()
-                .await
-                .map_err(|source| Error::ConnectionLost { peer, source })
+            self.io.flush().await.map_err(|source| Error::ConnectionLost { peer, source })
         })
         .await
     }
@@ -219,10 +193,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await?;
         let peer = self.peer.clone();
         with_timeout("TLS shutdown", within, async {
-            self.io
-                .shutdown()
-                .await
-                .map_err(|source| Error::ConnectionLost { peer, source })
+            self.io.shutdown().await.map_err(|source| Error::ConnectionLost { peer, source })
         })
         .await
     }
@@ -244,10 +215,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 self.io
                     .write(&self.buf[at..])
                     .await
-                    .map_err(|source| Error::ConnectionLost {
-                        peer: self.peer.clone(),
-                        source,
-                    })
+                    .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
             })
             .await?;
             if n == 0 {
@@ -277,10 +245,7 @@ mod tests {
         let big = vec![0xAB; protocol::MAX_DATA_LEN];
         let writer = async move {
             w.queue_preamble();
-            w.send(&Frame::Get {
-                path: WirePath::parse("x/y").unwrap(),
-            })
-            .await?;
+            w.send(&Frame::Get { path: WirePath::parse("x/y").unwrap() }).await?;
             w.send_data(&big).await?;
             w.send(&Frame::Ok).await?;
             w.shutdown(t).await
@@ -306,10 +271,7 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(64);
         let mut buf = Vec::new();
         Frame::Ok.encode(&mut buf);
-        Frame::Get {
-            path: WirePath::parse("abc").unwrap(),
-        }
-        .encode(&mut buf);
+        Frame::Get { path: WirePath::parse("abc").unwrap() }.encode(&mut buf);
         a.write_all(&buf[..buf.len() - 1]).await.unwrap();
         drop(a);
         let mut r = FrameReader::new(b, "a", Duration::from_secs(5));
@@ -321,12 +283,6 @@ mod tests {
     async fn a_silent_peer_hits_the_idle_timeout() {
         let (_a, b) = tokio::io::duplex(64);
         let mut r = FrameReader::new(b, "a", Duration::from_secs(60));
-        assert!(matches!(
-            r.read_frame().await,
-            Err(Error::Timeout {
-                phase: "idle transfer",
-                ..
-            })
-        ));
+        assert!(matches!(r.read_frame().await, Err(Error::Timeout { phase: "idle transfer", .. })));
     }
 }

@@ -51,22 +51,14 @@ pub enum Error {
 
     /// `message` names the path (the client makes sure of it).
     #[error("{message}")]
-    Refused {
-        path: String,
-        code: ErrorCode,
-        message: String,
-    },
+    Refused { path: String, code: ErrorCode, message: String },
     #[error("refused remote path '{path}': {error}")]
     BadPath { path: String, error: PathError },
 
     #[error(
         "{path}: BLAKE3 mismatch: the sender had {expected}, the receiver got {actual}; the destination was left untouched"
     )]
-    Integrity {
-        path: String,
-        expected: String,
-        actual: String,
-    },
+    Integrity { path: String, expected: String, actual: String },
 
     #[error("protocol error from {peer}: {message}")]
     Protocol { peer: String, message: String },
@@ -104,18 +96,12 @@ impl Error {
 
     /// Wraps a local I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     /// A frame the peer sent that could not be decoded or was unexpected.
     pub fn protocol(peer: &str, message: impl std::fmt::Display) -> Error {
-        Error::Protocol {
-            peer: peer.to_owned(),
-            message: message.to_string(),
-        }
+        Error::Protocol { peer: peer.to_owned(), message: message.to_string() }
     }
 }
 

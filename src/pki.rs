@@ -86,11 +86,7 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
         let key = KeyPair::generate().map_err(gen_error)?;
         let params = peer_params(name, &cfg.sans, cfg.days)?;
         let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
-        files.push((
-            cfg.dir.join(format!("{name}.pem")),
-            cert.pem(),
-            Some(summary(name.clone(), &params, cert.der())),
-        ));
+        files.push((cfg.dir.join(format!("{name}.pem")), cert.pem(), Some(summary(name.clone(), &params, cert.der()))));
         files.push((cfg.dir.join(format!("{name}.key")), key.serialize_pem(), None));
     }
 
@@ -115,9 +111,7 @@ fn check_name(name: &str) -> Result<()> {
         && name.len() <= 63
         && name != "ca"
         && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
     if ok {
         Ok(())
     } else {
@@ -161,11 +155,7 @@ fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
     dn.push(DnType::CommonName, format!("xfer CA {tag}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
     validity(&mut params, CA_DAYS);
     Ok(params)
@@ -173,10 +163,7 @@ fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
 
 fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificateParams> {
     let mut sans: Vec<String> = Vec::new();
-    for s in std::iter::once(name)
-        .chain(extra.iter().map(String::as_str))
-        .chain(LOOPBACK_SANS)
-    {
+    for s in std::iter::once(name).chain(extra.iter().map(String::as_str)).chain(LOOPBACK_SANS) {
         if !sans.iter().any(|x| x == s) {
             sans.push(s.to_owned());
         }
@@ -195,10 +182,7 @@ fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificatePar
 }
 
 fn load_ca(ca_pem: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>> {
-    let bad = |path: &Path, message: String| Error::Identity {
-        path: path.to_owned(),
-        message,
-    };
+    let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
     let key_pem = fs::read_to_string(ca_key).map_err(|e| {
         bad(
             ca_key,
@@ -212,29 +196,19 @@ fn load_ca(ca_pem: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>> {
 
 fn write_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
     let mut opts = OpenOptions::new();
-    opts.write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 });
+    opts.write(true).create(true).truncate(true).mode(if private { 0o600 } else { 0o644 });
     let ctx = || format!("cannot write {}", path.display());
     let mut f = opts.open(path).map_err(|e| Error::io(ctx(), e))?;
     if private {
         // An existing file keeps its old mode through open(); tighten it.
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(ctx(), e))?;
+        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(ctx(), e))?;
     }
-    f.write_all(pem.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(ctx(), e))
+    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(ctx(), e))
 }
 
 fn summary(subject: String, params: &CertificateParams, der: &CertificateDer<'_>) -> CertSummary {
-    CertSummary {
-        subject,
-        sha256: fingerprint(der),
-        not_after: params.not_after,
-    }
+    CertSummary { subject, sha256: fingerprint(der), not_after: params.not_after }
 }
 
 fn ca_subject(params: &CertificateParams) -> String {
@@ -246,17 +220,11 @@ fn ca_subject(params: &CertificateParams) -> String {
 
 /// SHA-256 fingerprint of a certificate, `AB:CD:...` as openssl prints it.
 pub fn fingerprint(der: &[u8]) -> String {
-    sha256(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -57,6 +57,62 @@ pub struct FileReport {
     pub class: Class,
 }
 
+impl FileReport {
+    /// A file that arrived (or was stored) and verified.
+    pub fn ok(path: impl ToString, size: u64, blake3: &[u8; 32]) -> FileReport {
+        let blake3 = Some(blake3::Hash::from_bytes(*blake3).to_hex().to_string());
+        FileReport {
+            path: path.to_string(),
+            size,
+            blake3,
+            bytes: size,
+            status: Status::Ok,
+            error: None,
+            class: Class::Other,
+        }
+    }
+
+    /// A path that was done without a payload (a removal).
+    pub fn done(path: impl ToString) -> FileReport {
+        FileReport {
+            path: path.to_string(),
+            size: 0,
+            blake3: None,
+            bytes: 0,
+            status: Status::Ok,
+            error: None,
+            class: Class::Other,
+        }
+    }
+
+    /// Something deliberately not transferred (a symbolic link, say).
+    pub fn skipped(path: impl ToString, reason: String) -> FileReport {
+        FileReport {
+            path: path.to_string(),
+            size: 0,
+            blake3: None,
+            bytes: 0,
+            status: Status::Skipped,
+            error: Some(reason),
+            class: Class::Other,
+        }
+    }
+
+    /// A failure; `class` decides the exit code. `size`, `blake3` and
+    /// `bytes` can be filled in afterwards when known.
+    pub fn failed(path: impl ToString, error: String, class: Class) -> FileReport {
+        FileReport {
+            path: path.to_string(),
+            size: 0,
+            blake3: None,
+            bytes: 0,
+            status: Status::Failed,
+            error: Some(error),
+            class,
+        }
+    }
+}
+
 /// Totals of a finished command.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -80,13 +136,7 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(output: Output, op: Op) -> Reporter {
-        Reporter {
-            output,
-            op,
-            started: Instant::now(),
-            sum: Summary::default(),
-            worst: None,
-        }
+        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None }
     }
 
     /// Records one file (or removed path).
@@ -105,11 +155,7 @@ impl Reporter {
         }
         match self.output {
             Output::Json => {
-                let bytes_key = if self.op == Op::Pull {
-                    "bytes_received"
-                } else {
-                    "bytes_sent"
-                };
+                let bytes_key = if self.op == Op::Pull { "bytes_received" } else { "bytes_sent" };
                 let mut v = serde_json::json!({
                     "type": "file", "path": r.path, "size": r.size, "blake3": r.blake3,
                     "status": r.status,
@@ -146,12 +192,7 @@ impl Reporter {
                 let name = e.path.file_name().unwrap_or(".");
                 let slash = if e.is_dir { "/" } else { "" };
                 // A closed stdout (`xfer ls host | head`) is not an error.
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{:>12}  {}  {name}{slash}",
-                    e.size,
-                    iso8601(e.mtime)
-                );
+                let _ = writeln!(std::io::stdout().lock(), "{:>12}  {}  {name}{slash}", e.size, iso8601(e.mtime));
             }
             Output::Quiet => {}
         }
@@ -165,17 +206,14 @@ impl Reporter {
             Output::Json => json_line(&serde_json::json!({
                 "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
                 "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
-                "failed": s.failed, "dirs": s.dirs, "bytes": s.bytes, "seconds": s.seconds,
+                "failed": s.failed, "failures": s.failed, "dirs": s.dirs, "bytes": s.bytes,
+                "seconds": s.seconds,
             })),
             Output::Human if self.op != Op::List => eprintln!("{}", self.human_summary()),
             _ => {}
         }
         match self.worst {
-            Some(class) => Err(Error::Failed {
-                failed: s.failed,
-                total: s.ok + s.skipped + s.failed,
-                class,
-            }),
+            Some(class) => Err(Error::Failed { failed: s.failed, total: s.ok + s.skipped + s.failed, class }),
             None => Ok(self.sum),
         }
     }
@@ -192,10 +230,7 @@ impl Reporter {
         if self.op != Op::Remove {
             let mib = s.bytes as f64 / (1024.0 * 1024.0);
             let rate = if s.seconds > 0.0 { mib / s.seconds } else { 0.0 };
-            line += &format!(
-                " ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3",
-                s.seconds
-            );
+            line += &format!(" ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3", s.seconds);
         }
         if s.skipped > 0 {
             line += &format!("; {} skipped", s.skipped);

@@ -34,10 +34,7 @@ pub struct StoreError {
 
 impl StoreError {
     fn new(code: ErrorCode, message: impl Into<String>) -> StoreError {
-        StoreError {
-            code,
-            message: message.into(),
-        }
+        StoreError { code, message: message.into() }
     }
 
     /// Classifies an I/O error on `what`.
@@ -71,19 +68,13 @@ impl Root {
         let staging = dir.join(STAGING_DIR).join("tmp");
         fs::create_dir_all(&staging)?;
         remove_stale(&staging);
-        Ok(Root {
-            dir,
-            staging: Some(staging),
-        })
+        Ok(Root { dir, staging: Some(staging) })
     }
 
     /// A local destination (`pull --out`): created if missing.
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
-        Ok(Root {
-            dir: dir.canonicalize()?,
-            staging: None,
-        })
+        Ok(Root { dir: dir.canonicalize()?, staging: None })
     }
 
     /// The root folder itself.
@@ -105,10 +96,7 @@ impl Root {
         let mut meta = fs::symlink_metadata(&abs).map_err(|e| StoreError::io(&"the root", e))?;
         for (i, c) in p.components().enumerate() {
             if i > 0 && !meta.is_dir() {
-                return Err(StoreError::new(
-                    ErrorCode::NotFound,
-                    format!("{p}: not found (a parent is not a folder)"),
-                ));
+                return Err(StoreError::new(ErrorCode::NotFound, format!("{p}: not found (a parent is not a folder)")));
             }
             abs.push(c);
             meta = fs::symlink_metadata(&abs).map_err(|e| match e.kind() {
@@ -136,19 +124,13 @@ impl Root {
     pub fn stage(&self, p: &WirePath) -> Result<Staged> {
         self.check_reserved(p)?;
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-            return Err(StoreError::new(
-                ErrorCode::BadPath,
-                "cannot write a file over the root folder",
-            ));
+            return Err(StoreError::new(ErrorCode::BadPath, "cannot write a file over the root folder"));
         };
         let dir = self.make_dirs(&parent)?;
         let target = dir.join(name);
         if let Ok(m) = fs::symlink_metadata(&target) {
             if m.is_dir() {
-                return Err(StoreError::new(
-                    ErrorCode::Conflict,
-                    format!("{p}: is a folder on the receiver"),
-                ));
+                return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
             }
         }
         let file = tempfile::Builder::new()
@@ -156,11 +138,7 @@ impl Root {
             .suffix(".part")
             .tempfile_in(self.staging.as_deref().unwrap_or(&dir))
             .map_err(|e| StoreError::io(p, e))?;
-        Ok(Staged {
-            file,
-            target,
-            path: p.clone(),
-        })
+        Ok(Staged { file, target, path: p.clone() })
     }
 
     /// Removes a file, or a folder and everything in it when `recursive`.
@@ -251,10 +229,7 @@ impl Root {
                     ));
                 }
                 Ok(_) => {
-                    return Err(StoreError::new(
-                        ErrorCode::Conflict,
-                        format!("{p}: '{c}' is a file, not a folder"),
-                    ));
+                    return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: '{c}' is a file, not a folder")));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&abs) {
                     Ok(()) => {}
@@ -292,8 +267,7 @@ impl Staged {
         let f = self.file.as_file();
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
-        f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
-            .map_err(err)?;
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
         f.set_modified(to_system_time(mtime)).map_err(err)?;
         f.sync_all().map_err(err)?;
         self.file.persist(&self.target).map_err(|e| err(e.error))?;
@@ -303,12 +277,7 @@ impl Staged {
 
 fn entry(path: WirePath, m: &Metadata) -> ListEntry {
     let meta = Meta::from(m);
-    ListEntry {
-        path,
-        size: if m.is_dir() { 0 } else { m.len() },
-        mtime: meta.mtime,
-        is_dir: m.is_dir(),
-    }
+    ListEntry { path, size: if m.is_dir() { 0 } else { m.len() }, mtime: meta.mtime, is_dir: m.is_dir() }
 }
 
 /// Converts a wire timestamp (which may predate 1970).
@@ -334,10 +303,7 @@ fn remove_stale(staging: &Path) {
         let old = e
             .metadata()
             .ok()
-            .and_then(|m| {
-                now.duration_since(UNIX_EPOCH + Duration::from_secs(m.mtime().max(0) as u64))
-                    .ok()
-            })
+            .and_then(|m| now.duration_since(UNIX_EPOCH + Duration::from_secs(m.mtime().max(0) as u64)).ok())
             .is_some_and(|age| age > STALE_STAGED);
         if old {
             let _ = fs::remove_file(e.path());
@@ -366,14 +332,7 @@ mod tests {
         s.write_all(b"hello").unwrap();
         let target = root.dir().join("a/b/c.txt");
         assert!(!target.exists(), "nothing under the final name before commit");
-        s.commit(
-            0o4777,
-            Timestamp {
-                secs: 1_000_000_000,
-                nanos: 5,
-            },
-        )
-        .unwrap();
+        s.commit(0o4777, Timestamp { secs: 1_000_000_000, nanos: 5 }).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"hello");
         let m = fs::metadata(&target).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o755);
@@ -403,10 +362,7 @@ mod tests {
         assert_eq!(root.mkdir(&p("esc/d")).unwrap_err().code, ErrorCode::Denied);
         assert!(root.walk(&p("esc")).is_err());
         root.remove(&p("esc"), true).unwrap();
-        assert!(
-            outside.join("secret").exists(),
-            "removing a link never touches its target"
-        );
+        assert!(outside.join("secret").exists(), "removing a link never touches its target");
         assert!(!outside.join("x").exists() && !outside.join("d").exists());
     }
 
@@ -414,19 +370,12 @@ mod tests {
     fn staging_area_is_reserved_and_hidden() {
         let (_t, root) = server();
         fs::write(root.dir().join("visible"), b"v").unwrap();
-        for op in [
-            root.stage(&p(".xfer/tmp/x")).map(drop),
-            root.mkdir(&p(".xfer/x")),
-            root.lookup(&p(".xfer")).map(drop),
-        ] {
+        for op in
+            [root.stage(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.lookup(&p(".xfer")).map(drop)]
+        {
             assert_eq!(op.unwrap_err().code, ErrorCode::Denied);
         }
-        let names: Vec<_> = root
-            .list(&WirePath::root())
-            .unwrap()
-            .into_iter()
-            .map(|e| e.path.to_string())
-            .collect();
+        let names: Vec<_> = root.list(&WirePath::root()).unwrap().into_iter().map(|e| e.path.to_string()).collect();
         assert_eq!(names, ["visible"]);
     }
 
@@ -440,10 +389,7 @@ mod tests {
         assert_eq!(root.stage(&WirePath::root()).unwrap_err().code, ErrorCode::BadPath);
         assert_eq!(root.lookup(&p("nope")).unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(root.remove(&p("dir"), false).unwrap_err().code, ErrorCode::Conflict);
-        assert_eq!(
-            root.remove(&WirePath::root(), true).unwrap_err().code,
-            ErrorCode::Denied
-        );
+        assert_eq!(root.remove(&WirePath::root(), true).unwrap_err().code, ErrorCode::Denied);
         root.remove(&p("dir"), true).unwrap();
         root.remove(&p("file"), false).unwrap();
         assert!(root.list(&WirePath::root()).unwrap().is_empty());
@@ -454,11 +400,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Root::open_local(t.path()).unwrap();
         let s = root.stage(&p("d/f")).unwrap();
-        let tmp: Vec<_> = fs::read_dir(t.path().join("d"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let tmp: Vec<_> = fs::read_dir(t.path().join("d")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(tmp.len(), 1);
         assert!(tmp[0].to_string_lossy().starts_with(".xfer-"));
         s.commit(0o644, Timestamp::default()).unwrap();

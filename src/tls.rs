@@ -56,25 +56,15 @@ const KEYGEN_HINT: &str =
 impl Identity {
     /// Reads and checks the three files.
     pub fn load(paths: &IdentityPaths) -> Result<Identity> {
-        let bad = |path: &Path, message: String| Error::Identity {
-            path: path.to_owned(),
-            message,
-        };
+        let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
         let chain = read_certs(&paths.cert).map_err(|m| bad(&paths.cert, m))?;
         let key = PrivateKeyDer::from_pem_file(&paths.key)
             .map_err(|e| bad(&paths.key, format!("{}; {KEYGEN_HINT}", pem_error(e))))?;
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&paths.ca).map_err(|m| bad(&paths.ca, m))? {
-            roots
-                .add(ca)
-                .map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
+            roots.add(ca).map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
-        Ok(Identity {
-            chain,
-            key,
-            roots: Arc::new(roots),
-            paths: paths.clone(),
-        })
+        Ok(Identity { chain, key, roots: Arc::new(roots), paths: paths.clone() })
     }
 
     /// The server side: TLS 1.3 only, client certificates required and
@@ -112,10 +102,7 @@ impl Identity {
     }
 
     fn ca_error(&self, e: impl std::fmt::Display) -> Error {
-        Error::Identity {
-            path: self.paths.ca.clone(),
-            message: e.to_string(),
-        }
+        Error::Identity { path: self.paths.ca.clone(), message: e.to_string() }
     }
 
     fn key_error(&self, e: rustls::Error) -> Error {
@@ -156,11 +143,8 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .collect();
+    let mut names: Vec<String> =
+        cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_owned)).collect();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for gn in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(dns) = gn {

@@ -25,10 +25,7 @@ impl From<&Metadata> for Meta {
         Meta {
             size: m.len(),
             mode: m.mode() & 0o7777,
-            mtime: Timestamp {
-                secs: m.mtime(),
-                nanos: m.mtime_nsec().clamp(0, 999_999_999) as u32,
-            },
+            mtime: Timestamp { secs: m.mtime(), nanos: m.mtime_nsec().clamp(0, 999_999_999) as u32 },
         }
     }
 }
@@ -75,29 +72,14 @@ impl Walk {
     /// any top-level name in `hide` is left out (the server's staging area).
     /// `meta` is the starting point's metadata as the caller resolved it.
     pub fn new(abs: PathBuf, rel: WirePath, meta: &Metadata, hide: Option<&str>) -> Walk {
-        let mut walk = Walk {
-            first: None,
-            stack: Vec::new(),
-        };
+        let mut walk = Walk { first: None, stack: Vec::new() };
         if meta.is_dir() {
             if !rel.is_root() {
-                walk.first = Some(Item::Dir {
-                    rel: rel.clone(),
-                    meta: meta.into(),
-                });
+                walk.first = Some(Item::Dir { rel: rel.clone(), meta: meta.into() });
             }
             match read_names(&abs, if rel.is_root() { hide } else { None }) {
-                Ok(names) => walk.stack.push(Level {
-                    abs,
-                    rel,
-                    names: names.into_iter(),
-                }),
-                Err(e) => {
-                    walk.first = Some(Item::Failed {
-                        rel: rel.to_string(),
-                        error: e.to_string(),
-                    })
-                }
+                Ok(names) => walk.stack.push(Level { abs, rel, names: names.into_iter() }),
+                Err(e) => walk.first = Some(Item::Failed { rel: rel.to_string(), error: e.to_string() }),
             }
         } else {
             walk.first = Some(classify(abs, rel, meta));
@@ -133,30 +115,17 @@ impl Iterator for Walk {
             let meta = match fs::symlink_metadata(&abs) {
                 Ok(m) => m,
                 Err(e) => {
-                    return Some(Item::Failed {
-                        rel: rel.to_string(),
-                        error: e.to_string(),
-                    });
+                    return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() });
                 }
             };
             if meta.is_dir() {
                 match read_names(&abs, None) {
-                    Ok(names) => self.stack.push(Level {
-                        abs,
-                        rel: rel.clone(),
-                        names: names.into_iter(),
-                    }),
+                    Ok(names) => self.stack.push(Level { abs, rel: rel.clone(), names: names.into_iter() }),
                     Err(e) => {
-                        return Some(Item::Failed {
-                            rel: rel.to_string(),
-                            error: e.to_string(),
-                        });
+                        return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() });
                     }
                 }
-                return Some(Item::Dir {
-                    rel,
-                    meta: (&meta).into(),
-                });
+                return Some(Item::Dir { rel, meta: (&meta).into() });
             }
             return Some(classify(abs, rel, &meta));
         }
@@ -166,21 +135,11 @@ impl Iterator for Walk {
 fn classify(abs: PathBuf, rel: WirePath, meta: &Metadata) -> Item {
     let ft = meta.file_type();
     if ft.is_file() {
-        Item::File {
-            rel,
-            abs,
-            meta: meta.into(),
-        }
+        Item::File { rel, abs, meta: meta.into() }
     } else if ft.is_symlink() {
-        Item::Skipped {
-            rel: rel.to_string(),
-            reason: "symbolic link (not followed)".into(),
-        }
+        Item::Skipped { rel: rel.to_string(), reason: "symbolic link (not followed)".into() }
     } else {
-        Item::Skipped {
-            rel: rel.to_string(),
-            reason: "not a regular file".into(),
-        }
+        Item::Skipped { rel: rel.to_string(), reason: "not a regular file".into() }
     }
 }
 

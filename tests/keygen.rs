@@ -8,34 +8,16 @@ use crate::support::*;
 #[test]
 fn keygen_writes_ca_and_peers_with_private_keys_0600() {
     let work = Dir::new();
-    let run = run_in(
-        work.path(),
-        &["keygen", "--san", "files.example.org", "--days", "30"],
-        &[],
-    );
+    let run = run_in(work.path(), &["keygen", "--san", "files.example.org", "--days", "30"], &[]);
     run.assert_code(0);
-    for f in [
-        "ca.pem",
-        "ca.key",
-        "server.pem",
-        "server.key",
-        "client.pem",
-        "client.key",
-    ] {
-        let mode = fs::metadata(work.join(&format!("certs/{f}")))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"] {
+        let mode = fs::metadata(work.join(&format!("certs/{f}"))).unwrap().permissions().mode() & 0o777;
         if f.ends_with(".key") {
             assert_eq!(mode, 0o600, "{f}");
         }
         assert!(run.stdout().contains(&format!("certs/{f}")), "{run}");
     }
-    assert!(
-        run.stdout().contains("sha256 ") && run.stdout().contains("expires "),
-        "{run}"
-    );
+    assert!(run.stdout().contains("sha256 ") && run.stdout().contains("expires "), "{run}");
 
     use rustls_pki_types::pem::PemObject;
     let pem = fs::read(work.join("certs/server.pem")).unwrap();
@@ -54,10 +36,7 @@ fn keygen_refuses_to_overwrite_and_then_writes_nothing() {
     // runner-1 is new, but client exists: nothing at all may be written.
     let run = run_in(work.path(), &["keygen", "runner-1", "client"], &[]);
     run.assert_code(2);
-    assert!(
-        run.stderr().contains("certs/client.pem") && run.stderr().contains("--force"),
-        "{run}"
-    );
+    assert!(run.stderr().contains("certs/client.pem") && run.stderr().contains("--force"), "{run}");
     assert!(!work.join("certs/runner-1.pem").exists() && !work.join("certs/runner-1.key").exists());
     assert_eq!(fs::read(work.join("certs/client.key")).unwrap(), before);
 
@@ -70,11 +49,7 @@ fn a_peer_issued_later_by_the_same_ca_can_connect() {
     let pki = Pki::new();
     let ca_before = fs::read(pki.certs().join("ca.pem")).unwrap();
     pki.issue(&["runner-7"]);
-    assert_eq!(
-        fs::read(pki.certs().join("ca.pem")).unwrap(),
-        ca_before,
-        "the CA is reused, not replaced"
-    );
+    assert_eq!(fs::read(pki.certs().join("ca.pem")).unwrap(), ca_before, "the CA is reused, not replaced");
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("root"), &[]);
     client(&pki, "runner-7", work.path(), "ls", &server, &[]).assert_code(0);

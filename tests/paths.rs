@@ -45,14 +45,7 @@ fn a_symlink_inside_the_root_never_leads_outside_it() {
     let push = client(&pki, "client", work.path(), "push", &server, &["f.txt", "--to", "esc"]);
     push.assert_code(4);
     assert!(!work.join("outside/f.txt").exists());
-    let pull = client(
-        &pki,
-        "client",
-        work.path(),
-        "pull",
-        &server,
-        &["esc/secret", "--out", "got"],
-    );
+    let pull = client(&pki, "client", work.path(), "pull", &server, &["esc/secret", "--out", "got"]);
     pull.assert_code(4);
     assert!(!work.join("got/secret").exists());
     assert!(pull.stderr().contains("symbolic link"), "{pull}");
@@ -63,14 +56,8 @@ fn the_server_refuses_hostile_paths_on_the_wire_and_keeps_serving() {
     let pki = Pki::new();
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("sub/root"), &[]);
-    let hostile: [&[u8]; 6] = [
-        b"../escape.txt",
-        b"/etc/escape.txt",
-        b"a/../../escape.txt",
-        b"a\\b",
-        b"bad\xff",
-        b".xfer/tmp/x",
-    ];
+    let hostile: [&[u8]; 6] =
+        [b"../escape.txt", b"/etc/escape.txt", b"a/../../escape.txt", b"a\\b", b"bad\xff", b".xfer/tmp/x"];
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (mut r, mut w) = raw_connect(&pki, "client", &server).await;
@@ -81,40 +68,26 @@ fn the_server_refuses_hostile_paths_on_the_wire_and_keeps_serving() {
             let header = raw_file_header(path, 4);
             let decoded = Frame::decode(&header);
             assert!(
-                decoded
-                    .as_ref()
-                    .map_or_else(|e| e.is_file_header(), |_| path.starts_with(b".xfer")),
+                decoded.as_ref().map_or_else(|e| e.is_file_header(), |_| path.starts_with(b".xfer")),
                 "{decoded:?}"
             );
             out.extend_from_slice(&header);
             out.extend(encode(&[
                 Frame::Data(bytes::Bytes::from_static(b"evil")),
-                Frame::End {
-                    blake3: *blake3::hash(b"evil").as_bytes(),
-                },
+                Frame::End { blake3: *blake3::hash(b"evil").as_bytes() },
             ]));
         }
         // Then a good file on the same connection.
         let good = WirePath::parse("good.txt").unwrap();
         out.extend(encode(&[
-            Frame::File(xfer::protocol::FileHeader {
-                path: good,
-                size: 2,
-                mode: 0o644,
-                mtime: Default::default(),
-            }),
+            Frame::File(xfer::protocol::FileHeader { path: good, size: 2, mode: 0o644, mtime: Default::default() }),
             Frame::Data(bytes::Bytes::from_static(b"ok")),
-            Frame::End {
-                blake3: *blake3::hash(b"ok").as_bytes(),
-            },
+            Frame::End { blake3: *blake3::hash(b"ok").as_bytes() },
         ]));
         w.write_all(&out).await.unwrap();
         w.flush().await.unwrap();
 
-        assert_eq!(
-            r.read_preamble(std::time::Duration::from_secs(10)).await.unwrap(),
-            xfer::protocol::VERSION
-        );
+        assert_eq!(r.read_preamble(std::time::Duration::from_secs(10)).await.unwrap(), xfer::protocol::VERSION);
         for path in hostile {
             match r.read_frame().await.unwrap() {
                 Some(Frame::Error { code, .. }) => {
@@ -123,10 +96,7 @@ fn the_server_refuses_hostile_paths_on_the_wire_and_keeps_serving() {
                 other => panic!("expected a refusal of {}, got {other:?}", String::from_utf8_lossy(path)),
             }
         }
-        assert!(matches!(
-            r.read_frame().await.unwrap(),
-            Some(Frame::Stored { size: 2, .. })
-        ));
+        assert!(matches!(r.read_frame().await.unwrap(), Some(Frame::Stored { size: 2, .. })));
     });
     assert_eq!(fs::read(work.join("sub/root/good.txt")).unwrap(), b"ok");
     assert!(!work.join("sub/escape.txt").exists() && !work.join("escape.txt").exists());

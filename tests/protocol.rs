@@ -11,12 +11,7 @@ use xfer::protocol::{ErrorCode, FileHeader, Frame, WirePath};
 use crate::support::*;
 
 fn file(path: &str, size: u64) -> Frame {
-    Frame::File(FileHeader {
-        path: WirePath::parse(path).unwrap(),
-        size,
-        mode: 0o644,
-        mtime: Default::default(),
-    })
+    Frame::File(FileHeader { path: WirePath::parse(path).unwrap(), size, mode: 0o644, mtime: Default::default() })
 }
 
 fn data(b: &'static [u8]) -> Frame {
@@ -49,12 +44,7 @@ fn a_client_speaking_another_version_gets_a_clear_error() {
     let (version, frames) = exchange(&pki, &server, b"XFER\x00\x63".to_vec());
     assert_eq!(version, xfer::protocol::VERSION);
     match &frames[..] {
-        [
-            Frame::Error {
-                code: ErrorCode::Version,
-                message,
-            },
-        ] => assert!(message.contains("99"), "{message}"),
+        [Frame::Error { code: ErrorCode::Version, message }] => assert!(message.contains("99"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
@@ -66,33 +56,13 @@ fn payload_that_disagrees_with_the_header_is_refused_and_not_installed() {
     let server = XferServer::start(&pki, &work.join("root"), &[]);
     let mut out = xfer::protocol::preamble().to_vec();
     // Too short: 3 bytes for a header of 10.
-    out.extend(encode(&[
-        file("short", 10),
-        data(b"abc"),
-        Frame::End {
-            blake3: *blake3::hash(b"abc").as_bytes(),
-        },
-    ]));
+    out.extend(encode(&[file("short", 10), data(b"abc"), Frame::End { blake3: *blake3::hash(b"abc").as_bytes() }]));
     // Wrong hash.
-    out.extend(encode(&[
-        file("wrong", 3),
-        data(b"abc"),
-        Frame::End { blake3: [0; 32] },
-    ]));
+    out.extend(encode(&[file("wrong", 3), data(b"abc"), Frame::End { blake3: [0; 32] }]));
     // Abandoned by the sender.
-    out.extend(encode(&[
-        file("aborted", 3),
-        data(b"ab"),
-        Frame::Abort { reason: "test".into() },
-    ]));
+    out.extend(encode(&[file("aborted", 3), data(b"ab"), Frame::Abort { reason: "test".into() }]));
     // A good one after all that.
-    out.extend(encode(&[
-        file("good", 3),
-        data(b"abc"),
-        Frame::End {
-            blake3: *blake3::hash(b"abc").as_bytes(),
-        },
-    ]));
+    out.extend(encode(&[file("good", 3), data(b"abc"), Frame::End { blake3: *blake3::hash(b"abc").as_bytes() }]));
     // Too long: more payload than announced ends the connection.
     out.extend(encode(&[file("long", 1), data(b"abc")]));
     let (_, frames) = exchange(&pki, &server, out);
@@ -103,11 +73,7 @@ fn payload_that_disagrees_with_the_header_is_refused_and_not_installed() {
             other => other.name().to_owned(),
         })
         .collect();
-    assert_eq!(
-        codes,
-        ["Protocol", "Integrity", "Aborted", "STORED", "Protocol"],
-        "{frames:?}"
-    );
+    assert_eq!(codes, ["Protocol", "Integrity", "Aborted", "STORED", "Protocol"], "{frames:?}");
     assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "good"]);
     assert_eq!(fs::read(work.join("root/good")).unwrap(), b"abc");
 }
@@ -127,16 +93,7 @@ fn malformed_frames_get_an_error_and_a_close_and_others_are_unaffected() {
     ];
     for bytes in cases {
         let (_, frames) = exchange(&pki, &server, bytes.clone());
-        assert!(
-            matches!(
-                &frames[..],
-                [Frame::Error {
-                    code: ErrorCode::Protocol,
-                    ..
-                }]
-            ),
-            "{bytes:?} -> {frames:?}"
-        );
+        assert!(matches!(&frames[..], [Frame::Error { code: ErrorCode::Protocol, .. }]), "{bytes:?} -> {frames:?}");
     }
     // Bad magic: not an xfer client at all; the server just closes.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -147,11 +104,7 @@ fn malformed_frames_get_an_error_and_a_close_and_others_are_unaffected() {
         assert!(r.read_preamble(Duration::from_secs(10)).await.is_err());
     });
     // A truncated frame followed by a close: nothing left behind.
-    let (_, frames) = exchange(
-        &pki,
-        &server,
-        [pre.clone(), encode(&[file("cut", 100), data(b"abc")])].concat(),
-    );
+    let (_, frames) = exchange(&pki, &server, [pre.clone(), encode(&[file("cut", 100), data(b"abc")])].concat());
     assert!(frames.is_empty(), "{frames:?}");
     assert!(server.wait_for_log("closed with error"));
     // The server still serves a normal client.

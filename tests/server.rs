@@ -11,11 +11,8 @@ fn plaintext_http_and_random_bytes_are_refused_at_tls_and_the_server_goes_on() {
     let pki = Pki::new();
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("root"), &[]);
-    let junk: [&[u8]; 3] = [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"XFER\x00\x01 hello in plaintext",
-        &random_bytes(4096, 9),
-    ];
+    let junk: [&[u8]; 3] =
+        [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"XFER\x00\x01 hello in plaintext", &random_bytes(4096, 9)];
     for bytes in junk {
         let mut s = TcpStream::connect(&server.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -61,11 +58,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
     // stop the server: the file in flight must still complete.
     let staging = work.join("root/.xfer/tmp");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_dir(&staging)
-        .unwrap()
-        .flatten()
-        .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
-    {
+    while !std::fs::read_dir(&staging).unwrap().flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)) {
         assert!(std::time::Instant::now() < deadline, "the push never started writing");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -9,35 +9,21 @@ fn push_then_pull_round_trips_empty_tiny_and_large_files_byte_for_byte() {
     let pki = Pki::new();
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("root"), &[]);
-    let files = [
-        ("empty", Vec::new()),
-        ("one", vec![0x5a]),
-        ("big.bin", random_bytes(10 << 20, 1)),
-    ];
+    let files = [("empty", Vec::new()), ("one", vec![0x5a]), ("big.bin", random_bytes(10 << 20, 1))];
     for (name, data) in &files {
         work.write(&format!("src/{name}"), data);
     }
-    let srcs: Vec<String> = files
-        .iter()
-        .map(|(n, _)| work.join(&format!("src/{n}")).display().to_string())
-        .collect();
+    let srcs: Vec<String> = files.iter().map(|(n, _)| work.join(&format!("src/{n}")).display().to_string()).collect();
     let mut args: Vec<&str> = srcs.iter().map(String::as_str).collect();
     args.push("--json");
     let push = client(&pki, "client", work.path(), "push", &server, &args);
     push.assert_code(0);
 
     for (name, data) in &files {
-        assert_eq!(
-            &fs::read(work.join(&format!("root/{name}"))).unwrap(),
-            data,
-            "server copy of {name}"
-        );
+        assert_eq!(&fs::read(work.join(&format!("root/{name}"))).unwrap(), data, "server copy of {name}");
     }
     let lines = push.json();
-    let big = lines
-        .iter()
-        .find(|l| l["path"] == "big.bin")
-        .expect("a line for big.bin");
+    let big = lines.iter().find(|l| l["path"] == "big.bin").expect("a line for big.bin");
     assert_eq!(big["type"], "file");
     assert_eq!(big["status"], "ok");
     assert_eq!(big["size"], 10 << 20);
@@ -45,29 +31,15 @@ fn push_then_pull_round_trips_empty_tiny_and_large_files_byte_for_byte() {
     assert_eq!(big["blake3"], blake3::hash(&files[2].1).to_hex().as_str());
     let summary = lines.last().unwrap();
     assert_eq!(
-        (
-            summary["type"].as_str(),
-            summary["ok"].as_u64(),
-            summary["failed"].as_u64()
-        ),
+        (summary["type"].as_str(), summary["ok"].as_u64(), summary["failed"].as_u64()),
         (Some("summary"), Some(3), Some(0))
     );
 
-    let pull = client(
-        &pki,
-        "client",
-        work.path(),
-        "pull",
-        &server,
-        &["empty", "one", "big.bin", "--out", "got", "--json"],
-    );
+    let pull =
+        client(&pki, "client", work.path(), "pull", &server, &["empty", "one", "big.bin", "--out", "got", "--json"]);
     pull.assert_code(0);
     for (name, data) in &files {
-        assert_eq!(
-            &fs::read(work.join(&format!("got/{name}"))).unwrap(),
-            data,
-            "pulled copy of {name}"
-        );
+        assert_eq!(&fs::read(work.join(&format!("got/{name}"))).unwrap(), data, "pulled copy of {name}");
     }
     let big = pull.json().into_iter().find(|l| l["path"] == "big.bin").unwrap();
     assert_eq!(big["bytes_received"], 10 << 20);
@@ -88,14 +60,7 @@ fn trees_keep_layout_empty_folders_mtime_and_exec_bit_and_skip_symlinks() {
     set_mtime(&tool, 1_500_000_000);
     set_mtime(&doc, 1_400_000_000);
 
-    let push = client(
-        &pki,
-        "client",
-        work.path(),
-        "push",
-        &server,
-        &["src/dist/", "--to", "x/y", "--json"],
-    );
+    let push = client(&pki, "client", work.path(), "push", &server, &["src/dist/", "--to", "x/y", "--json"]);
     push.assert_code(0);
     let skipped: Vec<_> = push.json().into_iter().filter(|l| l["status"] == "skipped").collect();
     assert_eq!(skipped.len(), 1, "{push}");
@@ -105,39 +70,21 @@ fn trees_keep_layout_empty_folders_mtime_and_exec_bit_and_skip_symlinks() {
     );
     assert!(work.join("root/x/y/dist/empty/deeper").is_dir());
     assert_eq!(mtime_mode(&work.join("root/x/y/dist/bin/tool")), (1_500_000_000, 0o755));
-    assert_eq!(
-        mtime_mode(&work.join("root/x/y/dist/doc/a/b/readme.txt")),
-        (1_400_000_000, 0o640)
-    );
+    assert_eq!(mtime_mode(&work.join("root/x/y/dist/doc/a/b/readme.txt")), (1_400_000_000, 0o640));
 
     // Pull the folder back: it lands as got/dist/..., metadata intact.
-    client(
-        &pki,
-        "client",
-        work.path(),
-        "pull",
-        &server,
-        &["x/y/dist", "--out", "got"],
-    )
-    .assert_code(0);
-    assert_eq!(
-        fs::read(work.join("got/dist/doc/a/b/readme.txt")).unwrap(),
-        fs::read(&doc).unwrap()
-    );
+    let pull = client(&pki, "client", work.path(), "pull", &server, &["x/y/dist", "--out", "got", "--json"]);
+    pull.assert_code(0);
+    // JSON paths are remote paths, relative to the server's root.
+    let paths: Vec<String> = pull.json().iter().filter_map(|l| l["path"].as_str().map(str::to_owned)).collect();
+    assert_eq!(paths, ["x/y/dist/bin/tool", "x/y/dist/doc/a/b/readme.txt"], "{pull}");
+    assert_eq!(fs::read(work.join("got/dist/doc/a/b/readme.txt")).unwrap(), fs::read(&doc).unwrap());
     assert_eq!(mtime_mode(&work.join("got/dist/bin/tool")), (1_500_000_000, 0o755));
     assert!(work.join("got/dist/empty/deeper").is_dir());
     assert!(fs::symlink_metadata(work.join("got/dist/link")).is_err());
 
     // A single file from inside the tree lands by its name.
-    client(
-        &pki,
-        "client",
-        work.path(),
-        "pull",
-        &server,
-        &["x/y/dist/bin/tool", "--out", "one"],
-    )
-    .assert_code(0);
+    client(&pki, "client", work.path(), "pull", &server, &["x/y/dist/bin/tool", "--out", "one"]).assert_code(0);
     assert_eq!(fs::read(work.join("one/tool")).unwrap(), fs::read(&tool).unwrap());
 }
 
@@ -169,20 +116,13 @@ fn ls_shows_size_iso_mtime_and_folders_and_hides_staging() {
 
     let ls = client(&pki, "client", work.path(), "ls", &server, &["dist"]);
     ls.assert_code(0);
-    let lines: Vec<String> = ls
-        .stdout()
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
+    let lines: Vec<String> = ls.stdout().lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     assert_eq!(lines[0], "1234 2023-11-14T22:13:20Z app.tar.gz", "{ls}");
     assert!(lines[1].ends_with(" sub/"), "{ls}");
 
     let root = client(&pki, "client", work.path(), "ls", &server, &[]);
     root.assert_code(0);
-    assert!(
-        root.stdout().contains("dist/") && !root.stdout().contains(".xfer"),
-        "{root}"
-    );
+    assert!(root.stdout().contains("dist/") && !root.stdout().contains(".xfer"), "{root}");
 
     let json = client(&pki, "client", work.path(), "ls", &server, &["dist", "--json"]);
     let entries = json.json();
@@ -246,10 +186,7 @@ fn a_corrupted_push_is_detected_and_the_old_version_stays() {
     assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
     // Positive control: the same push without the fault succeeds.
     client(&pki, "client", work.path(), "push", &server, &["src/f.bin"]).assert_code(0);
-    assert_eq!(
-        fs::read(work.join("root/f.bin")).unwrap(),
-        fs::read(work.join("src/f.bin")).unwrap()
-    );
+    assert_eq!(fs::read(work.join("root/f.bin")).unwrap(), fs::read(work.join("src/f.bin")).unwrap());
 }
 
 #[test]
@@ -261,11 +198,7 @@ fn a_corrupted_pull_is_detected_and_nothing_lands() {
     let pull = client(&pki, "client", work.path(), "pull", &server, &["f.bin", "--out", "got"]);
     pull.assert_code(5);
     assert!(pull.stderr().contains("BLAKE3 mismatch"), "{pull}");
-    assert_eq!(
-        work.listing("got"),
-        Vec::<String>::new(),
-        "no file and no temporary file"
-    );
+    assert_eq!(work.listing("got"), Vec::<String>::new(), "no file and no temporary file");
 }
 
 #[test]
@@ -280,16 +213,7 @@ fn many_clients_at_once_all_succeed() {
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let (pki, work, server) = (&pki, &work, &server);
-                s.spawn(move || {
-                    client(
-                        pki,
-                        "client",
-                        work.path(),
-                        "push",
-                        server,
-                        &[&format!("src{i}/f{i}.bin")],
-                    )
-                })
+                s.spawn(move || client(pki, "client", work.path(), "push", server, &[&format!("src{i}/f{i}.bin")]))
             })
             .collect();
         for h in handles {
@@ -297,9 +221,6 @@ fn many_clients_at_once_all_succeed() {
         }
     });
     for i in 0..8 {
-        assert_eq!(
-            fs::read(work.join(&format!("root/f{i}.bin"))).unwrap(),
-            random_bytes(1 << 20, 100 + i)
-        );
+        assert_eq!(fs::read(work.join(&format!("root/f{i}.bin"))).unwrap(), random_bytes(1 << 20, 100 + i));
     }
 }

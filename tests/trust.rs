@@ -39,11 +39,7 @@ fn a_client_from_another_ca_is_refused_with_exit_3_and_writes_nothing() {
     run.assert_code(3);
     assert!(run.stderr().contains("not signed by the CA the server trusts"), "{run}");
     assert!(!work.join("root/bad").exists());
-    assert!(
-        server.wait_for_log("client's certificate was rejected"),
-        "{}",
-        server.log()
-    );
+    assert!(server.wait_for_log("client's certificate was rejected"), "{}", server.log());
 }
 
 #[test]
@@ -65,19 +61,9 @@ fn a_server_certificate_that_does_not_name_host_is_refused() {
     // Control: the certificate names `server` (and 127.0.0.1, the HOST used).
     client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
     client(&pki, "client", work.path(), "ls", &server, &["--server-name", "server"]).assert_code(0);
-    let run = client(
-        &pki,
-        "client",
-        work.path(),
-        "ls",
-        &server,
-        &["--server-name", "files.example.org"],
-    );
+    let run = client(&pki, "client", work.path(), "ls", &server, &["--server-name", "files.example.org"]);
     run.assert_code(3);
-    assert!(
-        run.stderr().contains("does not name 'files.example.org'") && run.stderr().contains("--san"),
-        "{run}"
-    );
+    assert!(run.stderr().contains("does not name 'files.example.org'") && run.stderr().contains("--san"), "{run}");
 }
 
 #[test]
@@ -104,15 +90,7 @@ fn read_only_refuses_push_and_rm_but_serves_pull_and_ls() {
     let work = Dir::new();
     work.write("root/keep.txt", b"keep");
     let server = XferServer::start(&pki, &work.join("root"), &["--read-only"]);
-    client(
-        &pki,
-        "client",
-        work.path(),
-        "pull",
-        &server,
-        &["keep.txt", "--out", "got"],
-    )
-    .assert_code(0);
+    client(&pki, "client", work.path(), "pull", &server, &["keep.txt", "--out", "got"]).assert_code(0);
     client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
 
     work.write("new.txt", b"new");
@@ -167,9 +145,7 @@ fn a_client_without_a_certificate_is_refused() {
         cfg.alpn_protocols = vec![xfer::protocol::ALPN.to_vec()];
         let tcp = tokio::net::TcpStream::connect(&server.addr).await?;
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
         tls.write_all(&xfer::protocol::preamble()).await?;
         tls.flush().await?;
         let mut buf = Vec::new();
@@ -177,14 +153,10 @@ fn a_client_without_a_certificate_is_refused() {
         Ok(buf)
     });
     match result {
-        Err(e) => assert!(
-            e.to_string().contains("CertificateRequired") || e.to_string().contains("certificate"),
-            "{e}"
-        ),
-        Ok(bytes) => panic!(
-            "server answered a client without certificate with {} bytes",
-            bytes.len()
-        ),
+        Err(e) => {
+            assert!(e.to_string().contains("CertificateRequired") || e.to_string().contains("certificate"), "{e}")
+        }
+        Ok(bytes) => panic!("server answered a client without certificate with {} bytes", bytes.len()),
     }
     assert!(server.wait_for_log("presented no certificate"), "{}", server.log());
 }

@@ -125,10 +125,7 @@ impl ErrorCode {
             ErrorCode::Io,
             ErrorCode::ShuttingDown,
         ];
-        KNOWN
-            .into_iter()
-            .find(|c| c.to_u16() == n)
-            .unwrap_or(ErrorCode::Unknown(n))
+        KNOWN.into_iter().find(|c| c.to_u16() == n).unwrap_or(ErrorCode::Unknown(n))
     }
 }
 
@@ -136,42 +133,18 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     File(FileHeader),
-    Dir {
-        path: WirePath,
-        mode: u32,
-        mtime: Timestamp,
-    },
-    Skipped {
-        path: WirePath,
-        reason: String,
-    },
-    Get {
-        path: WirePath,
-    },
-    List {
-        path: WirePath,
-    },
-    Remove {
-        path: WirePath,
-        recursive: bool,
-    },
+    Dir { path: WirePath, mode: u32, mtime: Timestamp },
+    Skipped { path: WirePath, reason: String },
+    Get { path: WirePath },
+    List { path: WirePath },
+    Remove { path: WirePath, recursive: bool },
     Data(Bytes),
-    End {
-        blake3: [u8; 32],
-    },
-    Abort {
-        reason: String,
-    },
-    Stored {
-        size: u64,
-        blake3: [u8; 32],
-    },
+    End { blake3: [u8; 32] },
+    Abort { reason: String },
+    Stored { size: u64, blake3: [u8; 32] },
     Ok,
     Entry(ListEntry),
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
+    Error { code: ErrorCode, message: String },
 }
 
 /// Why bytes could not be decoded as a frame.
@@ -267,44 +240,22 @@ impl Frame {
         }
         let mut r = Reader { buf: &body, kind };
         let frame = match kind {
-            code::FILE => Frame::File(FileHeader {
-                path: r.path()?,
-                size: r.u64()?,
-                mode: r.u32()?,
-                mtime: r.timestamp()?,
-            }),
-            code::DIR => Frame::Dir {
-                path: r.path()?,
-                mode: r.u32()?,
-                mtime: r.timestamp()?,
-            },
-            code::SKIPPED => Frame::Skipped {
-                path: r.path()?,
-                reason: r.string()?,
-            },
+            code::FILE => {
+                Frame::File(FileHeader { path: r.path()?, size: r.u64()?, mode: r.u32()?, mtime: r.timestamp()? })
+            }
+            code::DIR => Frame::Dir { path: r.path()?, mode: r.u32()?, mtime: r.timestamp()? },
+            code::SKIPPED => Frame::Skipped { path: r.path()?, reason: r.string()? },
             code::GET => Frame::Get { path: r.path()? },
             code::LIST => Frame::List { path: r.path()? },
-            code::REMOVE => Frame::Remove {
-                path: r.path()?,
-                recursive: r.bool()?,
-            },
+            code::REMOVE => Frame::Remove { path: r.path()?, recursive: r.bool()? },
             code::END => Frame::End { blake3: r.hash()? },
             code::ABORT => Frame::Abort { reason: r.string()? },
-            code::STORED => Frame::Stored {
-                size: r.u64()?,
-                blake3: r.hash()?,
-            },
+            code::STORED => Frame::Stored { size: r.u64()?, blake3: r.hash()? },
             code::OK => Frame::Ok,
-            code::ENTRY => Frame::Entry(ListEntry {
-                path: r.path()?,
-                size: r.u64()?,
-                mtime: r.timestamp()?,
-                is_dir: r.bool()?,
-            }),
-            code::ERROR => Frame::Error {
-                code: ErrorCode::from_u16(r.u16()?),
-                message: r.string()?,
-            },
+            code::ENTRY => {
+                Frame::Entry(ListEntry { path: r.path()?, size: r.u64()?, mtime: r.timestamp()?, is_dir: r.bool()? })
+            }
+            code::ERROR => Frame::Error { code: ErrorCode::from_u16(r.u16()?), message: r.string()? },
             other => return Err(FrameError::UnknownType(other)),
         };
         if !r.buf.is_empty() {
@@ -451,9 +402,7 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Result<String, FrameError> {
         let b = self.bytes16()?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| FrameError::Invalid(self.kind, "text is not UTF-8"))
+        std::str::from_utf8(b).map(str::to_owned).map_err(|_| FrameError::Invalid(self.kind, "text is not UTF-8"))
     }
     fn path(&mut self) -> Result<WirePath, FrameError> {
         let b = self.bytes16()?;
@@ -509,62 +458,28 @@ mod tests {
     }
 
     fn samples() -> Vec<Frame> {
-        let t = Timestamp {
-            secs: 1_700_000_000,
-            nanos: 123_456_789,
-        };
+        let t = Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
         vec![
-            Frame::File(FileHeader {
-                path: p("a/b.txt"),
-                size: 42,
-                mode: 0o755,
-                mtime: t,
-            }),
+            Frame::File(FileHeader { path: p("a/b.txt"), size: 42, mode: 0o755, mtime: t }),
             Frame::File(FileHeader {
                 path: p("s"),
                 size: super::super::UNKNOWN_SIZE,
                 mode: 0,
                 mtime: Timestamp { secs: -5, nanos: 0 },
             }),
-            Frame::Dir {
-                path: p("d/e"),
-                mode: 0o700,
-                mtime: t,
-            },
-            Frame::Skipped {
-                path: p("link"),
-                reason: "symbolic link".into(),
-            },
+            Frame::Dir { path: p("d/e"), mode: 0o700, mtime: t },
+            Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
             Frame::Get { path: p("x") },
             Frame::List { path: WirePath::root() },
-            Frame::Remove {
-                path: p("x/y"),
-                recursive: true,
-            },
+            Frame::Remove { path: p("x/y"), recursive: true },
             Frame::Data(Bytes::from_static(b"payload")),
             Frame::End { blake3: [7; 32] },
-            Frame::Abort {
-                reason: "source changed".into(),
-            },
-            Frame::Stored {
-                size: 9,
-                blake3: [1; 32],
-            },
+            Frame::Abort { reason: "source changed".into() },
+            Frame::Stored { size: 9, blake3: [1; 32] },
             Frame::Ok,
-            Frame::Entry(ListEntry {
-                path: p("f"),
-                size: 3,
-                mtime: t,
-                is_dir: false,
-            }),
-            Frame::Error {
-                code: ErrorCode::NotFound,
-                message: "no such file: x".into(),
-            },
-            Frame::Error {
-                code: ErrorCode::Unknown(999),
-                message: String::new(),
-            },
+            Frame::Entry(ListEntry { path: p("f"), size: 3, mtime: t, is_dir: false }),
+            Frame::Error { code: ErrorCode::NotFound, message: "no such file: x".into() },
+            Frame::Error { code: ErrorCode::Unknown(999), message: String::new() },
         ]
     }
 
@@ -610,25 +525,13 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused() {
         // OK with a trailing byte.
-        assert_eq!(
-            Frame::decode(&[code::OK, 0, 0, 0, 1, 9]),
-            Err(FrameError::Trailing(code::OK))
-        );
+        assert_eq!(Frame::decode(&[code::OK, 0, 0, 0, 1, 9]), Err(FrameError::Trailing(code::OK)));
         // END with a short hash.
-        assert_eq!(
-            Frame::decode(&[code::END, 0, 0, 0, 2, 1, 2]),
-            Err(FrameError::Truncated(code::END))
-        );
+        assert_eq!(Frame::decode(&[code::END, 0, 0, 0, 2, 1, 2]), Err(FrameError::Truncated(code::END)));
         // Empty DATA.
-        assert!(matches!(
-            Frame::decode(&[code::DATA, 0, 0, 0, 0]),
-            Err(FrameError::Invalid(..))
-        ));
+        assert!(matches!(Frame::decode(&[code::DATA, 0, 0, 0, 0]), Err(FrameError::Invalid(..))));
         // REMOVE with a boolean of 2.
-        assert!(matches!(
-            Frame::decode(&[code::REMOVE, 0, 0, 0, 4, 0, 1, b'x', 2]),
-            Err(FrameError::Invalid(..))
-        ));
+        assert!(matches!(Frame::decode(&[code::REMOVE, 0, 0, 0, 4, 0, 1, b'x', 2]), Err(FrameError::Invalid(..))));
     }
 
     #[test]
@@ -642,19 +545,14 @@ mod tests {
         buf[1..5].copy_from_slice(&len.to_be_bytes());
         let err = Frame::decode(&buf).unwrap_err();
         assert!(err.is_file_header());
-        assert!(matches!(
-            err,
-            FrameError::BadPath {
-                error: PathError::ParentComponent,
-                ..
-            }
-        ));
+        assert!(matches!(err, FrameError::BadPath { error: PathError::ParentComponent, .. }));
     }
 
     /// The worked example of PROTOCOL.md, section 9, byte for byte.
     #[test]
     fn protocol_md_example_is_exact() {
-        let h = FileHeader { path: p("a/b.txt"), size: 3, mode: 0o644, mtime: Timestamp { secs: 1_700_000_000, nanos: 0 } };
+        let h =
+            FileHeader { path: p("a/b.txt"), size: 3, mode: 0o644, mtime: Timestamp { secs: 1_700_000_000, nanos: 0 } };
         let mut buf = Vec::new();
         Frame::File(h).encode(&mut buf);
         let want: &[u8] = &[

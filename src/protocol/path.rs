@@ -82,11 +82,7 @@ impl WirePath {
     /// Appends one component, validating it.
     pub fn join(&self, component: &str) -> Result<WirePath, PathError> {
         check_component(component)?;
-        let joined = if self.0.is_empty() {
-            component.to_owned()
-        } else {
-            format!("{}/{}", self.0, component)
-        };
+        let joined = if self.0.is_empty() { component.to_owned() } else { format!("{}/{}", self.0, component) };
         if joined.len() > MAX_PATH_LEN {
             return Err(PathError::TooLong);
         }
@@ -147,11 +143,7 @@ fn check_component(c: &str) -> Result<(), PathError> {
 
 impl fmt::Display for WirePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str(".")
-        } else {
-            f.write_str(&self.0)
-        }
+        if self.0.is_empty() { f.write_str(".") } else { f.write_str(&self.0) }
     }
 }
 
@@ -202,10 +194,7 @@ mod tests {
         assert_eq!(WirePath::from_user("./a//b/").unwrap().as_str(), "a/b");
         assert!(WirePath::from_user(".").unwrap().is_root());
         assert_eq!(WirePath::from_user("/etc/x").unwrap_err(), PathError::Absolute);
-        assert_eq!(
-            WirePath::from_user("a/../../x").unwrap_err(),
-            PathError::ParentComponent
-        );
+        assert_eq!(WirePath::from_user("a/../../x").unwrap_err(), PathError::ParentComponent);
     }
 
     #[test]

@@ -34,14 +34,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
     let _ = tcp.set_nodelay(true);
     let t = shared.timeouts;
     let accepted = with_timeout("TLS handshake", t.handshake, async {
-        shared
-            .acceptor
-            .accept(tcp)
-            .await
-            .map_err(|source| Error::ConnectionLost {
-                peer: addr.to_string(),
-                source,
-            })
+        shared.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
     })
     .await;
     let tls = match accepted {
@@ -53,13 +46,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
     };
     // rustls has verified the chain against the CA; only then are the
     // certificate's names trusted to identify the peer.
-    let names = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(tls::cert_names)
-        .unwrap_or_default();
+    let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
     let peer = names.first().cloned().unwrap_or_else(|| "(unnamed)".to_owned());
     let span = info_span!("conn", peer = %peer, %addr);
     async move {
@@ -76,18 +63,8 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
         let result = conn.run(&names, token).await;
         let secs = started.elapsed().as_secs_f64();
         match result {
-            Ok(()) => info!(
-                files = conn.files,
-                bytes = conn.bytes,
-                secs = format_args!("{secs:.3}"),
-                "closed"
-            ),
-            Err(e) => warn!(
-                files = conn.files,
-                bytes = conn.bytes,
-                "closed with error: {}",
-                describe(&e)
-            ),
+            Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
+            Err(e) => warn!(files = conn.files, bytes = conn.bytes, "closed with error: {}", describe(&e)),
         }
     }
     .instrument(span)
@@ -107,9 +84,7 @@ fn describe(e: &Error) -> String {
 
 /// Runs blocking filesystem work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking store task panicked")
+    tokio::task::spawn_blocking(f).await.expect("blocking store task panicked")
 }
 
 struct Conn {
@@ -146,10 +121,7 @@ impl Conn {
         match (result, closed) {
             (Err(e), _) => Err(e),
             (Ok(()), Ok(r)) => r,
-            (Ok(()), Err(_)) => Err(Error::Timeout {
-                phase: "TLS shutdown",
-                after: within,
-            }),
+            (Ok(()), Err(_)) => Err(Error::Timeout { phase: "TLS shutdown", after: within }),
         }
     }
 
@@ -158,11 +130,7 @@ impl Conn {
         let version = self.r.read_preamble(t.header).await?;
         self.w.queue_preamble();
         if version != VERSION {
-            return Err(Error::Version {
-                peer: self.r.peer().to_owned(),
-                ours: VERSION,
-                theirs: version,
-            });
+            return Err(Error::Version { peer: self.r.peer().to_owned(), ours: VERSION, theirs: version });
         }
         if !admitted(&self.shared.allow, names) {
             return Err(Error::NotAdmitted(format!(
@@ -191,10 +159,9 @@ impl Conn {
             match next {
                 Ok(Some(frame)) => self.dispatch(frame).await?,
                 Ok(None) => return Ok(()),
-                Err(Error::Frame {
-                    error: error @ FrameError::BadPath { .. },
-                    ..
-                }) => self.refuse_bad_path(error).await?,
+                Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
+                    self.refuse_bad_path(error).await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -202,9 +169,7 @@ impl Conn {
 
     async fn read_request(&mut self, first: bool) -> Result<Option<Frame>> {
         if first {
-            self.r
-                .read_frame_within("request header", self.shared.timeouts.header)
-                .await
+            self.r.read_frame_within("request header", self.shared.timeouts.header).await
         } else {
             self.r.read_frame().await
         }
@@ -237,19 +202,13 @@ impl Conn {
                 }
                 self.answer(&path, "remove", r).await
             }
-            other => Err(Error::protocol(
-                self.r.peer(),
-                format!("unexpected {} frame between requests", other.name()),
-            )),
+            other => Err(Error::protocol(self.r.peer(), format!("unexpected {} frame between requests", other.name()))),
         }
     }
 
     fn writable(&self) -> std::result::Result<(), StoreError> {
         if self.shared.read_only {
-            Err(StoreError {
-                code: ErrorCode::Denied,
-                message: "this server is read-only (--read-only)".into(),
-            })
+            Err(StoreError { code: ErrorCode::Denied, message: "this server is read-only (--read-only)".into() })
         } else {
             Ok(())
         }
@@ -261,12 +220,7 @@ impl Conn {
             Ok(()) => self.w.send(&Frame::Ok).await,
             Err(e) => {
                 warn!(path = %path, "{op} refused: {}", e.message);
-                self.w
-                    .send(&Frame::Error {
-                        code: e.code,
-                        message: e.message,
-                    })
-                    .await
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await
             }
         }
     }
@@ -286,34 +240,23 @@ impl Conn {
             Err(e) => {
                 // Answer at once; the payload that follows is read and dropped.
                 warn!(path = %h.path, "push refused: {}", e.message);
-                self.w
-                    .send(&Frame::Error {
-                        code: e.code,
-                        message: e.message,
-                    })
-                    .await?;
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await?;
                 return transfer::discard_payload(&mut self.r, &h).await;
             }
         };
         match transfer::receive_file(&mut self.r, &h, Some(staged)).await? {
             FileOutcome::Ok(got) => {
                 self.log_file("received", &h.path, got.size, &got.blake3, started);
-                self.w
-                    .send(&Frame::Stored {
-                        size: got.size,
-                        blake3: got.blake3,
-                    })
-                    .await
+                self.w.send(&Frame::Stored { size: got.size, blake3: got.blake3 }).await
             }
             FileOutcome::Failed { code, message, bytes } => {
                 self.bytes += bytes;
                 warn!(path = %h.path, bytes, "push failed: {message}");
                 self.w.send(&Frame::Error { code, message }).await
             }
-            FileOutcome::PeerError { message, .. } => Err(Error::protocol(
-                self.r.peer(),
-                format!("client sent an error frame inside a file: {message}"),
-            )),
+            FileOutcome::PeerError { message, .. } => {
+                Err(Error::protocol(self.r.peer(), format!("client sent an error frame inside a file: {message}")))
+            }
         }
     }
 
@@ -329,13 +272,7 @@ impl Conn {
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
             match item {
                 Item::Dir { rel, meta } => {
-                    self.w
-                        .send(&Frame::Dir {
-                            path: rel,
-                            mode: meta.mode,
-                            mtime: meta.mtime,
-                        })
-                        .await?;
+                    self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
                 }
                 Item::File { rel, abs, .. } => {
                     let started = Instant::now();
@@ -362,18 +299,9 @@ impl Conn {
     /// empty header and an `Abort`, so it is reported as failed, not skipped.
     async fn send_failed(&mut self, path: &WirePath, reason: &str) -> Result<()> {
         warn!(path = %path, "cannot send: {reason}");
-        let h = FileHeader {
-            path: path.clone(),
-            size: 0,
-            mode: 0o600,
-            mtime: Timestamp::default(),
-        };
+        let h = FileHeader { path: path.clone(), size: 0, mode: 0o600, mtime: Timestamp::default() };
         self.w.send(&Frame::File(h)).await?;
-        self.w
-            .send(&Frame::Abort {
-                reason: format!("the server cannot read it: {reason}"),
-            })
-            .await
+        self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
     }
 
     async fn list(&mut self, path: WirePath) -> Result<()> {
@@ -395,19 +323,9 @@ impl Conn {
     async fn refuse_bad_path(&mut self, error: FrameError) -> Result<()> {
         warn!("refused: {error}");
         let is_file = error.is_file_header();
-        self.w
-            .send(&Frame::Error {
-                code: ErrorCode::BadPath,
-                message: error.to_string(),
-            })
-            .await?;
+        self.w.send(&Frame::Error { code: ErrorCode::BadPath, message: error.to_string() }).await?;
         if is_file {
-            let h = FileHeader {
-                path: WirePath::root(),
-                size: UNKNOWN_SIZE,
-                mode: 0,
-                mtime: Timestamp::default(),
-            };
+            let h = FileHeader { path: WirePath::root(), size: UNKNOWN_SIZE, mode: 0, mtime: Timestamp::default() };
             transfer::discard_payload(&mut self.r, &h).await?;
         }
         Ok(())

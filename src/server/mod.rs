@@ -90,26 +90,13 @@ impl Server {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
-        let shared = Shared {
-            acceptor,
-            root,
-            allow: cfg.allow,
-            read_only: cfg.read_only,
-            timeouts: cfg.timeouts,
-        };
-        Ok(Server {
-            listener,
-            shared: Arc::new(shared),
-            max_conns: cfg.max_conns.max(1),
-            grace: cfg.grace,
-        })
+        let shared = Shared { acceptor, root, allow: cfg.allow, read_only: cfg.read_only, timeouts: cfg.timeouts };
+        Ok(Server { listener, shared: Arc::new(shared), max_conns: cfg.max_conns.max(1), grace: cfg.grace })
     }
 
     /// The address actually bound (the real port when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .map_err(|e| Error::io("cannot read the bound address", e))
+        self.listener.local_addr().map_err(|e| Error::io("cannot read the bound address", e))
     }
 
     /// The root folder being served (canonical).
@@ -153,11 +140,7 @@ impl Server {
         token.cancel();
         tracker.close();
         if !tracker.is_empty() {
-            info!(
-                "shutting down: waiting up to {}s for {} connection(s)",
-                self.grace.as_secs(),
-                tracker.len()
-            );
+            info!("shutting down: waiting up to {}s for {} connection(s)", self.grace.as_secs(), tracker.len());
         }
         if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
             warn!(

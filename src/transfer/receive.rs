@@ -54,10 +54,7 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
 ) -> Result<FileOutcome> {
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
-    let mut sink = staged.map(|s| Sink {
-        staged: Some(s),
-        buf: Vec::with_capacity(WRITE_LEN),
-    });
+    let mut sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
     let mut failure: Option<StoreError> = None;
     loop {
         match r.read_frame().await? {
@@ -116,19 +113,12 @@ async fn finish(
     expected: [u8; 32],
     actual: [u8; 32],
 ) -> FileOutcome {
-    let failed = |code, message| FileOutcome::Failed {
-        code,
-        message,
-        bytes: got,
-    };
+    let failed = |code, message| FileOutcome::Failed { code, message, bytes: got };
     if let Some(e) = failure {
         return failed(e.code, e.message);
     }
     if h.size != UNKNOWN_SIZE && got != h.size {
-        return failed(
-            ErrorCode::Protocol,
-            format!("{}: {got} payload bytes, but {} were announced", h.path, h.size),
-        );
+        return failed(ErrorCode::Protocol, format!("{}: {got} payload bytes, but {} were announced", h.path, h.size));
     }
     if expected != actual {
         return failed(
@@ -146,10 +136,7 @@ async fn finish(
             return failed(e.code, e.message);
         }
     }
-    FileOutcome::Ok(Received {
-        size: got,
-        blake3: actual,
-    })
+    FileOutcome::Ok(Received { size: got, blake3: actual })
 }
 
 /// Reads and drops the payload of a file refused at its header.
@@ -197,8 +184,6 @@ impl Sink {
         self.write_out().await?;
         let (mode, mtime) = (h.mode, h.mtime);
         let staged = self.staged.expect("sink holds its file between writes");
-        tokio::task::spawn_blocking(move || staged.commit(mode, mtime))
-            .await
-            .expect("blocking commit task panicked")
+        tokio::task::spawn_blocking(move || staged.commit(mode, mtime)).await.expect("blocking commit task panicked")
     }
 }

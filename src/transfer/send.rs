@@ -34,9 +34,9 @@ pub struct Sent {
 pub enum SendOutcome {
     /// Header, payload and trailer went out; the peer will answer.
     Sent(Sent),
-    /// The header went out but the file was abandoned with `Abort`; the
-    /// peer will answer with an error.
-    Aborted { size: u64, reason: String },
+    /// The header and `sent` payload bytes went out, then the file was
+    /// abandoned with `Abort`; the peer will answer with an error.
+    Aborted { size: u64, sent: u64, reason: String },
     /// The file could not even be opened; nothing was sent for it.
     NotStarted(String),
 }
@@ -82,13 +82,7 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         // Nothing was sent yet, so there is nothing to abort on the wire.
         Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {}: {e}", abs.display()))),
     };
-    w.send(&Frame::File(FileHeader {
-        path: rel.clone(),
-        size: meta.size,
-        mode: meta.mode,
-        mtime: meta.mtime,
-    }))
-    .await?;
+    w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime })).await?;
     let mut hasher = blake3::Hasher::new();
     let mut left = meta.size;
     let mut buf = Vec::with_capacity(READ_LEN);
@@ -98,9 +92,11 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         let (f, b, r) = read_chunk(file, buf, want).await;
         (file, buf) = (f, b);
         match r {
-            Ok(0) => return abort(w, meta.size, "the source file shrank while it was being sent").await,
+            Ok(0) => {
+                return abort(w, meta.size, meta.size - left, "the source file shrank while it was being sent").await;
+            }
             Ok(_) => {}
-            Err(e) => return abort(w, meta.size, &format!("read error: {e}")).await,
+            Err(e) => return abort(w, meta.size, meta.size - left, &format!("read error: {e}")).await,
         }
         hasher.update(&buf);
         fault::corrupt(&mut buf, &mut first);
@@ -111,26 +107,24 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     }
     match unchanged(file, meta).await {
         Ok(true) => {}
-        Ok(false) => return abort(w, meta.size, "the source file changed while it was being sent").await,
-        Err(e) => return abort(w, meta.size, &format!("read error: {e}")).await,
+        Ok(false) => {
+            return abort(w, meta.size, meta.size - left, "the source file changed while it was being sent").await;
+        }
+        Err(e) => return abort(w, meta.size, meta.size - left, &format!("read error: {e}")).await,
     }
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
-    Ok(SendOutcome::Sent(Sent {
-        size: meta.size,
-        blake3,
-    }))
+    Ok(SendOutcome::Sent(Sent { size: meta.size, blake3 }))
 }
 
-async fn abort<W: AsyncWrite + Unpin>(w: &mut FrameWriter<W>, size: u64, reason: &str) -> Result<SendOutcome> {
-    w.send(&Frame::Abort {
-        reason: reason.to_owned(),
-    })
-    .await?;
-    Ok(SendOutcome::Aborted {
-        size,
-        reason: reason.to_owned(),
-    })
+async fn abort<W: AsyncWrite + Unpin>(
+    w: &mut FrameWriter<W>,
+    size: u64,
+    sent: u64,
+    reason: &str,
+) -> Result<SendOutcome> {
+    w.send(&Frame::Abort { reason: reason.to_owned() }).await?;
+    Ok(SendOutcome::Aborted { size, sent, reason: reason.to_owned() })
 }
 
 async fn open(abs: PathBuf) -> std::io::Result<(File, Meta)> {

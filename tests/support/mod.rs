@@ -19,9 +19,7 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Dir {
-        Dir {
-            tmp: tempfile::Builder::new().prefix("xfer-test-").tempdir().unwrap(),
-        }
+        Dir { tmp: tempfile::Builder::new().prefix("xfer-test-").tempdir().unwrap() }
     }
     pub fn path(&self) -> &Path {
         self.tmp.path()
@@ -59,10 +57,7 @@ fn list_into(base: &Path, dir: &Path, out: &mut Vec<String>) {
 /// Deterministic pseudo-random bytes (BLAKE3 in XOF mode).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
     out
 }
 
@@ -89,12 +84,7 @@ impl Pki {
     }
     /// Identity flags for the named peer.
     pub fn id_args(&self, name: &str) -> Vec<String> {
-        vec![
-            "--certs".into(),
-            self.certs().display().to_string(),
-            "--name".into(),
-            name.into(),
-        ]
+        vec!["--certs".into(), self.certs().display().to_string(), "--name".into(), name.into()]
     }
 }
 
@@ -144,12 +134,7 @@ impl XferServer {
                 panic!("server did not report 'listening on'; log:\n{}", log.lock().unwrap());
             }
         };
-        XferServer {
-            child,
-            addr,
-            root: root.to_owned(),
-            log,
-        }
+        XferServer { child, addr, root: root.to_owned(), log }
     }
 
     /// Everything the server logged so far.
@@ -171,9 +156,7 @@ impl XferServer {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -245,19 +228,13 @@ impl std::fmt::Display for Run {
 /// Runs `xfer ARGS` in `cwd` with extra environment variables.
 pub fn run_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(XFER);
-    cmd.current_dir(cwd)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
+    cmd.current_dir(cwd).args(args).env_remove("RUST_LOG").stdin(Stdio::null());
     for k in ["XFER_CERTS", "XFER_NAME", "XFER_CERT", "XFER_KEY", "XFER_CA"] {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("run xfer");
-    Run {
-        cmd: format!("(cd {}) xfer {}", cwd.display(), args.join(" ")),
-        out,
-    }
+    Run { cmd: format!("(cd {}) xfer {}", cwd.display(), args.join(" ")), out }
 }
 
 /// Runs a client command against `server` as identity `name`.
@@ -291,17 +268,13 @@ pub fn mtime_mode(p: &Path) -> (i64, u32) {
 /// Sets a file's mtime to a fixed past instant.
 pub fn set_mtime(p: &Path, secs: u64) {
     let f = std::fs::File::options().write(true).open(p).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
 }
 
 /// A raw protocol session: frames are read with the library's reader and
 /// written as bytes the test encodes itself (so it can send anything).
 pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-pub type Raw = (
-    xfer::connection::FrameReader<tokio::io::ReadHalf<RawTls>>,
-    tokio::io::WriteHalf<RawTls>,
-);
+pub type Raw = (xfer::connection::FrameReader<tokio::io::ReadHalf<RawTls>>, tokio::io::WriteHalf<RawTls>);
 
 /// Opens a real mutual-TLS session as `name`; nothing is sent yet.
 pub async fn raw_connect(pki: &Pki, name: &str, server: &XferServer) -> Raw {
@@ -309,15 +282,9 @@ pub async fn raw_connect(pki: &Pki, name: &str, server: &XferServer) -> Raw {
     let id = xfer::tls::Identity::load(&ids).unwrap();
     let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     let sni = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(id.client_config().unwrap())
-        .connect(sni, tcp)
-        .await
-        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(id.client_config().unwrap()).connect(sni, tcp).await.unwrap();
     let (r, w) = tokio::io::split(tls);
-    (
-        xfer::connection::FrameReader::new(r, "server", Duration::from_secs(20)),
-        w,
-    )
+    (xfer::connection::FrameReader::new(r, "server", Duration::from_secs(20)), w)
 }
 
 /// Encodes frames back to back.
