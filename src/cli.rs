@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, PushPlan};
 use crate::connection::Timeouts;
 use crate::error::Error;
 use crate::pki::{self, KeygenConfig};
@@ -224,14 +224,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(a) => keygen(a),
-        Command::Serve(a) => serve(a, cli.quiet).await,
+        Command::Serve(a) => serve(a).await,
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
+            // Local mistakes are reported before anything touches the network.
+            let plan = PushPlan::new(&a.paths, &to)?;
             let output = output(&a.client, cli.quiet);
-            with_client(&a.host, &a.client, Op::Push, output, |c, rep| {
-                Box::pin(async move { c.push(&a.paths, &to, rep).await })
-            })
-            .await
+            with_client(&a.host, &a.client, Op::Push, output, |c, rep| Box::pin(async move { c.push(plan, rep).await }))
+                .await
         }
         Command::Pull(a) => {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
@@ -287,7 +287,12 @@ where
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     let mut rep = Reporter::new(output, op);
     let mut client = Client::connect(cfg).await?;
-    let result = f(&mut client, &mut rep).await;
+    // On Ctrl-C the operation is dropped, which deletes any staged file:
+    // nothing partial is left under a final name or beside it.
+    let result = tokio::select! {
+        r = f(&mut client, &mut rep) => r,
+        _ = shutdown_signal() => Err(Error::Interrupted),
+    };
     let closed = if result.is_ok() { client.close().await } else { Ok(()) };
     let summary = rep.finish();
     result?;
@@ -314,7 +319,7 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(a: ServeArgs, quiet: bool) -> anyhow::Result<()> {
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server"));
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
@@ -330,18 +335,30 @@ async fn serve(a: ServeArgs, quiet: bool) -> anyhow::Result<()> {
     let read_only = cfg.read_only;
     let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
     let addr = server.local_addr()?;
-    if quiet {
-        // Scripts wait for this line to learn the port, even with -q.
-        eprintln!("xfer: listening on {addr}");
-    }
+    // Scripts wait for this exact line to learn the port, whatever the log
+    // level, so it does not go through the logger.
+    eprintln!("xfer: listening on {addr}");
     tracing::info!(
         root = %server.root().display(),
         read_only,
         allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },
-        "listening on {addr}"
+        "serving"
     );
-    server.run(server::shutdown_signal()).await?;
+    server.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await, // no signal support: never fire
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
 }
 
 #[cfg(test)]

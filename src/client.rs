@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -21,7 +21,7 @@ use tokio_rustls::client::TlsStream;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
+use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
 use crate::store::Root;
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, SendOutcome};
@@ -84,6 +84,33 @@ pub struct Client {
     cfg: ClientConfig,
 }
 
+/// The sources of a push, checked before connecting: each exists, can be
+/// read, and has a name to give it on the server. Files and folders are
+/// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
+pub struct PushPlan {
+    walks: Vec<Walk>,
+}
+
+impl PushPlan {
+    /// Checks `sources` and names them under the remote folder `to`.
+    pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
+        let mut walks = Vec::new();
+        for src in sources {
+            // Top-level arguments are followed if they are links: the user
+            // named them explicitly. Links inside trees never are.
+            let meta =
+                std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
+            let rel = to
+                .join(&source_name(src)?)
+                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
+            let walk = Walk::new(src.clone(), rel, &meta, None)
+                .map_err(|e| Error::io(format!("cannot read {}", src.display()), e))?;
+            walks.push(walk);
+        }
+        Ok(PushPlan { walks })
+    }
+}
+
 /// What the reader must do for the next thing the writer sent.
 enum Expect {
     Dir(WirePath),
@@ -122,25 +149,19 @@ impl Client {
                 .map_err(|source| explain(&cfg, Error::ConnectionLost { peer: addr.clone(), source }))
         })
         .await?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            let message = "the server did not negotiate the xfer/1 protocol (ALPN): is it an xfer server?".to_owned();
+            return Err(Error::Tls { peer: addr, message });
+        }
         let (rd, wr) = tokio::io::split(tls);
         let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
         w.queue_preamble();
         Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg })
     }
 
-    /// Sends files and folders (recursively) to `to` on the server, placed
-    /// as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
-    pub async fn push(&mut self, sources: &[PathBuf], to: &WirePath, rep: &mut Reporter) -> Result<()> {
-        let mut walks = Vec::new();
-        for src in sources {
-            let meta =
-                std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
-            let rel = to
-                .join(&source_name(src)?)
-                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
-            walks.push(Walk::new(src.clone(), rel, &meta, None));
-        }
-        let mut items = transfer::spawn_walk(walks.into_iter().flatten());
+    /// Sends what `plan` names (see [`PushPlan`]).
+    pub async fn push(&mut self, plan: PushPlan, rep: &mut Reporter) -> Result<()> {
+        let mut items = transfer::spawn_walk(plan.walks.into_iter().flatten());
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let Client { r, w, cfg } = self;
         let writer = async move {
@@ -157,7 +178,7 @@ impl Client {
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
                     Item::Failed { rel, error } => Expect::LocalFailure { path: rel, error },
                 };
-                if tx.send(expect).await.is_err() {
+                if !hand_over(&tx, w, expect).await? {
                     break; // the reader failed; its error is the one to report
                 }
             }
@@ -225,7 +246,7 @@ impl Client {
         let writer = async move {
             for p in paths {
                 w.send(&Frame::Remove { path: p.clone(), recursive }).await?;
-                if tx.send(Expect::Removed(p.clone())).await.is_err() {
+                if !hand_over(&tx, w, Expect::Removed(p.clone())).await? {
                     break;
                 }
             }
@@ -294,6 +315,24 @@ async fn pipeline<T>(writer: impl Future<Output = Result<()>>, reader: impl Futu
                 _ => Err(we),
             },
         },
+    }
+}
+
+/// Hands the reader what to expect next. When the reader is behind, flush
+/// before waiting for it: the replies it waits for may answer requests that
+/// still sit in our buffer. `false` means the reader has stopped.
+async fn hand_over<W: AsyncWrite + Unpin>(
+    tx: &mpsc::Sender<Expect>,
+    w: &mut FrameWriter<W>,
+    e: Expect,
+) -> Result<bool> {
+    match tx.try_send(e) {
+        Ok(()) => Ok(true),
+        Err(mpsc::error::TrySendError::Full(e)) => {
+            w.flush().await?;
+            Ok(tx.send(e).await.is_ok())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
     }
 }
 
@@ -382,7 +421,8 @@ async fn read_stored(
 /// operation instead.
 fn refused_report(path: &WirePath, code: ErrorCode, message: String) -> Result<FileReport> {
     let e = refusal(path.as_str(), code, message);
-    if e.class() == Class::Connection {
+    // These come last before the server closes: they end the operation.
+    if e.class() == Class::Connection || code == ErrorCode::Protocol {
         return Err(e);
     }
     Ok(FileReport::failed(path, e.to_string(), e.class()))
@@ -469,6 +509,7 @@ fn check_within(r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath
 fn refusal(path: &str, code: ErrorCode, message: String) -> Error {
     match code {
         ErrorCode::NotAdmitted => Error::NotAdmitted(message),
+        ErrorCode::Protocol => Error::Protocol { peer: "the server".to_owned(), message },
         // Server messages usually name the path already; don't say it twice.
         _ if message.starts_with(path) => Error::Refused { path: path.to_owned(), code, message },
         _ => Error::Refused { path: path.to_owned(), code, message: format!("{path}: {message}") },

@@ -66,6 +66,8 @@ pub enum Error {
     Frame { peer: String, error: FrameError },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("interrupted: nothing partial was left behind; run the command again to finish")]
+    Interrupted,
     #[error("{failed} of {total} items failed")]
     Failed { failed: usize, total: usize, class: Class },
 }
@@ -89,7 +91,11 @@ impl Error {
             },
             Error::BadPath { .. } => Class::Refused,
             Error::Integrity { .. } => Class::Integrity,
-            Error::Identity { .. } | Error::Protocol { .. } | Error::Frame { .. } | Error::Io { .. } => Class::Other,
+            Error::Identity { .. }
+            | Error::Protocol { .. }
+            | Error::Frame { .. }
+            | Error::Io { .. }
+            | Error::Interrupted => Class::Other,
             Error::Failed { class, .. } => *class,
         }
     }

@@ -20,13 +20,14 @@
 //!
 //! ```no_run
 //! # async fn demo() -> xfer::error::Result<()> {
-//! use xfer::{Client, ClientConfig, IdentityPaths, WirePath};
+//! use xfer::{Client, ClientConfig, IdentityPaths, PushPlan, WirePath};
 //! use xfer::progress::{Op, Output, Reporter};
 //!
+//! let plan = PushPlan::new(&["dist".into()], &WirePath::root())?; // checks the sources
 //! let ids = IdentityPaths::in_dir("certs".as_ref(), "client");
 //! let mut client = Client::connect(ClientConfig::new("127.0.0.1:5001", ids)?).await?;
 //! let mut rep = Reporter::new(Output::Quiet, Op::Push);
-//! client.push(&["dist".into()], &WirePath::root(), &mut rep).await?;
+//! client.push(plan, &mut rep).await?;
 //! client.close().await?;
 //! rep.finish()?;
 //! # Ok(()) }
@@ -45,7 +46,7 @@ pub mod tls;
 pub mod transfer;
 pub mod walk;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, PushPlan};
 pub use error::{Error, Result};
 pub use protocol::WirePath;
 pub use server::{ServeConfig, Server};

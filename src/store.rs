@@ -9,7 +9,7 @@
 
 use std::fs::{self, Metadata};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,9 +20,6 @@ use crate::walk::{Meta, Walk};
 
 /// Name of the server's staging folder at the top of its root.
 pub const STAGING_DIR: &str = ".xfer";
-
-/// Staged files older than this are left over from a crash and removed.
-const STALE_STAGED: Duration = Duration::from_secs(24 * 3600);
 
 /// A refused or failed store operation, with the protocol code to send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +40,7 @@ impl StoreError {
             io::ErrorKind::NotFound => ErrorCode::NotFound,
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
             io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::Denied,
             _ => ErrorCode::Io,
         };
         StoreError::new(code, format!("{what}: {e}"))
@@ -67,7 +65,7 @@ impl Root {
         let dir = dir.canonicalize()?;
         let staging = dir.join(STAGING_DIR).join("tmp");
         fs::create_dir_all(&staging)?;
-        remove_stale(&staging);
+        clear_staging(&staging);
         Ok(Root { dir, staging: Some(staging) })
     }
 
@@ -115,6 +113,9 @@ impl Root {
 
     /// Creates a folder and its parents (like `mkdir -p`).
     pub fn mkdir(&self, p: &WirePath) -> Result<()> {
+        if p.is_root() {
+            return Err(StoreError::new(ErrorCode::BadPath, "the root folder itself cannot be created"));
+        }
         self.check_reserved(p)?;
         self.make_dirs(p).map(drop)
     }
@@ -201,7 +202,7 @@ impl Root {
             None => WirePath::root(),
         };
         let hide = self.staging.as_ref().map(|_| STAGING_DIR);
-        Ok(Walk::new(abs, rel, &meta, hide))
+        Walk::new(abs, rel, &meta, hide).map_err(|e| StoreError::io(p, e))
     }
 
     fn check_reserved(&self, p: &WirePath) -> Result<()> {
@@ -295,25 +296,19 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Best effort: removes temporary files a crashed server left behind.
-fn remove_stale(staging: &Path) {
+/// Best effort: removes temporary files a crashed or killed server left
+/// behind. Nothing else writes there while no server runs on this root.
+fn clear_staging(staging: &Path) {
     let Ok(entries) = fs::read_dir(staging) else { return };
-    let now = SystemTime::now();
     for e in entries.flatten() {
-        let old = e
-            .metadata()
-            .ok()
-            .and_then(|m| now.duration_since(UNIX_EPOCH + Duration::from_secs(m.mtime().max(0) as u64)).ok())
-            .is_some_and(|age| age > STALE_STAGED);
-        if old {
-            let _ = fs::remove_file(e.path());
-        }
+        let _ = fs::remove_file(e.path());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn p(s: &str) -> WirePath {
         WirePath::parse(s).unwrap()

@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::error::{Error, Result};
 use crate::protocol::ALPN;
@@ -71,9 +76,10 @@ impl Identity {
     /// verified against the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
         let provider = provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .build()
             .map_err(|e| self.ca_error(e))?;
+        let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.clone() });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.ca_error(e))?
@@ -110,6 +116,64 @@ impl Identity {
             path: self.paths.key.clone(),
             message: format!("does not fit {}: {e}", self.paths.cert.display()),
         }
+    }
+}
+
+/// Verifies client certificates exactly as WebPKI does, and logs which
+/// certificate was refused against which CA: the handshake error that
+/// reaches the connection handler names neither.
+#[derive(Debug)]
+struct NamingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    ca: PathBuf,
+}
+
+impl ClientCertVerifier for NamingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
+            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca.display(), "client certificate refused: {e}");
+        })
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `subject (issued by issuer)` of a certificate, for logs.
+fn describe_cert(der: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, c)) => format!("'{}' issued by '{}'", c.subject(), c.issuer()),
+        Err(_) => "(unparseable certificate)".to_owned(),
     }
 }
 

@@ -71,20 +71,19 @@ impl Walk {
     /// the starting folder itself is not yielded, only what it holds, and
     /// any top-level name in `hide` is left out (the server's staging area).
     /// `meta` is the starting point's metadata as the caller resolved it.
-    pub fn new(abs: PathBuf, rel: WirePath, meta: &Metadata, hide: Option<&str>) -> Walk {
+    /// Fails only when the starting folder itself cannot be read.
+    pub fn new(abs: PathBuf, rel: WirePath, meta: &Metadata, hide: Option<&str>) -> std::io::Result<Walk> {
         let mut walk = Walk { first: None, stack: Vec::new() };
         if meta.is_dir() {
+            let names = read_names(&abs, if rel.is_root() { hide } else { None })?;
             if !rel.is_root() {
                 walk.first = Some(Item::Dir { rel: rel.clone(), meta: meta.into() });
             }
-            match read_names(&abs, if rel.is_root() { hide } else { None }) {
-                Ok(names) => walk.stack.push(Level { abs, rel, names: names.into_iter() }),
-                Err(e) => walk.first = Some(Item::Failed { rel: rel.to_string(), error: e.to_string() }),
-            }
+            walk.stack.push(Level { abs, rel, names: names.into_iter() });
         } else {
             walk.first = Some(classify(abs, rel, meta));
         }
-        walk
+        Ok(walk)
     }
 }
 
@@ -105,11 +104,11 @@ impl Iterator for Walk {
             let rel = match name.to_str().ok_or(()).and_then(|n| level.rel.join(n).map_err(|_| ())) {
                 Ok(rel) => rel,
                 Err(()) => {
-                    let shown = format!("{}/{}", level.rel, name.to_string_lossy());
-                    return Some(Item::Skipped {
-                        rel: shown,
-                        reason: "name cannot be sent (not UTF-8, or breaks the path rules)".into(),
-                    });
+                    // Not a deliberate skip: the user asked for this file.
+                    let lossy = name.to_string_lossy();
+                    let shown = if level.rel.is_root() { lossy.into_owned() } else { format!("{}/{lossy}", level.rel) };
+                    let error = "its name cannot be sent (not UTF-8, or it breaks the path rules of PROTOCOL.md)";
+                    return Some(Item::Failed { rel: shown, error: error.into() });
                 }
             };
             let meta = match fs::symlink_metadata(&abs) {
@@ -171,6 +170,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
         let meta = fs::symlink_metadata(&d).unwrap();
         let got: Vec<String> = Walk::new(d, WirePath::parse("to/d").unwrap(), &meta, None)
+            .unwrap()
             .map(|i| match i {
                 Item::Dir { rel, .. } => format!("D {rel}"),
                 Item::File { rel, meta, .. } => format!("F {rel} {}", meta.size),
@@ -198,7 +198,7 @@ mod tests {
         fs::create_dir(t.path().join(".xfer")).unwrap();
         fs::write(t.path().join("f"), b"x").unwrap();
         let meta = fs::metadata(t.path()).unwrap();
-        let got: Vec<_> = Walk::new(t.path().into(), WirePath::root(), &meta, Some(".xfer")).collect();
+        let got: Vec<_> = Walk::new(t.path().into(), WirePath::root(), &meta, Some(".xfer")).unwrap().collect();
         assert_eq!(got.len(), 1);
         assert!(matches!(&got[0], Item::File { rel, .. } if rel.as_str() == "f"));
     }

@@ -73,7 +73,7 @@ fn payload_that_disagrees_with_the_header_is_refused_and_not_installed() {
             other => other.name().to_owned(),
         })
         .collect();
-    assert_eq!(codes, ["Protocol", "Integrity", "Aborted", "STORED", "Protocol"], "{frames:?}");
+    assert_eq!(codes, ["Integrity", "Integrity", "Aborted", "STORED", "Protocol"], "{frames:?}");
     assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "good"]);
     assert_eq!(fs::read(work.join("root/good")).unwrap(), b"abc");
 }

@@ -79,6 +79,24 @@ impl WirePath {
         Ok(out)
     }
 
+    /// A valid path that resembles `s`, for naming something whose real name
+    /// cannot be sent (in an error report): bad characters become `_`,
+    /// `.`/`..`/empty components are dropped, lengths are cut to the limits.
+    pub fn lossy(s: &str) -> WirePath {
+        let mut out = WirePath::root();
+        for c in s.split('/').filter(|c| !matches!(*c, "" | "." | "..")) {
+            let mut c: String = c.chars().map(|ch| if ch == '\0' || ch == '\\' { '_' } else { ch }).collect();
+            while c.len() > MAX_COMPONENT_LEN {
+                c.pop();
+            }
+            match out.join(&c) {
+                Ok(p) => out = p,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
     /// Appends one component, validating it.
     pub fn join(&self, component: &str) -> Result<WirePath, PathError> {
         check_component(component)?;
@@ -195,6 +213,13 @@ mod tests {
         assert!(WirePath::from_user(".").unwrap().is_root());
         assert_eq!(WirePath::from_user("/etc/x").unwrap_err(), PathError::Absolute);
         assert_eq!(WirePath::from_user("a/../../x").unwrap_err(), PathError::ParentComponent);
+    }
+
+    #[test]
+    fn lossy_paths_are_always_valid() {
+        assert_eq!(WirePath::lossy("a/b\\c/../x\0y").as_str(), "a/b_c/x_y");
+        assert_eq!(WirePath::lossy(&"é".repeat(200)).as_str().len(), 254);
+        assert!(WirePath::lossy("/./..").is_root());
     }
 
     #[test]

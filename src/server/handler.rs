@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Shared;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
-use crate::protocol::{ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
+use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::StoreError;
 use crate::tls;
 use crate::transfer::{self, FileOutcome, SendOutcome};
@@ -44,6 +44,12 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             return;
         }
     };
+    // rustls lets a client that offers no ALPN at all through; xfer wants
+    // proof that the peer means to speak this protocol.
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+        warn!(%addr, "refused: the client did not negotiate the xfer/1 protocol (ALPN)");
+        return;
+    }
     // rustls has verified the chain against the CA; only then are the
     // certificate's names trusted to identify the peer.
     let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
@@ -57,10 +63,12 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
             shared,
+            token,
             files: 0,
             bytes: 0,
+            stopped_mid_response: false,
         };
-        let result = conn.run(&names, token).await;
+        let result = conn.run(&names).await;
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
@@ -91,19 +99,27 @@ struct Conn {
     r: FrameReader<ReadHalf<Tls>>,
     w: FrameWriter<WriteHalf<Tls>>,
     shared: Arc<Shared>,
+    /// Cancelled when the server shuts down; checked between files.
+    token: CancellationToken,
     /// Files received or sent, and their payload bytes, for the close log.
     files: u64,
     bytes: u64,
+    /// A response was cut short with `SHUTTING_DOWN`; nothing more to say.
+    stopped_mid_response: bool,
 }
+
+const SHUTTING_DOWN: &str = "the server is shutting down; run the command again";
 
 impl Conn {
     /// Runs the session, then closes it as cleanly as the failure allows:
     /// queued replies and a final `Error` go out, then close_notify, all
     /// within the shutdown budget.
-    async fn run(&mut self, names: &[String], token: CancellationToken) -> Result<()> {
-        let result = self.session(names, token).await;
+    async fn run(&mut self, names: &[String]) -> Result<()> {
+        let result = self.session(names).await;
         let last_word = match &result {
             Ok(()) => None,
+            // Not an xfer client at all: no preamble was exchanged, just close.
+            Err(Error::Frame { error: FrameError::BadMagic, .. }) => None,
             Err(e @ (Error::Protocol { .. } | Error::Frame { .. })) => Some((ErrorCode::Protocol, e.to_string())),
             Err(Error::Version { .. }) => Some((ErrorCode::Version, result.as_ref().unwrap_err().to_string())),
             Err(Error::NotAdmitted(m)) => Some((ErrorCode::NotAdmitted, m.clone())),
@@ -125,7 +141,7 @@ impl Conn {
         }
     }
 
-    async fn session(&mut self, names: &[String], token: CancellationToken) -> Result<()> {
+    async fn session(&mut self, names: &[String]) -> Result<()> {
         let t = self.shared.timeouts;
         let version = self.r.read_preamble(t.header).await?;
         self.w.queue_preamble();
@@ -145,19 +161,25 @@ impl Conn {
             if !self.r.has_frame() {
                 self.w.flush().await?;
             }
+            let token = self.token.clone();
             let next = tokio::select! {
-                // Shutdown is only noticed between requests, never inside one.
+                // Shutdown is only noticed between requests (and between the
+                // files of a pull), never inside a file.
                 biased;
                 _ = token.cancelled() => {
-                    let message = "the server is shutting down; run the command again".to_owned();
-                    self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message }).await?;
+                    self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message: SHUTTING_DOWN.into() }).await?;
                     return Ok(());
                 }
                 f = self.read_request(first) => f,
             };
             first = false;
             match next {
-                Ok(Some(frame)) => self.dispatch(frame).await?,
+                Ok(Some(frame)) => {
+                    self.dispatch(frame).await?;
+                    if self.token.is_cancelled() && self.stopped_mid_response {
+                        return Ok(());
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
                     self.refuse_bad_path(error).await?
@@ -270,6 +292,12 @@ impl Conn {
         };
         let mut items = transfer::spawn_walk(walk);
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
+            if self.token.is_cancelled() {
+                // The file in flight has finished; the rest of the tree waits.
+                self.stopped_mid_response = true;
+                let message = SHUTTING_DOWN.to_owned();
+                return self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message }).await;
+            }
             match item {
                 Item::Dir { rel, meta } => {
                     self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
@@ -282,14 +310,12 @@ impl Conn {
                         SendOutcome::NotStarted(reason) => self.send_failed(&rel, &reason).await?,
                     }
                 }
-                Item::Skipped { rel, reason } => match WirePath::parse(&rel) {
-                    Ok(path) => self.w.send(&Frame::Skipped { path, reason }).await?,
-                    Err(_) => warn!(path = %rel, "not sent: {reason}"),
-                },
-                Item::Failed { rel, error } => match WirePath::parse(&rel) {
-                    Ok(path) => self.send_failed(&path, &error).await?,
-                    Err(_) => warn!(path = %rel, "not sent: {error}"),
-                },
+                // A name that cannot be sent is reported under a valid
+                // stand-in, so the client still learns of it.
+                Item::Skipped { rel, reason } => {
+                    self.w.send(&Frame::Skipped { path: WirePath::lossy(&rel), reason }).await?;
+                }
+                Item::Failed { rel, error } => self.send_failed(&WirePath::lossy(&rel), &error).await?,
             }
         }
         self.w.send(&Frame::Ok).await

@@ -118,7 +118,10 @@ async fn finish(
         return failed(e.code, e.message);
     }
     if h.size != UNKNOWN_SIZE && got != h.size {
-        return failed(ErrorCode::Protocol, format!("{}: {got} payload bytes, but {} were announced", h.path, h.size));
+        return failed(
+            ErrorCode::Integrity,
+            format!("{}: {got} payload bytes arrived, but {} were announced", h.path, h.size),
+        );
     }
     if expected != actual {
         return failed(
