@@ -70,3 +70,39 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
     assert!(status.success());
     assert_eq!(std::fs::read(work.join("root/big")).unwrap(), random_bytes(64 << 20, 5));
 }
+
+#[test]
+fn sigterm_during_a_pull_stops_between_files_and_never_truncates_one() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    for i in 0..200 {
+        work.write(&format!("root/tree/f{i:03}"), &random_bytes(512 << 10, 1000 + i));
+    }
+    let mut server = XferServer::start(&pki, &work.join("root"), &["--grace", "20s"]);
+    let pull = std::process::Command::new(XFER)
+        .current_dir(work.path())
+        .args(["pull", &server.addr, "tree", "--out", "got"])
+        .args(pki.id_args("client"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while work.listing("got/tree").len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the pull never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(server.terminate().expect("server stops").success());
+    let out = pull.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Either the pull won the race, or it was told the server is stopping.
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("shutting down"), "{err}");
+    }
+    for name in work.listing("got/tree") {
+        assert!(!name.starts_with(".xfer-"), "staging file left: {name}");
+        let i: u64 = name[1..].parse().unwrap();
+        assert_eq!(std::fs::read(work.join(&format!("got/tree/{name}"))).unwrap(), random_bytes(512 << 10, 1000 + i));
+    }
+}

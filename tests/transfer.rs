@@ -224,3 +224,55 @@ fn many_clients_at_once_all_succeed() {
         assert_eq!(fs::read(work.join(&format!("root/f{i}.bin"))).unwrap(), random_bytes(1 << 20, 100 + i));
     }
 }
+
+#[test]
+fn thousands_of_pipelined_requests_do_not_deadlock() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    // More requests than the client lets run ahead unanswered (4096).
+    let names: Vec<String> = (0..5000).map(|i| format!("missing-{i}")).collect();
+    let mut args: Vec<&str> = names.iter().map(String::as_str).collect();
+    args.push("--json");
+    let run = client(&pki, "client", work.path(), "rm", &server, &args);
+    run.assert_code(4);
+    let summary = run.json().pop().unwrap();
+    assert_eq!(summary["failed"], 5000, "{summary}");
+}
+
+#[test]
+fn a_missing_source_is_a_usage_error_before_any_connection() {
+    let work = Dir::new();
+    let pki = Pki::new();
+    // Nothing listens on this port: the local check must come first.
+    let mut args = vec!["push", "127.0.0.1:9", "no-such-file"];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("no-such-file"), "{run}");
+}
+
+#[test]
+fn ctrl_c_during_a_pull_leaves_nothing_behind() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/big", &random_bytes(256 << 20, 7));
+    let mut pull = std::process::Command::new(XFER)
+        .current_dir(work.path())
+        .args(["pull", &server.addr, "big", "--out", "got", "--idle-timeout", "10s"])
+        .args(pki.id_args("client"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !work.listing("got").iter().any(|n| n.starts_with(".xfer-")) {
+        assert!(std::time::Instant::now() < deadline, "the pull never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::process::Command::new("kill").args(["-INT", &pull.id().to_string()]).status().unwrap();
+    let status = pull.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(work.listing("got"), Vec::<String>::new(), "no partial file, no staging file");
+}

@@ -160,3 +160,27 @@ fn a_client_without_a_certificate_is_refused() {
     }
     assert!(server.wait_for_log("presented no certificate"), "{}", server.log());
 }
+
+#[test]
+fn a_client_that_does_not_negotiate_the_xfer_alpn_is_refused() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got: std::io::Result<Vec<u8>> = rt.block_on(async {
+        let ids = xfer::IdentityPaths::in_dir(&pki.certs(), "client");
+        let id = xfer::tls::Identity::load(&ids).unwrap();
+        let mut cfg = (*id.client_config().unwrap()).clone();
+        cfg.alpn_protocols.clear(); // a valid certificate, but no protocol offered
+        let tcp = tokio::net::TcpStream::connect(&server.addr).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
+        tls.write_all(&xfer::protocol::preamble()).await?;
+        tls.flush().await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        Ok(buf)
+    });
+    assert!(got.map(|b| b.is_empty()).unwrap_or(true), "the server must not answer");
+    assert!(server.wait_for_log("did not negotiate the xfer/1 protocol"), "{}", server.log());
+}
