@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::beneath::DirFd;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::progress::{FileReport, Reporter};
@@ -96,15 +97,20 @@ impl PushPlan {
     pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
         let mut walks = Vec::new();
         for src in sources {
-            // Top-level arguments are followed if they are links: the user
-            // named them explicitly. Links inside trees never are.
-            let meta =
-                std::fs::metadata(src).map_err(|e| Error::Usage(format!("cannot push {}: {e}", src.display())))?;
+            let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
             let rel = to
                 .join(&source_name(src)?)
                 .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
-            let walk = Walk::new(src.clone(), rel, &meta, None)
-                .map_err(|e| Error::io(format!("cannot read {}", src.display()), e))?;
+            // A source named on the command line is followed if it is a
+            // link (the user chose it); links inside a tree never are.
+            let real = src.canonicalize().map_err(cannot)?;
+            let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
+                return Err(Error::Usage(format!(
+                    "cannot push {}: it has no name to give it on the server",
+                    src.display()
+                )));
+            };
+            let walk = DirFd::open_path(parent).and_then(|dir| Walk::entry(&dir, name, rel)).map_err(cannot)?;
             walks.push(walk);
         }
         Ok(PushPlan { walks })
@@ -171,8 +177,8 @@ impl Client {
                         w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
                         Expect::Dir(rel)
                     }
-                    Item::File { rel, abs, .. } => {
-                        let outcome = transfer::send_file(w, &rel, &abs).await?;
+                    Item::File { rel, dir, name, .. } => {
+                        let outcome = transfer::send_file(w, &rel, &dir, &name).await?;
                         Expect::File { path: rel, outcome }
                     }
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },

@@ -7,6 +7,7 @@
 //! - [`connection`]: frames over any async byte stream, with phase timeouts.
 //! - [`transfer`]: one file's send and receive halves, shared by both sides.
 //! - [`store`]: the only code that maps wire paths to files; atomic installs.
+//! - [`beneath`]: race-free file access below an open folder, links refused.
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
 //! - [`pki`]: `xfer keygen`, a local CA and the peers it signs.
@@ -33,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod beneath;
 pub mod cli;
 pub mod client;
 pub mod connection;

@@ -1,22 +1,24 @@
-//! The only code that turns wire paths into filesystem paths, or installs,
-//! removes and lists files. Everything else hands it a [`WirePath`].
+//! The only code that turns wire paths into files, or installs, removes and
+//! lists them. Everything else hands it a [`WirePath`].
 //!
-//! Guarantees: nothing outside the root is read or written (every existing
-//! component is checked with `lstat`, and a symbolic link anywhere on the
-//! way is refused); a file is written to a temporary file, synced, then
-//! renamed over its final name and the folder synced, so the final name never
-//! holds a partial file; the server's staging area is invisible and reserved.
+//! Guarantees: nothing outside the root is read or written: every operation
+//! walks the path one component at a time from an open handle on the root,
+//! refusing symbolic links at each step ([`crate::beneath`]), so even a link
+//! swapped in mid-transfer cannot redirect it. A file is written to a
+//! temporary file, synced, renamed over its final name and the folder synced,
+//! so the final name never holds a partial file. The server's staging area
+//! is reserved and invisible.
 
-use std::fs::{self, Metadata};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tempfile::NamedTempFile;
-
+use crate::beneath::{DirFd, Entry, Kind};
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
-use crate::walk::{Meta, Walk};
+use crate::walk::Walk;
 
 /// Name of the server's staging folder at the top of its root.
 pub const STAGING_DIR: &str = ".xfer";
@@ -36,12 +38,24 @@ impl StoreError {
 
     /// Classifies an I/O error on `what`.
     pub fn io(what: &dyn std::fmt::Display, e: io::Error) -> StoreError {
-        let code = match e.kind() {
-            io::ErrorKind::NotFound => ErrorCode::NotFound,
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
-            io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
-            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::Denied,
-            _ => ErrorCode::Io,
+        let code = match rustix::io::Errno::from_io_error(&e) {
+            // O_NOFOLLOW met a link where a folder or file was expected.
+            Some(rustix::io::Errno::LOOP) => {
+                return StoreError::new(
+                    ErrorCode::Denied,
+                    format!("{what}: passes through a symbolic link, which xfer never follows"),
+                );
+            }
+            Some(rustix::io::Errno::NOTDIR) => {
+                return StoreError::new(ErrorCode::Conflict, format!("{what}: a parent is a file, not a folder"));
+            }
+            _ => match e.kind() {
+                io::ErrorKind::NotFound => ErrorCode::NotFound,
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
+                io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::Denied,
+                _ => ErrorCode::Io,
+            },
         };
         StoreError::new(code, format!("{what}: {e}"))
     }
@@ -49,66 +63,70 @@ impl StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A folder that wire paths are resolved under.
+/// A folder that wire paths are resolved under, held open.
 #[derive(Debug, Clone)]
 pub struct Root {
-    dir: PathBuf,
+    dir: DirFd,
+    /// The root's canonical path, for messages only.
+    path: PathBuf,
     /// Where temporary files go: the server's staging folder, or `None` for
     /// a hidden temporary file beside each target (client downloads).
-    staging: Option<PathBuf>,
+    staging: Option<DirFd>,
+}
+
+/// An existing entry: the folder that holds it, its name (`None` for the
+/// root itself) and what it is.
+struct Found {
+    parent: DirFd,
+    name: Option<String>,
+    entry: Entry,
 }
 
 impl Root {
-    /// A server root: created if missing, with its staging folder.
+    /// A server root: created if missing, with its staging folder emptied
+    /// of whatever a killed server left there.
     pub fn open_server(dir: &Path) -> io::Result<Root> {
-        fs::create_dir_all(dir)?;
-        let dir = dir.canonicalize()?;
-        let staging = dir.join(STAGING_DIR).join("tmp");
-        fs::create_dir_all(&staging)?;
+        let mut root = Root::open_local(dir)?;
+        let staging = root.dir.descend([STAGING_DIR, "tmp"], true)?;
         clear_staging(&staging);
-        Ok(Root { dir, staging: Some(staging) })
+        root.staging = Some(staging);
+        Ok(root)
     }
 
     /// A local destination (`pull --out`): created if missing.
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
-        Ok(Root { dir: dir.canonicalize()?, staging: None })
+        let path = dir.canonicalize()?;
+        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None })
     }
 
-    /// The root folder itself.
+    /// The root folder's path.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.path
     }
 
-    /// Finds an existing path without following any symbolic link.
-    pub fn lookup(&self, p: &WirePath) -> Result<(PathBuf, Metadata)> {
-        self.find(p, false)
-    }
-
-    /// Walks `p` with `lstat`; a link as the last component is returned
-    /// (not followed) only when `final_link` allows it.
-    fn find(&self, p: &WirePath, final_link: bool) -> Result<(PathBuf, Metadata)> {
+    /// Finds an existing entry without following any symbolic link.
+    fn find(&self, p: &WirePath, final_link: bool) -> Result<Found> {
         self.check_reserved(p)?;
-        let last = p.components().count();
-        let mut abs = self.dir.clone();
-        let mut meta = fs::symlink_metadata(&abs).map_err(|e| StoreError::io(&"the root", e))?;
-        for (i, c) in p.components().enumerate() {
-            if i > 0 && !meta.is_dir() {
-                return Err(StoreError::new(ErrorCode::NotFound, format!("{p}: not found (a parent is not a folder)")));
-            }
-            abs.push(c);
-            meta = fs::symlink_metadata(&abs).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StoreError::new(ErrorCode::NotFound, format!("{p}: no such file or folder")),
-                _ => StoreError::io(p, e),
-            })?;
-            if meta.file_type().is_symlink() && !(final_link && i + 1 == last) {
-                return Err(StoreError::new(
-                    ErrorCode::Denied,
-                    format!("{p}: is or passes through a symbolic link, which xfer never follows"),
-                ));
-            }
+        let components: Vec<&str> = p.components().collect();
+        let Some((name, parents)) = components.split_last() else {
+            let entry = self.dir.stat_self().map_err(|e| StoreError::io(p, e))?;
+            return Ok(Found { parent: self.dir.clone(), name: None, entry });
+        };
+        let not_found = || StoreError::new(ErrorCode::NotFound, format!("{p}: no such file or folder"));
+        let parent = match self.dir.descend(parents.iter().copied(), false) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(StoreError::io(p, e)),
+        };
+        let entry = parent.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))?.ok_or_else(not_found)?;
+        if entry.kind == Kind::Symlink && !final_link {
+            return Err(StoreError::new(
+                ErrorCode::Denied,
+                format!("{p}: is a symbolic link, which xfer never follows"),
+            ));
         }
-        Ok((abs, meta))
+        Ok(Found { parent, name: Some((*name).to_owned()), entry })
     }
 
     /// Creates a folder and its parents (like `mkdir -p`).
@@ -117,7 +135,7 @@ impl Root {
             return Err(StoreError::new(ErrorCode::BadPath, "the root folder itself cannot be created"));
         }
         self.check_reserved(p)?;
-        self.make_dirs(p).map(drop)
+        self.dir.descend(p.components(), true).map(drop).map_err(|e| StoreError::io(p, e))
     }
 
     /// Starts writing the file `p`: parents are created, the data goes to a
@@ -127,82 +145,72 @@ impl Root {
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
             return Err(StoreError::new(ErrorCode::BadPath, "cannot write a file over the root folder"));
         };
-        let dir = self.make_dirs(&parent)?;
-        let target = dir.join(name);
-        if let Ok(m) = fs::symlink_metadata(&target) {
-            if m.is_dir() {
+        let dir = self.dir.descend(parent.components(), true).map_err(|e| StoreError::io(p, e))?;
+        if let Some(e) = dir.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))? {
+            if e.kind == Kind::Dir {
                 return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
             }
         }
-        let file = tempfile::Builder::new()
-            .prefix(".xfer-")
-            .suffix(".part")
-            .tempfile_in(self.staging.as_deref().unwrap_or(&dir))
-            .map_err(|e| StoreError::io(p, e))?;
-        Ok(Staged { file, target, path: p.clone() })
+        let tmp_dir = self.staging.clone().unwrap_or_else(|| dir.clone());
+        let (file, tmp_name) = tmp_dir.create_temp(".xfer-").map_err(|e| StoreError::io(p, e))?;
+        Ok(Staged { file, tmp_dir, tmp_name, dir, name: name.to_owned(), path: p.clone(), done: false })
     }
 
-    /// Removes a file, or a folder and everything in it when `recursive`.
+    /// Removes a file (or link), or a folder and everything in it when
+    /// `recursive`. Links are removed, never followed.
     pub fn remove(&self, p: &WirePath, recursive: bool) -> Result<()> {
-        if p.is_root() {
+        let found = self.find(p, true)?;
+        let Some(name) = found.name else {
             return Err(StoreError::new(ErrorCode::Denied, "refusing to remove the root folder"));
-        }
-        // A link itself may be removed; it is never followed.
-        let (abs, meta) = self.find(p, true)?;
-        let r = if meta.is_dir() {
+        };
+        let name = OsStr::new(&name);
+        let r = if found.entry.kind == Kind::Dir {
             if !recursive {
                 return Err(StoreError::new(
                     ErrorCode::Conflict,
                     format!("{p}: is a folder; pass -r to remove it and its contents"),
                 ));
             }
-            // remove_dir_all deletes symbolic links, it never follows them.
-            fs::remove_dir_all(&abs)
+            found.parent.remove_tree(name)
         } else {
-            fs::remove_file(&abs)
+            found.parent.unlink(name)
         };
-        r.map_err(|e| StoreError::io(p, e))?;
-        sync_dir(abs.parent().unwrap_or(&self.dir)).map_err(|e| StoreError::io(p, e))
+        r.and_then(|()| found.parent.sync()).map_err(|e| StoreError::io(p, e))
     }
 
     /// The entries of a folder (sorted, staging hidden), or the file itself.
+    /// Only what xfer would transfer is listed: files and folders.
     pub fn list(&self, p: &WirePath) -> Result<Vec<ListEntry>> {
-        let (abs, meta) = self.lookup(p)?;
-        if !meta.is_dir() {
-            return Ok(vec![entry(p.clone(), &meta)]);
-        }
+        let found = self.find(p, false)?;
+        let dir = match (found.entry.kind, &found.name) {
+            (Kind::Dir, None) => self.dir.clone(),
+            (Kind::Dir, Some(n)) => found.parent.open_dir(OsStr::new(n)).map_err(|e| StoreError::io(p, e))?,
+            _ => return Ok(vec![list_entry(p.clone(), &found.entry)]),
+        };
         let mut out = Vec::new();
-        for e in fs::read_dir(&abs).map_err(|e| StoreError::io(p, e))? {
-            let e = e.map_err(|e| StoreError::io(p, e))?;
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if p.is_root() && self.staging.is_some() && name == STAGING_DIR {
+        for name in dir.names().map_err(|e| StoreError::io(p, e))? {
+            let Some(rel) = name.to_str().and_then(|n| p.join(n).ok()) else { continue };
+            if self.check_reserved(&rel).is_err() {
                 continue;
             }
-            let Ok(rel) = p.join(&name) else { continue };
-            let Ok(m) = fs::symlink_metadata(e.path()) else {
-                continue;
-            };
-            // Only what xfer would transfer is listed: files and folders.
-            if m.is_file() || m.is_dir() {
-                out.push(entry(rel, &m));
+            if let Ok(Some(e)) = dir.stat(&name) {
+                if matches!(e.kind, Kind::File | Kind::Dir) {
+                    out.push(list_entry(rel, &e));
+                }
             }
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 
     /// A walk of `p` for sending, named from `p`'s last component (or, for
     /// the root, from the names at its top).
     pub fn walk(&self, p: &WirePath) -> Result<Walk> {
-        let (abs, meta) = self.lookup(p)?;
-        let rel = match p.file_name() {
-            Some(n) => WirePath::root().join(n).expect("a component of a valid path"),
-            None => WirePath::root(),
+        let found = self.find(p, false)?;
+        let walk = match &found.name {
+            None => Walk::contents(self.dir.clone(), self.staging.as_ref().map(|_| STAGING_DIR)),
+            Some(n) => Walk::entry(&found.parent, OsStr::new(n), WirePath::root().join(n).expect("a valid component")),
         };
-        let hide = self.staging.as_ref().map(|_| STAGING_DIR);
-        Walk::new(abs, rel, &meta, hide).map_err(|e| StoreError::io(p, e))
+        walk.map_err(|e| StoreError::io(p, e))
     }
 
     fn check_reserved(&self, p: &WirePath) -> Result<()> {
@@ -214,44 +222,19 @@ impl Root {
         }
         Ok(())
     }
-
-    /// Creates each missing component of `p`, refusing links and files on
-    /// the way; returns the folder's absolute path.
-    fn make_dirs(&self, p: &WirePath) -> Result<PathBuf> {
-        let mut abs = self.dir.clone();
-        for c in p.components() {
-            abs.push(c);
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => continue,
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(StoreError::new(
-                        ErrorCode::Denied,
-                        format!("{p}: passes through a symbolic link, which xfer never follows"),
-                    ));
-                }
-                Ok(_) => {
-                    return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: '{c}' is a file, not a folder")));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&abs) {
-                    Ok(()) => {}
-                    // Another connection made it first: fine if it is a folder.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && abs.is_dir() && !abs.is_symlink() => {}
-                    Err(e) => return Err(StoreError::io(p, e)),
-                },
-                Err(e) => return Err(StoreError::io(p, e)),
-            }
-        }
-        Ok(abs)
-    }
 }
 
-/// A file being received: a temporary file that becomes `target` on commit
-/// and disappears if dropped first.
+/// A file being received: a temporary file that becomes `name` in `dir` on
+/// commit, and is deleted if dropped first.
 #[derive(Debug)]
 pub struct Staged {
-    file: NamedTempFile,
-    target: PathBuf,
+    file: File,
+    tmp_dir: DirFd,
+    tmp_name: String,
+    dir: DirFd,
+    name: String,
     path: WirePath,
+    done: bool,
 }
 
 impl Staged {
@@ -262,23 +245,31 @@ impl Staged {
 
     /// Applies mode and mtime, makes the data durable, renames it over the
     /// target and makes the rename durable.
-    pub fn commit(self, mode: u32, mtime: Timestamp) -> Result<()> {
+    pub fn commit(mut self, mode: u32, mtime: Timestamp) -> Result<()> {
         let path = self.path.clone();
         let err = |e: io::Error| StoreError::io(&path, e);
-        let f = self.file.as_file();
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
-        f.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
-        f.set_modified(to_system_time(mtime)).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        self.file.persist(&self.target).map_err(|e| err(e.error))?;
-        sync_dir(self.target.parent().expect("target has a parent")).map_err(err)
+        self.file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
+        self.file.set_modified(to_system_time(mtime)).map_err(err)?;
+        self.file.sync_all().map_err(err)?;
+        self.tmp_dir.rename(OsStr::new(&self.tmp_name), &self.dir, OsStr::new(&self.name)).map_err(err)?;
+        self.done = true;
+        self.dir.sync().map_err(err)
     }
 }
 
-fn entry(path: WirePath, m: &Metadata) -> ListEntry {
-    let meta = Meta::from(m);
-    ListEntry { path, size: if m.is_dir() { 0 } else { m.len() }, mtime: meta.mtime, is_dir: m.is_dir() }
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.tmp_dir.unlink(OsStr::new(&self.tmp_name));
+        }
+    }
+}
+
+fn list_entry(path: WirePath, e: &Entry) -> ListEntry {
+    let is_dir = e.kind == Kind::Dir;
+    ListEntry { path, size: if is_dir { 0 } else { e.meta.size }, mtime: e.meta.mtime, is_dir }
 }
 
 /// Converts a wire timestamp (which may predate 1970).
@@ -291,17 +282,11 @@ pub fn to_system_time(t: Timestamp) -> SystemTime {
     }
 }
 
-/// Makes a rename or unlink in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
 /// Best effort: removes temporary files a crashed or killed server left
 /// behind. Nothing else writes there while no server runs on this root.
-fn clear_staging(staging: &Path) {
-    let Ok(entries) = fs::read_dir(staging) else { return };
-    for e in entries.flatten() {
-        let _ = fs::remove_file(e.path());
+fn clear_staging(staging: &DirFd) {
+    for name in staging.names().unwrap_or_default() {
+        let _ = staging.unlink(&name);
     }
 }
 
@@ -353,7 +338,7 @@ mod tests {
         fs::write(outside.join("secret"), b"s").unwrap();
         std::os::unix::fs::symlink(&outside, root.dir().join("esc")).unwrap();
         assert_eq!(root.stage(&p("esc/x")).unwrap_err().code, ErrorCode::Denied);
-        assert_eq!(root.lookup(&p("esc/secret")).unwrap_err().code, ErrorCode::Denied);
+        assert_eq!(root.list(&p("esc/secret")).unwrap_err().code, ErrorCode::Denied);
         assert_eq!(root.mkdir(&p("esc/d")).unwrap_err().code, ErrorCode::Denied);
         assert!(root.walk(&p("esc")).is_err());
         root.remove(&p("esc"), true).unwrap();
@@ -362,11 +347,27 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_swapped_for_a_link_mid_transfer_cannot_redirect_the_write() {
+        let (t, root) = server();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let mut s = root.stage(&p("d/f")).unwrap();
+        s.write_all(b"payload").unwrap();
+        // Someone with write access to the root swaps the folder for a link.
+        fs::rename(root.dir().join("d"), root.dir().join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.dir().join("d")).unwrap();
+        s.commit(0o644, Timestamp::default()).unwrap();
+        assert!(!outside.join("f").exists(), "the write followed the link");
+        assert_eq!(fs::read(root.dir().join("d.old/f")).unwrap(), b"payload");
+        // And new requests through the link are refused.
+        assert_eq!(root.stage(&p("d/g")).unwrap_err().code, ErrorCode::Denied);
+    }
+
+    #[test]
     fn staging_area_is_reserved_and_hidden() {
         let (_t, root) = server();
         fs::write(root.dir().join("visible"), b"v").unwrap();
-        for op in
-            [root.stage(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.lookup(&p(".xfer")).map(drop)]
+        for op in [root.stage(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.list(&p(".xfer")).map(drop)]
         {
             assert_eq!(op.unwrap_err().code, ErrorCode::Denied);
         }
@@ -382,7 +383,7 @@ mod tests {
         assert_eq!(root.stage(&p("file/x")).unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(root.stage(&p("dir")).unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(root.stage(&WirePath::root()).unwrap_err().code, ErrorCode::BadPath);
-        assert_eq!(root.lookup(&p("nope")).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(root.list(&p("nope")).unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(root.remove(&p("dir"), false).unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(root.remove(&WirePath::root(), true).unwrap_err().code, ErrorCode::Denied);
         root.remove(&p("dir"), true).unwrap();

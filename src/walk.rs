@@ -1,15 +1,14 @@
-//! Streaming, depth-first walk of a local tree, for senders.
+//! Streaming, depth-first walk of a tree, for senders.
 //!
 //! Memory is bounded by depth × the widest folder (each folder's names are
 //! sorted so transfers are deterministic), never by the size of the tree.
-//! Symbolic links and special files inside the tree are reported as skipped,
-//! never followed: following them would let a tree reach outside itself.
+//! The walk holds open folders ([`DirFd`]) and names files relative to them,
+//! so symbolic links and special files inside the tree are reported as
+//! skipped and never followed, even if one is swapped in while walking.
 
 use std::ffi::OsString;
-use std::fs::{self, Metadata};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
+use crate::beneath::{DirFd, Kind};
 use crate::protocol::{Timestamp, WirePath};
 
 /// Size, permissions and modification time of a file or folder.
@@ -20,8 +19,9 @@ pub struct Meta {
     pub mtime: Timestamp,
 }
 
-impl From<&Metadata> for Meta {
-    fn from(m: &Metadata) -> Meta {
+impl From<&std::fs::Metadata> for Meta {
+    fn from(m: &std::fs::Metadata) -> Meta {
+        use std::os::unix::fs::MetadataExt;
         Meta {
             size: m.len(),
             mode: m.mode() & 0o7777,
@@ -37,17 +37,20 @@ pub enum Item {
         rel: WirePath,
         meta: Meta,
     },
+    /// A regular file: `name` inside the open folder `dir`.
     File {
         rel: WirePath,
-        abs: PathBuf,
+        dir: DirFd,
+        name: OsString,
         meta: Meta,
     },
-    /// Not sent: a symbolic link, a device, a socket, an unencodable name.
+    /// Not sent on purpose: a symbolic link, a device, a socket.
     Skipped {
         rel: String,
         reason: String,
     },
-    /// Could not be read (permissions, vanished while walking).
+    /// Could not be sent (unreadable, vanished, a name the protocol cannot
+    /// carry).
     Failed {
         rel: String,
         error: String,
@@ -61,29 +64,39 @@ pub struct Walk {
 }
 
 struct Level {
-    abs: PathBuf,
+    dir: DirFd,
     rel: WirePath,
     names: std::vec::IntoIter<OsString>,
 }
 
 impl Walk {
-    /// Walks `abs`, naming items from `rel` downwards. With `rel` the root,
-    /// the starting folder itself is not yielded, only what it holds, and
-    /// any top-level name in `hide` is left out (the server's staging area).
-    /// `meta` is the starting point's metadata as the caller resolved it.
-    /// Fails only when the starting folder itself cannot be read.
-    pub fn new(abs: PathBuf, rel: WirePath, meta: &Metadata, hide: Option<&str>) -> std::io::Result<Walk> {
+    /// Walks the entry `name` of `parent`, naming items from `rel`
+    /// downwards. Fails only when that entry cannot be looked at, or is a
+    /// folder that cannot be read.
+    pub fn entry(parent: &DirFd, name: &std::ffi::OsStr, rel: WirePath) -> std::io::Result<Walk> {
+        let found = parent
+            .stat(name)?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"))?;
         let mut walk = Walk { first: None, stack: Vec::new() };
-        if meta.is_dir() {
-            let names = read_names(&abs, if rel.is_root() { hide } else { None })?;
-            if !rel.is_root() {
-                walk.first = Some(Item::Dir { rel: rel.clone(), meta: meta.into() });
+        match found.kind {
+            Kind::Dir => {
+                let dir = parent.open_dir(name)?;
+                let names = dir.names()?;
+                walk.first = Some(Item::Dir { rel: rel.clone(), meta: found.meta });
+                walk.stack.push(Level { dir, rel, names: names.into_iter() });
             }
-            walk.stack.push(Level { abs, rel, names: names.into_iter() });
-        } else {
-            walk.first = Some(classify(abs, rel, meta));
+            kind => walk.first = Some(classify(kind, parent.clone(), name.to_owned(), rel, found.meta)),
         }
         Ok(walk)
+    }
+
+    /// Walks what folder `dir` holds (not the folder itself), naming items
+    /// from the root; a top-level name equal to `hide` is left out (the
+    /// server's staging area).
+    pub fn contents(dir: DirFd, hide: Option<&str>) -> std::io::Result<Walk> {
+        let mut names = dir.names()?;
+        names.retain(|n| hide.is_none_or(|h| n != h));
+        Ok(Walk { first: None, stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }] })
     }
 }
 
@@ -100,64 +113,54 @@ impl Iterator for Walk {
                 self.stack.pop();
                 continue;
             };
-            let abs = level.abs.join(&name);
-            let rel = match name.to_str().ok_or(()).and_then(|n| level.rel.join(n).map_err(|_| ())) {
-                Ok(rel) => rel,
-                Err(()) => {
-                    // Not a deliberate skip: the user asked for this file.
-                    let lossy = name.to_string_lossy();
-                    let shown = if level.rel.is_root() { lossy.into_owned() } else { format!("{}/{lossy}", level.rel) };
-                    let error = "its name cannot be sent (not UTF-8, or it breaks the path rules of PROTOCOL.md)";
-                    return Some(Item::Failed { rel: shown, error: error.into() });
-                }
+            let Some(rel) = name.to_str().and_then(|n| level.rel.join(n).ok()) else {
+                // Not a deliberate skip: the user asked for this file.
+                let lossy = name.to_string_lossy();
+                let shown = if level.rel.is_root() { lossy.into_owned() } else { format!("{}/{lossy}", level.rel) };
+                let error = "its name cannot be sent (not UTF-8, or it breaks the path rules of PROTOCOL.md)";
+                return Some(Item::Failed { rel: shown, error: error.into() });
             };
-            let meta = match fs::symlink_metadata(&abs) {
-                Ok(m) => m,
-                Err(e) => {
-                    return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() });
-                }
+            let found = match level.dir.stat(&name) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue, // removed while walking: nothing to send
+                Err(e) => return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() }),
             };
-            if meta.is_dir() {
-                match read_names(&abs, None) {
-                    Ok(names) => self.stack.push(Level { abs, rel: rel.clone(), names: names.into_iter() }),
-                    Err(e) => {
-                        return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() });
+            if found.kind == Kind::Dir {
+                let opened = level.dir.open_dir(&name).and_then(|d| Ok((d.names()?, d)));
+                return Some(match opened {
+                    Ok((names, dir)) => {
+                        self.stack.push(Level { dir, rel: rel.clone(), names: names.into_iter() });
+                        Item::Dir { rel, meta: found.meta }
                     }
-                }
-                return Some(Item::Dir { rel, meta: (&meta).into() });
+                    Err(e) => Item::Failed { rel: rel.to_string(), error: e.to_string() },
+                });
             }
-            return Some(classify(abs, rel, &meta));
+            return Some(classify(found.kind, level.dir.clone(), name, rel, found.meta));
         }
     }
 }
 
-fn classify(abs: PathBuf, rel: WirePath, meta: &Metadata) -> Item {
-    let ft = meta.file_type();
-    if ft.is_file() {
-        Item::File { rel, abs, meta: meta.into() }
-    } else if ft.is_symlink() {
-        Item::Skipped { rel: rel.to_string(), reason: "symbolic link (not followed)".into() }
-    } else {
-        Item::Skipped { rel: rel.to_string(), reason: "not a regular file".into() }
+fn classify(kind: Kind, dir: DirFd, name: OsString, rel: WirePath, meta: Meta) -> Item {
+    match kind {
+        Kind::File => Item::File { rel, dir, name, meta },
+        Kind::Symlink => Item::Skipped { rel: rel.to_string(), reason: "symbolic link (not followed)".into() },
+        Kind::Dir | Kind::Other => Item::Skipped { rel: rel.to_string(), reason: "not a regular file".into() },
     }
-}
-
-fn read_names(dir: &std::path::Path, hide: Option<&str>) -> std::io::Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if hide.is_some_and(|h| name == h) {
-            continue;
-        }
-        names.push(name);
-    }
-    names.sort();
-    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn show(i: Item) -> String {
+        match i {
+            Item::Dir { rel, .. } => format!("D {rel}"),
+            Item::File { rel, meta, .. } => format!("F {rel} {}", meta.size),
+            Item::Skipped { rel, .. } => format!("S {rel}"),
+            Item::Failed { rel, .. } => format!("X {rel}"),
+        }
+    }
 
     #[test]
     fn walks_depth_first_sorted_and_skips_links() {
@@ -168,16 +171,9 @@ mod tests {
         fs::write(d.join("a.txt"), b"aa").unwrap();
         fs::write(d.join("sub/c"), b"").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
-        let meta = fs::symlink_metadata(&d).unwrap();
-        let got: Vec<String> = Walk::new(d, WirePath::parse("to/d").unwrap(), &meta, None)
-            .unwrap()
-            .map(|i| match i {
-                Item::Dir { rel, .. } => format!("D {rel}"),
-                Item::File { rel, meta, .. } => format!("F {rel} {}", meta.size),
-                Item::Skipped { rel, .. } => format!("S {rel}"),
-                Item::Failed { rel, .. } => format!("X {rel}"),
-            })
-            .collect();
+        let parent = DirFd::open_path(t.path()).unwrap();
+        let got: Vec<String> =
+            Walk::entry(&parent, "d".as_ref(), WirePath::parse("to/d").unwrap()).unwrap().map(show).collect();
         assert_eq!(
             got,
             [
@@ -193,13 +189,20 @@ mod tests {
     }
 
     #[test]
-    fn walking_a_root_hides_the_named_entry() {
+    fn walking_contents_hides_the_named_entry_and_names_from_the_root() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join(".xfer")).unwrap();
         fs::write(t.path().join("f"), b"x").unwrap();
-        let meta = fs::metadata(t.path()).unwrap();
-        let got: Vec<_> = Walk::new(t.path().into(), WirePath::root(), &meta, Some(".xfer")).unwrap().collect();
-        assert_eq!(got.len(), 1);
-        assert!(matches!(&got[0], Item::File { rel, .. } if rel.as_str() == "f"));
+        let got: Vec<String> =
+            Walk::contents(DirFd::open_path(t.path()).unwrap(), Some(".xfer")).unwrap().map(show).collect();
+        assert_eq!(got, ["F f 1"]);
+    }
+
+    #[test]
+    fn unsendable_names_are_failures_not_skips() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("back\\slash"), b"x").unwrap();
+        let got: Vec<String> = Walk::contents(DirFd::open_path(t.path()).unwrap(), None).unwrap().map(show).collect();
+        assert_eq!(got, ["X back\\slash"]);
     }
 }

@@ -302,9 +302,9 @@ impl Conn {
                 Item::Dir { rel, meta } => {
                     self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
                 }
-                Item::File { rel, abs, .. } => {
+                Item::File { rel, dir, name, .. } => {
                     let started = Instant::now();
-                    match transfer::send_file(&mut self.w, &rel, &abs).await? {
+                    match transfer::send_file(&mut self.w, &rel, &dir, &name).await? {
                         SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size, &s.blake3, started),
                         SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
                         SendOutcome::NotStarted(reason) => self.send_failed(&rel, &reason).await?,

@@ -6,14 +6,15 @@
 //! shrinks, or its size or mtime differ at the end), the file is abandoned
 //! with `Abort` instead of being reported as sent.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
+use crate::beneath::DirFd;
 use crate::connection::FrameWriter;
 use crate::error::Result;
 use crate::protocol::{CHUNK_LEN, FileHeader, Frame, WirePath};
@@ -70,17 +71,19 @@ pub async fn next_item<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Sends the file at `abs` as `rel`; `Err` means the connection failed.
+/// Sends the file `name` of folder `dir` as `rel`; `Err` means the
+/// connection failed.
 pub async fn send_file<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     rel: &WirePath,
-    abs: &Path,
+    dir: &DirFd,
+    name: &OsStr,
 ) -> Result<SendOutcome> {
-    let opened = open(abs.to_owned()).await;
+    let opened = open(dir.clone(), name.to_owned()).await;
     let (mut file, meta) = match opened {
         Ok(x) => x,
         // Nothing was sent yet, so there is nothing to abort on the wire.
-        Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {}: {e}", abs.display()))),
+        Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {rel}: {e}"))),
     };
     w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime })).await?;
     let mut hasher = blake3::Hasher::new();
@@ -127,9 +130,9 @@ async fn abort<W: AsyncWrite + Unpin>(
     Ok(SendOutcome::Aborted { size, sent, reason: reason.to_owned() })
 }
 
-async fn open(abs: PathBuf) -> std::io::Result<(File, Meta)> {
+async fn open(dir: DirFd, name: OsString) -> std::io::Result<(File, Meta)> {
     blocking(move || {
-        let f = File::open(&abs)?;
+        let f = dir.open_file(&name)?;
         let m = f.metadata()?;
         if !m.is_file() {
             return Err(std::io::Error::other("not a regular file"));
