@@ -304,7 +304,13 @@ where
 fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
     let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
-    for w in pki::keygen(&cfg)? {
+    let ca = cfg.dir.join("ca.pem");
+    let reusing = ca.exists();
+    let written = pki::keygen(&cfg)?;
+    if reusing {
+        println!("signing with the existing CA in {}", ca.display());
+    }
+    for w in written {
         match w.cert {
             Some(c) => println!(
                 "wrote {}  {}  sha256 {}  expires {}",
