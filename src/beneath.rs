@@ -155,6 +155,13 @@ impl DirFd {
         Ok(names)
     }
 
+    /// Bytes an unprivileged user may still write on this folder's
+    /// filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let st = rustix::fs::fstatvfs(&*self.0)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Makes renames and removals in this folder durable.
     pub fn sync(&self) -> io::Result<()> {
         Ok(rustix::fs::fsync(&*self.0)?)

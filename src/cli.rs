@@ -116,6 +116,9 @@ pub struct ServeArgs {
     /// Refuse push and rm.
     #[arg(long)]
     pub read_only: bool,
+    /// Largest file accepted: bytes, or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
     /// Most connections served at once.
     #[arg(long, default_value_t = server::MAX_CONNS)]
     pub max_conns: usize,
@@ -218,6 +221,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration unit in '{s}': use ms, s, m or h")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+}
+
+/// Parses `4096`, `64K`, `10M`, `2G`, `1T` (powers of 1024; `KiB`, `MB`
+/// and the like are read the same way).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}': use e.g. 4096, 64K, 10M, 2G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("invalid size unit in '{s}': use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// Runs the parsed command.
@@ -329,6 +350,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server"));
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
+    cfg.max_size = a.max_size;
     cfg.max_conns = a.max_conns;
     cfg.grace = a.grace;
     cfg.timeouts = Timeouts {
@@ -376,6 +398,17 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
         assert!(VERSION.ends_with(&format!("(protocol {})", crate::protocol::VERSION)));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::beneath::DirFd;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
+use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::Root;
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, SendOutcome};
@@ -452,12 +452,12 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
-                let (root, p) = (root.clone(), h.path.clone());
-                let (staged, local_err) = match blocking(move || root.stage(&p)).await {
+                let (root, p, size) = (root.clone(), h.path.clone(), known_size(h.size));
+                let (staged, local_err) = match blocking(move || root.stage(&p, size)).await {
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e)),
                 };
-                let outcome = transfer::receive_file(r, &h, staged).await?;
+                let outcome = transfer::receive_file(r, &h, staged, u64::MAX).await?;
                 let path = remote(&h.path);
                 let report = match (outcome, local_err) {
                     (FileOutcome::PeerError { code, message }, _) => {
@@ -491,6 +491,11 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
             other => return Err(unexpected(r.peer(), &other)),
         }
     }
+}
+
+/// The size a header announces, if it is known in advance.
+fn known_size(size: u64) -> Option<u64> {
+    (size != UNKNOWN_SIZE).then_some(size)
 }
 
 /// Runs blocking filesystem work off the async threads.

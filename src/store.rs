@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
+use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
 use crate::walk::Walk;
 
@@ -139,8 +140,9 @@ impl Root {
     }
 
     /// Starts writing the file `p`: parents are created, the data goes to a
-    /// temporary file until [`Staged::commit`].
-    pub fn stage(&self, p: &WirePath) -> Result<Staged> {
+    /// temporary file until [`Staged::commit`]. A `size` known in advance
+    /// that exceeds the free space is refused before anything is written.
+    pub fn stage(&self, p: &WirePath, size: Option<u64>) -> Result<Staged> {
         self.check_reserved(p)?;
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
             return Err(StoreError::new(ErrorCode::BadPath, "cannot write a file over the root folder"));
@@ -152,6 +154,15 @@ impl Root {
             }
         }
         let tmp_dir = self.staging.clone().unwrap_or_else(|| dir.clone());
+        if let (Some(size), Ok(free)) = (size, tmp_dir.free_space()) {
+            if size > free {
+                let (need, have) = (human_bytes(size), human_bytes(free));
+                return Err(StoreError::new(
+                    ErrorCode::NoSpace,
+                    format!("{p}: needs {need} but only {have} is free on the receiver"),
+                ));
+            }
+        }
         let (file, tmp_name) = tmp_dir.create_temp(".xfer-").map_err(|e| StoreError::io(p, e))?;
         Ok(Staged { file, tmp_dir, tmp_name, dir, name: name.to_owned(), path: p.clone(), done: false })
     }
@@ -295,6 +306,26 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    impl Root {
+        fn stage_any(&self, p: &WirePath) -> Result<Staged> {
+            self.stage(p, None)
+        }
+    }
+
+    #[test]
+    fn a_file_larger_than_the_free_space_is_refused_up_front() {
+        let (_t, root) = server();
+        let e = root.stage(&p("huge"), Some(u64::MAX / 2)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoSpace);
+        assert!(
+            e.message.contains("huge: needs 8388608.0 TiB but only") && e.message.contains("is free"),
+            "{}",
+            e.message
+        );
+        assert_eq!(fs::read_dir(root.dir().join(".xfer/tmp")).unwrap().count(), 0);
+        root.stage(&p("small"), Some(10)).unwrap();
+    }
+
     fn p(s: &str) -> WirePath {
         WirePath::parse(s).unwrap()
     }
@@ -308,7 +339,7 @@ mod tests {
     #[test]
     fn staged_file_appears_only_on_commit_with_mode_and_mtime() {
         let (_t, root) = server();
-        let mut s = root.stage(&p("a/b/c.txt")).unwrap();
+        let mut s = root.stage_any(&p("a/b/c.txt")).unwrap();
         s.write_all(b"hello").unwrap();
         let target = root.dir().join("a/b/c.txt");
         assert!(!target.exists(), "nothing under the final name before commit");
@@ -323,7 +354,7 @@ mod tests {
     fn dropped_stage_leaves_old_version_and_no_temp_files() {
         let (_t, root) = server();
         fs::write(root.dir().join("f"), b"old").unwrap();
-        let mut s = root.stage(&p("f")).unwrap();
+        let mut s = root.stage_any(&p("f")).unwrap();
         s.write_all(b"new but unfinished").unwrap();
         drop(s);
         assert_eq!(fs::read(root.dir().join("f")).unwrap(), b"old");
@@ -337,7 +368,7 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         fs::write(outside.join("secret"), b"s").unwrap();
         std::os::unix::fs::symlink(&outside, root.dir().join("esc")).unwrap();
-        assert_eq!(root.stage(&p("esc/x")).unwrap_err().code, ErrorCode::Denied);
+        assert_eq!(root.stage_any(&p("esc/x")).unwrap_err().code, ErrorCode::Denied);
         assert_eq!(root.list(&p("esc/secret")).unwrap_err().code, ErrorCode::Denied);
         assert_eq!(root.mkdir(&p("esc/d")).unwrap_err().code, ErrorCode::Denied);
         assert!(root.walk(&p("esc")).is_err());
@@ -351,7 +382,7 @@ mod tests {
         let (t, root) = server();
         let outside = t.path().join("outside");
         fs::create_dir(&outside).unwrap();
-        let mut s = root.stage(&p("d/f")).unwrap();
+        let mut s = root.stage_any(&p("d/f")).unwrap();
         s.write_all(b"payload").unwrap();
         // Someone with write access to the root swaps the folder for a link.
         fs::rename(root.dir().join("d"), root.dir().join("d.old")).unwrap();
@@ -360,14 +391,15 @@ mod tests {
         assert!(!outside.join("f").exists(), "the write followed the link");
         assert_eq!(fs::read(root.dir().join("d.old/f")).unwrap(), b"payload");
         // And new requests through the link are refused.
-        assert_eq!(root.stage(&p("d/g")).unwrap_err().code, ErrorCode::Denied);
+        assert_eq!(root.stage_any(&p("d/g")).unwrap_err().code, ErrorCode::Denied);
     }
 
     #[test]
     fn staging_area_is_reserved_and_hidden() {
         let (_t, root) = server();
         fs::write(root.dir().join("visible"), b"v").unwrap();
-        for op in [root.stage(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.list(&p(".xfer")).map(drop)]
+        for op in
+            [root.stage_any(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.list(&p(".xfer")).map(drop)]
         {
             assert_eq!(op.unwrap_err().code, ErrorCode::Denied);
         }
@@ -380,9 +412,9 @@ mod tests {
         let (_t, root) = server();
         fs::write(root.dir().join("file"), b"x").unwrap();
         fs::create_dir(root.dir().join("dir")).unwrap();
-        assert_eq!(root.stage(&p("file/x")).unwrap_err().code, ErrorCode::Conflict);
-        assert_eq!(root.stage(&p("dir")).unwrap_err().code, ErrorCode::Conflict);
-        assert_eq!(root.stage(&WirePath::root()).unwrap_err().code, ErrorCode::BadPath);
+        assert_eq!(root.stage_any(&p("file/x")).unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(root.stage_any(&p("dir")).unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(root.stage_any(&WirePath::root()).unwrap_err().code, ErrorCode::BadPath);
         assert_eq!(root.list(&p("nope")).unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(root.remove(&p("dir"), false).unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(root.remove(&WirePath::root(), true).unwrap_err().code, ErrorCode::Denied);
@@ -395,7 +427,7 @@ mod tests {
     fn local_roots_stage_beside_the_target() {
         let t = tempfile::tempdir().unwrap();
         let root = Root::open_local(t.path()).unwrap();
-        let s = root.stage(&p("d/f")).unwrap();
+        let s = root.stage_any(&p("d/f")).unwrap();
         let tmp: Vec<_> = fs::read_dir(t.path().join("d")).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(tmp.len(), 1);
         assert!(tmp[0].to_string_lossy().starts_with(".xfer-"));

@@ -276,3 +276,21 @@ fn ctrl_c_during_a_pull_leaves_nothing_behind() {
     assert_eq!(status.code(), Some(1));
     assert_eq!(work.listing("got"), Vec::<String>::new(), "no partial file, no staging file");
 }
+
+#[test]
+fn max_size_refuses_larger_files_naming_both_sizes() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["--max-size", "1K"]);
+    work.write("small", &[1; 1024]);
+    work.write("big", &[2; 2048]);
+    let run = client(&pki, "client", work.path(), "push", &server, &["small", "big", "--json"]);
+    run.assert_code(4);
+    let lines = run.json();
+    assert_eq!(lines[0]["status"], "ok", "{run}");
+    assert_eq!(lines[1]["status"], "failed", "{run}");
+    let error = lines[1]["error"].as_str().unwrap();
+    assert!(error.contains("2.0 KiB") && error.contains("1.0 KiB") && error.contains("--max-size"), "{error}");
+    assert!(work.join("root/small").exists() && !work.join("root/big").exists());
+    assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
+}

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Shared;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
+use crate::progress::human_bytes;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::StoreError;
 use crate::tls;
@@ -250,12 +251,23 @@ impl Conn {
     /// Receives one pushed file.
     async fn put(&mut self, h: FileHeader) -> Result<()> {
         let started = Instant::now();
-        let staged = match self.writable() {
-            Ok(()) => {
+        let size = (h.size != UNKNOWN_SIZE).then_some(h.size);
+        let max = self.shared.max_size.unwrap_or(u64::MAX);
+        let staged = match (self.writable(), size) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(size)) if size > max => Err(StoreError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "{}: {} is larger than this server's --max-size of {}",
+                    h.path,
+                    human_bytes(size),
+                    human_bytes(max)
+                ),
+            }),
+            (Ok(()), _) => {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
-                blocking(move || root.stage(&p)).await
+                blocking(move || root.stage(&p, size)).await
             }
-            Err(e) => Err(e),
         };
         let staged = match staged {
             Ok(s) => s,
@@ -266,7 +278,7 @@ impl Conn {
                 return transfer::discard_payload(&mut self.r, &h).await;
             }
         };
-        match transfer::receive_file(&mut self.r, &h, Some(staged)).await? {
+        match transfer::receive_file(&mut self.r, &h, Some(staged), max).await? {
             FileOutcome::Ok(got) => {
                 self.log_file("received", &h.path, got.size, &got.blake3, started);
                 self.w.send(&Frame::Stored { size: got.size, blake3: got.blake3 }).await

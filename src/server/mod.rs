@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub allow: Vec<String>,
     /// Refuse writes and removals.
     pub read_only: bool,
+    /// Largest file accepted, in bytes.
+    pub max_size: Option<u64>,
     pub identity: IdentityPaths,
     pub timeouts: Timeouts,
     pub max_conns: usize,
@@ -55,6 +57,7 @@ impl ServeConfig {
             root,
             allow: Vec::new(),
             read_only: false,
+            max_size: None,
             identity,
             timeouts: Timeouts::default(),
             max_conns: MAX_CONNS,
@@ -69,6 +72,7 @@ struct Shared {
     root: Root,
     allow: Vec<String>,
     read_only: bool,
+    max_size: Option<u64>,
     timeouts: Timeouts,
 }
 
@@ -90,7 +94,14 @@ impl Server {
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
-        let shared = Shared { acceptor, root, allow: cfg.allow, read_only: cfg.read_only, timeouts: cfg.timeouts };
+        let shared = Shared {
+            acceptor,
+            root,
+            allow: cfg.allow,
+            read_only: cfg.read_only,
+            max_size: cfg.max_size,
+            timeouts: cfg.timeouts,
+        };
         Ok(Server { listener, shared: Arc::new(shared), max_conns: cfg.max_conns.max(1), grace: cfg.grace })
     }
 

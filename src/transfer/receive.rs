@@ -12,6 +12,7 @@ use tokio::io::AsyncRead;
 
 use crate::connection::FrameReader;
 use crate::error::{Error, Result};
+use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
 use crate::store::{Staged, StoreError};
 
@@ -46,11 +47,13 @@ pub enum FileOutcome {
 }
 
 /// Receives the payload that follows `h`, into `staged` (or, with `None`,
-/// only hashing and discarding it, for a file already refused).
+/// only hashing and discarding it, for a file already refused). A payload
+/// that grows past `limit` bytes is refused as too large (and discarded).
 pub async fn receive_file<R: AsyncRead + Unpin>(
     r: &mut FrameReader<R>,
     h: &FileHeader,
     staged: Option<Staged>,
+    limit: u64,
 ) -> Result<FileOutcome> {
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
@@ -67,6 +70,11 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
                     ));
                 }
                 hasher.update(&d);
+                if got > limit && failure.is_none() {
+                    let message = format!("{}: larger than the receiver's limit of {}", h.path, human_bytes(limit));
+                    failure = Some(StoreError { code: ErrorCode::TooLarge, message });
+                    sink = None;
+                }
                 if let Some(s) = sink.as_mut() {
                     if let Err(e) = s.push(&d).await {
                         // Keep reading to stay in sync; the temp file goes.
@@ -144,7 +152,7 @@ async fn finish(
 
 /// Reads and drops the payload of a file refused at its header.
 pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
-    match receive_file(r, h, None).await? {
+    match receive_file(r, h, None, u64::MAX).await? {
         FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
         _ => Ok(()),
     }
