@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::client::{Client, ClientConfig, PushPlan};
 use crate::connection::Timeouts;
@@ -32,6 +32,16 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log lines as text for people or JSON for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What `--version` prints: the release and the wire protocol it speaks.
@@ -51,6 +61,25 @@ pub enum Command {
     Ls(LsArgs),
     /// Remove files (and folders, with -r) on a server.
     Rm(RmArgs),
+    /// Print BLAKE3 hashes of local files, as `b3sum` does.
+    Hash(HashArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), e.g. `xfer man > xfer.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// Files to hash; `-` reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +274,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(a) => keygen(a),
+        Command::Hash(a) => hash(&a.files),
+        Command::Completions(a) => {
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "xfer", &mut out);
+            print_all(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            print_all(&out)
+        }
         Command::Serve(a) => serve(a).await,
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
@@ -322,6 +362,41 @@ where
     Ok(())
 }
 
+/// Writes generated text to stdout; a reader that stops early
+/// (`xfer man | head`) is not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `xfer hash`: the same lines as `b3sum`, so a user can check a file by
+/// hand against what xfer reported. Every file is tried; any failure fails.
+fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for f in files {
+        let mut hasher = blake3::Hasher::new();
+        let read = if f.as_os_str() == "-" {
+            hasher.update_reader(std::io::stdin().lock()).map(drop)
+        } else {
+            std::fs::File::open(f).and_then(|file| hasher.update_reader(file).map(drop))
+        };
+        match read {
+            Ok(()) => println!("{}  {}", hasher.finalize().to_hex(), f.display()),
+            Err(e) => {
+                eprintln!("xfer: {}: {e}", f.display());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be read", files.len());
+    }
+    Ok(())
+}
+
 fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
     let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
@@ -392,7 +467,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {

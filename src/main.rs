@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use xfer::cli::{self, Cli, Command};
+use xfer::cli::{self, Cli, Command, LogFormat};
 use xfer::error::{Class, Error};
 
 fn main() -> ExitCode {
@@ -54,10 +54,9 @@ fn init_logging(cli: &Cli) {
         _ => "xfer=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).init(),
+    }
 }

@@ -7,5 +7,6 @@ mod keygen;
 mod paths;
 mod protocol;
 mod server;
+mod tools;
 mod transfer;
 mod trust;
