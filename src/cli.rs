@@ -187,10 +187,10 @@ pub struct ClientArgs {
 pub struct PushArgs {
     /// Server, as HOST or HOST:PORT (default port 5001).
     pub host: String,
-    /// Files and folders to send.
+    /// Files and folders to send; `-` sends standard input as the file --to names.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Remote folder to place them in (default: the root).
+    /// Remote folder to place them in (default: the root); with `-`, the remote file.
     #[arg(long, value_name = "REMOTE_DIR", default_value = "")]
     pub to: String,
     #[command(flatten)]
@@ -201,7 +201,8 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// Server, as HOST or HOST:PORT (default port 5001).
     pub host: String,
-    /// Remote files and folders, relative to the server's root.
+    /// Remote files and folders, relative to the server's root; `REMOTE -`
+    /// writes one file to standard output.
     #[arg(required = true)]
     pub remotes: Vec<String>,
     /// Local folder to place them in (created if missing).
@@ -289,10 +290,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
             // Local mistakes are reported before anything touches the network.
-            let plan = PushPlan::new(&a.paths, &to)?;
+            let plan = match &a.paths[..] {
+                [only] if only.as_os_str() == "-" => PushPlan::stdin(to)?,
+                paths if paths.iter().any(|p| p.as_os_str() == "-") => {
+                    return Err(Error::Usage("'-' (standard input) must be the only source".into()).into());
+                }
+                paths => PushPlan::new(paths, &to)?,
+            };
             let output = output(&a.client, cli.quiet);
             with_client(&a.host, &a.client, Op::Push, output, |c, rep| Box::pin(async move { c.push(plan, rep).await }))
                 .await
+        }
+        Command::Pull(a) if a.remotes.last().is_some_and(|r| r == "-") => {
+            let [remote, _] = &a.remotes[..] else {
+                return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
+            };
+            if a.client.json {
+                return Err(Error::Usage("--json cannot share standard output with the file".into()).into());
+            }
+            let remote = remote_path(remote)?;
+            // Only errors on stderr: the data owns stdout.
+            with_client(&a.host, &a.client, Op::Pull, Output::Quiet, |c, rep| {
+                Box::pin(async move { c.pull_to(&remote, tokio::io::stdout(), rep).await })
+            })
+            .await
         }
         Command::Pull(a) => {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;

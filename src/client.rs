@@ -90,9 +90,19 @@ pub struct Client {
 /// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
 pub struct PushPlan {
     walks: Vec<Walk>,
+    /// Standard input, sent as this remote file (`xfer push HOST - --to NAME`).
+    stdin: Option<WirePath>,
 }
 
 impl PushPlan {
+    /// Standard input, of unknown length, sent as the remote file `to`.
+    pub fn stdin(to: WirePath) -> Result<PushPlan> {
+        if to.is_root() {
+            return Err(Error::Usage("pushing standard input needs --to NAME, the remote file to write".into()));
+        }
+        Ok(PushPlan { walks: Vec::new(), stdin: Some(to) })
+    }
+
     /// Checks `sources` and names them under the remote folder `to`.
     pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
         let mut walks = Vec::new();
@@ -113,7 +123,7 @@ impl PushPlan {
             let walk = DirFd::open_path(parent).and_then(|dir| Walk::entry(&dir, name, rel)).map_err(cannot)?;
             walks.push(walk);
         }
-        Ok(PushPlan { walks })
+        Ok(PushPlan { walks, stdin: None })
     }
 }
 
@@ -170,7 +180,12 @@ impl Client {
         let mut items = transfer::spawn_walk(plan.walks.into_iter().flatten());
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let Client { r, w, cfg } = self;
+        let stdin = plan.stdin;
         let writer = async move {
+            if let Some(path) = stdin {
+                let outcome = transfer::send_stream(w, &path, tokio::io::stdin()).await?;
+                hand_over(&tx, w, Expect::File { path, outcome }).await?;
+            }
             while let Some(item) = transfer::next_item(&mut items, w).await? {
                 let expect = match item {
                     Item::Dir { rel, meta } => {
@@ -218,6 +233,58 @@ impl Client {
                 pull_one(r, p, &root, rep).await?;
             }
             Ok(())
+        };
+        let result = pipeline(writer, reader).await;
+        self.conclude(result).await
+    }
+
+    /// Fetches one remote file and writes it to `out` (standard output) as it
+    /// arrives. The BLAKE3 check can only come at the end: a mismatch is an
+    /// integrity error after the bytes were written, and the caller must
+    /// discard them (the exit code says so).
+    pub async fn pull_to<W: tokio::io::AsyncWrite + Unpin + Send>(
+        &mut self,
+        remote: &WirePath,
+        out: W,
+        rep: &mut Reporter,
+    ) -> Result<()> {
+        let Client { r, w, cfg } = self;
+        let writer = async move {
+            w.send(&Frame::Get { path: remote.clone() }).await?;
+            w.flush().await
+        };
+        let reader = async {
+            greet(r, cfg.timeouts.header).await?;
+            let h = match reply(r).await? {
+                Frame::File(h) => h,
+                Frame::Error { code, message } => return Err(refusal(remote.as_str(), code, message)),
+                Frame::Dir { .. } => {
+                    return Err(Error::Usage(format!(
+                        "{remote} is a folder: only a file can be written to standard output"
+                    )));
+                }
+                other => return Err(unexpected(r.peer(), &other)),
+            };
+            let outcome = transfer::receive_into(r, &h, Some(transfer::WriterSink(out)), u64::MAX).await?;
+            let report = match outcome {
+                FileOutcome::Ok(got) => FileReport::ok(remote, got.size, &got.blake3),
+                FileOutcome::Failed { code, message, bytes } => {
+                    let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+                    let message = format!("{message}; the bytes already written to standard output must be discarded");
+                    FileReport { size: h.size, bytes, ..FileReport::failed(remote, message, class) }
+                }
+                FileOutcome::PeerError { code, message } => {
+                    // The server's ERROR ended the response already.
+                    rep.file(refused_report(remote, code, message)?);
+                    return Ok(());
+                }
+            };
+            rep.file(report);
+            // The response ends with OK after the one file.
+            match reply(r).await? {
+                Frame::Ok => Ok(()),
+                other => Err(unexpected(r.peer(), &other)),
+            }
         };
         let result = pipeline(writer, reader).await;
         self.conclude(result).await

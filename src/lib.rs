@@ -27,7 +27,7 @@
 //! let plan = PushPlan::new(&["dist".into()], &WirePath::root())?; // checks the sources
 //! let ids = IdentityPaths::in_dir("certs".as_ref(), "client");
 //! let mut client = Client::connect(ClientConfig::new("127.0.0.1:5001", ids)?).await?;
-//! let mut rep = Reporter::new(Output::Quiet, Op::Push);
+//! let mut rep = Reporter::new(Output::Silent, Op::Push);
 //! client.push(plan, &mut rep).await?;
 //! client.close().await?;
 //! rep.finish()?;

@@ -19,8 +19,10 @@ pub enum Output {
     Human,
     /// JSON Lines on stdout.
     Json,
-    /// Nothing but errors (for library use and `--quiet`).
+    /// Only failures, on stderr (`--quiet`, and pulls to stdout).
     Quiet,
+    /// Nothing at all (library use).
+    Silent,
 }
 
 /// Which command is reporting, for wording and JSON field names.
@@ -166,12 +168,15 @@ impl Reporter {
                 }
                 json_line(&v);
             }
-            Output::Human => match r.status {
+            Output::Human | Output::Quiet => match r.status {
                 Status::Ok => {}
-                Status::Skipped => eprintln!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default()),
+                Status::Skipped if self.output == Output::Human => {
+                    eprintln!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default())
+                }
+                Status::Skipped => {}
                 Status::Failed => eprintln!("xfer: failed: {}", r.error.unwrap_or(r.path)),
             },
-            Output::Quiet => {}
+            Output::Silent => {}
         }
     }
 
@@ -194,7 +199,7 @@ impl Reporter {
                 // A closed stdout (`xfer ls host | head`) is not an error.
                 let _ = writeln!(std::io::stdout().lock(), "{:>12}  {}  {name}{slash}", e.size, iso8601(e.mtime));
             }
-            Output::Quiet => {}
+            Output::Quiet | Output::Silent => {}
         }
     }
 

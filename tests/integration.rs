@@ -7,6 +7,7 @@ mod keygen;
 mod paths;
 mod protocol;
 mod server;
+mod streams;
 mod tools;
 mod transfer;
 mod trust;

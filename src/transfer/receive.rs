@@ -8,7 +8,9 @@
 //! an `Err` and ends it. Either way the staged file is dropped, which deletes
 //! it, so nothing partial ever appears under the final name.
 
-use tokio::io::AsyncRead;
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::FrameReader;
 use crate::error::{Error, Result};
@@ -46,18 +48,37 @@ pub enum FileOutcome {
     },
 }
 
-/// Receives the payload that follows `h`, into `staged` (or, with `None`,
-/// only hashing and discarding it, for a file already refused). A payload
-/// that grows past `limit` bytes is refused as too large (and discarded).
+/// Where a received payload goes: a staged file (committed only once the
+/// hash matches), or a stream such as standard output.
+pub trait Destination: Send {
+    /// Takes the next payload bytes.
+    fn write(&mut self, data: &[u8]) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
+    /// Called once the whole payload arrived and verified.
+    fn finish(self, h: &FileHeader) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
+}
+
+/// Receives the payload that follows `h` into a staged file (or, with
+/// `None`, only hashing and discarding it, for a file already refused). A
+/// payload that grows past `limit` bytes is refused as too large.
 pub async fn receive_file<R: AsyncRead + Unpin>(
     r: &mut FrameReader<R>,
     h: &FileHeader,
     staged: Option<Staged>,
     limit: u64,
 ) -> Result<FileOutcome> {
+    let sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
+    receive_into(r, h, sink, limit).await
+}
+
+/// Receives the payload that follows `h` into any [`Destination`].
+pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
+    r: &mut FrameReader<R>,
+    h: &FileHeader,
+    mut sink: Option<D>,
+    limit: u64,
+) -> Result<FileOutcome> {
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
-    let mut sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
     let mut failure: Option<StoreError> = None;
     loop {
         match r.read_frame().await? {
@@ -76,7 +97,7 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
                     sink = None;
                 }
                 if let Some(s) = sink.as_mut() {
-                    if let Err(e) = s.push(&d).await {
+                    if let Err(e) = s.write(&d).await {
                         // Keep reading to stay in sync; the temp file goes.
                         failure = Some(e);
                         sink = None;
@@ -113,9 +134,9 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     }
 }
 
-async fn finish(
+async fn finish<D: Destination>(
     h: &FileHeader,
-    sink: Option<Sink>,
+    sink: Option<D>,
     failure: Option<StoreError>,
     got: u64,
     expected: [u8; 32],
@@ -143,7 +164,7 @@ async fn finish(
         );
     }
     if let Some(s) = sink {
-        if let Err(e) = s.commit(h).await {
+        if let Err(e) = s.finish(h).await {
             return failed(e.code, e.message);
         }
     }
@@ -152,7 +173,7 @@ async fn finish(
 
 /// Reads and drops the payload of a file refused at its header.
 pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
-    match receive_file(r, h, None, u64::MAX).await? {
+    match receive_into::<R, Sink>(r, h, None, u64::MAX).await? {
         FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
         _ => Ok(()),
     }
@@ -165,8 +186,8 @@ struct Sink {
     buf: Vec<u8>,
 }
 
-impl Sink {
-    async fn push(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
+impl Destination for Sink {
+    async fn write(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_LEN {
             self.write_out().await?;
@@ -174,6 +195,15 @@ impl Sink {
         Ok(())
     }
 
+    async fn finish(mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
+        self.write_out().await?;
+        let (mode, mtime) = (h.mode, h.mtime);
+        let staged = self.staged.expect("sink holds its file between writes");
+        tokio::task::spawn_blocking(move || staged.commit(mode, mtime)).await.expect("blocking commit task panicked")
+    }
+}
+
+impl Sink {
     /// Writes the gathered bytes on a blocking thread.
     async fn write_out(&mut self) -> std::result::Result<(), StoreError> {
         let staged = self.staged.take().expect("sink holds its file between writes");
@@ -190,11 +220,18 @@ impl Sink {
         self.buf = buf;
         r
     }
+}
 
-    async fn commit(mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
-        self.write_out().await?;
-        let (mode, mtime) = (h.mode, h.mtime);
-        let staged = self.staged.expect("sink holds its file between writes");
-        tokio::task::spawn_blocking(move || staged.commit(mode, mtime)).await.expect("blocking commit task panicked")
+/// A stream destination (standard output): bytes flow on as they arrive,
+/// so a hash mismatch can only be reported after the fact.
+pub struct WriterSink<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send> Destination for WriterSink<W> {
+    async fn write(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
+        self.0.write_all(data).await.map_err(|e| StoreError::io(&"standard output", e))
+    }
+
+    async fn finish(mut self, _: &FileHeader) -> std::result::Result<(), StoreError> {
+        self.0.flush().await.map_err(|e| StoreError::io(&"standard output", e))
     }
 }

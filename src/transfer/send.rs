@@ -11,13 +11,13 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 use crate::beneath::DirFd;
 use crate::connection::FrameWriter;
 use crate::error::Result;
-use crate::protocol::{CHUNK_LEN, FileHeader, Frame, WirePath};
+use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Timestamp, UNKNOWN_SIZE, WirePath};
 use crate::walk::{Item, Meta};
 
 /// Bytes read from disk per blocking call; several `Data` frames' worth.
@@ -118,6 +118,37 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
     Ok(SendOutcome::Sent(Sent { size: meta.size, blake3 }))
+}
+
+/// Sends a stream of unknown length (standard input) as the file `rel`:
+/// `File` with the unknown size, `Data` as bytes arrive, then `End`.
+pub async fn send_stream<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    w: &mut FrameWriter<W>,
+    rel: &WirePath,
+    mut input: R,
+) -> Result<SendOutcome> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mtime = Timestamp { secs: now.as_secs() as i64, nanos: now.subsec_nanos() };
+    w.send(&Frame::File(FileHeader { path: rel.clone(), size: UNKNOWN_SIZE, mode: 0o644, mtime })).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK_LEN];
+    let mut size = 0u64;
+    let mut first = true;
+    loop {
+        let n = match input.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return abort(w, size, size, &format!("cannot read standard input: {e}")).await,
+        };
+        hasher.update(&buf[..n]);
+        fault::corrupt(&mut buf[..n], &mut first);
+        w.send_data(&buf[..n]).await?;
+        size += n as u64;
+    }
+    let blake3 = *hasher.finalize().as_bytes();
+    w.send(&Frame::End { blake3 }).await?;
+    Ok(SendOutcome::Sent(Sent { size, blake3 }))
 }
 
 async fn abort<W: AsyncWrite + Unpin>(

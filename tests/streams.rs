@@ -1,0 +1,70 @@
+//! Standard input and output: `push HOST - --to NAME`, `pull HOST NAME -`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+fn push_stdin(pki: &Pki, work: &Dir, server: &XferServer, data: &[u8], extra: &[&str]) -> Run {
+    let mut cmd = Command::new(XFER);
+    cmd.current_dir(work.path()).args(["push", &server.addr, "-"]).args(extra).args(pki.id_args("client"));
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    Run { cmd: format!("push {} - {}", server.addr, extra.join(" ")), out }
+}
+
+#[test]
+fn standard_input_is_pushed_and_pulled_back_to_standard_output_verified() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let data = random_bytes(3 << 20, 21);
+    let push = push_stdin(&pki, &work, &server, &data, &["--to", "backups/dir.tar", "--json"]);
+    push.assert_code(0);
+    let line = &push.json()[0];
+    assert_eq!((line["path"].as_str(), line["size"].as_u64()), (Some("backups/dir.tar"), Some(3 << 20)), "{push}");
+    assert_eq!(line["blake3"], blake3::hash(&data).to_hex().as_str());
+    assert_eq!(std::fs::read(work.join("root/backups/dir.tar")).unwrap(), data);
+
+    let pull = client(&pki, "client", work.path(), "pull", &server, &["backups/dir.tar", "-"]);
+    pull.assert_code(0);
+    assert!(pull.out.stdout == data, "stdout differs from the file");
+    assert_eq!(pull.stderr(), "", "stderr must stay quiet on success");
+}
+
+#[test]
+fn an_empty_standard_input_makes_an_empty_file() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    push_stdin(&pki, &work, &server, b"", &["--to", "empty"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/empty")).unwrap(), b"");
+}
+
+#[test]
+fn stream_misuse_is_a_usage_error() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/d/f", b"x");
+    push_stdin(&pki, &work, &server, b"data", &[]).assert_code(2);
+    client(&pki, "client", work.path(), "pull", &server, &["d", "-"]).assert_code(2);
+    client(&pki, "client", work.path(), "pull", &server, &["d/f", "d/f", "-"]).assert_code(2);
+    client(&pki, "client", work.path(), "pull", &server, &["d/f", "-", "--json"]).assert_code(2);
+    assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "d", "d/f"]);
+}
+
+#[test]
+fn a_corrupted_stream_to_standard_output_exits_5() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start_with_env(&pki, &work.join("root"), &[], &[("XFER_FAULT_CORRUPT_PAYLOAD", "1")]);
+    work.write("root/f", &random_bytes(10_000, 22));
+    let pull = client(&pki, "client", work.path(), "pull", &server, &["f", "-"]);
+    pull.assert_code(5);
+    assert!(pull.stderr().contains("BLAKE3 mismatch") && pull.stderr().contains("discarded"), "{pull}");
+}
