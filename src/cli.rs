@@ -98,6 +98,9 @@ pub struct KeygenArgs {
     /// Overwrite existing peer files.
     #[arg(long)]
     pub force: bool,
+    /// List the certificates in --dir (names, fingerprints, expiry) instead.
+    #[arg(long, conflicts_with_all = ["names", "sans", "force"])]
+    pub list: bool,
 }
 
 /// Who this peer is and which CA it trusts.
@@ -419,6 +422,9 @@ fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    if a.list {
+        return list_certs(&a.dir);
+    }
     let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
     let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
     let ca = cfg.dir.join("ca.pem");
@@ -437,6 +443,25 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
                 c.not_after.date()
             ),
             None => println!("wrote {}  (private key, mode 0600)", w.path.display()),
+        }
+    }
+    Ok(())
+}
+
+/// `xfer keygen --list`.
+fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
+    for c in pki::list(dir)? {
+        let role = if c.is_ca { " (CA)" } else { "" };
+        let names = if c.names.is_empty() { String::new() } else { format!("  names {}", c.names.join(",")) };
+        println!(
+            "{}  {}{role}{names}  sha256 {}  expires {}",
+            c.path.display(),
+            c.subject,
+            c.sha256,
+            c.not_after.date()
+        );
+        if let Some(w) = c.expiry_warning() {
+            println!("  warning: {w}");
         }
     }
     Ok(())

@@ -24,10 +24,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let class = e.downcast_ref::<Error>().map(Error::class).unwrap_or(Class::Other);
-            eprintln!("xfer: {e:#}");
+            eprintln!("xfer: {}", one_line(&e));
             ExitCode::from(exit_code(class))
         }
     }
+}
+
+/// The error and its causes on one line, each said once (our error
+/// messages already include their I/O cause's text).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// README.md, "Exit codes".

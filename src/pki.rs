@@ -218,6 +218,92 @@ fn ca_subject(params: &CertificateParams) -> String {
     }
 }
 
+/// Certificates expiring within this many days draw a warning.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// What `keygen --list` shows about one certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub path: PathBuf,
+    /// The subject's common name.
+    pub subject: String,
+    /// DNS names and IP addresses it is valid for.
+    pub names: Vec<String>,
+    pub sha256: String,
+    pub not_after: OffsetDateTime,
+    pub is_ca: bool,
+}
+
+impl CertInfo {
+    /// Reads the first certificate of a PEM file.
+    pub fn read(path: &Path) -> Result<CertInfo> {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |message: String| Error::Identity { path: path.to_owned(), message };
+        let der = CertificateDer::from_pem_file(path).map_err(|e| bad(format!("not a PEM certificate: {e:?}")))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("unreadable certificate: {e}")))?;
+        let subject = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect::<Vec<_>>().join(",");
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for gn in &san.value.general_names {
+                match gn {
+                    x509_parser::extensions::GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => names.extend(ip_text(ip)),
+                    _ => {}
+                }
+            }
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        Ok(CertInfo {
+            path: path.to_owned(),
+            subject,
+            names,
+            sha256: fingerprint(&der),
+            not_after,
+            is_ca: cert.is_ca(),
+        })
+    }
+
+    /// A warning when the certificate has expired or expires soon.
+    pub fn expiry_warning(&self) -> Option<String> {
+        let left = self.not_after - OffsetDateTime::now_utc();
+        let (path, date) = (self.path.display(), self.not_after.date());
+        if left.is_negative() {
+            Some(format!("certificate {path} expired on {date}: issue a new one with `xfer keygen`"))
+        } else if left.whole_days() < EXPIRY_WARNING_DAYS {
+            Some(format!(
+                "certificate {path} expires in {} days ({date}): renew it soon with `xfer keygen`",
+                left.whole_days()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+fn ip_text(raw: &[u8]) -> Option<String> {
+    let ip: std::net::IpAddr = match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok()?.into(),
+        16 => <[u8; 16]>::try_from(raw).ok()?.into(),
+        _ => return None,
+    };
+    Some(ip.to_string())
+}
+
+/// Every certificate in `dir` (its `*.pem` files), the CA first.
+pub fn list(dir: &Path) -> Result<Vec<CertInfo>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "pem") {
+            out.push(CertInfo::read(&path)?);
+        }
+    }
+    out.sort_by(|a, b| (!a.is_ca, &a.path).cmp(&(!b.is_ca, &b.path)));
+    Ok(out)
+}
+
 /// SHA-256 fingerprint of a certificate, `AB:CD:...` as openssl prints it.
 pub fn fingerprint(der: &[u8]) -> String {
     sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")

@@ -69,6 +69,12 @@ impl Identity {
         for ca in read_certs(&paths.ca).map_err(|m| bad(&paths.ca, m))? {
             roots.add(ca).map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
+        // Warn early about certificates that are about to stop working.
+        for path in [&paths.cert, &paths.ca] {
+            if let Some(w) = crate::pki::CertInfo::read(path).ok().and_then(|i| i.expiry_warning()) {
+                tracing::warn!("{w}");
+            }
+        }
         Ok(Identity { chain, key, roots: Arc::new(roots), paths: paths.clone() })
     }
 

@@ -63,3 +63,28 @@ fn keygen_rejects_unsafe_names() {
     }
     assert!(!work.join("certs").exists() || work.listing("certs").is_empty());
 }
+
+#[test]
+fn keygen_list_shows_names_fingerprints_expiry_and_warns_before_expiry() {
+    let pki = Pki::new();
+    let short = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "runner-9", "--days", "10"], &[]);
+    short.assert_code(0);
+    let list = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--list"], &[]);
+    list.assert_code(0);
+    let out = list.stdout();
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("certs/ca.pem") && first.contains("(CA)"), "{list}");
+    let client_line = out.lines().find(|l| l.starts_with("certs/client.pem")).unwrap();
+    assert!(client_line.contains("names client,localhost,127.0.0.1,::1") && client_line.contains("sha256 "), "{list}");
+    assert!(out.contains("warning: certificate certs/runner-9.pem expires in"), "{list}");
+    assert!(!out.contains("certs/client.pem expires in"), "{list}");
+
+    // Every command that loads the short-lived certificate warns too.
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let ls = client(&pki, "runner-9", work.path(), "ls", &server, &[]);
+    ls.assert_code(0);
+    assert!(ls.stderr().contains("runner-9.pem expires in"), "{ls}");
+    let quiet = client(&pki, "client", work.path(), "ls", &server, &[]);
+    assert!(!quiet.stderr().contains("expires"), "{quiet}");
+}
