@@ -19,18 +19,39 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! # async fn demo() -> xfer::error::Result<()> {
-//! use xfer::{Client, ClientConfig, IdentityPaths, PushPlan, WirePath};
-//! use xfer::progress::{Op, Output, Reporter};
+//! A server and a client in one program, over real mutual TLS on loopback
+//! (`examples/push_pull.rs` is the same, runnable with `cargo run
+//! --example push_pull`):
 //!
-//! let plan = PushPlan::new(&["dist".into()], &WirePath::root())?; // checks the sources
-//! let ids = IdentityPaths::in_dir("certs".as_ref(), "client");
-//! let mut client = Client::connect(ClientConfig::new("127.0.0.1:5001", ids)?).await?;
-//! let mut rep = Reporter::new(Output::Silent, Op::Push);
-//! client.push(plan, &mut rep).await?;
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use xfer::pki::{KeygenConfig, keygen};
+//! use xfer::progress::{Op, Output, Reporter};
+//! use xfer::{Client, ClientConfig, IdentityPaths, PushPlan, ServeConfig, Server, WirePath};
+//!
+//! let work = tempfile::tempdir()?;
+//! let certs = work.path().join("certs");
+//! let names = vec!["server".to_owned(), "client".to_owned()];
+//! keygen(&KeygenConfig { dir: certs.clone(), names, sans: vec![], days: 30, force: false })?;
+//!
+//! // Port 0: the OS picks a free port; local_addr() tells which.
+//! let cfg = ServeConfig::new("127.0.0.1:0".parse()?, work.path().join("root"), IdentityPaths::in_dir(&certs, "server"));
+//! let server = Server::bind(cfg).await?;
+//! let addr = server.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(server.run(async move { let _ = stopped.await; }));
+//!
+//! std::fs::write(work.path().join("a.txt"), b"hi")?;
+//! let plan = PushPlan::new(&[work.path().join("a.txt")], &WirePath::root())?; // checks the sources
+//! let mut client = Client::connect(ClientConfig::new(&addr.to_string(), IdentityPaths::in_dir(&certs, "client"))?).await?;
+//! let mut report = Reporter::new(Output::Silent, Op::Push);
+//! client.push(plan, &mut report).await?;
 //! client.close().await?;
-//! rep.finish()?;
+//! assert_eq!(report.finish()?.ok, 1);
+//! assert_eq!(std::fs::read(work.path().join("root/a.txt"))?, b"hi");
+//!
+//! let _ = stop.send(());
+//! running.await??;
 //! # Ok(()) }
 //! ```
 
