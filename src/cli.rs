@@ -17,7 +17,7 @@ use crate::pki::{self, KeygenConfig};
 use crate::progress::{Op, Output, Reporter};
 use crate::protocol::WirePath;
 use crate::server::{self, ServeConfig, Server};
-use crate::tls::IdentityPaths;
+use crate::tls::{IdentityPaths, Pem};
 
 /// Move files between machines over mutual TLS 1.3, every byte verified
 /// with BLAKE3.
@@ -112,26 +112,43 @@ pub struct IdentityArgs {
     /// Which identity in --certs to use [default: server for serve, client otherwise].
     #[arg(long, env = "XFER_NAME")]
     pub name: Option<String>,
-    /// Certificate file (overrides --certs/--name).
+    /// Certificate file (overrides --certs/--name); $XFER_CERT may hold the PEM text itself.
     #[arg(long, env = "XFER_CERT", value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// Private key file (overrides --certs/--name).
+    /// Private key file (overrides --certs/--name); $XFER_KEY may hold the PEM text itself.
     #[arg(long, env = "XFER_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// CA certificate file (overrides --certs).
+    /// CA certificate file (overrides --certs); $XFER_CA may hold the PEM text itself.
     #[arg(long, env = "XFER_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
 }
 
 impl IdentityArgs {
-    fn paths(&self, default_name: &str) -> IdentityPaths {
+    fn paths(&self, default_name: &str) -> Result<IdentityPaths, Error> {
         let base = IdentityPaths::in_dir(&self.certs, self.name.as_deref().unwrap_or(default_name));
-        IdentityPaths {
-            cert: self.cert.clone().unwrap_or(base.cert),
-            key: self.key.clone().unwrap_or(base.key),
-            ca: self.ca.clone().unwrap_or(base.ca),
-        }
+        Ok(IdentityPaths {
+            cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
+            key: pem_arg(self.key.as_ref(), "XFER_KEY", base.key)?,
+            ca: pem_arg(self.ca.as_ref(), "XFER_CA", base.ca)?,
+        })
     }
+}
+
+/// A file path, or, when the value is PEM text, that text; but PEM text is
+/// accepted only from the environment variable `var`: on the command line
+/// every user of the machine could read it (`ps`).
+fn pem_arg(value: Option<&PathBuf>, var: &'static str, default: Pem) -> Result<Pem, Error> {
+    let Some(value) = value else { return Ok(default) };
+    let text = value.to_string_lossy();
+    if !text.trim_start().starts_with("-----BEGIN") {
+        return Ok(Pem::File(value.clone()));
+    }
+    if std::env::var(var).is_ok_and(|env| env == text) {
+        return Ok(Pem::Env { var, text: text.into_owned() });
+    }
+    Err(Error::Usage(format!(
+        "PEM text on the command line is readable by every user of this machine: pass it in ${var} instead"
+    )))
 }
 
 #[derive(Debug, Args)]
@@ -367,7 +384,7 @@ async fn with_client<F>(host: &str, args: &ClientArgs, op: Op, output: Output, f
 where
     F: for<'a> FnOnce(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
 {
-    let mut cfg = ClientConfig::new(host, args.identity.paths("client"))?;
+    let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
     cfg.server_name = args.server_name.clone();
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     let mut rep = Reporter::new(output, op);
@@ -453,13 +470,7 @@ fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     for c in pki::list(dir)? {
         let role = if c.is_ca { " (CA)" } else { "" };
         let names = if c.names.is_empty() { String::new() } else { format!("  names {}", c.names.join(",")) };
-        println!(
-            "{}  {}{role}{names}  sha256 {}  expires {}",
-            c.path.display(),
-            c.subject,
-            c.sha256,
-            c.not_after.date()
-        );
+        println!("{}  {}{role}{names}  sha256 {}  expires {}", c.source, c.subject, c.sha256, c.not_after.date());
         if let Some(w) = c.expiry_warning() {
             println!("  warning: {w}");
         }
@@ -468,7 +479,7 @@ fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server"));
+    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
     cfg.max_size = a.max_size;

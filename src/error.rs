@@ -3,7 +3,6 @@
 //! nothing else knows exit codes.
 
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::{ErrorCode, FrameError, PathError};
@@ -46,8 +45,8 @@ pub enum Error {
     #[error("the server did not admit this client: {0}")]
     NotAdmitted(String),
 
-    #[error("cannot load {}: {message}", path.display())]
-    Identity { path: PathBuf, message: String },
+    #[error("cannot load {what}: {message}")]
+    Identity { what: String, message: String },
 
     /// `message` names the path (the client makes sure of it).
     #[error("{message}")]

@@ -182,7 +182,7 @@ fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificatePar
 }
 
 fn load_ca(ca_pem: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>> {
-    let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
+    let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
     let key_pem = fs::read_to_string(ca_key).map_err(|e| {
         bad(
             ca_key,
@@ -224,7 +224,8 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// What `keygen --list` shows about one certificate.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
-    pub path: PathBuf,
+    /// Where it came from (a file's path), for messages.
+    pub source: String,
     /// The subject's common name.
     pub subject: String,
     /// DNS names and IP addresses it is valid for.
@@ -238,10 +239,18 @@ impl CertInfo {
     /// Reads the first certificate of a PEM file.
     pub fn read(path: &Path) -> Result<CertInfo> {
         use rustls_pki_types::pem::PemObject;
-        let bad = |message: String| Error::Identity { path: path.to_owned(), message };
-        let der = CertificateDer::from_pem_file(path).map_err(|e| bad(format!("not a PEM certificate: {e:?}")))?;
+        let der = CertificateDer::from_pem_file(path).map_err(|e| Error::Identity {
+            what: path.display().to_string(),
+            message: format!("not a PEM certificate: {e:?}"),
+        })?;
+        CertInfo::from_der(path.display().to_string(), &der)
+    }
+
+    /// Describes a DER certificate that came from `source`.
+    pub fn from_der(source: String, der: &[u8]) -> Result<CertInfo> {
+        let bad = |message: String| Error::Identity { what: source.clone(), message };
         let (_, cert) =
-            x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("unreadable certificate: {e}")))?;
+            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("unreadable certificate: {e}")))?;
         let subject = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect::<Vec<_>>().join(",");
         let mut names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -254,20 +263,13 @@ impl CertInfo {
             }
         }
         let not_after = cert.validity().not_after.to_datetime();
-        Ok(CertInfo {
-            path: path.to_owned(),
-            subject,
-            names,
-            sha256: fingerprint(&der),
-            not_after,
-            is_ca: cert.is_ca(),
-        })
+        Ok(CertInfo { subject, names, sha256: fingerprint(der), not_after, is_ca: cert.is_ca(), source })
     }
 
     /// A warning when the certificate has expired or expires soon.
     pub fn expiry_warning(&self) -> Option<String> {
         let left = self.not_after - OffsetDateTime::now_utc();
-        let (path, date) = (self.path.display(), self.not_after.date());
+        let (path, date) = (&self.source, self.not_after.date());
         if left.is_negative() {
             Some(format!("certificate {path} expired on {date}: issue a new one with `xfer keygen`"))
         } else if left.whole_days() < EXPIRY_WARNING_DAYS {
@@ -300,7 +302,7 @@ pub fn list(dir: &Path) -> Result<Vec<CertInfo>> {
             out.push(CertInfo::read(&path)?);
         }
     }
-    out.sort_by(|a, b| (!a.is_ca, &a.path).cmp(&(!b.is_ca, &b.path)));
+    out.sort_by(|a, b| (!a.is_ca, &a.source).cmp(&(!b.is_ca, &b.source)));
     Ok(out)
 }
 

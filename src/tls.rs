@@ -6,6 +6,7 @@
 //! always authenticate against the CA, and there is no way to turn either
 //! off: `allow_unauthenticated()` is never called.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,25 +25,66 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use crate::error::{Error, Result};
 use crate::protocol::ALPN;
 
-/// Where an identity's three PEM files are.
+/// Where an identity's three PEM items come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityPaths {
-    /// This peer's certificate (chain), PEM.
-    pub cert: PathBuf,
-    /// This peer's private key, PEM (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
-    /// The CA certificate(s) the other side must chain to, PEM.
-    pub ca: PathBuf,
+    /// This peer's certificate (chain).
+    pub cert: Pem,
+    /// This peer's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: Pem,
+    /// The CA certificate(s) the other side must chain to.
+    pub ca: Pem,
 }
 
 impl IdentityPaths {
     /// The files `xfer keygen` writes for NAME in DIR.
     pub fn in_dir(dir: &Path, name: &str) -> IdentityPaths {
         IdentityPaths {
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}.key")),
-            ca: dir.join("ca.pem"),
+            cert: Pem::File(dir.join(format!("{name}.pem"))),
+            key: Pem::File(dir.join(format!("{name}.key"))),
+            ca: Pem::File(dir.join("ca.pem")),
         }
+    }
+}
+
+/// One PEM item: a file, or the text of an environment variable (how CI
+/// systems hand over secrets, without writing them to disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(PathBuf),
+    Env { var: &'static str, text: String },
+}
+
+impl fmt::Display for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{}", p.display()),
+            Pem::Env { var, .. } => write!(f, "${var}"),
+        }
+    }
+}
+
+impl Pem {
+    fn certs(&self) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+        let certs = match self {
+            Pem::File(p) => CertificateDer::pem_file_iter(p)
+                .map_err(|e| format!("{}; {KEYGEN_HINT}", pem_error(e)))?
+                .collect::<std::result::Result<Vec<_>, _>>(),
+            Pem::Env { text, .. } => CertificateDer::pem_slice_iter(text.as_bytes()).collect(),
+        }
+        .map_err(pem_error)?;
+        if certs.is_empty() {
+            return Err("no PEM certificate in it".into());
+        }
+        Ok(certs)
+    }
+
+    fn key(&self) -> std::result::Result<PrivateKeyDer<'static>, String> {
+        match self {
+            Pem::File(p) => PrivateKeyDer::from_pem_file(p),
+            Pem::Env { text, .. } => PrivateKeyDer::from_pem_slice(text.as_bytes()),
+        }
+        .map_err(|e| format!("{}; {KEYGEN_HINT}", pem_error(e)))
     }
 }
 
@@ -59,19 +101,20 @@ const KEYGEN_HINT: &str =
     "run `xfer keygen` to create certificates, or point --certs/--cert/--key/--ca at existing ones";
 
 impl Identity {
-    /// Reads and checks the three files.
+    /// Reads and checks the three items.
     pub fn load(paths: &IdentityPaths) -> Result<Identity> {
-        let bad = |path: &Path, message: String| Error::Identity { path: path.to_owned(), message };
-        let chain = read_certs(&paths.cert).map_err(|m| bad(&paths.cert, m))?;
-        let key = PrivateKeyDer::from_pem_file(&paths.key)
-            .map_err(|e| bad(&paths.key, format!("{}; {KEYGEN_HINT}", pem_error(e))))?;
+        let bad = |pem: &Pem, message: String| Error::Identity { what: pem.to_string(), message };
+        let chain = paths.cert.certs().map_err(|m| bad(&paths.cert, m))?;
+        let key = paths.key.key().map_err(|m| bad(&paths.key, m))?;
+        let cas = paths.ca.certs().map_err(|m| bad(&paths.ca, m))?;
         let mut roots = RootCertStore::empty();
-        for ca in read_certs(&paths.ca).map_err(|m| bad(&paths.ca, m))? {
-            roots.add(ca).map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
+        for ca in &cas {
+            roots.add(ca.clone()).map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
         // Warn early about certificates that are about to stop working.
-        for path in [&paths.cert, &paths.ca] {
-            if let Some(w) = crate::pki::CertInfo::read(path).ok().and_then(|i| i.expiry_warning()) {
+        for (pem, der) in std::iter::once((&paths.cert, &chain[0])).chain(cas.iter().map(|c| (&paths.ca, c))) {
+            if let Some(w) = crate::pki::CertInfo::from_der(pem.to_string(), der).ok().and_then(|i| i.expiry_warning())
+            {
                 tracing::warn!("{w}");
             }
         }
@@ -85,7 +128,7 @@ impl Identity {
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .build()
             .map_err(|e| self.ca_error(e))?;
-        let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.clone() });
+        let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.to_string() });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.ca_error(e))?
@@ -114,14 +157,11 @@ impl Identity {
     }
 
     fn ca_error(&self, e: impl std::fmt::Display) -> Error {
-        Error::Identity { path: self.paths.ca.clone(), message: e.to_string() }
+        Error::Identity { what: self.paths.ca.to_string(), message: e.to_string() }
     }
 
     fn key_error(&self, e: rustls::Error) -> Error {
-        Error::Identity {
-            path: self.paths.key.clone(),
-            message: format!("does not fit {}: {e}", self.paths.cert.display()),
-        }
+        Error::Identity { what: self.paths.key.to_string(), message: format!("does not fit {}: {e}", self.paths.cert) }
     }
 }
 
@@ -131,7 +171,7 @@ impl Identity {
 #[derive(Debug)]
 struct NamingClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    ca: PathBuf,
+    ca: String,
 }
 
 impl ClientCertVerifier for NamingClientVerifier {
@@ -151,7 +191,7 @@ impl ClientCertVerifier for NamingClientVerifier {
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
-            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca.display(), "client certificate refused: {e}");
+            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca, "client certificate refused: {e}");
         })
     }
     fn verify_tls12_signature(
@@ -185,17 +225,6 @@ fn describe_cert(der: &CertificateDer<'_>) -> String {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn read_certs(path: &Path) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}; {KEYGEN_HINT}", pem_error(e)))?
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(pem_error)?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in the file".into());
-    }
-    Ok(certs)
 }
 
 fn pem_error(e: rustls_pki_types::pem::Error) -> String {
@@ -234,8 +263,7 @@ pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
 
 /// Explains a failed TLS session from the client's point of view.
 pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) -> String {
-    let ca = ids.ca.display();
-    let cert = ids.cert.display();
+    let (ca, cert) = (&ids.ca, &ids.cert);
     match e {
         rustls::Error::InvalidCertificate(ce) => match ce {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(

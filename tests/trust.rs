@@ -184,3 +184,20 @@ fn a_client_that_does_not_negotiate_the_xfer_alpn_is_refused() {
     assert!(got.map(|b| b.is_empty()).unwrap_or(true), "the server must not answer");
     assert!(server.wait_for_log("did not negotiate the xfer/1 protocol"), "{}", server.log());
 }
+
+#[test]
+fn pem_text_is_taken_from_the_environment_but_refused_on_the_command_line() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let read = |f: &str| std::fs::read_to_string(pki.certs().join(f)).unwrap();
+    let (cert, key, ca) = (read("client.pem"), read("client.key"), read("ca.pem"));
+    // The way CI systems hand over secrets: the PEM text in the variable.
+    let env = [("XFER_CERT", cert.as_str()), ("XFER_KEY", key.as_str()), ("XFER_CA", ca.as_str())];
+    run_in(work.path(), &["ls", &server.addr], &env).assert_code(0);
+
+    let (k, c, a) = (format!("--key={key}"), format!("--cert={cert}"), format!("--ca={ca}"));
+    let leaked = run_in(work.path(), &["ls", &server.addr, &k, &c, &a], &[]);
+    leaked.assert_code(2);
+    assert!(leaked.stderr().contains("$XFER_"), "{leaked}");
+}
