@@ -3,6 +3,7 @@
 
 mod support;
 
+mod ci_recipe;
 mod keygen;
 mod paths;
 mod protocol;

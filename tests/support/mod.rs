@@ -107,6 +107,11 @@ impl XferServer {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root);
         cmd.args(pki.id_args("server")).args(extra);
         cmd.env_remove("RUST_LOG").envs(env.iter().copied());
+        XferServer::spawn(cmd, root)
+    }
+
+    /// Runs a prepared `serve` command and waits for its `listening on`.
+    pub fn spawn(mut cmd: Command, root: &Path) -> XferServer {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn xfer serve");
         let stderr = child.stderr.take().unwrap();
