@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
@@ -387,7 +389,9 @@ where
     let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
     cfg.server_name = args.server_name.clone();
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
-    let mut rep = Reporter::new(output, op);
+    // Bars only for people watching a terminal, and only while bytes move.
+    let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
+    let mut rep = if bars { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
     let mut client = Client::connect(cfg).await?;
     // On Ctrl-C the operation is dropped, which deletes any staged file:
     // nothing partial is left under a final name or beside it.

@@ -21,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use crate::beneath::DirFd;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
+use crate::meter::Meter;
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::Root;
@@ -90,6 +91,8 @@ pub struct Client {
 /// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
 pub struct PushPlan {
     walks: Vec<Walk>,
+    /// Where each walk starts, so the tree can be counted for progress.
+    starts: Vec<(DirFd, std::ffi::OsString, WirePath)>,
     /// Standard input, sent as this remote file (`xfer push HOST - --to NAME`).
     stdin: Option<WirePath>,
 }
@@ -100,12 +103,12 @@ impl PushPlan {
         if to.is_root() {
             return Err(Error::Usage("pushing standard input needs --to NAME, the remote file to write".into()));
         }
-        Ok(PushPlan { walks: Vec::new(), stdin: Some(to) })
+        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to) })
     }
 
     /// Checks `sources` and names them under the remote folder `to`.
     pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
-        let mut walks = Vec::new();
+        let (mut walks, mut starts) = (Vec::new(), Vec::new());
         for src in sources {
             let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
             let rel = to
@@ -120,10 +123,36 @@ impl PushPlan {
                     src.display()
                 )));
             };
-            let walk = DirFd::open_path(parent).and_then(|dir| Walk::entry(&dir, name, rel)).map_err(cannot)?;
-            walks.push(walk);
+            let dir = DirFd::open_path(parent).map_err(cannot)?;
+            walks.push(Walk::entry(&dir, name, rel.clone()).map_err(cannot)?);
+            starts.push((dir, name.to_owned(), rel));
         }
-        Ok(PushPlan { walks, stdin: None })
+        Ok(PushPlan { walks, starts, stdin: None })
+    }
+
+    /// Counts the files and bytes to send on a thread of its own, feeding
+    /// `meter` as it goes, so a progress display can show totals and an ETA
+    /// while the transfer has already started.
+    fn count(&self, meter: &Meter) {
+        let starts: Vec<_> = self.starts.iter().map(|(d, n, r)| (d.clone(), n.clone(), r.clone())).collect();
+        let meter = meter.clone();
+        std::thread::spawn(move || {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            let walks = starts.iter().filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok());
+            for item in walks.flatten() {
+                if let Item::File { meta, .. } = item {
+                    files += 1;
+                    bytes += meta.size;
+                    if files % 512 == 0 {
+                        if !meter.is_on() {
+                            return; // the command is over
+                        }
+                        meter.counted(files, bytes, false);
+                    }
+                }
+            }
+            meter.counted(files, bytes, true);
+        });
     }
 }
 
@@ -177,13 +206,17 @@ impl Client {
 
     /// Sends what `plan` names (see [`PushPlan`]).
     pub async fn push(&mut self, plan: PushPlan, rep: &mut Reporter) -> Result<()> {
+        if rep.meter().is_on() {
+            plan.count(rep.meter());
+        }
         let mut items = transfer::spawn_walk(plan.walks.into_iter().flatten());
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let Client { r, w, cfg } = self;
         let stdin = plan.stdin;
+        let meter = rep.meter().clone();
         let writer = async move {
             if let Some(path) = stdin {
-                let outcome = transfer::send_stream(w, &path, tokio::io::stdin()).await?;
+                let outcome = transfer::send_stream(w, &path, tokio::io::stdin(), &meter).await?;
                 hand_over(&tx, w, Expect::File { path, outcome }).await?;
             }
             while let Some(item) = transfer::next_item(&mut items, w).await? {
@@ -193,7 +226,7 @@ impl Client {
                         Expect::Dir(rel)
                     }
                     Item::File { rel, dir, name, .. } => {
-                        let outcome = transfer::send_file(w, &rel, &dir, &name).await?;
+                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter).await?;
                         Expect::File { path: rel, outcome }
                     }
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
@@ -265,7 +298,8 @@ impl Client {
                 }
                 other => return Err(unexpected(r.peer(), &other)),
             };
-            let outcome = transfer::receive_into(r, &h, Some(transfer::WriterSink(out)), u64::MAX).await?;
+            let meter = rep.meter().clone();
+            let outcome = transfer::receive_into(r, &h, Some(transfer::WriterSink(out)), u64::MAX, &meter).await?;
             let report = match outcome {
                 FileOutcome::Ok(got) => FileReport::ok(remote, got.size, &got.blake3),
                 FileOutcome::Failed { code, message, bytes } => {
@@ -524,7 +558,8 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
                     Ok(s) => (Some(s), None),
                     Err(e) => (None, Some(e)),
                 };
-                let outcome = transfer::receive_file(r, &h, staged, u64::MAX).await?;
+                let meter = rep.meter().clone();
+                let outcome = transfer::receive_file(r, &h, staged, u64::MAX, &meter).await?;
                 let path = remote(&h.path);
                 let report = match (outcome, local_err) {
                     (FileOutcome::PeerError { code, message }, _) => {

@@ -14,6 +14,7 @@
 //! - [`client`]: connect and push, pull, list, remove, pipelined.
 //! - [`server`]: accept loop, per-connection handlers, graceful shutdown.
 //! - [`progress`]: what client commands tell their user (human or JSON).
+//! - [`meter`]: live progress bars, fed by events from transfer code.
 //! - [`error`]: the error type and the failure classes behind exit codes.
 //! - [`cli`]: the command line (clap), turned into the configs above.
 //!
@@ -60,6 +61,7 @@ pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod meter;
 pub mod pki;
 pub mod progress;
 pub mod protocol;

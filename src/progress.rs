@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::{Class, Error, Result};
+use crate::meter::{Display, Meter};
 use crate::protocol::{ListEntry, Timestamp};
 
 /// How a command reports.
@@ -134,15 +135,35 @@ pub struct Reporter {
     started: Instant,
     sum: Summary,
     worst: Option<Class>,
+    /// Live bars, when on a terminal; finished before the summary.
+    meter: Meter,
+    display: Option<Display>,
 }
 
 impl Reporter {
     pub fn new(output: Output, op: Op) -> Reporter {
-        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None }
+        let (meter, display) = (Meter::off(), None);
+        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None, meter, display }
+    }
+
+    /// The same, drawing live progress bars on stderr (human output only).
+    pub fn with_bars(output: Output, op: Op) -> Reporter {
+        let mut r = Reporter::new(output, op);
+        if output == Output::Human {
+            let (meter, display) = Meter::bars();
+            (r.meter, r.display) = (meter, Some(display));
+        }
+        r
+    }
+
+    /// The handle transfer code feeds with progress.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
     }
 
     /// Records one file (or removed path).
     pub fn file(&mut self, r: FileReport) {
+        self.meter.done();
         match r.status {
             Status::Ok => {
                 self.sum.ok += 1;
@@ -168,14 +189,20 @@ impl Reporter {
                 }
                 json_line(&v);
             }
-            Output::Human | Output::Quiet => match r.status {
-                Status::Ok => {}
-                Status::Skipped if self.output == Output::Human => {
-                    eprintln!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default())
+            Output::Human | Output::Quiet => {
+                let line = match r.status {
+                    Status::Ok => None,
+                    Status::Skipped if self.output == Output::Human => {
+                        Some(format!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default()))
+                    }
+                    Status::Skipped => None,
+                    Status::Failed => Some(format!("xfer: failed: {}", r.error.unwrap_or(r.path))),
+                };
+                // Above the bars when they are drawn, else straight to stderr.
+                if let Some(line) = line.filter(|l| !self.meter.line(l.clone())) {
+                    eprintln!("{line}");
                 }
-                Status::Skipped => {}
-                Status::Failed => eprintln!("xfer: failed: {}", r.error.unwrap_or(r.path)),
-            },
+            }
             Output::Silent => {}
         }
     }
@@ -205,6 +232,9 @@ impl Reporter {
 
     /// Prints the summary; fails with the worst class if anything failed.
     pub fn finish(mut self) -> Result<Summary> {
+        if let Some(display) = self.display.take() {
+            display.finish();
+        }
         self.sum.seconds = self.started.elapsed().as_secs_f64();
         let s = &self.sum;
         match self.output {
@@ -219,7 +249,7 @@ impl Reporter {
         }
         match self.worst {
             Some(class) => Err(Error::Failed { failed: s.failed, total: s.ok + s.skipped + s.failed, class }),
-            None => Ok(self.sum),
+            None => Ok(std::mem::take(&mut self.sum)),
         }
     }
 
@@ -244,6 +274,16 @@ impl Reporter {
             line += &format!("; {} FAILED", s.failed);
         }
         line
+    }
+}
+
+impl Drop for Reporter {
+    /// A command that ends early (say, the connection failed) still
+    /// leaves the terminal clean.
+    fn drop(&mut self) {
+        if let Some(display) = self.display.take() {
+            display.finish();
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Shared;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
+use crate::meter::Meter;
 use crate::progress::human_bytes;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::StoreError;
@@ -278,7 +279,7 @@ impl Conn {
                 return transfer::discard_payload(&mut self.r, &h).await;
             }
         };
-        match transfer::receive_file(&mut self.r, &h, Some(staged), max).await? {
+        match transfer::receive_file(&mut self.r, &h, Some(staged), max, &Meter::off()).await? {
             FileOutcome::Ok(got) => {
                 self.log_file("received", &h.path, got.size, &got.blake3, started);
                 self.w.send(&Frame::Stored { size: got.size, blake3: got.blake3 }).await
@@ -316,7 +317,7 @@ impl Conn {
                 }
                 Item::File { rel, dir, name, .. } => {
                     let started = Instant::now();
-                    match transfer::send_file(&mut self.w, &rel, &dir, &name).await? {
+                    match transfer::send_file(&mut self.w, &rel, &dir, &name, &Meter::off()).await? {
                         SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size, &s.blake3, started),
                         SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
                         SendOutcome::NotStarted(reason) => self.send_failed(&rel, &reason).await?,

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::connection::FrameReader;
 use crate::error::{Error, Result};
+use crate::meter::Meter;
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
 use crate::store::{Staged, StoreError};
@@ -65,9 +66,10 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     h: &FileHeader,
     staged: Option<Staged>,
     limit: u64,
+    meter: &Meter,
 ) -> Result<FileOutcome> {
     let sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
-    receive_into(r, h, sink, limit).await
+    receive_into(r, h, sink, limit, meter).await
 }
 
 /// Receives the payload that follows `h` into any [`Destination`].
@@ -76,7 +78,9 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
     h: &FileHeader,
     mut sink: Option<D>,
     limit: u64,
+    meter: &Meter,
 ) -> Result<FileOutcome> {
+    meter.start(h.path.as_str(), (h.size != UNKNOWN_SIZE).then_some(h.size));
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
     let mut failure: Option<StoreError> = None;
@@ -91,6 +95,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                     ));
                 }
                 hasher.update(&d);
+                meter.bytes(d.len() as u64);
                 if got > limit && failure.is_none() {
                     let message = format!("{}: larger than the receiver's limit of {}", h.path, human_bytes(limit));
                     failure = Some(StoreError { code: ErrorCode::TooLarge, message });
@@ -173,7 +178,7 @@ async fn finish<D: Destination>(
 
 /// Reads and drops the payload of a file refused at its header.
 pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
-    match receive_into::<R, Sink>(r, h, None, u64::MAX).await? {
+    match receive_into::<R, Sink>(r, h, None, u64::MAX, &Meter::off()).await? {
         FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
         _ => Ok(()),
     }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::beneath::DirFd;
 use crate::connection::FrameWriter;
 use crate::error::Result;
+use crate::meter::Meter;
 use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Timestamp, UNKNOWN_SIZE, WirePath};
 use crate::walk::{Item, Meta};
 
@@ -78,6 +79,7 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     rel: &WirePath,
     dir: &DirFd,
     name: &OsStr,
+    meter: &Meter,
 ) -> Result<SendOutcome> {
     let opened = open(dir.clone(), name.to_owned()).await;
     let (mut file, meta) = match opened {
@@ -86,6 +88,7 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {rel}: {e}"))),
     };
     w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime })).await?;
+    meter.start(rel.as_str(), Some(meta.size));
     let mut hasher = blake3::Hasher::new();
     let mut left = meta.size;
     let mut buf = Vec::with_capacity(READ_LEN);
@@ -105,6 +108,7 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         fault::corrupt(&mut buf, &mut first);
         for chunk in buf.chunks(CHUNK_LEN) {
             w.send_data(chunk).await?;
+            meter.bytes(chunk.len() as u64);
         }
         left -= buf.len() as u64;
     }
@@ -126,10 +130,12 @@ pub async fn send_stream<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     w: &mut FrameWriter<W>,
     rel: &WirePath,
     mut input: R,
+    meter: &Meter,
 ) -> Result<SendOutcome> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mtime = Timestamp { secs: now.as_secs() as i64, nanos: now.subsec_nanos() };
     w.send(&Frame::File(FileHeader { path: rel.clone(), size: UNKNOWN_SIZE, mode: 0o644, mtime })).await?;
+    meter.start(rel.as_str(), None);
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_LEN];
     let mut size = 0u64;
@@ -144,6 +150,7 @@ pub async fn send_stream<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         hasher.update(&buf[..n]);
         fault::corrupt(&mut buf[..n], &mut first);
         w.send_data(&buf[..n]).await?;
+        meter.bytes(n as u64);
         size += n as u64;
     }
     let blake3 = *hasher.finalize().as_bytes();

@@ -1,0 +1,163 @@
+//! Live progress while bytes move: a cheap [`Meter`] handle that transfer
+//! code feeds (file started, bytes moved), and a display thread that draws
+//! indicatif bars from those events on a terminal.
+//!
+//! Transfer code never touches indicatif: it only sends events, and with
+//! [`Meter::off`] (servers, JSON, pipes, `--quiet`) sending is a no-op.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// What the display learns.
+#[derive(Debug)]
+enum Event {
+    /// The sender's tree scan so far (`done` once complete).
+    Counted { files: u64, bytes: u64, done: bool },
+    /// A file's payload begins.
+    Start { path: String, size: Option<u64> },
+    /// Payload bytes moved.
+    Bytes(u64),
+    /// A file's outcome is known.
+    Done,
+    /// A line to print above the bars.
+    Line(String),
+    /// Clear the bars and stop.
+    Finish,
+}
+
+/// A handle for reporting progress; clones share one display.
+#[derive(Debug, Clone, Default)]
+pub struct Meter {
+    tx: Option<mpsc::Sender<Event>>,
+    closed: Arc<AtomicBool>,
+}
+
+/// The display thread, to be finished before the summary is printed.
+#[derive(Debug)]
+pub struct Display {
+    meter: Meter,
+    thread: JoinHandle<()>,
+}
+
+impl Meter {
+    /// A meter that shows nothing.
+    pub fn off() -> Meter {
+        Meter::default()
+    }
+
+    /// A meter drawing bars on stderr, and the display to finish later.
+    pub fn bars() -> (Meter, Display) {
+        let (tx, rx) = mpsc::channel();
+        let meter = Meter { tx: Some(tx), closed: Arc::default() };
+        let thread = std::thread::spawn(move || draw(rx));
+        (meter.clone(), Display { meter, thread })
+    }
+
+    /// True while a display is listening (false once finished).
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some() && !self.closed.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, e: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(e);
+        }
+    }
+
+    pub fn counted(&self, files: u64, bytes: u64, done: bool) {
+        self.send(Event::Counted { files, bytes, done });
+    }
+    pub fn start(&self, path: &str, size: Option<u64>) {
+        self.send(Event::Start { path: path.to_owned(), size });
+    }
+    pub fn bytes(&self, n: u64) {
+        self.send(Event::Bytes(n));
+    }
+    pub fn done(&self) {
+        self.send(Event::Done);
+    }
+
+    /// Prints `line` above the bars; `false` when no display is on (the
+    /// caller prints it itself).
+    pub fn line(&self, line: String) -> bool {
+        if !self.is_on() {
+            return false;
+        }
+        self.send(Event::Line(line));
+        true
+    }
+}
+
+impl Display {
+    /// Clears the bars and waits for the display to let go of the terminal.
+    pub fn finish(self) {
+        self.meter.send(Event::Finish);
+        self.meter.closed.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn draw(rx: mpsc::Receiver<Event>) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+    let total = multi.add(ProgressBar::no_length());
+    total.set_style(style("{spinner} {msg}  {binary_bytes} {binary_bytes_per_sec}"));
+    total.enable_steady_tick(Duration::from_millis(200));
+    // The file in flight; added below the total once the first file starts.
+    let mut file: Option<ProgressBar> = None;
+    let (mut done, mut counted, mut scanning) = (0u64, None::<u64>, false);
+    let files_msg = |done: u64, counted: Option<u64>, scanning: bool| match (counted, scanning) {
+        (Some(n), false) => format!("{done}/{n} files"),
+        (Some(n), true) => format!("{done} files, counting… {n} so far"),
+        (None, _) => format!("{done} files"),
+    };
+    for ev in rx {
+        match ev {
+            Event::Counted { files, bytes, done: finished } => {
+                counted = Some(files);
+                scanning = !finished;
+                if total.length().is_none() {
+                    total.set_style(style(
+                        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    ));
+                }
+                total.set_length(bytes);
+            }
+            Event::Start { path, size } => {
+                let bar = file.get_or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(0));
+                    bar.set_style(style("  {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}"));
+                    bar
+                });
+                bar.reset();
+                bar.set_length(size.unwrap_or(0));
+                bar.set_message(path);
+            }
+            Event::Bytes(n) => {
+                if let Some(bar) = &file {
+                    bar.inc(n);
+                }
+                total.inc(n);
+            }
+            Event::Done => done += 1,
+            Event::Line(l) => {
+                let _ = multi.println(l);
+            }
+            Event::Finish => break,
+        }
+        total.set_message(files_msg(done, counted, scanning));
+    }
+    if let Some(bar) = file {
+        bar.finish_and_clear();
+    }
+    total.finish_and_clear();
+    let _ = multi.clear();
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("valid progress template").progress_chars("=> ")
+}
