@@ -106,3 +106,36 @@ fn sigterm_during_a_pull_stops_between_files_and_never_truncates_one() {
         assert_eq!(std::fs::read(work.join(&format!("got/tree/{name}"))).unwrap(), random_bytes(512 << 10, 1000 + i));
     }
 }
+
+#[test]
+fn json_logs_give_one_object_per_line_with_the_file_fields() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["--log-format", "json"]);
+    work.write("f.txt", b"logged");
+    client(&pki, "client", work.path(), "push", &server, &["f.txt"]).assert_code(0);
+    assert!(server.wait_for_log("\"closed\""), "{}", server.log());
+    let mut received = None;
+    for line in server.log().lines().filter(|l| !l.starts_with("xfer: listening on")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "received" {
+            received = Some(v);
+        }
+    }
+    let v = received.expect("a 'received' line");
+    assert_eq!(v["path"], "f.txt");
+    assert_eq!(v["bytes"], 6);
+    assert_eq!(v["blake3"], blake3::hash(b"logged").to_hex().as_str());
+    assert_eq!(v["span"]["peer"], "client", "{v}");
+}
+
+#[test]
+fn quiet_servers_still_announce_their_port() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["-q"]);
+    work.write("f.txt", b"x");
+    client(&pki, "client", work.path(), "push", &server, &["f.txt"]).assert_code(0);
+    let log = server.log();
+    assert!(log.starts_with("xfer: listening on 127.0.0.1:") && !log.contains("INFO"), "{log}");
+}
