@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::pki::{self, KeygenConfig};
 use crate::progress::{Op, Output, Reporter};
 use crate::protocol::WirePath;
-use crate::server::{self, ServeConfig, Server};
+use crate::server::{self, Reloader, ServeConfig, Server};
 use crate::tls::{IdentityPaths, Pem};
 
 /// Move files between machines over mutual TLS 1.3, every byte verified
@@ -167,6 +167,9 @@ pub struct ServeArgs {
     /// Refuse push and rm.
     #[arg(long)]
     pub read_only: bool,
+    /// Grant read/write/delete per peer name and path prefix (TOML; see README).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Largest file accepted: bytes, or with a K, M, G or T suffix (powers of 1024).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
@@ -486,6 +489,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
+    cfg.policy = a.policy;
     cfg.max_size = a.max_size;
     cfg.max_conns = a.max_conns;
     cfg.grace = a.grace;
@@ -499,6 +503,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let read_only = cfg.read_only;
     let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
     let addr = server.local_addr()?;
+    spawn_reload_on_sighup(server.reloader());
     // Scripts wait for this exact line to learn the port, whatever the log
     // level, so it does not go through the logger.
     eprintln!("xfer: listening on {addr}");
@@ -510,6 +515,23 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     server.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// Reloads certificates, key, CA and policy on each SIGHUP; a broken new
+/// file is refused with a log line and the running configuration stays.
+fn spawn_reload_on_sighup(reloader: Reloader) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP reload unavailable: cannot install the signal handler");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(()) => tracing::info!("reloaded certificates and policy (SIGHUP)"),
+                Err(e) => tracing::warn!("reload refused, the previous configuration stays: {e}"),
+            }
+        }
+    });
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -10,6 +10,7 @@
 //! - [`beneath`]: race-free file access below an open folder, links refused.
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
+//! - [`auth`]: the policy file: which peer may read, write or delete where.
 //! - [`pki`]: `xfer keygen`, a local CA and the peers it signs.
 //! - [`client`]: connect and push, pull, list, remove, pipelined.
 //! - [`server`]: accept loop, per-connection handlers, graceful shutdown.
@@ -56,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod beneath;
 pub mod cli;
 pub mod client;

@@ -6,6 +6,7 @@ mod support;
 mod ci_recipe;
 mod keygen;
 mod paths;
+mod policy;
 mod protocol;
 mod server;
 mod streams;

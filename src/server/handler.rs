@@ -18,7 +18,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::Shared;
+use super::{Live, Shared};
+use crate::auth::Perm;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
 use crate::meter::Meter;
@@ -35,8 +36,11 @@ type Tls = TlsStream<TcpStream>;
 pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>, token: CancellationToken) {
     let _ = tcp.set_nodelay(true);
     let t = shared.timeouts;
+    // This connection keeps the configuration current at its start, even
+    // if a reload swaps it meanwhile.
+    let live = shared.live();
     let accepted = with_timeout("TLS handshake", t.handshake, async {
-        shared.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
+        live.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
     })
     .await;
     let tls = match accepted {
@@ -65,12 +69,14 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
             shared,
+            live,
+            names,
             token,
             files: 0,
             bytes: 0,
             stopped_mid_response: false,
         };
-        let result = conn.run(&names).await;
+        let result = conn.run().await;
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
@@ -101,6 +107,10 @@ struct Conn {
     r: FrameReader<ReadHalf<Tls>>,
     w: FrameWriter<WriteHalf<Tls>>,
     shared: Arc<Shared>,
+    /// TLS and policy as they were when this connection started.
+    live: Arc<Live>,
+    /// The peer's names from its verified certificate (CN, DNS SANs).
+    names: Vec<String>,
     /// Cancelled when the server shuts down; checked between files.
     token: CancellationToken,
     /// Files received or sent, and their payload bytes, for the close log.
@@ -116,8 +126,8 @@ impl Conn {
     /// Runs the session, then closes it as cleanly as the failure allows:
     /// queued replies and a final `Error` go out, then close_notify, all
     /// within the shutdown budget.
-    async fn run(&mut self, names: &[String]) -> Result<()> {
-        let result = self.session(names).await;
+    async fn run(&mut self) -> Result<()> {
+        let result = self.session().await;
         let last_word = match &result {
             Ok(()) => None,
             // Not an xfer client at all: no preamble was exchanged, just close.
@@ -143,7 +153,8 @@ impl Conn {
         }
     }
 
-    async fn session(&mut self, names: &[String]) -> Result<()> {
+    async fn session(&mut self) -> Result<()> {
+        let names = &self.names;
         let t = self.shared.timeouts;
         let version = self.r.read_preamble(t.header).await?;
         self.w.queue_preamble();
@@ -203,10 +214,9 @@ impl Conn {
         match frame {
             Frame::File(h) => self.put(h).await,
             Frame::Dir { path, .. } => {
-                let r = self.writable().map(drop);
                 let root = self.shared.root.clone();
                 let p = path.clone();
-                let r = match r {
+                let r = match self.authorize(Perm::Write, &path) {
                     Ok(()) => blocking(move || root.mkdir(&p)).await,
                     Err(e) => Err(e),
                 };
@@ -217,7 +227,7 @@ impl Conn {
             Frame::Remove { path, recursive } => {
                 let root = self.shared.root.clone();
                 let p = path.clone();
-                let r = match self.writable() {
+                let r = match self.authorize(Perm::Delete, &path) {
                     Ok(()) => blocking(move || root.remove(&p, recursive)).await,
                     Err(e) => Err(e),
                 };
@@ -230,11 +240,15 @@ impl Conn {
         }
     }
 
-    fn writable(&self) -> std::result::Result<(), StoreError> {
-        if self.shared.read_only {
-            Err(StoreError { code: ErrorCode::Denied, message: "this server is read-only (--read-only)".into() })
-        } else {
-            Ok(())
+    /// `--read-only` and the policy file, for `perm` on `path`.
+    fn authorize(&self, perm: Perm, path: &WirePath) -> std::result::Result<(), StoreError> {
+        let denied = |message: String| StoreError { code: ErrorCode::Denied, message };
+        if self.shared.read_only && perm != Perm::Read {
+            return Err(denied(format!("{path}: this server is read-only (--read-only)")));
+        }
+        match &self.live.policy {
+            Some(policy) => policy.check(&self.names, perm, path).map_err(denied),
+            None => Ok(()),
         }
     }
 
@@ -254,7 +268,7 @@ impl Conn {
         let started = Instant::now();
         let size = (h.size != UNKNOWN_SIZE).then_some(h.size);
         let max = self.shared.max_size.unwrap_or(u64::MAX);
-        let staged = match (self.writable(), size) {
+        let staged = match (self.authorize(Perm::Write, &h.path), size) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(size)) if size > max => Err(StoreError {
                 code: ErrorCode::TooLarge,
@@ -297,6 +311,9 @@ impl Conn {
 
     /// Sends a file or a tree, then `Ok`.
     async fn get(&mut self, path: WirePath) -> Result<()> {
+        if let Err(e) = self.authorize(Perm::Read, &path) {
+            return self.answer(&path, "pull", Err(e)).await;
+        }
         let root = self.shared.root.clone();
         let p = path.clone();
         let walk = match blocking(move || root.walk(&p)).await {
@@ -344,6 +361,9 @@ impl Conn {
     }
 
     async fn list(&mut self, path: WirePath) -> Result<()> {
+        if let Err(e) = self.authorize(Perm::Read, &path) {
+            return self.answer(&path, "list", Err(e)).await;
+        }
         let root = self.shared.root.clone();
         let p = path.clone();
         match blocking(move || root.list(&p)).await {

@@ -11,8 +11,8 @@ mod handler;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::Policy;
 use crate::connection::Timeouts;
 use crate::error::{Error, Result};
 use crate::store::Root;
@@ -41,6 +42,8 @@ pub struct ServeConfig {
     pub allow: Vec<String>,
     /// Refuse writes and removals.
     pub read_only: bool,
+    /// A policy file granting read/write/delete per peer and prefix.
+    pub policy: Option<PathBuf>,
     /// Largest file accepted, in bytes.
     pub max_size: Option<u64>,
     pub identity: IdentityPaths,
@@ -57,6 +60,7 @@ impl ServeConfig {
             root,
             allow: Vec::new(),
             read_only: false,
+            policy: None,
             max_size: None,
             identity,
             timeouts: Timeouts::default(),
@@ -66,14 +70,54 @@ impl ServeConfig {
     }
 }
 
-/// State every connection handler shares (read-only).
+/// State every connection handler shares.
 struct Shared {
-    acceptor: TlsAcceptor,
+    /// What SIGHUP reloads, swapped whole: a connection keeps the version it
+    /// started with, new connections get the new one.
+    live: RwLock<Arc<Live>>,
+    /// Where `live` is loaded from.
+    identity: IdentityPaths,
+    policy_path: Option<PathBuf>,
     root: Root,
     allow: Vec<String>,
     read_only: bool,
     max_size: Option<u64>,
     timeouts: Timeouts,
+}
+
+/// The reloadable part of the configuration.
+struct Live {
+    acceptor: TlsAcceptor,
+    policy: Option<Policy>,
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Loads certificate, key, CA and policy; all or nothing.
+fn load_live(identity: &IdentityPaths, policy: Option<&Path>) -> Result<Live> {
+    let acceptor = TlsAcceptor::from(Identity::load(identity)?.server_config()?);
+    let policy = policy.map(Policy::load).transpose()?;
+    Ok(Live { acceptor, policy })
+}
+
+/// Reloads a running server's certificates and policy (on SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Re-reads everything; on any error the running configuration stays
+    /// and the error says what was wrong with the new files.
+    pub fn reload(&self) -> Result<()> {
+        let live = load_live(&self.shared.identity, self.shared.policy_path.as_deref())?;
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(())
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -87,15 +131,16 @@ pub struct Server {
 impl Server {
     /// Loads the identity, opens the root and binds the listener.
     pub async fn bind(cfg: ServeConfig) -> Result<Server> {
-        let identity = Identity::load(&cfg.identity)?;
-        let acceptor = TlsAcceptor::from(identity.server_config()?);
+        let live = load_live(&cfg.identity, cfg.policy.as_deref())?;
         let root = Root::open_server(&cfg.root)
             .map_err(|e| Error::io(format!("cannot use {} as the root", cfg.root.display()), e))?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
         let shared = Shared {
-            acceptor,
+            live: RwLock::new(Arc::new(live)),
+            identity: cfg.identity,
+            policy_path: cfg.policy,
             root,
             allow: cfg.allow,
             read_only: cfg.read_only,
@@ -108,6 +153,11 @@ impl Server {
     /// The address actually bound (the real port when asked for port 0).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         self.listener.local_addr().map_err(|e| Error::io("cannot read the bound address", e))
+    }
+
+    /// A handle that reloads certificates and policy while serving.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { shared: self.shared.clone() }
     }
 
     /// The root folder being served (canonical).
