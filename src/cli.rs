@@ -19,7 +19,7 @@ use crate::pki::{self, KeygenConfig};
 use crate::progress::{Op, Output, Reporter};
 use crate::protocol::WirePath;
 use crate::server::{self, Reloader, ServeConfig, Server};
-use crate::tls::{IdentityPaths, Pem};
+use crate::tls::{Crl, IdentityPaths, Pem};
 
 /// Move files between machines over mutual TLS 1.3, every byte verified
 /// with BLAKE3.
@@ -101,8 +101,11 @@ pub struct KeygenArgs {
     #[arg(long)]
     pub force: bool,
     /// List the certificates in --dir (names, fingerprints, expiry) instead.
-    #[arg(long, conflicts_with_all = ["names", "sans", "force"])]
+    #[arg(long, conflicts_with_all = ["names", "sans", "force", "revoke"])]
     pub list: bool,
+    /// Revoke peer NAME: add its certificate to DIR/ca.crl, signed by the CA.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force"])]
+    pub revoke: Option<String>,
 }
 
 /// Who this peer is and which CA it trusts.
@@ -123,6 +126,9 @@ pub struct IdentityArgs {
     /// CA certificate file (overrides --certs); $XFER_CA may hold the PEM text itself.
     #[arg(long, env = "XFER_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// Revocation list to refuse revoked peers [default: DIR/ca.crl when it exists].
+    #[arg(long, env = "XFER_CRL", value_name = "FILE")]
+    pub crl: Option<PathBuf>,
 }
 
 impl IdentityArgs {
@@ -132,6 +138,10 @@ impl IdentityArgs {
             cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
             key: pem_arg(self.key.as_ref(), "XFER_KEY", base.key)?,
             ca: pem_arg(self.ca.as_ref(), "XFER_CA", base.ca)?,
+            crl: match &self.crl {
+                Some(path) => Some(Crl { path: path.clone(), required: true }),
+                None => base.crl,
+            },
         })
     }
 }
@@ -448,6 +458,13 @@ fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
 fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     if a.list {
         return list_certs(&a.dir);
+    }
+    if let Some(name) = &a.revoke {
+        let r = pki::revoke(&a.dir, name)?;
+        let what = if r.already { "was already revoked" } else { "revoked" };
+        println!("{name} (serial {}) {what}; {} now lists {} certificate(s)", r.serial, r.crl.display(), r.entries);
+        println!("servers and clients that use {} refuse it from their next start or SIGHUP", r.crl.display());
+        return Ok(());
     }
     let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
     let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };

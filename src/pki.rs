@@ -218,6 +218,77 @@ fn ca_subject(params: &CertificateParams) -> String {
     }
 }
 
+/// What `keygen --revoke` did.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The CRL written.
+    pub crl: PathBuf,
+    /// Serial number of the certificate revoked, in hex.
+    pub serial: String,
+    /// Entries in the CRL now (earlier revocations are kept).
+    pub entries: usize,
+    /// The certificate was already on the list.
+    pub already: bool,
+}
+
+/// Adds the certificate `DIR/NAME.pem` to `DIR/ca.crl`, signed by the CA,
+/// keeping every earlier entry. Servers and clients given the CRL (by
+/// default, `ca.crl` beside their `ca.pem`) then refuse that certificate.
+pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use rustls_pki_types::pem::PemObject;
+    check_name(name)?;
+    let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
+    let der = CertificateDer::from_pem_file(&cert_path).map_err(|e| bad(&cert_path, format!("{e:?}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(&cert_path, e.to_string()))?;
+    let serial = cert.raw_serial().to_vec();
+
+    let crl_path = dir.join("ca.crl");
+    let mut revoked: Vec<rcgen::RevokedCertParams> = Vec::new();
+    if crl_path.exists() {
+        let old =
+            CertificateRevocationListDer::from_pem_file(&crl_path).map_err(|e| bad(&crl_path, format!("{e:?}")))?;
+        let (_, old) = x509_parser::parse_x509_crl(&old).map_err(|e| bad(&crl_path, e.to_string()))?;
+        for r in old.iter_revoked_certificates() {
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(r.raw_serial()),
+                revocation_time: r.revocation_date.to_datetime(),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+    }
+    let already = revoked.iter().any(|r| r.serial_number.to_bytes() == serial);
+    if !already {
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: OffsetDateTime::now_utc(),
+            reason_code: Some(rcgen::RevocationReason::Unspecified),
+            invalidity_date: None,
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(CA_DAYS.into()),
+        // Seconds since 1970: grows with each reissue, as RFC 5280 wants.
+        crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let entries = params.revoked_certs.len();
+    let crl = params.signed_by(&issuer).map_err(gen_error)?;
+    let pem = crl.pem().map_err(gen_error)?;
+    // Replace atomically: a reader never sees half a CRL.
+    let tmp = dir.join(".ca.crl.tmp");
+    write_pem(&tmp, &pem, false)?;
+    fs::rename(&tmp, &crl_path).map_err(|e| Error::io(format!("cannot write {}", crl_path.display()), e))?;
+    Ok(Revocation { crl: crl_path, serial: hex(&serial), entries, already })
+}
+
 /// Certificates expiring within this many days draw a warning.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
@@ -231,6 +302,7 @@ pub struct CertInfo {
     /// DNS names and IP addresses it is valid for.
     pub names: Vec<String>,
     pub sha256: String,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
 }
@@ -262,15 +334,19 @@ impl CertInfo {
                 }
             }
         }
-        let not_after = cert.validity().not_after.to_datetime();
-        Ok(CertInfo { subject, names, sha256: fingerprint(der), not_after, is_ca: cert.is_ca(), source })
+        let (not_before, not_after) =
+            (cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime());
+        Ok(CertInfo { subject, names, sha256: fingerprint(der), not_before, not_after, is_ca: cert.is_ca(), source })
     }
 
     /// A warning when the certificate has expired or expires soon.
     pub fn expiry_warning(&self) -> Option<String> {
-        let left = self.not_after - OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc();
+        let left = self.not_after - now;
         let (path, date) = (&self.source, self.not_after.date());
-        if left.is_negative() {
+        if self.not_before > now {
+            Some(format!("certificate {path} is not valid until {} (check this machine's clock)", self.not_before))
+        } else if left.is_negative() {
             Some(format!("certificate {path} expired on {date}: issue a new one with `xfer keygen`"))
         } else if left.whole_days() < EXPIRY_WARNING_DAYS {
             Some(format!(

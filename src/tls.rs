@@ -20,7 +20,7 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::error::{Error, Result};
 use crate::protocol::ALPN;
@@ -34,6 +34,16 @@ pub struct IdentityPaths {
     pub key: Pem,
     /// The CA certificate(s) the other side must chain to.
     pub ca: Pem,
+    /// Revoked certificates (a CRL signed by the CA), if any.
+    pub crl: Option<Crl>,
+}
+
+/// Where a certificate revocation list is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crl {
+    pub path: PathBuf,
+    /// False for the default `ca.crl` beside `ca.pem`, which may not exist.
+    pub required: bool,
 }
 
 impl IdentityPaths {
@@ -43,6 +53,7 @@ impl IdentityPaths {
             cert: Pem::File(dir.join(format!("{name}.pem"))),
             key: Pem::File(dir.join(format!("{name}.key"))),
             ca: Pem::File(dir.join("ca.pem")),
+            crl: Some(Crl { path: dir.join("ca.crl"), required: false }),
         }
     }
 }
@@ -94,6 +105,8 @@ pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub roots: Arc<RootCertStore>,
+    /// Revocation lists to check peers against.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
     pub paths: IdentityPaths,
 }
 
@@ -111,6 +124,15 @@ impl Identity {
         for ca in &cas {
             roots.add(ca.clone()).map_err(|e| bad(&paths.ca, format!("not a usable CA certificate: {e}")))?;
         }
+        let crls = match &paths.crl {
+            Some(crl) if crl.required || crl.path.exists() => {
+                let what = crl.path.display().to_string();
+                CertificateRevocationListDer::pem_file_iter(&crl.path)
+                    .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| Error::Identity { what, message: pem_error(e) })?
+            }
+            _ => Vec::new(),
+        };
         // Warn early about certificates that are about to stop working.
         for (pem, der) in std::iter::once((&paths.cert, &chain[0])).chain(cas.iter().map(|c| (&paths.ca, c))) {
             if let Some(w) = crate::pki::CertInfo::from_der(pem.to_string(), der).ok().and_then(|i| i.expiry_warning())
@@ -118,7 +140,7 @@ impl Identity {
                 tracing::warn!("{w}");
             }
         }
-        Ok(Identity { chain, key, roots: Arc::new(roots), paths: paths.clone() })
+        Ok(Identity { chain, key, roots: Arc::new(roots), crls, paths: paths.clone() })
     }
 
     /// The server side: TLS 1.3 only, client certificates required and
@@ -126,6 +148,7 @@ impl Identity {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .with_crls(self.crls.clone())
             .build()
             .map_err(|e| self.ca_error(e))?;
         let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.to_string() });
@@ -144,6 +167,7 @@ impl Identity {
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
         let provider = provider();
         let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+            .with_crls(self.crls.clone())
             .build()
             .map_err(|e| self.ca_error(e))?;
         let mut config = ClientConfig::builder_with_provider(provider)
@@ -215,6 +239,12 @@ impl ClientCertVerifier for NamingClientVerifier {
     }
 }
 
+/// A certificate time as an ISO 8601 instant (UTC).
+fn date(t: &UnixTime) -> String {
+    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    crate::progress::iso8601(crate::protocol::Timestamp { secs, nanos: 0 })
+}
+
 /// `subject (issued by issuer)` of a certificate, for logs.
 fn describe_cert(der: &CertificateDer<'_>) -> String {
     match x509_parser::parse_x509_certificate(der) {
@@ -272,6 +302,13 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
                 "the server's certificate is not signed by the CA in {ca}: both sides must use certificates from the same `xfer keygen` CA"
             ),
+            CertificateError::Revoked => "the server's certificate is revoked (it is listed in the CRL)".to_owned(),
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => {
+                format!("the server's certificate is {}", describe_cert_error(ce))
+            }
             other => format!("the server's certificate was rejected: {}", describe_cert_error(other)),
         },
         rustls::Error::AlertReceived(alert) => match alert {
@@ -314,8 +351,15 @@ pub fn explain_for_server(e: &rustls::Error) -> String {
 fn describe_cert_error(e: &CertificateError) -> String {
     match e {
         CertificateError::UnknownIssuer | CertificateError::BadSignature => "not signed by the configured CA".into(),
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!("expired ({e:?})"),
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!("not valid yet ({e:?})"),
+        CertificateError::Revoked => "revoked (it is listed in the CRL)".into(),
+        CertificateError::ExpiredContext { time, not_after } => {
+            format!("expired on {} (it is now {})", date(not_after), date(time))
+        }
+        CertificateError::NotValidYetContext { time, not_before } => {
+            format!("not valid until {} (it is now {})", date(not_before), date(time))
+        }
+        CertificateError::Expired => "expired".into(),
+        CertificateError::NotValidYet => "not valid yet".into(),
         other => format!("{other:?}"),
     }
 }

@@ -8,6 +8,7 @@ mod keygen;
 mod paths;
 mod policy;
 mod protocol;
+mod revocation;
 mod server;
 mod streams;
 mod tools;

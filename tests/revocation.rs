@@ -1,0 +1,92 @@
+//! Revocation (`keygen --revoke`, CRLs) and certificates outside their
+//! validity period: refused, with messages that say so and give the dates.
+
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+use time::{Duration, OffsetDateTime};
+
+use crate::support::*;
+
+#[test]
+fn revoked_clients_are_refused_and_earlier_revocations_are_kept() {
+    let pki = Pki::new();
+    pki.issue(&["runner-1", "runner-2"]);
+    for name in ["runner-1", "runner-2"] {
+        let run = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", name], &[]);
+        run.assert_code(0);
+        assert!(run.stdout().contains("revoked"), "{run}");
+    }
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
+    for name in ["runner-1", "runner-2"] {
+        let run = client(&pki, name, work.path(), "ls", &server, &[]);
+        run.assert_code(3);
+        assert!(run.stderr().contains("revoked"), "{run}");
+    }
+    assert!(server.wait_for_log("revoked (it is listed in the CRL)"), "{}", server.log());
+}
+
+#[test]
+fn a_revoked_server_is_refused_by_clients_that_have_the_crl() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "server"], &[]).assert_code(0);
+    let run = client(&pki, "client", work.path(), "ls", &server, &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains("the server's certificate is revoked"), "{run}");
+}
+
+/// Writes `certs/NAME.pem` and `.key` signed by the test CA, valid only
+/// between the two instants given.
+fn issue_with_validity(pki: &Pki, name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+    let certs = pki.certs();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem")).unwrap(), ca_key).unwrap();
+    let mut params = CertificateParams::new(vec![name.to_owned(), "localhost".into(), "127.0.0.1".into()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(certs.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn expired_and_not_yet_valid_certificates_are_refused_with_their_dates() {
+    let pki = Pki::new();
+    let now = OffsetDateTime::now_utc();
+    issue_with_validity(&pki, "old", now - Duration::days(400), now - Duration::days(35));
+    issue_with_validity(&pki, "early", now + Duration::days(3), now + Duration::days(300));
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
+
+    let expired_on = (now - Duration::days(35)).date().to_string();
+    let old = client(&pki, "old", work.path(), "ls", &server, &[]);
+    old.assert_code(3);
+    assert!(old.stderr().contains(&format!("expired on {expired_on}")), "{old}");
+    assert!(server.wait_for_log(&format!("expired on {expired_on}")), "{}", server.log());
+
+    let early = client(&pki, "early", work.path(), "ls", &server, &[]);
+    early.assert_code(3);
+    assert!(early.stderr().contains("is not valid until"), "{early}");
+    assert!(server.wait_for_log("not valid until"), "{}", server.log());
+
+    // And a server whose certificate expired is refused by its clients.
+    let server_dir = Dir::new();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--root"];
+    let root = server_dir.join("root");
+    args.push(root.to_str().unwrap());
+    let ids = pki.id_args("old");
+    args.extend(ids.iter().map(String::as_str));
+    let mut cmd = std::process::Command::new(XFER);
+    cmd.args(&args);
+    let stale = XferServer::spawn(cmd, &root);
+    let run = client(&pki, "client", work.path(), "ls", &stale, &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains(&format!("the server's certificate is expired on {expired_on}")), "{run}");
+}
