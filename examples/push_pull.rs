@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. A CA plus `server` and `client` identities (what `xfer keygen` does).
     let names = vec!["server".to_owned(), "client".to_owned()];
-    keygen(&KeygenConfig { dir: certs.clone(), names, sans: vec![], days: 30, force: false })?;
+    keygen(&KeygenConfig::new(certs.clone(), names))?;
 
     // 2. A server on 127.0.0.1, port chosen by the OS, stopped by a oneshot.
     let listen = "127.0.0.1:0".parse()?;

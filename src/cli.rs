@@ -84,6 +84,24 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `--key-type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyTypeArg {
+    /// ECDSA P-256 (default).
+    P256,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl From<KeyTypeArg> for pki::KeyType {
+    fn from(k: KeyTypeArg) -> pki::KeyType {
+        match k {
+            KeyTypeArg::P256 => pki::KeyType::P256,
+            KeyTypeArg::Ed25519 => pki::KeyType::Ed25519,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Peers to issue (default: server and client).
@@ -97,6 +115,12 @@ pub struct KeygenArgs {
     /// Validity of the peer certificates, in days.
     #[arg(long, default_value_t = pki::PEER_DAYS)]
     pub days: u32,
+    /// Validity of the CA, in days, when this run creates it.
+    #[arg(long, default_value_t = pki::CA_DAYS)]
+    pub ca_days: u32,
+    /// Kind of keys to generate.
+    #[arg(long, value_enum, default_value_t = KeyTypeArg::P256)]
+    pub key_type: KeyTypeArg,
     /// Overwrite existing peer files.
     #[arg(long)]
     pub force: bool,
@@ -104,8 +128,14 @@ pub struct KeygenArgs {
     #[arg(long, conflicts_with_all = ["names", "sans", "force", "revoke"])]
     pub list: bool,
     /// Revoke peer NAME: add its certificate to DIR/ca.crl, signed by the CA.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "renew"])]
     pub revoke: Option<String>,
+    /// Re-issue peer NAME with the same names, valid --days from now.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "list"])]
+    pub renew: Option<String>,
+    /// With --renew: keep the existing private key.
+    #[arg(long, requires = "renew")]
+    pub keep_key: bool,
 }
 
 /// Who this peer is and which CA it trusts.
@@ -129,6 +159,9 @@ pub struct IdentityArgs {
     /// Revocation list to refuse revoked peers [default: DIR/ca.crl when it exists].
     #[arg(long, env = "XFER_CRL", value_name = "FILE")]
     pub crl: Option<PathBuf>,
+    /// Refuse a private key file that other users can read (default: warn).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl IdentityArgs {
@@ -142,6 +175,7 @@ impl IdentityArgs {
                 Some(path) => Some(Crl { path: path.clone(), required: true }),
                 None => base.crl,
             },
+            strict: self.strict,
         })
     }
 }
@@ -467,13 +501,31 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
-    let cfg = KeygenConfig { dir: a.dir, names, sans: a.sans, days: a.days, force: a.force };
+    let key_type = a.key_type.into();
+    if let Some(name) = &a.renew {
+        print_written(pki::renew(&a.dir, name, a.days, a.keep_key, key_type)?);
+        return Ok(());
+    }
+    let cfg = KeygenConfig {
+        sans: a.sans,
+        days: a.days,
+        ca_days: a.ca_days,
+        key_type,
+        force: a.force,
+        ..KeygenConfig::new(a.dir, names)
+    };
     let ca = cfg.dir.join("ca.pem");
     let reusing = ca.exists();
     let written = pki::keygen(&cfg)?;
     if reusing {
         println!("signing with the existing CA in {}", ca.display());
     }
+    print_written(written);
+    Ok(())
+}
+
+/// One line per file keygen wrote, with each certificate's fingerprint.
+fn print_written(written: Vec<pki::Written>) {
     for w in written {
         match w.cert {
             Some(c) => println!(
@@ -486,7 +538,6 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
             None => println!("wrote {}  (private key, mode 0600)", w.path.display()),
         }
     }
-    Ok(())
 }
 
 /// `xfer keygen --list`.

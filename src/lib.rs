@@ -34,7 +34,7 @@
 //! let work = tempfile::tempdir()?;
 //! let certs = work.path().join("certs");
 //! let names = vec!["server".to_owned(), "client".to_owned()];
-//! keygen(&KeygenConfig { dir: certs.clone(), names, sans: vec![], days: 30, force: false })?;
+//! keygen(&KeygenConfig::new(certs.clone(), names))?;
 //!
 //! // Port 0: the OS picks a free port; local_addr() tells which.
 //! let cfg = ServeConfig::new("127.0.0.1:0".parse()?, work.path().join("root"), IdentityPaths::in_dir(&certs, "server"));

@@ -35,7 +35,45 @@ pub struct KeygenConfig {
     /// Extra subject alternative names (DNS names or IP addresses).
     pub sans: Vec<String>,
     pub days: u32,
+    /// Validity of a CA created by this run.
+    pub ca_days: u32,
+    pub key_type: KeyType,
     pub force: bool,
+}
+
+impl KeygenConfig {
+    /// Peers `names` in `dir`, with the default validity and key type.
+    pub fn new(dir: PathBuf, names: Vec<String>) -> KeygenConfig {
+        KeygenConfig {
+            dir,
+            names,
+            sans: Vec::new(),
+            days: PEER_DAYS,
+            ca_days: CA_DAYS,
+            key_type: KeyType::P256,
+            force: false,
+        }
+    }
+}
+
+/// The kinds of key keygen makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256: the default, accepted everywhere.
+    #[default]
+    P256,
+    /// Ed25519: smaller and faster; needs TLS peers that support it.
+    Ed25519,
+}
+
+impl KeyType {
+    fn generate(self) -> Result<KeyPair> {
+        let alg = match self {
+            KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        };
+        KeyPair::generate_for(alg).map_err(gen_error)
+    }
 }
 
 /// One file keygen wrote.
@@ -73,8 +111,8 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
         if ca_key.exists() && !cfg.force {
             return Err(refuse_overwrite(&[ca_key]));
         }
-        let key = KeyPair::generate().map_err(gen_error)?;
-        let params = ca_params(&key)?;
+        let key = cfg.key_type.generate()?;
+        let params = ca_params(&key, cfg.ca_days)?;
         let cert = params.self_signed(&key).map_err(gen_error)?;
         let subject = ca_subject(&params);
         files.push((ca_pem.clone(), cert.pem(), Some(summary(subject, &params, cert.der()))));
@@ -83,7 +121,7 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
     };
 
     for name in &cfg.names {
-        let key = KeyPair::generate().map_err(gen_error)?;
+        let key = cfg.key_type.generate()?;
         let params = peer_params(name, &cfg.sans, cfg.days)?;
         let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
         files.push((cfg.dir.join(format!("{name}.pem")), cert.pem(), Some(summary(name.clone(), &params, cert.der()))));
@@ -147,7 +185,7 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + Duration::days(days.into());
 }
 
-fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
+fn ca_params(key: &KeyPair, days: u32) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     // A per-CA suffix keeps two different xfer CAs apart in logs and stores.
     let tag = hex(&sha256(key.public_key_raw())[..4]);
@@ -157,7 +195,7 @@ fn ca_params(key: &KeyPair) -> Result<CertificateParams> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
-    validity(&mut params, CA_DAYS);
+    validity(&mut params, days);
     Ok(params)
 }
 
@@ -216,6 +254,46 @@ fn ca_subject(params: &CertificateParams) -> String {
         Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
         _ => "xfer CA".to_owned(),
     }
+}
+
+/// Re-issues peer NAME in DIR with the same name and subject alternative
+/// names, valid `days` from now, signed by the same CA; with a new key
+/// unless `keep_key`. Replaces NAME.pem (and NAME.key) atomically.
+pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyType) -> Result<Vec<Written>> {
+    check_name(name)?;
+    let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    let old = CertInfo::read(&cert_path)?;
+    let key = if keep_key {
+        let pem =
+            fs::read_to_string(&key_path).map_err(|e| Error::io(format!("cannot read {}", key_path.display()), e))?;
+        KeyPair::from_pem(&pem)
+            .map_err(|e| Error::Identity { what: key_path.display().to_string(), message: e.to_string() })?
+    } else {
+        key_type.generate()?
+    };
+    // Same names: the old SANs minus the defaults peer_params adds back.
+    let extra: Vec<String> =
+        old.names.iter().filter(|n| *n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
+    let params = peer_params(name, &extra, days)?;
+    let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
+    let mut written = Vec::new();
+    if !keep_key {
+        replace_pem(&key_path, &key.serialize_pem(), true)?;
+        written.push(Written { path: key_path, cert: None });
+    }
+    replace_pem(&cert_path, &cert.pem(), false)?;
+    written.push(Written { path: cert_path, cert: Some(summary(name.to_owned(), &params, cert.der())) });
+    Ok(written)
+}
+
+/// Writes a PEM file through a temporary name and a rename, so readers
+/// (a server reloading on SIGHUP) never see half of it.
+fn replace_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_pem(&tmp, pem, private)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
 /// What `keygen --revoke` did.
@@ -282,10 +360,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
     let entries = params.revoked_certs.len();
     let crl = params.signed_by(&issuer).map_err(gen_error)?;
     let pem = crl.pem().map_err(gen_error)?;
-    // Replace atomically: a reader never sees half a CRL.
-    let tmp = dir.join(".ca.crl.tmp");
-    write_pem(&tmp, &pem, false)?;
-    fs::rename(&tmp, &crl_path).map_err(|e| Error::io(format!("cannot write {}", crl_path.display()), e))?;
+    replace_pem(&crl_path, &pem, false)?;
     Ok(Revocation { crl: crl_path, serial: hex(&serial), entries, already })
 }
 

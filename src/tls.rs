@@ -36,6 +36,9 @@ pub struct IdentityPaths {
     pub ca: Pem,
     /// Revoked certificates (a CRL signed by the CA), if any.
     pub crl: Option<Crl>,
+    /// Refuse (rather than warn about) a private key file that other users
+    /// can read.
+    pub strict: bool,
 }
 
 /// Where a certificate revocation list is.
@@ -54,6 +57,7 @@ impl IdentityPaths {
             key: Pem::File(dir.join(format!("{name}.key"))),
             ca: Pem::File(dir.join("ca.pem")),
             crl: Some(Crl { path: dir.join("ca.crl"), required: false }),
+            strict: false,
         }
     }
 }
@@ -118,6 +122,7 @@ impl Identity {
     pub fn load(paths: &IdentityPaths) -> Result<Identity> {
         let bad = |pem: &Pem, message: String| Error::Identity { what: pem.to_string(), message };
         let chain = paths.cert.certs().map_err(|m| bad(&paths.cert, m))?;
+        check_key_mode(&paths.key, paths.strict)?;
         let key = paths.key.key().map_err(|m| bad(&paths.key, m))?;
         let cas = paths.ca.certs().map_err(|m| bad(&paths.ca, m))?;
         let mut roots = RootCertStore::empty();
@@ -237,6 +242,31 @@ impl ClientCertVerifier for NamingClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Warns (or with `strict`, fails) when a private key file can be read by
+/// users other than its owner.
+fn check_key_mode(key: &Pem, strict: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Pem::File(path) = key else { return Ok(()) };
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) }; // reported when read
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let msg = format!(
+        "private key {} is readable by other users (mode {mode:04o}): run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    );
+    if strict {
+        return Err(Error::Identity {
+            what: path.display().to_string(),
+            message: format!("{msg} (refused: --strict)"),
+        });
+    }
+    tracing::warn!("{msg}");
+    Ok(())
 }
 
 /// A certificate time as an ISO 8601 instant (UTC).

@@ -88,3 +88,68 @@ fn keygen_list_shows_names_fingerprints_expiry_and_warns_before_expiry() {
     let quiet = client(&pki, "client", work.path(), "ls", &server, &[]);
     assert!(!quiet.stderr().contains("expires"), "{quiet}");
 }
+
+#[test]
+fn renew_keeps_names_changes_the_key_unless_asked_and_the_peer_still_connects() {
+    let pki = Pki::new();
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "runner-5", "--san", "r5.example.org", "--days", "5"], &[])
+        .assert_code(0);
+    let certs = pki.certs();
+    let (key0, cert0) = (fs::read(certs.join("runner-5.key")).unwrap(), fs::read(certs.join("runner-5.pem")).unwrap());
+
+    let renewed = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-5", "--days", "90"], &[]);
+    renewed.assert_code(0);
+    assert_ne!(fs::read(certs.join("runner-5.key")).unwrap(), key0, "a new key by default");
+    let list = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--list"], &[]);
+    let line = list.stdout().lines().find(|l| l.starts_with("certs/runner-5.pem")).unwrap().to_owned();
+    assert!(line.contains("r5.example.org") && !list.stdout().contains("runner-5.pem expires in"), "{list}");
+
+    let key1 = fs::read(certs.join("runner-5.key")).unwrap();
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-5", "--keep-key"], &[]).assert_code(0);
+    assert_eq!(fs::read(certs.join("runner-5.key")).unwrap(), key1, "--keep-key keeps it");
+    assert_ne!(fs::read(certs.join("runner-5.pem")).unwrap(), cert0);
+
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "runner-5", work.path(), "ls", &server, &[]).assert_code(0);
+}
+
+#[test]
+fn ca_days_and_ed25519_keys() {
+    let work = Dir::new();
+    run_in(work.path(), &["keygen", "--ca-days", "100", "--key-type", "ed25519"], &[]).assert_code(0);
+    let list = run_in(work.path(), &["keygen", "--list"], &[]);
+    let ca_line = list.stdout().lines().next().unwrap().to_owned();
+    let in_100_days = (time::OffsetDateTime::now_utc() + time::Duration::days(100)).date().to_string();
+    assert!(ca_line.contains(&format!("expires {in_100_days}")), "{list}");
+    assert!(fs::read_to_string(work.join("certs/client.key")).unwrap().contains("PRIVATE KEY"));
+    // Ed25519 identities work end to end over TLS 1.3.
+    let pki = Pki { dir: work };
+    let files = Dir::new();
+    let server = XferServer::start(&pki, &files.join("root"), &[]);
+    files.write("f", b"ed25519");
+    client(&pki, "client", files.path(), "push", &server, &["f"]).assert_code(0);
+    assert_eq!(fs::read(files.join("root/f")).unwrap(), b"ed25519");
+}
+
+#[test]
+fn private_keys_readable_by_others_draw_a_warning_or_with_strict_a_refusal() {
+    let pki = Pki::new();
+    let key = pki.certs().join("client.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let warned = client(&pki, "client", work.path(), "ls", &server, &[]);
+    warned.assert_code(0);
+    assert!(
+        warned.stderr().contains("readable by other users (mode 0644)") && warned.stderr().contains("chmod 600"),
+        "{warned}"
+    );
+    let strict = client(&pki, "client", work.path(), "ls", &server, &["--strict"]);
+    assert_ne!(strict.code(), 0);
+    assert!(strict.stderr().contains("--strict"), "{strict}");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let clean = client(&pki, "client", work.path(), "ls", &server, &["--strict"]);
+    clean.assert_code(0);
+    assert!(!clean.stderr().contains("readable"), "{clean}");
+}
