@@ -4,6 +4,7 @@
 mod support;
 
 mod ci_recipe;
+mod codec_props;
 mod keygen;
 mod paths;
 mod policy;
