@@ -15,6 +15,9 @@ use super::{MAX_CONTROL_LEN, MAX_DATA_LEN, MAX_PATH_LEN};
 /// Bytes before each frame body: type and length.
 pub const HEADER_LEN: usize = 5;
 
+/// Longest text field (reasons, messages), in bytes.
+pub const MAX_TEXT_LEN: usize = MAX_CONTROL_LEN / 2;
+
 /// Frame type codes (PROTOCOL.md, "Frames").
 mod code {
     pub const FILE: u8 = 0x01;
@@ -402,6 +405,11 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Result<String, FrameError> {
         let b = self.bytes16()?;
+        // The same bound the encoder applies, so decoding then encoding
+        // gives back the same bytes.
+        if b.len() > MAX_TEXT_LEN {
+            return Err(FrameError::Invalid(self.kind, "text longer than 8192 bytes"));
+        }
         std::str::from_utf8(b).map(str::to_owned).map_err(|_| FrameError::Invalid(self.kind, "text is not UTF-8"))
     }
     fn path(&mut self) -> Result<WirePath, FrameError> {
@@ -432,13 +440,13 @@ impl Writer<'_> {
         self.u32(t.nanos);
     }
     fn bytes16(&mut self, b: &[u8]) {
-        // Paths are at most 4096 bytes; messages are cut to fit the limit.
-        let b = &b[..b.len().min(MAX_CONTROL_LEN / 2)];
+        // Paths are at most 4096 bytes; messages are cut to MAX_TEXT_LEN.
+        let b = &b[..b.len().min(MAX_TEXT_LEN)];
         self.u16(b.len() as u16);
         self.0.extend_from_slice(b);
     }
     fn string(&mut self, s: &str) {
-        let mut end = s.len().min(MAX_CONTROL_LEN / 2);
+        let mut end = s.len().min(MAX_TEXT_LEN);
         while !s.is_char_boundary(end) {
             end -= 1;
         }
@@ -532,6 +540,18 @@ mod tests {
         assert!(matches!(Frame::decode(&[code::DATA, 0, 0, 0, 0]), Err(FrameError::Invalid(..))));
         // REMOVE with a boolean of 2.
         assert!(matches!(Frame::decode(&[code::REMOVE, 0, 0, 0, 4, 0, 1, b'x', 2]), Err(FrameError::Invalid(..))));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_encode_and_refused_on_decode() {
+        let long = "é".repeat(MAX_TEXT_LEN);
+        let mut buf = Vec::new();
+        Frame::Abort { reason: long }.encode(&mut buf);
+        let Some((Frame::Abort { reason }, _)) = Frame::decode(&buf).unwrap() else { panic!() };
+        assert!(reason.len() <= MAX_TEXT_LEN && reason.chars().all(|c| c == 'é'));
+        let mut raw = vec![code::ABORT, 0, 0, 0x23, 0x02, 0x23, 0x00];
+        raw.extend(std::iter::repeat_n(b'a', 0x2300));
+        assert!(matches!(Frame::decode(&raw), Err(FrameError::Invalid(..))));
     }
 
     #[test]
