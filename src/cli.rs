@@ -374,6 +374,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let [remote, _] = &a.remotes[..] else {
                 return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
             };
+            if remote_path(remote)?.is_root() {
+                return Err(
+                    Error::Usage("the root is a folder: only a file can be written to standard output".into()).into()
+                );
+            }
             if a.client.json {
                 return Err(Error::Usage("--json cannot share standard output with the file".into()).into());
             }
@@ -439,7 +444,14 @@ where
     // Bars only for people watching a terminal, and only while bytes move.
     let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
     let mut rep = if bars { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
-    let mut client = Client::connect(cfg).await?;
+    let mut client = match Client::connect(cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            // JSON consumers still get their summary line.
+            let _ = rep.finish();
+            return Err(e.into());
+        }
+    };
     // On Ctrl-C the operation is dropped, which deletes any staged file:
     // nothing partial is left under a final name or beside it.
     let result = tokio::select! {

@@ -140,15 +140,20 @@ impl PushPlan {
             let (mut files, mut bytes) = (0u64, 0u64);
             let walks = starts.iter().filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok());
             for item in walks.flatten() {
+                // Everything but folders gets an outcome, so everything
+                // but folders counts towards the total the bars show.
+                if let Item::Dir { .. } = item {
+                    continue;
+                }
+                files += 1;
                 if let Item::File { meta, .. } = item {
-                    files += 1;
                     bytes += meta.size;
-                    if files % 512 == 0 {
-                        if !meter.is_on() {
-                            return; // the command is over
-                        }
-                        meter.counted(files, bytes, false);
+                }
+                if files % 512 == 0 {
+                    if !meter.is_on() {
+                        return; // the command is over
                     }
+                    meter.counted(files, bytes, false);
                 }
             }
             meter.counted(files, bytes, true);
@@ -216,7 +221,7 @@ impl Client {
         let meter = rep.meter().clone();
         let writer = async move {
             if let Some(path) = stdin {
-                let outcome = transfer::send_stream(w, &path, tokio::io::stdin(), &meter).await?;
+                let outcome = transfer::send_stream(w, &path, transfer::stdin_chunks(), &meter).await?;
                 hand_over(&tx, w, Expect::File { path, outcome }).await?;
             }
             while let Some(item) = transfer::next_item(&mut items, w).await? {
@@ -295,6 +300,13 @@ impl Client {
                     return Err(Error::Usage(format!(
                         "{remote} is a folder: only a file can be written to standard output"
                     )));
+                }
+                Frame::Skipped { reason, .. } => {
+                    return Err(Error::Refused {
+                        path: remote.to_string(),
+                        code: ErrorCode::Denied,
+                        message: format!("{remote}: not sent: {reason}"),
+                    });
                 }
                 other => return Err(unexpected(r.peer(), &other)),
             };
@@ -492,7 +504,7 @@ async fn read_stored(
     rep: &mut Reporter,
 ) -> Result<()> {
     let (size, bytes, sent) = match outcome {
-        SendOutcome::NotStarted(error) => {
+        SendOutcome::NotStarted { reason: error, .. } => {
             rep.file(FileReport::failed(&path, error, Class::Other));
             return Ok(());
         }

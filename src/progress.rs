@@ -122,6 +122,8 @@ pub struct Summary {
     pub ok: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Files continued from a partial copy (always 0 until resume exists).
+    pub resumed: usize,
     pub dirs: usize,
     pub bytes: u64,
     pub seconds: f64,
@@ -170,9 +172,10 @@ impl Reporter {
                 self.sum.bytes += r.bytes;
             }
             Status::Skipped => self.sum.skipped += 1,
+            // The summary's bytes are verified bytes only; a failed file's
+            // bytes still show on its own JSON line.
             Status::Failed => {
                 self.sum.failed += 1;
-                self.sum.bytes += r.bytes;
                 self.worst = self.worst.max(Some(r.class));
             }
         }
@@ -241,7 +244,7 @@ impl Reporter {
             Output::Json => json_line(&serde_json::json!({
                 "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
                 "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
-                "failed": s.failed, "failures": s.failed, "dirs": s.dirs, "bytes": s.bytes,
+                "failed": s.failed, "failures": s.failed, "resumed": s.resumed, "dirs": s.dirs, "bytes": s.bytes,
                 "seconds": s.seconds,
             })),
             Output::Human if self.op != Op::List => eprintln!("{}", self.human_summary()),
@@ -269,6 +272,9 @@ impl Reporter {
         }
         if s.skipped > 0 {
             line += &format!("; {} skipped", s.skipped);
+        }
+        if s.resumed > 0 {
+            line += &format!("; {} resumed", s.resumed);
         }
         if s.failed > 0 {
             line += &format!("; {} FAILED", s.failed);

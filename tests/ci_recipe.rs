@@ -80,6 +80,24 @@ fn the_readme_ci_recipe_works_as_written() {
     }
     let pulled = std::fs::read_to_string(deploy.join("pull.jsonl")).unwrap();
     assert_eq!(pulled.matches("\"status\":\"ok\"").count(), 3, "{pulled}");
+
+    // The exit-5 check passes a clean pull through...
+    let checked = work.join("checked");
+    std::fs::create_dir_all(&checked).unwrap();
+    job("ci-check", &checked);
+    // ...and flags a corrupted one: a server that corrupts what it sends
+    // (debug builds' fault hook) on the same root.
+    drop(server);
+    let serve = readme_block("ci-serve").trim().replace("/srv/artifacts", "srv") + " --listen 127.0.0.1:0";
+    let mut cmd = shell(&format!("exec {serve}"), &host);
+    cmd.env("XFER_FAULT_CORRUPT_PAYLOAD", "1");
+    let corrupting = XferServer::spawn(cmd, &host.join("srv"));
+    let script = readme_block("ci-check").replace("artifacts.example.org", &corrupting.addr);
+    let mut cmd = shell(&script, &checked);
+    cmd.env("CI_COMMIT", "3f2c1e").envs(secrets.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("artifact failed its integrity check"));
 }
 
 fn copy(from: &Path, to: &Path, names: &[&str]) {

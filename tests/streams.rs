@@ -68,3 +68,34 @@ fn a_corrupted_stream_to_standard_output_exits_5() {
     pull.assert_code(5);
     assert!(pull.stderr().contains("BLAKE3 mismatch") && pull.stderr().contains("discarded"), "{pull}");
 }
+
+#[test]
+fn a_slow_producer_on_standard_input_does_not_trip_the_server_timeouts() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["--header-timeout", "1s"]);
+    let mut cmd = Command::new(XFER);
+    cmd.current_dir(work.path()).args(["push", &server.addr, "-", "--to", "slow.txt"]).args(pki.id_args("client"));
+    let mut child = cmd.stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello ").unwrap();
+    stdin.flush().unwrap();
+    // Longer than the server's header timeout: the header must already be out.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    stdin.write_all(b"world").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(work.join("root/slow.txt")).unwrap(), b"hello world");
+}
+
+#[test]
+fn only_a_file_can_go_to_standard_output() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    work.write("root/a", b"AAA");
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let root = client(&pki, "client", work.path(), "pull", &server, &[".", "-"]);
+    root.assert_code(2);
+    assert!(root.out.stdout.is_empty(), "nothing may reach stdout");
+}

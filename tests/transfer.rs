@@ -294,3 +294,18 @@ fn max_size_refuses_larger_files_naming_both_sizes() {
     assert!(work.join("root/small").exists() && !work.join("root/big").exists());
     assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
 }
+
+#[test]
+fn json_output_ends_with_a_summary_even_when_the_connection_fails() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    work.write("f", b"x");
+    let mut args = vec!["push", "127.0.0.1:9", "f", "--json"];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    run.assert_code(3);
+    let summary = run.json().pop().expect("a summary line");
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["ok"], 0);
+}

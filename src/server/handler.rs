@@ -321,7 +321,10 @@ impl Conn {
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
         let mut items = transfer::spawn_walk(walk);
+        let mut first = true;
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
+            // The first item of a GET for one file is that file.
+            let single_file = std::mem::take(&mut first) && matches!(item, Item::File { .. });
             if self.token.is_cancelled() {
                 // The file in flight has finished; the rest of the tree waits.
                 self.stopped_mid_response = true;
@@ -337,7 +340,13 @@ impl Conn {
                     match transfer::send_file(&mut self.w, &rel, &dir, &name, &Meter::off()).await? {
                         SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size, &s.blake3, started),
                         SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
-                        SendOutcome::NotStarted(reason) => self.send_failed(&rel, &reason).await?,
+                        // A GET of just this file: refuse it outright, with
+                        // the cause's code (permission denied is exit 4).
+                        SendOutcome::NotStarted { code, reason } if single_file => {
+                            warn!(path = %rel, "pull refused: {reason}");
+                            return self.w.send(&Frame::Error { code, message: reason }).await;
+                        }
+                        SendOutcome::NotStarted { reason, .. } => self.send_failed(&rel, &reason).await?,
                     }
                 }
                 // A name that cannot be sent is reported under a valid

@@ -9,7 +9,7 @@ mod receive;
 mod send;
 
 pub use receive::{Destination, FileOutcome, Received, WriterSink, discard_payload, receive_file, receive_into};
-pub use send::{SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk};
+pub use send::{SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
 
 /// Lower-case hex of a BLAKE3 hash, as `b3sum` prints it.
 pub fn hex(hash: &[u8; 32]) -> String {

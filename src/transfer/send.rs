@@ -11,14 +11,16 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
 use crate::beneath::DirFd;
 use crate::connection::FrameWriter;
 use crate::error::Result;
 use crate::meter::Meter;
+use crate::protocol::ErrorCode;
 use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Timestamp, UNKNOWN_SIZE, WirePath};
+use crate::store::StoreError;
 use crate::walk::{Item, Meta};
 
 /// Bytes read from disk per blocking call; several `Data` frames' worth.
@@ -39,8 +41,9 @@ pub enum SendOutcome {
     /// The header and `sent` payload bytes went out, then the file was
     /// abandoned with `Abort`; the peer will answer with an error.
     Aborted { size: u64, sent: u64, reason: String },
-    /// The file could not even be opened; nothing was sent for it.
-    NotStarted(String),
+    /// The file could not even be opened; nothing was sent for it. `code`
+    /// classifies the cause for a peer (permission, vanished...).
+    NotStarted { code: ErrorCode, reason: String },
 }
 
 /// Runs a walk on a blocking thread and streams its items, so directory
@@ -85,7 +88,10 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     let (mut file, meta) = match opened {
         Ok(x) => x,
         // Nothing was sent yet, so there is nothing to abort on the wire.
-        Err(e) => return Ok(SendOutcome::NotStarted(format!("cannot read {rel}: {e}"))),
+        Err(e) => {
+            let reason = format!("cannot read {rel}: {e}");
+            return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
+        }
     };
     w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime })).await?;
     meter.start(rel.as_str(), Some(meta.size));
@@ -126,10 +132,10 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
 
 /// Sends a stream of unknown length (standard input) as the file `rel`:
 /// `File` with the unknown size, `Data` as bytes arrive, then `End`.
-pub async fn send_stream<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+pub async fn send_stream<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     rel: &WirePath,
-    mut input: R,
+    mut input: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     meter: &Meter,
 ) -> Result<SendOutcome> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -137,25 +143,60 @@ pub async fn send_stream<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     w.send(&Frame::File(FileHeader { path: rel.clone(), size: UNKNOWN_SIZE, mode: 0o644, mtime })).await?;
     meter.start(rel.as_str(), None);
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; CHUNK_LEN];
     let mut size = 0u64;
     let mut first = true;
     loop {
-        let n = match input.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return abort(w, size, size, &format!("cannot read standard input: {e}")).await,
+        // A slow producer must not strand the header (or the last bytes) in
+        // our buffer while the server's timeouts run: flush before waiting.
+        let chunk = match input.try_recv() {
+            Ok(c) => Some(c),
+            Err(_) => {
+                w.flush().await?;
+                input.recv().await
+            }
         };
-        hasher.update(&buf[..n]);
-        fault::corrupt(&mut buf[..n], &mut first);
-        w.send_data(&buf[..n]).await?;
-        meter.bytes(n as u64);
-        size += n as u64;
+        let mut buf = match chunk {
+            None => break,
+            Some(Ok(buf)) => buf,
+            Some(Err(e)) => return abort(w, size, size, &format!("cannot read standard input: {e}")).await,
+        };
+        hasher.update(&buf);
+        fault::corrupt(&mut buf, &mut first);
+        w.send_data(&buf).await?;
+        meter.bytes(buf.len() as u64);
+        size += buf.len() as u64;
     }
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
     Ok(SendOutcome::Sent(Sent { size, blake3 }))
+}
+
+/// Reads standard input on a thread of its own, in chunks of at most one
+/// `Data` frame. A plain thread, not a runtime task: a read blocked on a
+/// terminal or an idle pipe can then never hold up the process's exit
+/// (Ctrl-C, a failed connection).
+pub fn stdin_chunks() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel(8);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut buf = vec![0u8; CHUNK_LEN];
+            let msg = match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = msg.is_err();
+            if tx.blocking_send(msg).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 async fn abort<W: AsyncWrite + Unpin>(
