@@ -162,6 +162,11 @@ impl DirFd {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// Makes every pending write on this folder's filesystem durable.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(&*self.0)?)
+    }
+
     /// Makes renames and removals in this folder durable.
     pub fn sync(&self) -> io::Result<()> {
         Ok(rustix::fs::fsync(&*self.0)?)

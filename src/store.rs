@@ -101,6 +101,12 @@ impl Root {
         Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None })
     }
 
+    /// Flushes everything written on the root's filesystem to stable
+    /// storage in one call: the group-commit step for many files at once.
+    pub fn sync_filesystem(&self) -> Result<()> {
+        self.dir.sync_filesystem().map_err(|e| StoreError::io(&"the receiver's filesystem", e))
+    }
+
     /// The root folder's path.
     pub fn dir(&self) -> &Path {
         &self.path
@@ -257,16 +263,36 @@ impl Staged {
     /// Applies mode and mtime, makes the data durable, renames it over the
     /// target and makes the rename durable.
     pub fn commit(mut self, mode: u32, mtime: Timestamp) -> Result<()> {
+        self.prepare(mode, mtime)?;
+        self.file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
+        let dir = self.dir.clone();
         let path = self.path.clone();
-        let err = |e: io::Error| StoreError::io(&path, e);
+        self.install()?;
+        dir.sync().map_err(|e| StoreError::io(&path, e))
+    }
+
+    /// Applies mode and mtime (the last writes to the file's metadata).
+    pub fn prepare(&mut self, mode: u32, mtime: Timestamp) -> Result<()> {
+        let err = |e: io::Error| StoreError::io(&self.path, e);
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
         self.file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
-        self.file.set_modified(to_system_time(mtime)).map_err(err)?;
-        self.file.sync_all().map_err(err)?;
-        self.tmp_dir.rename(OsStr::new(&self.tmp_name), &self.dir, OsStr::new(&self.name)).map_err(err)?;
+        self.file.set_modified(to_system_time(mtime)).map_err(err)
+    }
+
+    /// Renames the file over its target. Durable only once the caller has
+    /// synced the data before and the folder (or filesystem) after: group
+    /// commit does both once for many files.
+    pub fn install(mut self) -> Result<()> {
+        let r = self.tmp_dir.rename(OsStr::new(&self.tmp_name), &self.dir, OsStr::new(&self.name));
+        r.map_err(|e| StoreError::io(&self.path, e))?;
         self.done = true;
-        self.dir.sync().map_err(err)
+        Ok(())
+    }
+
+    /// The path this file will have.
+    pub fn path(&self) -> &WirePath {
+        &self.path
     }
 }
 

@@ -8,7 +8,9 @@
 mod receive;
 mod send;
 
-pub use receive::{Destination, FileOutcome, Received, WriterSink, discard_payload, receive_file, receive_into};
+pub use receive::{
+    Destination, FileOutcome, Received, WriterSink, discard_payload, receive_deferred, receive_file, receive_into,
+};
 pub use send::{SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
 
 /// Lower-case hex of a BLAKE3 hash, as `b3sum` prints it.

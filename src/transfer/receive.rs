@@ -68,8 +68,24 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     limit: u64,
     meter: &Meter,
 ) -> Result<FileOutcome> {
-    let sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN) });
+    let sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN), defer: None });
     receive_into(r, h, sink, limit, meter).await
+}
+
+/// Like [`receive_file`], but a verified file is not installed: it comes
+/// back staged, with its mode and mtime applied, for the caller to make
+/// durable and install together with others (group commit).
+pub async fn receive_deferred<R: AsyncRead + Unpin>(
+    r: &mut FrameReader<R>,
+    h: &FileHeader,
+    staged: Staged,
+    limit: u64,
+    meter: &Meter,
+) -> Result<(FileOutcome, Option<Staged>)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sink = Sink { staged: Some(staged), buf: Vec::with_capacity(WRITE_LEN), defer: Some(tx) };
+    let outcome = receive_into(r, h, Some(sink), limit, meter).await?;
+    Ok((outcome, rx.await.ok()))
 }
 
 /// Receives the payload that follows `h` into any [`Destination`].
@@ -189,6 +205,8 @@ pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &F
 struct Sink {
     staged: Option<Staged>,
     buf: Vec<u8>,
+    /// With group commit: where the verified, uninstalled file goes.
+    defer: Option<tokio::sync::oneshot::Sender<Staged>>,
 }
 
 impl Destination for Sink {
@@ -203,8 +221,20 @@ impl Destination for Sink {
     async fn finish(mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
         self.write_out().await?;
         let (mode, mtime) = (h.mode, h.mtime);
-        let staged = self.staged.expect("sink holds its file between writes");
-        tokio::task::spawn_blocking(move || staged.commit(mode, mtime)).await.expect("blocking commit task panicked")
+        let mut staged = self.staged.take().expect("sink holds its file between writes");
+        match self.defer.take() {
+            // Group commit: hand the verified file back, not yet installed.
+            Some(slot) => {
+                let staged = tokio::task::spawn_blocking(move || staged.prepare(mode, mtime).map(|()| staged))
+                    .await
+                    .expect("blocking prepare task panicked")?;
+                let _ = slot.send(staged);
+                Ok(())
+            }
+            None => tokio::task::spawn_blocking(move || staged.commit(mode, mtime))
+                .await
+                .expect("blocking commit task panicked"),
+        }
     }
 }
 
