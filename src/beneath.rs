@@ -162,6 +162,12 @@ impl DirFd {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// The device (filesystem) this folder is on.
+    #[allow(clippy::unnecessary_cast)] // st_dev's type differs between targets
+    pub fn device(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&*self.0)?.st_dev as u64)
+    }
+
     /// Makes every pending write on this folder's filesystem durable.
     pub fn sync_filesystem(&self) -> io::Result<()> {
         Ok(rustix::fs::syncfs(&*self.0)?)

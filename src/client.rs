@@ -24,7 +24,7 @@ use crate::error::{Class, Error, Result};
 use crate::meter::Meter;
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, UNKNOWN_SIZE, VERSION, WirePath};
-use crate::store::Root;
+use crate::store::{self, Root, Staged};
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, SendOutcome};
 use crate::walk::{Item, Walk};
@@ -547,14 +547,41 @@ fn refused_report(path: &WirePath, code: ErrorCode, message: String) -> Result<F
     Ok(FileReport::failed(path, e.to_string(), e.class()))
 }
 
-/// Receives everything the server sends for one `Get`.
+/// Receives everything the server sends for one `Get`. Verified files are
+/// installed in groups ([`store::commit_group`]) and reported once durable;
+/// any other outcome waits for the group before it, so reports keep the
+/// order of the stream.
 async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &Root, rep: &mut Reporter) -> Result<()> {
     // Items are named from the parent of what was asked; reports name the
     // remote path from the server's root.
     let base = asked.parent().unwrap_or_default();
     let remote = |p: &WirePath| base.join_path(p).map(|p| p.to_string()).unwrap_or_else(|_| p.to_string());
+    let mut group = Group::default();
+    let result = pull_items(r, asked, root, rep, &mut group, &remote).await;
+    // Files that arrived whole and verified are kept, even if the
+    // connection failed after them.
+    group.commit(rep, &remote).await;
+    result
+}
+
+async fn pull_items(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    asked: &WirePath,
+    root: &Root,
+    rep: &mut Reporter,
+    group: &mut Group,
+    remote: &impl Fn(&WirePath) -> String,
+) -> Result<()> {
     loop {
-        match reply(r).await? {
+        // Before waiting on the network, make what arrived durable.
+        if !r.has_frame() {
+            group.commit(rep, remote).await;
+        }
+        let frame = reply(r).await?;
+        if !matches!(frame, Frame::File(_)) {
+            group.commit(rep, remote).await;
+        }
+        match frame {
             Frame::Dir { path, .. } => {
                 check_within(r, asked, &path)?;
                 let (root, p) = (root.clone(), path.clone());
@@ -565,32 +592,53 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
-                let (root, p, size) = (root.clone(), h.path.clone(), known_size(h.size));
-                let (staged, local_err) = match blocking(move || root.stage(&p, size)).await {
-                    Ok(s) => (Some(s), None),
-                    Err(e) => (None, Some(e)),
-                };
+                let (root2, p, size) = (root.clone(), h.path.clone(), known_size(h.size));
                 let meter = rep.meter().clone();
-                let outcome = transfer::receive_file(r, &h, staged, u64::MAX, &meter).await?;
                 let path = remote(&h.path);
-                let report = match (outcome, local_err) {
+                let (outcome, staged) = match blocking(move || root2.stage(&p, size)).await {
+                    Ok(staged) => transfer::receive_deferred(r, &h, staged, u64::MAX, &meter).await?,
+                    Err(e) => {
+                        // Read and drop the payload; the file cannot be written here.
+                        let outcome = transfer::receive_file(r, &h, None, u64::MAX, &meter).await?;
+                        if let FileOutcome::Ok(got) = outcome {
+                            group.commit(rep, remote).await;
+                            let failed = FileReport::failed(&path, e.message, Class::Other);
+                            rep.file(FileReport { size: got.size, bytes: got.size, ..failed });
+                            continue;
+                        }
+                        (outcome, None)
+                    }
+                };
+                let report = match (outcome, staged) {
+                    (FileOutcome::Ok(got), Some(staged)) => {
+                        group.push(staged, got.size, got.blake3);
+                        if group.full() {
+                            group.commit(rep, remote).await;
+                        }
+                        continue;
+                    }
                     (FileOutcome::PeerError { code, message }, _) => {
                         // The server gave up on this file and on the rest of this GET.
+                        group.commit(rep, remote).await;
                         let e = refusal(&path, code, message);
                         rep.file(FileReport { size: h.size, ..FileReport::failed(&path, e.to_string(), e.class()) });
                         return Ok(());
                     }
-                    (FileOutcome::Ok(got), None) => FileReport::ok(&path, got.size, &got.blake3),
-                    (FileOutcome::Ok(got), Some(e)) => FileReport {
+                    (FileOutcome::Ok(got), None) => FileReport {
                         size: got.size,
                         bytes: got.size,
-                        ..FileReport::failed(&path, e.message, Class::Other)
+                        ..FileReport::failed(
+                            &path,
+                            "the received file was lost before it was installed".into(),
+                            Class::Other,
+                        )
                     },
                     (FileOutcome::Failed { code, message, bytes }, _) => {
                         let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
                         FileReport { size: h.size, bytes, ..FileReport::failed(&path, message, class) }
                     }
                 };
+                group.commit(rep, remote).await;
                 rep.file(report);
             }
             Frame::Skipped { path, reason } => {
@@ -603,6 +651,46 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &R
                 return Ok(());
             }
             other => return Err(unexpected(r.peer(), &other)),
+        }
+    }
+}
+
+/// Received, verified files waiting to be made durable together.
+#[derive(Default)]
+struct Group {
+    files: Vec<Staged>,
+    facts: Vec<(u64, [u8; 32])>,
+    bytes: u64,
+}
+
+impl Group {
+    fn push(&mut self, staged: Staged, size: u64, blake3: [u8; 32]) {
+        self.files.push(staged);
+        self.facts.push((size, blake3));
+        self.bytes += size;
+    }
+
+    /// Bounds the group so reports and memory never wait on too much.
+    fn full(&self) -> bool {
+        self.files.len() >= 512 || self.bytes >= 64 << 20
+    }
+
+    /// Installs the group durably and reports each file.
+    async fn commit(&mut self, rep: &mut Reporter, remote: &impl Fn(&WirePath) -> String) {
+        if self.files.is_empty() {
+            return;
+        }
+        let files = std::mem::take(&mut self.files);
+        let facts = std::mem::take(&mut self.facts);
+        self.bytes = 0;
+        let results = blocking(move || store::commit_group(files)).await;
+        for ((path, r), (size, blake3)) in results.into_iter().zip(facts) {
+            rep.file(match r {
+                Ok(()) => FileReport::ok(remote(&path), size, &blake3),
+                Err(e) => {
+                    FileReport { size, bytes: size, ..FileReport::failed(remote(&path), e.message, Class::Other) }
+                }
+            });
         }
     }
 }

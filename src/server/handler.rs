@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::meter::Meter;
 use crate::progress::human_bytes;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
-use crate::store::{Staged, StoreError};
+use crate::store::{self, Staged, StoreError};
 use crate::tls;
 use crate::transfer::{self, FileOutcome, SendOutcome};
 use crate::walk::Item;
@@ -133,9 +133,6 @@ struct Pending {
     blake3: [u8; 32],
     started: Instant,
 }
-
-/// A file's group-commit result: path, size, hash, start, outcome.
-type Committed = (WirePath, u64, [u8; 32], Instant, std::result::Result<(), StoreError>);
 
 /// A group is committed at the latest when it holds this many files or
 /// bytes (and always before the server waits for the client).
@@ -368,30 +365,11 @@ impl Conn {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        let (staged, facts): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.staged, (p.size, p.blake3, p.started))).unzip();
         self.batch_bytes = 0;
-        let root = self.shared.root.clone();
-        let results = blocking(move || {
-            let synced = root.sync_filesystem();
-            let mut out: Vec<Committed> = Vec::with_capacity(batch.len());
-            for p in batch {
-                let path = p.staged.path().clone();
-                let r = match &synced {
-                    Ok(()) => p.staged.install(),
-                    Err(e) => Err(e.clone()), // dropping `staged` deletes it
-                };
-                out.push((path, p.size, p.blake3, p.started, r));
-            }
-            if out.iter().any(|o| o.4.is_ok()) {
-                if let Err(e) = root.sync_filesystem() {
-                    for o in out.iter_mut().filter(|o| o.4.is_ok()) {
-                        o.4 = Err(e.clone());
-                    }
-                }
-            }
-            out
-        })
-        .await;
-        for (path, size, blake3, started, r) in results {
+        let results = blocking(move || store::commit_group(staged)).await;
+        for ((path, r), (size, blake3, started)) in results.into_iter().zip(facts) {
             match r {
                 Ok(()) => {
                     self.log_file("received", &path, size, &blake3, started);
