@@ -148,16 +148,16 @@ pub struct IdentityArgs {
     #[arg(long, env = "XFER_NAME")]
     pub name: Option<String>,
     /// Certificate file (overrides --certs/--name); $XFER_CERT may hold the PEM text itself.
-    #[arg(long, env = "XFER_CERT", value_name = "FILE")]
+    #[arg(long, env = "XFER_CERT", value_name = "FILE", hide_env_values = true)]
     pub cert: Option<PathBuf>,
     /// Private key file (overrides --certs/--name); $XFER_KEY may hold the PEM text itself.
-    #[arg(long, env = "XFER_KEY", value_name = "FILE")]
+    #[arg(long, env = "XFER_KEY", value_name = "FILE", hide_env_values = true)]
     pub key: Option<PathBuf>,
     /// CA certificate file (overrides --certs); $XFER_CA may hold the PEM text itself.
-    #[arg(long, env = "XFER_CA", value_name = "FILE")]
+    #[arg(long, env = "XFER_CA", value_name = "FILE", hide_env_values = true)]
     pub ca: Option<PathBuf>,
     /// Revocation list to refuse revoked peers [default: DIR/ca.crl when it exists].
-    #[arg(long, env = "XFER_CRL", value_name = "FILE")]
+    #[arg(long, env = "XFER_CRL", value_name = "FILE", hide_env_values = true)]
     pub crl: Option<PathBuf>,
     /// Refuse a private key file that other users can read (default: warn).
     #[arg(long)]

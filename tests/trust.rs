@@ -201,3 +201,14 @@ fn pem_text_is_taken_from_the_environment_but_refused_on_the_command_line() {
     leaked.assert_code(2);
     assert!(leaked.stderr().contains("$XFER_"), "{leaked}");
 }
+
+#[test]
+fn help_never_shows_secret_environment_values() {
+    let work = Dir::new();
+    let env = [("XFER_KEY", "-----BEGIN PRIVATE KEY-----\nsecret-key-material\n")];
+    for cmd in [&["push", "--help"][..], &["serve", "--help"][..]] {
+        let run = run_in(work.path(), cmd, &env);
+        run.assert_code(0);
+        assert!(!run.stdout().contains("secret-key-material"), "{run}");
+    }
+}
