@@ -593,9 +593,10 @@ async fn pull_items(
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
                 let (root2, p, size) = (root.clone(), h.path.clone(), known_size(h.size));
+                let near = group.files.last().map(Staged::near);
                 let meter = rep.meter().clone();
                 let path = remote(&h.path);
-                let (outcome, staged) = match blocking(move || root2.stage(&p, size)).await {
+                let (outcome, staged) = match blocking(move || root2.stage(&p, size, near)).await {
                     Ok(staged) => transfer::receive_deferred(r, &h, staged, u64::MAX, &meter).await?,
                     Err(e) => {
                         // Read and drop the payload; the file cannot be written here.
@@ -672,7 +673,7 @@ impl Group {
 
     /// Bounds the group so reports and memory never wait on too much.
     fn full(&self) -> bool {
-        self.files.len() >= 512 || self.bytes >= 64 << 20
+        self.files.len() >= 64 || self.bytes >= 64 << 20
     }
 
     /// Installs the group durably and reports each file.

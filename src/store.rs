@@ -142,12 +142,17 @@ impl Root {
     /// Starts writing the file `p`: parents are created, the data goes to a
     /// temporary file until [`Staged::commit`]. A `size` known in advance
     /// that exceeds the free space is refused before anything is written.
-    pub fn stage(&self, p: &WirePath, size: Option<u64>) -> Result<Staged> {
+    /// `near`, from the previous file, lets files in the same folder share
+    /// one open handle on it (fewer descriptors held by a group commit).
+    pub fn stage(&self, p: &WirePath, size: Option<u64>, near: Option<Near>) -> Result<Staged> {
         self.check_reserved(p)?;
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
             return Err(StoreError::new(ErrorCode::BadPath, "cannot write a file over the root folder"));
         };
-        let dir = self.dir.descend(parent.components(), true).map_err(|e| StoreError::io(p, e))?;
+        let dir = match near {
+            Some(n) if n.parent == parent => n.dir,
+            _ => self.dir.descend(parent.components(), true).map_err(|e| StoreError::io(p, e))?,
+        };
         if let Some(e) = dir.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))? {
             if e.kind == Kind::Dir {
                 return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
@@ -164,7 +169,7 @@ impl Root {
             }
         }
         let (file, tmp_name) = tmp_dir.create_temp(".xfer-").map_err(|e| StoreError::io(p, e))?;
-        Ok(Staged { file, tmp_dir, tmp_name, dir, name: name.to_owned(), path: p.clone(), done: false })
+        Ok(Staged { file: Some(file), tmp_dir, tmp_name, dir, name: name.to_owned(), path: p.clone(), done: false })
     }
 
     /// Removes a file (or link), or a folder and everything in it when
@@ -235,11 +240,20 @@ impl Root {
     }
 }
 
+/// An open folder and its path, shared by files staged in the same folder.
+#[derive(Debug, Clone)]
+pub struct Near {
+    parent: WirePath,
+    dir: DirFd,
+}
+
 /// A file being received: a temporary file that becomes `name` in `dir` on
 /// commit, and is deleted if dropped first.
 #[derive(Debug)]
 pub struct Staged {
-    file: File,
+    /// Open while being written; closed once prepared for a group commit,
+    /// so a group of many files does not hold many descriptors.
+    file: Option<File>,
     tmp_dir: DirFd,
     tmp_name: String,
     dir: DirFd,
@@ -251,14 +265,26 @@ pub struct Staged {
 impl Staged {
     /// Appends payload bytes.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.file.write_all(data).map_err(|e| StoreError::io(&self.path, e))
+        self.open_file()?.write_all(data).map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    fn open_file(&mut self) -> Result<&mut File> {
+        let path = &self.path;
+        self.file.as_mut().ok_or_else(|| StoreError::new(ErrorCode::Io, format!("{path}: written after it was closed")))
+    }
+
+    /// Closes the file (its data stays staged); for files waiting on a
+    /// group commit.
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     /// Applies mode and mtime, makes the data durable, renames it over the
     /// target and makes the rename durable.
     pub fn commit(mut self, mode: u32, mtime: Timestamp) -> Result<()> {
         self.prepare(mode, mtime)?;
-        self.file.sync_all().map_err(|e| StoreError::io(&self.path, e))?;
+        let path = self.path.clone();
+        self.open_file()?.sync_all().map_err(|e| StoreError::io(&path, e))?;
         let dir = self.dir.clone();
         let path = self.path.clone();
         self.install()?;
@@ -267,11 +293,13 @@ impl Staged {
 
     /// Applies mode and mtime (the last writes to the file's metadata).
     pub fn prepare(&mut self, mode: u32, mtime: Timestamp) -> Result<()> {
-        let err = |e: io::Error| StoreError::io(&self.path, e);
+        let path = self.path.clone();
+        let err = |e: io::Error| StoreError::io(&path, e);
+        let file = self.open_file()?;
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
-        self.file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
-        self.file.set_modified(to_system_time(mtime)).map_err(err)
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
+        file.set_modified(to_system_time(mtime)).map_err(err)
     }
 
     /// Renames the file over its target. Durable only once the caller has
@@ -287,6 +315,11 @@ impl Staged {
     /// The path this file will have.
     pub fn path(&self) -> &WirePath {
         &self.path
+    }
+
+    /// Its folder, for staging the next file of the same folder.
+    pub fn near(&self) -> Near {
+        Near { parent: self.path.parent().unwrap_or_default(), dir: self.dir.clone() }
     }
 }
 
@@ -373,14 +406,14 @@ mod tests {
 
     impl Root {
         fn stage_any(&self, p: &WirePath) -> Result<Staged> {
-            self.stage(p, None)
+            self.stage(p, None, None)
         }
     }
 
     #[test]
     fn a_file_larger_than_the_free_space_is_refused_up_front() {
         let (_t, root) = server();
-        let e = root.stage(&p("huge"), Some(u64::MAX / 2)).unwrap_err();
+        let e = root.stage(&p("huge"), Some(u64::MAX / 2), None).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSpace);
         assert!(
             e.message.contains("huge: needs 8388608.0 TiB but only") && e.message.contains("is free"),
@@ -388,7 +421,10 @@ mod tests {
             e.message
         );
         assert_eq!(fs::read_dir(root.dir().join(".xfer/tmp")).unwrap().count(), 0);
-        root.stage(&p("small"), Some(10)).unwrap();
+        let first = root.stage(&p("small"), Some(10), None).unwrap();
+        // A file in the same folder shares the folder's handle.
+        let second = root.stage(&p("other"), Some(10), Some(first.near())).unwrap();
+        assert_eq!(first.near().parent, second.near().parent);
     }
 
     fn p(s: &str) -> WirePath {

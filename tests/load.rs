@@ -99,3 +99,24 @@ fn peers_that_connect_and_stall_are_dropped_and_logged() {
     // Everyone else is still served.
     client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
 }
+
+#[test]
+fn a_server_with_few_file_descriptors_still_takes_hundreds_of_small_files() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    for i in 0..600 {
+        work.write(&format!("src/d{}/f{i}", i % 7), &random_bytes(512, i));
+    }
+    // Group commit must not hold a descriptor per waiting file.
+    let ids = pki.id_args("server").join(" ");
+    let root = work.join("root");
+    let script =
+        format!("ulimit -Sn 64 -Hn 64 && exec {XFER} serve --listen 127.0.0.1:0 --root {} {ids}", root.display());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script]);
+    let server = XferServer::spawn(cmd, &root);
+    client(&pki, "client", work.path(), "push", &server, &["src"]).assert_code(0);
+    for i in 0..600 {
+        assert_eq!(std::fs::read(root.join(format!("src/d{}/f{i}", i % 7))).unwrap(), random_bytes(512, i));
+    }
+}

@@ -136,7 +136,7 @@ struct Pending {
 
 /// A group is committed at the latest when it holds this many files or
 /// bytes (and always before the server waits for the client).
-const BATCH_FILES: usize = 512;
+const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 64 << 20;
 
 const SHUTTING_DOWN: &str = "the server is shutting down; run the command again";
@@ -313,7 +313,8 @@ impl Conn {
             }),
             (Ok(()), _) => {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
-                blocking(move || root.stage(&p, size)).await
+                let near = self.batch.last().map(|pending| pending.staged.near());
+                blocking(move || root.stage(&p, size, near)).await
             }
         };
         let staged = match staged {

@@ -225,9 +225,13 @@ impl Destination for Sink {
         match self.defer.take() {
             // Group commit: hand the verified file back, not yet installed.
             Some(slot) => {
-                let staged = tokio::task::spawn_blocking(move || staged.prepare(mode, mtime).map(|()| staged))
-                    .await
-                    .expect("blocking prepare task panicked")?;
+                let staged = tokio::task::spawn_blocking(move || {
+                    staged.prepare(mode, mtime)?;
+                    staged.close();
+                    Ok::<_, StoreError>(staged)
+                })
+                .await
+                .expect("blocking prepare task panicked")?;
                 let _ = slot.send(staged);
                 Ok(())
             }
