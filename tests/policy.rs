@@ -1,8 +1,6 @@
 //! `serve --policy`: per-peer permissions by name, glob and prefix, and
 //! SIGHUP reloads of policy and certificates.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 const POLICY: &str = r#"
@@ -98,19 +96,9 @@ fn sighup_swaps_the_server_certificate_while_a_long_push_completes() {
     let data = random_bytes(96 << 20, 31);
     work.write("big", &data);
     let old_cert = std::fs::read(pki.certs().join("server.pem")).unwrap();
-    let push = std::process::Command::new(XFER)
-        .current_dir(work.path())
-        .args(["push", &server.addr, "big"])
-        .args(pki.id_args("client"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let push = spawn_push(&pki, &work, &server, "big");
     // Once bytes are arriving, re-issue the server's certificate and reload.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_dir(work.join("root/.xfer/tmp")).unwrap().flatten().any(|e| e.metadata().unwrap().len() > 0) {
-        assert!(std::time::Instant::now() < deadline, "the push never started");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_staged_data(&work.join("root"));
     run_in(pki.dir.path(), &["keygen", "--dir", "certs", "server", "--force"], &[]).assert_code(0);
     hup(&server);
     assert!(server.wait_for_log("reloaded certificates and policy"), "{}", server.log());

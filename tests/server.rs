@@ -47,21 +47,10 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
     let work = Dir::new();
     let mut server = XferServer::start(&pki, &work.join("root"), &["--grace", "20s"]);
     work.write("big", &random_bytes(64 << 20, 5));
-    let mut push = std::process::Command::new(XFER)
-        .current_dir(work.path())
-        .args(["push", &server.addr, "big"])
-        .args(pki.id_args("client"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the file is being written (a staged file has data), then
-    // stop the server: the file in flight must still complete.
-    let staging = work.join("root/.xfer/tmp");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_dir(&staging).unwrap().flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)) {
-        assert!(std::time::Instant::now() < deadline, "the push never started writing");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut push = spawn_push(&pki, &work, &server, "big");
+    // Once the file is being written, stop the server: the file in flight
+    // must still complete.
+    wait_for_staged_data(&work.join("root"));
     let status = server.terminate().expect("server exits within the grace period");
     let push_status = push.wait().unwrap();
     let mut err = String::new();

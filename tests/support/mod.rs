@@ -314,3 +314,25 @@ pub fn raw_file_header(path: &[u8], size: u64) -> Vec<u8> {
     frame.extend_from_slice(&body);
     frame
 }
+
+/// Starts `xfer push SERVER FILE` in the background (stderr captured).
+pub fn spawn_push(pki: &Pki, work: &Dir, server: &XferServer, file: &str) -> Child {
+    Command::new(XFER)
+        .current_dir(work.path())
+        .args(["push", &server.addr, file])
+        .args(pki.id_args("client"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (bounded) until the server's staging area holds a file with data,
+/// i.e. a push is mid-transfer.
+pub fn wait_for_staged_data(root: &Path) {
+    let staging = root.join(".xfer/tmp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_dir(&staging).unwrap().flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)) {
+        assert!(Instant::now() < deadline, "the push never started writing");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
