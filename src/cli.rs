@@ -171,9 +171,13 @@ impl IdentityArgs {
             cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
             key: pem_arg(self.key.as_ref(), "XFER_KEY", base.key)?,
             ca: pem_arg(self.ca.as_ref(), "XFER_CA", base.ca)?,
-            crl: match &self.crl {
-                Some(path) => Some(Crl { path: path.clone(), required: true }),
-                None => base.crl,
+            crl: match (&self.crl, &self.ca) {
+                (Some(path), _) => Some(Crl { path: path.clone(), required: true }),
+                // Beside the CA actually in use, when it is a file.
+                (None, Some(ca)) if !ca.to_string_lossy().trim_start().starts_with("-----BEGIN") => {
+                    Some(Crl { path: ca.with_file_name("ca.crl"), required: false })
+                }
+                (None, _) => base.crl,
             },
             strict: self.strict,
         })
@@ -547,7 +551,7 @@ fn print_written(written: Vec<pki::Written>) {
                 c.sha256,
                 c.not_after.date()
             ),
-            None => println!("wrote {}  (private key, mode 0600)", w.path.display()),
+            None => println!("wrote {}  ({})", w.path.display(), w.note),
         }
     }
 }

@@ -76,10 +76,14 @@ impl KeyType {
     }
 }
 
+const PRIVATE_KEY: &str = "private key, mode 0600";
+
 /// One file keygen wrote.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub path: PathBuf,
+    /// What it is, when not a certificate.
+    pub note: &'static str,
     /// For certificates: who it is for, fingerprint and expiry.
     pub cert: Option<CertSummary>,
 }
@@ -138,7 +142,8 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
     let mut written = Vec::new();
     for (path, pem, cert) in files {
         write_pem(&path, &pem, cert.is_none())?;
-        written.push(Written { path, cert });
+        let note = if cert.is_some() { "" } else { PRIVATE_KEY };
+        written.push(Written { path, cert, note });
     }
     Ok(written)
 }
@@ -265,6 +270,7 @@ pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyTyp
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}.key"));
     let old = CertInfo::read(&cert_path)?;
+    let old_serial = serial_of(&cert_path)?;
     let key = if keep_key {
         let pem =
             fs::read_to_string(&key_path).map_err(|e| Error::io(format!("cannot read {}", key_path.display()), e))?;
@@ -278,20 +284,36 @@ pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyTyp
         old.names.iter().filter(|n| *n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
     let params = peer_params(name, &extra, days)?;
     let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
+    // Both new files are written before either replaces its old one, so
+    // the key and certificate on disk always match.
+    let cert_tmp = tmp_beside(&cert_path);
+    write_pem(&cert_tmp, &cert.pem(), false)?;
     let mut written = Vec::new();
     if !keep_key {
         replace_pem(&key_path, &key.serialize_pem(), true)?;
-        written.push(Written { path: key_path, cert: None });
+        written.push(Written { path: key_path, cert: None, note: PRIVATE_KEY });
     }
-    replace_pem(&cert_path, &cert.pem(), false)?;
-    written.push(Written { path: cert_path, cert: Some(summary(name.to_owned(), &params, cert.der())) });
+    fs::rename(&cert_tmp, &cert_path).map_err(|e| Error::io(format!("cannot write {}", cert_path.display()), e))?;
+    written.push(Written { path: cert_path, cert: Some(summary(name.to_owned(), &params, cert.der())), note: "" });
+    if !keep_key {
+        // A new key usually means the old one is not to be trusted any
+        // more (or soon will not be): its certificate goes on the CRL.
+        let r = add_to_crl(dir, &issuer, old_serial)?;
+        written.push(Written { path: r.crl, cert: None, note: "revocation list: the replaced certificate is revoked" });
+    }
     Ok(written)
+}
+
+/// `DIR/.NAME.tmp` for `DIR/NAME`: distinct for each file, hidden.
+fn tmp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Writes a PEM file through a temporary name and a rename, so readers
 /// (a server reloading on SIGHUP) never see half of it.
 fn replace_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = tmp_beside(path);
     write_pem(&tmp, pem, private)?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
@@ -313,16 +335,26 @@ pub struct Revocation {
 /// keeping every earlier entry. Servers and clients given the CRL (by
 /// default, `ca.crl` beside their `ca.pem`) then refuse that certificate.
 pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
-    use rustls_pki_types::CertificateRevocationListDer;
-    use rustls_pki_types::pem::PemObject;
     check_name(name)?;
     let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
-    let cert_path = dir.join(format!("{name}.pem"));
-    let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
-    let der = CertificateDer::from_pem_file(&cert_path).map_err(|e| bad(&cert_path, format!("{e:?}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(&cert_path, e.to_string()))?;
-    let serial = cert.raw_serial().to_vec();
+    let serial = serial_of(&dir.join(format!("{name}.pem")))?;
+    add_to_crl(dir, &issuer, serial)
+}
 
+/// The raw serial number of the certificate in a PEM file.
+fn serial_of(cert_path: &Path) -> Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |message: String| Error::Identity { what: cert_path.display().to_string(), message };
+    let der = CertificateDer::from_pem_file(cert_path).map_err(|e| bad(format!("{e:?}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// Re-issues `DIR/ca.crl` with `serial` added to its entries.
+fn add_to_crl(dir: &Path, issuer: &Issuer<'static, KeyPair>, serial: Vec<u8>) -> Result<Revocation> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
     let crl_path = dir.join("ca.crl");
     let mut revoked: Vec<rcgen::RevokedCertParams> = Vec::new();
     if crl_path.exists() {
@@ -358,7 +390,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     };
     let entries = params.revoked_certs.len();
-    let crl = params.signed_by(&issuer).map_err(gen_error)?;
+    let crl = params.signed_by(issuer).map_err(gen_error)?;
     let pem = crl.pem().map_err(gen_error)?;
     replace_pem(&crl_path, &pem, false)?;
     Ok(Revocation { crl: crl_path, serial: hex(&serial), entries, already })

@@ -132,9 +132,14 @@ impl Identity {
         let crls = match &paths.crl {
             Some(crl) if crl.required || crl.path.exists() => {
                 let what = crl.path.display().to_string();
-                CertificateRevocationListDer::pem_file_iter(&crl.path)
+                let crls = CertificateRevocationListDer::pem_file_iter(&crl.path)
                     .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-                    .map_err(|e| Error::Identity { what, message: pem_error(e) })?
+                    .map_err(|e| Error::Identity { what: what.clone(), message: pem_error(e) })?;
+                if crls.is_empty() {
+                    // Accepting it would silently revoke nothing.
+                    return Err(Error::Identity { what, message: "no X509 CRL in it".into() });
+                }
+                crls
             }
             _ => Vec::new(),
         };
@@ -154,6 +159,9 @@ impl Identity {
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .with_crls(self.crls.clone())
+            // A CRL from one CA of a bundle says nothing about the others'
+            // peers; without this, rotating to a new CA refuses them all.
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|e| self.ca_error(e))?;
         let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.to_string() });
@@ -173,6 +181,7 @@ impl Identity {
         let provider = provider();
         let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .with_crls(self.crls.clone())
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|e| self.ca_error(e))?;
         let mut config = ClientConfig::builder_with_provider(provider)
@@ -307,7 +316,9 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for gn in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(dns) = gn {
-                if !names.iter().any(|n| n == dns) {
+                // `localhost`, which keygen puts in every certificate so
+                // loopback works, names no one in particular.
+                if !names.iter().any(|n| n == dns) && !dns.eq_ignore_ascii_case("localhost") {
                     names.push((*dns).to_owned());
                 }
             }

@@ -114,3 +114,14 @@ fn hup(server: &XferServer) {
     let status = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn shared_names_like_localhost_never_identify_a_peer() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = policy_server(&pki, &work, "[[rule]]\npeer = \"local*\"\nallow = [\"read\"]\n");
+    let run = client(&pki, "client", work.path(), "ls", &server, &[]);
+    run.assert_code(4);
+    let allow = XferServer::start(&pki, &work.join("root2"), &["--allow", "localhost"]);
+    client(&pki, "client", work.path(), "ls", &allow, &[]).assert_code(3);
+}

@@ -90,3 +90,45 @@ fn expired_and_not_yet_valid_certificates_are_refused_with_their_dates() {
     run.assert_code(3);
     assert!(run.stderr().contains(&format!("the server's certificate is expired on {expired_on}")), "{run}");
 }
+
+#[test]
+fn crl_follows_an_explicit_ca_and_a_bogus_crl_is_refused() {
+    let pki = Pki::new();
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "client"], &[]).assert_code(0);
+    let work = Dir::new();
+    let c = pki.certs();
+    let (cert, key, ca) = (c.join("server.pem"), c.join("server.key"), c.join("ca.pem"));
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--root", "root", "--certs", "/nonexistent"];
+    let explicit = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "--ca", ca.to_str().unwrap()];
+    args.extend(explicit);
+    let mut cmd = std::process::Command::new(XFER);
+    cmd.current_dir(work.path()).args(&args);
+    let server = XferServer::spawn(cmd, &work.join("root"));
+    // ca.crl beside the explicit --ca is used: the revoked client is refused.
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(3);
+    drop(server);
+
+    let bogus = ["--crl", ca.to_str().unwrap()];
+    let run = run_in(work.path(), &[&args[..], &bogus[..]].concat(), &[]);
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr().contains("no X509 CRL"), "{run}");
+}
+
+#[test]
+fn renewing_with_a_new_key_revokes_the_old_certificate() {
+    let pki = Pki::new();
+    pki.issue(&["runner-3"]);
+    let old = Dir::new();
+    for f in ["runner-3.pem", "runner-3.key", "ca.pem"] {
+        std::fs::create_dir_all(old.join("certs")).unwrap();
+        std::fs::copy(pki.certs().join(f), old.join(&format!("certs/{f}"))).unwrap();
+    }
+    let renew = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-3"], &[]);
+    renew.assert_code(0);
+    assert!(renew.stdout().contains("ca.crl"), "{renew}");
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    client(&pki, "runner-3", work.path(), "ls", &server, &[]).assert_code(0);
+    let stale = Pki { dir: old };
+    client(&stale, "runner-3", work.path(), "ls", &server, &[]).assert_code(3);
+}

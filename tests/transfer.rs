@@ -309,3 +309,16 @@ fn json_output_ends_with_a_summary_even_when_the_connection_fails() {
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["ok"], 0);
 }
+
+#[test]
+fn a_long_file_after_a_short_one_does_not_starve_the_short_ones_reply() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("d/a", b"small");
+    work.write("d/b", &random_bytes(256 << 20, 77));
+    // The reply for `a` must not wait until `b` has arrived.
+    let run = client(&pki, "client", work.path(), "push", &server, &["d", "--idle-timeout", "400ms"]);
+    run.assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/d/a")).unwrap(), b"small");
+}

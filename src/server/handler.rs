@@ -139,6 +139,9 @@ struct Pending {
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// Payloads longer than this are not received while replies wait.
+const LONG_PAYLOAD: u64 = 1 << 20;
+
 const SHUTTING_DOWN: &str = "the server is shutting down; run the command again";
 
 impl Conn {
@@ -327,6 +330,13 @@ impl Conn {
                 return transfer::discard_payload(&mut self.r, &h).await;
             }
         };
+        // A long payload is coming: install and answer the files before it
+        // first, or the client would wait on their replies (under its idle
+        // timeout) for as long as this one takes to arrive.
+        if size.is_none_or(|s| s > LONG_PAYLOAD) {
+            self.commit_batch().await?;
+            self.w.flush().await?;
+        }
         match transfer::receive_deferred(&mut self.r, &h, staged, max, &Meter::off()).await? {
             (FileOutcome::Ok(got), Some(staged)) => {
                 // Verified; it joins the group that is made durable and
