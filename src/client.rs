@@ -243,13 +243,7 @@ impl Client {
             }
             w.flush().await
         };
-        let reader = async {
-            greet(r, cfg.timeouts.header).await?;
-            while let Some(expect) = rx.recv().await {
-                read_outcome(r, expect, rep).await?;
-            }
-            Ok(())
-        };
+        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep);
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
     }
@@ -371,13 +365,7 @@ impl Client {
             }
             w.flush().await
         };
-        let reader = async {
-            greet(r, cfg.timeouts.header).await?;
-            while let Some(expect) = rx.recv().await {
-                read_outcome(r, expect, rep).await?;
-            }
-            Ok(())
-        };
+        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep);
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
     }
@@ -453,6 +441,21 @@ async fn hand_over<W: AsyncWrite + Unpin>(
         }
         Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
     }
+}
+
+/// The reader half of push and rm: the server's preamble, then one answer
+/// per thing the writer sent, in order.
+async fn read_outcomes(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    rx: &mut mpsc::Receiver<Expect>,
+    header: Duration,
+    rep: &mut Reporter,
+) -> Result<()> {
+    greet(r, header).await?;
+    while let Some(expect) = rx.recv().await {
+        read_outcome(r, expect, rep).await?;
+    }
+    Ok(())
 }
 
 /// Reads the server's preamble.
