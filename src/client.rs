@@ -23,10 +23,10 @@ use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::meter::Meter;
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, UNKNOWN_SIZE, VERSION, WirePath};
+use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
 use crate::store::{self, Root, Staged};
 use crate::tls::{self, Identity, IdentityPaths};
-use crate::transfer::{self, FileOutcome, SendOutcome};
+use crate::transfer::{self, FileOutcome, SendOutcome, blocking};
 use crate::walk::{Item, Walk};
 
 /// Where to connect and as whom.
@@ -595,7 +595,7 @@ async fn pull_items(
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
-                let (root2, p, size) = (root.clone(), h.path.clone(), known_size(h.size));
+                let (root2, p, size) = (root.clone(), h.path.clone(), h.known_size());
                 let near = group.files.last().map(Staged::near);
                 let meter = rep.meter().clone();
                 let path = remote(&h.path);
@@ -697,16 +697,6 @@ impl Group {
             });
         }
     }
-}
-
-/// The size a header announces, if it is known in advance.
-fn known_size(size: u64) -> Option<u64> {
-    (size != UNKNOWN_SIZE).then_some(size)
-}
-
-/// Runs blocking filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking filesystem task panicked")
 }
 
 /// A server may only send what was asked for: `Get x/d` yields `d/…`.

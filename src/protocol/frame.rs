@@ -53,6 +53,13 @@ pub struct FileHeader {
     pub mtime: Timestamp,
 }
 
+impl FileHeader {
+    /// The payload length, when it is known in advance.
+    pub fn known_size(&self) -> Option<u64> {
+        (self.size != super::UNKNOWN_SIZE).then_some(self.size)
+    }
+}
+
 /// One line of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {

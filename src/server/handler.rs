@@ -27,7 +27,7 @@ use crate::progress::human_bytes;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::{self, Staged, StoreError};
 use crate::tls;
-use crate::transfer::{self, FileOutcome, SendOutcome};
+use crate::transfer::{self, FileOutcome, SendOutcome, blocking};
 use crate::walk::Item;
 
 type Tls = TlsStream<TcpStream>;
@@ -98,11 +98,6 @@ fn describe(e: &Error) -> String {
         },
         other => other.to_string(),
     }
-}
-
-/// Runs blocking filesystem work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking store task panicked")
 }
 
 struct Conn {
@@ -301,7 +296,7 @@ impl Conn {
     /// Receives one pushed file.
     async fn put(&mut self, h: FileHeader) -> Result<()> {
         let started = Instant::now();
-        let size = (h.size != UNKNOWN_SIZE).then_some(h.size);
+        let size = h.known_size();
         let max = self.shared.max_size.unwrap_or(u64::MAX);
         let staged = match (self.authorize(Perm::Write, &h.path), size) {
             (Err(e), _) => Err(e),

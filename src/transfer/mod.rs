@@ -13,6 +13,11 @@ pub use receive::{
 };
 pub use send::{SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
 
+/// Runs blocking filesystem work on tokio's blocking threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking filesystem task panicked")
+}
+
 /// Lower-case hex of a BLAKE3 hash, as `b3sum` prints it.
 pub fn hex(hash: &[u8; 32]) -> String {
     blake3::Hash::from_bytes(*hash).to_hex().to_string()

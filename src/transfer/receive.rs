@@ -68,7 +68,7 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     limit: u64,
     meter: &Meter,
 ) -> Result<FileOutcome> {
-    let sink = staged.map(|s| Sink { staged: Some(s), buf: Vec::with_capacity(WRITE_LEN), defer: None });
+    let sink = staged.map(|s| Sink { staged: Some(s), buf: write_buffer(h), defer: None });
     receive_into(r, h, sink, limit, meter).await
 }
 
@@ -83,9 +83,15 @@ pub async fn receive_deferred<R: AsyncRead + Unpin>(
     meter: &Meter,
 ) -> Result<(FileOutcome, Option<Staged>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = Sink { staged: Some(staged), buf: Vec::with_capacity(WRITE_LEN), defer: Some(tx) };
+    let sink = Sink { staged: Some(staged), buf: write_buffer(h), defer: Some(tx) };
     let outcome = receive_into(r, h, Some(sink), limit, meter).await?;
     Ok((outcome, rx.await.ok()))
+}
+
+/// A gathering buffer no larger than the file: a small file must not cost
+/// a 1 MiB allocation.
+fn write_buffer(h: &FileHeader) -> Vec<u8> {
+    Vec::with_capacity(h.known_size().map_or(WRITE_LEN, |s| s.min(WRITE_LEN as u64) as usize))
 }
 
 /// Receives the payload that follows `h` into any [`Destination`].
@@ -96,7 +102,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
     limit: u64,
     meter: &Meter,
 ) -> Result<FileOutcome> {
-    meter.start(h.path.as_str(), (h.size != UNKNOWN_SIZE).then_some(h.size));
+    meter.start(h.path.as_str(), h.known_size());
     let mut hasher = blake3::Hasher::new();
     let mut got: u64 = 0;
     let mut failure: Option<StoreError> = None;

@@ -23,6 +23,8 @@ use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Timestamp, UNKNOWN_SIZE, Wir
 use crate::store::StoreError;
 use crate::walk::{Item, Meta};
 
+use super::blocking;
+
 /// Bytes read from disk per blocking call; several `Data` frames' worth.
 const READ_LEN: usize = 4 * CHUNK_LEN;
 
@@ -97,7 +99,8 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     meter.start(rel.as_str(), Some(meta.size));
     let mut hasher = blake3::Hasher::new();
     let mut left = meta.size;
-    let mut buf = Vec::with_capacity(READ_LEN);
+    // read_chunk sizes it to each read, so a small file stays small.
+    let mut buf = Vec::new();
     let mut first = true;
     while left > 0 {
         let want = READ_LEN.min(usize::try_from(left).unwrap_or(READ_LEN));
@@ -223,7 +226,7 @@ async fn open(dir: DirFd, name: OsString) -> std::io::Result<(File, Meta)> {
 
 /// Reads up to `want` bytes into `buf` (replacing its contents).
 async fn read_chunk(mut f: File, mut buf: Vec<u8>, want: usize) -> (File, Vec<u8>, std::io::Result<usize>) {
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         buf.resize(want, 0);
         let mut filled = 0;
         let r = loop {
@@ -243,7 +246,6 @@ async fn read_chunk(mut f: File, mut buf: Vec<u8>, want: usize) -> (File, Vec<u8
         (f, buf, r)
     })
     .await
-    .expect("blocking read task panicked")
 }
 
 /// True when the open file still has the size and mtime it had when opened.
@@ -253,10 +255,6 @@ async fn unchanged(f: File, before: Meta) -> std::io::Result<bool> {
         Ok(m.len() == before.size && m.mtime() == before.mtime.secs && m.mtime_nsec() == i64::from(before.mtime.nanos))
     })
     .await
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
 /// Test-only fault injection: with `XFER_FAULT_CORRUPT_PAYLOAD` set, debug
