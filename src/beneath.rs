@@ -117,6 +117,39 @@ impl DirFd {
         }
     }
 
+    /// Opens (or, with `create`, creates) the regular file `name` for reading
+    /// and writing, locked against every other holder (`flock`, exclusive,
+    /// non-blocking): `Ok(None)` when someone else holds it or, without
+    /// `create`, when it does not exist. The lock goes with the file.
+    pub fn open_locked(&self, name: &OsStr, create: bool) -> io::Result<Option<File>> {
+        let mut flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        if create {
+            flags |= OFlags::CREATE;
+        }
+        let fd = match rustix::fs::openat(&*self.0, name, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `data` to `name` through a temporary file and a rename, so a
+    /// reader sees the old content or the new, never a mix.
+    pub fn write_file(&self, name: &OsStr, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let (mut f, tmp) = self.create_temp(".xfer-")?;
+        let r = f.write_all(data).and_then(|()| self.rename(OsStr::new(&tmp), self, name));
+        if r.is_err() {
+            let _ = self.unlink(OsStr::new(&tmp));
+        }
+        r
+    }
+
     /// Renames `from` here to `to` in `to_dir`, atomically replacing it.
     pub fn rename(&self, from: &OsStr, to_dir: &DirFd, to: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::renameat(&*self.0, from, &*to_dir.0, to)?)

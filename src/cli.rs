@@ -47,7 +47,7 @@ pub enum LogFormat {
 }
 
 /// What `--version` prints: the release and the wire protocol it speaks.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -236,6 +236,9 @@ pub struct ServeArgs {
     /// Longest a transfer may stall (per read or write).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Delete partial copies of interrupted uploads not resumed for this long.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub partial_ttl: Duration,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }
@@ -266,6 +269,10 @@ pub struct PushArgs {
     /// Remote folder to place them in (default: the root); with `-`, the remote file.
     #[arg(long, value_name = "REMOTE_DIR", default_value = "")]
     pub to: String,
+    /// On a refused, cut or stalled connection, reconnect and resume up to N
+    /// times, with backoff (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retry: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -281,6 +288,10 @@ pub struct PullArgs {
     /// Local folder to place them in (created if missing).
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
+    /// On a refused, cut or stalled connection, reconnect and resume up to N
+    /// times, with backoff (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retry: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -363,16 +374,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
             // Local mistakes are reported before anything touches the network.
-            let plan = match &a.paths[..] {
-                [only] if only.as_os_str() == "-" => PushPlan::stdin(to)?,
-                paths if paths.iter().any(|p| p.as_os_str() == "-") => {
-                    return Err(Error::Usage("'-' (standard input) must be the only source".into()).into());
-                }
-                paths => PushPlan::new(paths, &to)?,
-            };
             let output = output(&a.client, cli.quiet);
-            with_client(&a.host, &a.client, Op::Push, output, |c, rep| Box::pin(async move { c.push(plan, rep).await }))
-                .await
+            match &a.paths[..] {
+                [only] if only.as_os_str() == "-" => {
+                    // Standard input cannot be read twice: no retries.
+                    let mut plan = Some(PushPlan::stdin(to)?);
+                    with_client(&a.host, &a.client, Op::Push, output, 0, |c, rep| {
+                        let plan = plan.take();
+                        Box::pin(async move { c.push(plan.expect("one attempt"), rep).await })
+                    })
+                    .await
+                }
+                paths if paths.iter().any(|p| p.as_os_str() == "-") => {
+                    Err(Error::Usage("'-' (standard input) must be the only source".into()).into())
+                }
+                paths => {
+                    PushPlan::new(paths, &to)?;
+                    with_client(&a.host, &a.client, Op::Push, output, a.retry, |c, rep| {
+                        let plan = PushPlan::new(paths, &to);
+                        Box::pin(async move { c.push(plan?, rep).await })
+                    })
+                    .await
+                }
+            }
         }
         Command::Pull(a) if a.remotes.last().is_some_and(|r| r == "-") => {
             let [remote, _] = &a.remotes[..] else {
@@ -387,8 +411,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(Error::Usage("--json cannot share standard output with the file".into()).into());
             }
             let remote = remote_path(remote)?;
-            // Only errors on stderr: the data owns stdout.
-            with_client(&a.host, &a.client, Op::Pull, Output::Quiet, |c, rep| {
+            // Only errors on stderr: the data owns stdout. Bytes written
+            // there cannot be taken back, so no retries.
+            with_client(&a.host, &a.client, Op::Pull, Output::Quiet, 0, |c, rep| {
+                let remote = remote.clone();
                 Box::pin(async move { c.pull_to(&remote, tokio::io::stdout(), rep).await })
             })
             .await
@@ -397,7 +423,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet);
             let out = a.out.clone();
-            with_client(&a.host, &a.client, Op::Pull, output, |c, rep| {
+            with_client(&a.host, &a.client, Op::Pull, output, a.retry, |c, rep| {
+                let (remotes, out) = (remotes.clone(), out.clone());
                 Box::pin(async move { c.pull(&remotes, &out, rep).await })
             })
             .await
@@ -405,7 +432,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls(a) => {
             let path = remote_path(&a.remote)?;
             let output = if a.client.json { Output::Json } else { Output::Human };
-            with_client(&a.host, &a.client, Op::List, output, |c, rep| {
+            with_client(&a.host, &a.client, Op::List, output, 0, |c, rep| {
+                let path = path.clone();
                 Box::pin(async move { c.list(&path, rep).await })
             })
             .await
@@ -414,7 +442,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet);
             let recursive = a.recursive;
-            with_client(&a.host, &a.client, Op::Remove, output, |c, rep| {
+            with_client(&a.host, &a.client, Op::Remove, output, 0, |c, rep| {
+                let remotes = remotes.clone();
                 Box::pin(async move { c.remove(&remotes, recursive, rep).await })
             })
             .await
@@ -438,9 +467,20 @@ fn remote_path(s: &str) -> Result<WirePath, Error> {
 type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
 
 /// Connects, runs one operation, closes, and always prints the summary.
-async fn with_client<F>(host: &str, args: &ClientArgs, op: Op, output: Output, f: F) -> anyhow::Result<()>
+/// A transient failure (refused, cut or stalled connection, server
+/// restarting) is retried `retries` times with backoff; each attempt
+/// resumes where the last left off, and files already reported are not
+/// reported again.
+async fn with_client<F>(
+    host: &str,
+    args: &ClientArgs,
+    op: Op,
+    output: Output,
+    retries: u32,
+    mut f: F,
+) -> anyhow::Result<()>
 where
-    F: for<'a> FnOnce(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
+    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
 {
     let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
     cfg.server_name = args.server_name.clone();
@@ -448,26 +488,50 @@ where
     // Bars only for people watching a terminal, and only while bytes move.
     let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
     let mut rep = if bars { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
-    let mut client = match Client::connect(cfg).await {
-        Ok(c) => c,
-        Err(e) => {
-            // JSON consumers still get their summary line.
-            let _ = rep.finish();
-            return Err(e.into());
+    let attempts = retries.saturating_add(1);
+    let mut attempt = 1;
+    let result = loop {
+        // On Ctrl-C the operation is dropped, which deletes any ordinary
+        // staged file; partial copies of large files stay for a resume.
+        let result = tokio::select! {
+            r = attempt_once(&cfg, &mut rep, &mut f) => r,
+            _ = shutdown_signal() => Err(Error::Interrupted),
+        };
+        match result {
+            Err(e) if e.is_transient() && attempt < attempts => {
+                let delay = backoff(attempt);
+                rep.retrying(&e, attempt, attempts, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown_signal() => break Err(Error::Interrupted),
+                }
+                attempt += 1;
+            }
+            other => break other,
         }
     };
-    // On Ctrl-C the operation is dropped, which deletes any staged file:
-    // nothing partial is left under a final name or beside it.
-    let result = tokio::select! {
-        r = f(&mut client, &mut rep) => r,
-        _ = shutdown_signal() => Err(Error::Interrupted),
-    };
-    let closed = if result.is_ok() { client.close().await } else { Ok(()) };
     let summary = rep.finish();
     result?;
-    closed?;
     summary?;
     Ok(())
+}
+
+/// One attempt: connect, run, close cleanly.
+async fn attempt_once<F>(cfg: &ClientConfig, rep: &mut Reporter, f: &mut F) -> Result<(), Error>
+where
+    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
+{
+    let mut client = Client::connect(cfg.clone()).await?;
+    f(&mut client, rep).await?;
+    client.close().await
+}
+
+/// Wait before attempt `n + 1`: 0.5 s, 1 s, 2 s … up to 10 s, with some
+/// jitter so clients cut off together do not return together.
+fn backoff(n: u32) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << n.saturating_sub(1).min(5)).min(Duration::from_secs(10));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    base + base.mul_f64(f64::from(nanos % 250) / 1000.0)
 }
 
 /// Writes generated text to stdout; a reader that stops early
@@ -577,6 +641,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_size = a.max_size;
     cfg.max_conns = a.max_conns;
     cfg.grace = a.grace;
+    cfg.partial_ttl = a.partial_ttl;
     cfg.timeouts = Timeouts {
         handshake: a.handshake_timeout,
         header: a.header_timeout,

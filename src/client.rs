@@ -7,6 +7,7 @@
 //! through a bounded channel, which also bounds how far ahead the writer may
 //! run. Outcomes go to a [`Reporter`]; nothing here prints.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,11 +23,12 @@ use crate::beneath::DirFd;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::meter::Meter;
+use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
-use crate::store::{self, Root, Staged};
+use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, Offer, VERSION, WirePath};
+use crate::store::{self, Resume, Root, Staged};
 use crate::tls::{self, Identity, IdentityPaths};
-use crate::transfer::{self, FileOutcome, SendOutcome, blocking};
+use crate::transfer::{self, FileOutcome, Held, SendOutcome, blocking};
 use crate::walk::{Item, Walk};
 
 /// Where to connect and as whom.
@@ -84,7 +86,17 @@ pub struct Client {
     r: FrameReader<ReadHalf<Tls>>,
     w: FrameWriter<WriteHalf<Tls>>,
     cfg: ClientConfig,
+    /// The server's name from its verified certificate: what partial
+    /// downloads from it are filed under.
+    server: String,
 }
+
+/// Files whose answer to `Probe` a push may wait for at once: enough to
+/// hide a long round trip, few enough to bound memory.
+const PROBE_AHEAD: usize = 1024;
+
+/// Most files a pull offers (whole or partial local copies) per command.
+const MAX_OFFERS: usize = 65_536;
 
 /// The sources of a push, checked before connecting: each exists, can be
 /// read, and has a name to give it on the server. Files and folders are
@@ -163,10 +175,21 @@ impl PushPlan {
 
 /// What the reader must do for the next thing the writer sent.
 enum Expect {
+    /// A `Have` (or `Error`) answering a `Probe`, to pass to the writer.
+    Have(WirePath),
     Dir(WirePath),
-    File { path: WirePath, outcome: SendOutcome },
-    Skipped { path: String, reason: String },
-    LocalFailure { path: String, error: String },
+    File {
+        path: WirePath,
+        outcome: SendOutcome,
+    },
+    Skipped {
+        path: String,
+        reason: String,
+    },
+    LocalFailure {
+        path: String,
+        error: String,
+    },
     Removed(WirePath),
 }
 
@@ -203,20 +226,27 @@ impl Client {
             let message = "the server did not negotiate the xfer/1 protocol (ALPN): is it an xfer server?".to_owned();
             return Err(Error::Tls { peer: addr, message });
         }
+        let certs = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+        let server = certs.map(|c| tls::cert_names(&c)).and_then(|n| n.into_iter().next()).unwrap_or(name);
         let (rd, wr) = tokio::io::split(tls);
         let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
         w.queue_preamble();
-        Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg })
+        Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg, server })
     }
 
-    /// Sends what `plan` names (see [`PushPlan`]).
+    /// Sends what `plan` names (see [`PushPlan`]). Each file is probed
+    /// first, pipelined ahead of the payloads: the server's answer lets an
+    /// identical file be skipped and a partial copy be continued. Paths
+    /// `rep` has already reported (an earlier attempt) are left out.
     pub async fn push(&mut self, plan: PushPlan, rep: &mut Reporter) -> Result<()> {
         if rep.meter().is_on() {
             plan.count(rep.meter());
         }
-        let mut items = transfer::spawn_walk(plan.walks.into_iter().flatten());
+        let done = rep.done_paths();
+        let items = transfer::spawn_walk(plan.walks.into_iter().flatten());
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
-        let Client { r, w, cfg } = self;
+        let (have_tx, have_rx) = mpsc::unbounded_channel();
+        let Client { r, w, cfg, .. } = self;
         let stdin = plan.stdin;
         let meter = rep.meter().clone();
         let writer = async move {
@@ -224,14 +254,18 @@ impl Client {
                 let outcome = transfer::send_stream(w, &path, transfer::stdin_chunks(), &meter).await?;
                 hand_over(&tx, w, Expect::File { path, outcome }).await?;
             }
-            while let Some(item) = transfer::next_item(&mut items, w).await? {
+            let mut queue = Probed { items, queue: VecDeque::new(), probes: 0, done, have_rx };
+            while let Some((item, have)) = queue.next(w, &tx).await? {
                 let expect = match item {
                     Item::Dir { rel, meta } => {
                         w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
                         Expect::Dir(rel)
                     }
-                    Item::File { rel, dir, name, .. } => {
-                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter).await?;
+                    // The probe was refused; the reader reported why.
+                    Item::File { .. } if have.is_none() => continue,
+                    Item::File { rel, dir, name, meta } => {
+                        let held = have.map(|have| Held { size: meta.size, mtime: meta.mtime, have });
+                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter, held.as_ref()).await?;
                         Expect::File { path: rel, outcome }
                     }
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
@@ -243,17 +277,28 @@ impl Client {
             }
             w.flush().await
         };
-        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep);
+        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep, Some(&have_tx));
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
     }
 
     /// Fetches files and folders into `out`: `x/b.txt` → `out/b.txt`,
     /// `x/d` → `out/d/…`.
+    ///
+    /// What `out` already holds is offered first: partial copies an
+    /// interrupted pull from this server left (continued where they end),
+    /// and whole files (not sent again when the server's have the same
+    /// BLAKE3).
     pub async fn pull(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
         let root = Root::open_local(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
-        let Client { r, w, cfg } = self;
+        let (server, asked, root2) = (self.server.clone(), remotes.to_vec(), root.clone());
+        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked)).await;
+        let Client { r, w, cfg, server } = self;
+        let offers: Vec<Offer> = held.offers.drain(..).collect();
         let writer = async move {
+            for o in offers {
+                w.send(&Frame::Offer(o)).await?;
+            }
             for p in remotes {
                 w.send(&Frame::Get { path: p.clone() }).await?;
             }
@@ -261,12 +306,16 @@ impl Client {
         };
         let reader = async {
             greet(r, cfg.timeouts.header).await?;
+            let mut ctx = PullCtx { root: &root, rep, held: &mut held, server };
             for p in remotes {
-                pull_one(r, p, &root, rep).await?;
+                pull_one(r, p, &mut ctx).await?;
             }
             Ok(())
         };
         let result = pipeline(writer, reader).await;
+        // Leave no empty staging folder behind.
+        let _ = std::fs::remove_dir(out.join(store::STAGING_DIR).join("partial"));
+        let _ = std::fs::remove_dir(out.join(store::STAGING_DIR));
         self.conclude(result).await
     }
 
@@ -280,7 +329,7 @@ impl Client {
         out: W,
         rep: &mut Reporter,
     ) -> Result<()> {
-        let Client { r, w, cfg } = self;
+        let Client { r, w, cfg, .. } = self;
         let writer = async move {
             w.send(&Frame::Get { path: remote.clone() }).await?;
             w.flush().await
@@ -305,7 +354,8 @@ impl Client {
                 other => return Err(unexpected(r.peer(), &other)),
             };
             let meter = rep.meter().clone();
-            let outcome = transfer::receive_into(r, &h, Some(transfer::WriterSink(out)), u64::MAX, &meter).await?;
+            let sink = Some(transfer::WriterSink(out));
+            let outcome = transfer::receive_into(r, &h, sink, u64::MAX, &meter, blake3::Hasher::new()).await?;
             let report = match outcome {
                 FileOutcome::Ok(got) => FileReport::ok(remote, got.size, &got.blake3),
                 FileOutcome::Failed { code, message, bytes } => {
@@ -332,7 +382,7 @@ impl Client {
 
     /// Lists a folder (or one file) on the server.
     pub async fn list(&mut self, path: &WirePath, rep: &mut Reporter) -> Result<()> {
-        let Client { r, w, cfg } = self;
+        let Client { r, w, cfg, .. } = self;
         let writer = async move {
             w.send(&Frame::List { path: path.clone() }).await?;
             w.flush().await
@@ -354,7 +404,7 @@ impl Client {
 
     /// Removes files (and folders, with `recursive`) on the server.
     pub async fn remove(&mut self, paths: &[WirePath], recursive: bool, rep: &mut Reporter) -> Result<()> {
-        let Client { r, w, cfg } = self;
+        let Client { r, w, cfg, .. } = self;
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let writer = async move {
             for p in paths {
@@ -365,7 +415,7 @@ impl Client {
             }
             w.flush().await
         };
-        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep);
+        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep, None);
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
     }
@@ -443,17 +493,88 @@ async fn hand_over<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The writer's side of probing: walk items with the server's answers to
+/// the probes of their files, probing up to [`PROBE_AHEAD`] files ahead of
+/// the one being sent so no file waits a round trip.
+struct Probed {
+    items: mpsc::Receiver<Item>,
+    /// Items taken from the walk, in order, not yet sent.
+    queue: VecDeque<Item>,
+    /// Files among them whose probe is out.
+    probes: usize,
+    /// Paths an earlier attempt already reported.
+    done: HashSet<String>,
+    /// The reader's `Have`s, in probe order (`None`: the probe was refused).
+    have_rx: mpsc::UnboundedReceiver<Option<Have>>,
+}
+
+impl Probed {
+    /// The next item to send and, for a file, what the server holds of it.
+    /// `Ok(None)` at the end of the walk or if the reader stopped.
+    async fn next<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut FrameWriter<W>,
+        tx: &mpsc::Sender<Expect>,
+    ) -> Result<Option<(Item, Option<Have>)>> {
+        while self.probes < PROBE_AHEAD {
+            // Wait on the walk only when nothing else is ready to send.
+            let item = if self.queue.is_empty() {
+                match transfer::next_item(&mut self.items, w).await? {
+                    Some(item) => item,
+                    None => break,
+                }
+            } else {
+                match self.items.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
+                }
+            };
+            let rel = match &item {
+                Item::Dir { rel, .. } | Item::File { rel, .. } => rel.as_str(),
+                Item::Skipped { rel, .. } | Item::Failed { rel, .. } => rel.as_str(),
+            };
+            if self.done.contains(rel) {
+                continue;
+            }
+            if let Item::File { rel, meta, .. } = &item {
+                w.send(&Frame::Probe { path: rel.clone(), size: meta.size, mtime: meta.mtime }).await?;
+                if !hand_over(tx, w, Expect::Have(rel.clone())).await? {
+                    return Ok(None);
+                }
+                self.probes += 1;
+            }
+            self.queue.push_back(item);
+        }
+        let Some(item) = self.queue.pop_front() else { return Ok(None) };
+        if !matches!(item, Item::File { .. }) {
+            return Ok(Some((item, None)));
+        }
+        self.probes -= 1;
+        let have = match self.have_rx.try_recv() {
+            Ok(h) => Some(h),
+            Err(_) => {
+                // The probe may still sit in our buffer.
+                w.flush().await?;
+                self.have_rx.recv().await
+            }
+        };
+        Ok(have.map(|h| (item, h)))
+    }
+}
+
 /// The reader half of push and rm: the server's preamble, then one answer
-/// per thing the writer sent, in order.
+/// per thing the writer sent, in order. Answers to probes go back to the
+/// writer through `haves`.
 async fn read_outcomes(
     r: &mut FrameReader<ReadHalf<Tls>>,
     rx: &mut mpsc::Receiver<Expect>,
     header: Duration,
     rep: &mut Reporter,
+    haves: Option<&mpsc::UnboundedSender<Option<Have>>>,
 ) -> Result<()> {
     greet(r, header).await?;
     while let Some(expect) = rx.recv().await {
-        read_outcome(r, expect, rep).await?;
+        read_outcome(r, expect, rep, haves).await?;
     }
     Ok(())
 }
@@ -478,14 +599,33 @@ async fn reply(r: &mut FrameReader<ReadHalf<Tls>>) -> Result<Frame> {
     })
 }
 
-/// Reads the server's answer to one pushed item or removal and reports it.
-async fn read_outcome(r: &mut FrameReader<ReadHalf<Tls>>, expect: Expect, rep: &mut Reporter) -> Result<()> {
+/// Reads the server's answer to one pushed item, probe or removal and
+/// reports it (or, for a probe, hands it to the writer).
+async fn read_outcome(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    expect: Expect,
+    rep: &mut Reporter,
+    haves: Option<&mpsc::UnboundedSender<Option<Have>>>,
+) -> Result<()> {
     match expect {
         Expect::Skipped { path, reason } => rep.file(FileReport::skipped(path, reason)),
         Expect::LocalFailure { path, error } => rep.file(FileReport::failed(path, error, Class::Other)),
         Expect::File { path, outcome } => read_stored(r, path, outcome, rep).await?,
+        Expect::Have(path) => {
+            let have = match reply(r).await? {
+                Frame::Have(h) => Some(h),
+                Frame::Error { code, message } => {
+                    rep.file(refused_report(&path, code, message)?);
+                    None
+                }
+                other => return Err(unexpected(r.peer(), &other)),
+            };
+            if let Some(tx) = haves {
+                let _ = tx.send(have);
+            }
+        }
         Expect::Dir(path) => match reply(r).await? {
-            Frame::Ok => rep.dir(),
+            Frame::Ok => rep.dir(path.as_str()),
             Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
             other => return Err(unexpected(r.peer(), &other)),
         },
@@ -511,12 +651,16 @@ async fn read_stored(
             rep.file(FileReport::failed(&path, error, Class::Other));
             return Ok(());
         }
+        SendOutcome::Same { size, blake3 } => {
+            rep.file(FileReport::unchanged(&path, size, &blake3));
+            return Ok(());
+        }
         SendOutcome::Aborted { size, sent, reason } => (size, sent, Err(reason)),
-        SendOutcome::Sent(s) => (s.size, s.size, Ok(s)),
+        SendOutcome::Sent(s) => (s.size, s.size - s.offset, Ok(s)),
     };
     let report = match (reply(r).await?, sent) {
         (Frame::Stored { size: got, blake3 }, Ok(s)) if got == s.size && blake3 == s.blake3 => {
-            FileReport::ok(&path, s.size, &s.blake3)
+            FileReport { bytes, resumed_from: s.offset, ..FileReport::ok(&path, s.size, &s.blake3) }
         }
         (Frame::Stored { size: got, blake3 }, Ok(s)) => {
             let (theirs, ours) = (transfer::hex(&blake3), transfer::hex(&s.blake3));
@@ -550,108 +694,159 @@ fn refused_report(path: &WirePath, code: ErrorCode, message: String) -> Result<F
     Ok(FileReport::failed(path, e.to_string(), e.class()))
 }
 
+/// What a pull's destination already holds, offered to the server before
+/// the `Get`s.
+#[derive(Default)]
+struct Holdings {
+    offers: Vec<Offer>,
+    /// Partial copies offered, claimed (locked) until their file arrives.
+    partials: HashMap<WirePath, Partial>,
+    /// Whole local files offered, with their BLAKE3.
+    whole: HashMap<WirePath, [u8; 32]>,
+}
+
+impl Holdings {
+    /// Looks in `root` for what the `asked` paths would write: partial
+    /// copies from `server` (after deleting expired ones), and the files
+    /// already there, hashed. Blocking. Best effort: what cannot be read is
+    /// simply not offered.
+    fn gather(root: &Root, server: &str, asked: &[WirePath]) -> Holdings {
+        let mut held = Holdings::default();
+        let within =
+            |p: &WirePath| asked.iter().any(|a| a.file_name().is_none_or(|n| p.components().next() == Some(n)));
+        if let Ok(dir) = root.partial_dir() {
+            partial::expire(&dir, partial::DEFAULT_TTL);
+            for id in partial::list(&dir, server) {
+                let Ok(path) = WirePath::parse(&id.path) else { continue };
+                if !within(&path) || held.offers.len() >= MAX_OFFERS {
+                    continue;
+                }
+                if let Ok(Some(p)) = partial::claim(&dir, &id) {
+                    let prefix = p.prefix();
+                    held.offers.push(Offer {
+                        path: path.clone(),
+                        size: id.size,
+                        mtime: id.mtime(),
+                        offset: p.offset,
+                        prefix,
+                    });
+                    held.partials.insert(path, p);
+                }
+            }
+        }
+        for a in asked {
+            // `x/d` lands as `d`; the root's entries land as themselves.
+            let target = a.file_name().map_or(Ok(WirePath::root()), WirePath::parse);
+            let Some(walk) = target.ok().and_then(|t| root.walk(&t).ok()) else { continue };
+            for item in walk {
+                let Item::File { rel, dir, name, meta } = item else { continue };
+                if held.offers.len() >= MAX_OFFERS {
+                    return held;
+                }
+                if held.partials.contains_key(&rel) {
+                    continue;
+                }
+                let Ok(mut f) = dir.open_file(&name) else { continue };
+                let mut hasher = blake3::Hasher::new();
+                if std::io::copy(&mut f, &mut hasher).ok() != Some(meta.size) {
+                    continue;
+                }
+                let prefix = *hasher.finalize().as_bytes();
+                held.offers.push(Offer {
+                    path: rel.clone(),
+                    size: meta.size,
+                    mtime: meta.mtime,
+                    offset: meta.size,
+                    prefix,
+                });
+                held.whole.insert(rel, prefix);
+            }
+        }
+        held
+    }
+}
+
+/// What every file of a pull needs.
+struct PullCtx<'a> {
+    root: &'a Root,
+    rep: &'a mut Reporter,
+    held: &'a mut Holdings,
+    /// The server's name, which partial copies from it are filed under.
+    server: &'a str,
+}
+
 /// Receives everything the server sends for one `Get`. Verified files are
 /// installed in groups ([`store::commit_group`]) and reported once durable;
 /// any other outcome waits for the group before it, so reports keep the
 /// order of the stream.
-async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, root: &Root, rep: &mut Reporter) -> Result<()> {
+async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, ctx: &mut PullCtx<'_>) -> Result<()> {
     // Items are named from the parent of what was asked; reports name the
     // remote path from the server's root.
     let base = asked.parent().unwrap_or_default();
     let remote = |p: &WirePath| base.join_path(p).map(|p| p.to_string()).unwrap_or_else(|_| p.to_string());
+    let meter = ctx.rep.meter().based(base.as_str());
     let mut group = Group::default();
-    let result = pull_items(r, asked, root, rep, &mut group, &remote).await;
+    let result = pull_items(r, asked, ctx, &mut group, &remote, &meter).await;
     // Files that arrived whole and verified are kept, even if the
     // connection failed after them.
-    group.commit(rep, &remote).await;
+    group.commit(ctx.rep, &remote).await;
     result
 }
 
 async fn pull_items(
     r: &mut FrameReader<ReadHalf<Tls>>,
     asked: &WirePath,
-    root: &Root,
-    rep: &mut Reporter,
+    ctx: &mut PullCtx<'_>,
     group: &mut Group,
     remote: &impl Fn(&WirePath) -> String,
+    meter: &Meter,
 ) -> Result<()> {
     loop {
         // Before waiting on the network, make what arrived durable.
         if !r.has_frame() {
-            group.commit(rep, remote).await;
+            group.commit(ctx.rep, remote).await;
         }
         let frame = reply(r).await?;
         if !matches!(frame, Frame::File(_)) {
-            group.commit(rep, remote).await;
+            group.commit(ctx.rep, remote).await;
         }
         match frame {
             Frame::Dir { path, .. } => {
                 check_within(r, asked, &path)?;
-                let (root, p) = (root.clone(), path.clone());
+                let (root, p) = (ctx.root.clone(), path.clone());
                 match blocking(move || root.mkdir(&p)).await {
-                    Ok(()) => rep.dir(),
-                    Err(e) => rep.file(FileReport::failed(remote(&path), e.message, Class::Other)),
+                    Ok(()) => ctx.rep.dir(&remote(&path)),
+                    Err(e) => ctx.rep.file(FileReport::failed(remote(&path), e.message, Class::Other)),
                 }
             }
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
-                let (root2, p, size) = (root.clone(), h.path.clone(), h.known_size());
-                let near = group.files.last().map(Staged::near);
-                let meter = rep.meter().clone();
-                let path = remote(&h.path);
-                let (outcome, staged) = match blocking(move || root2.stage(&p, size, near)).await {
-                    Ok(staged) => transfer::receive_deferred(r, &h, staged, u64::MAX, &meter).await?,
-                    Err(e) => {
-                        // Read and drop the payload; the file cannot be written here.
-                        let outcome = transfer::receive_file(r, &h, None, u64::MAX, &meter).await?;
-                        if let FileOutcome::Ok(got) = outcome {
-                            group.commit(rep, remote).await;
-                            let failed = FileReport::failed(&path, e.message, Class::Other);
-                            rep.file(FileReport { size: got.size, bytes: got.size, ..failed });
-                            continue;
-                        }
-                        (outcome, None)
+                if h.offset > 0 && h.offset == h.size && ctx.held.whole.contains_key(&h.path) {
+                    let report = confirm_whole(r, &h, ctx.held, remote).await?;
+                    group.commit(ctx.rep, remote).await;
+                    ctx.rep.file(report);
+                    continue;
+                }
+                match pull_file(r, h, ctx, group, remote, meter).await? {
+                    Pulled::Grouped => {}
+                    Pulled::Failed(report) => {
+                        group.commit(ctx.rep, remote).await;
+                        ctx.rep.file(report);
                     }
-                };
-                let report = match (outcome, staged) {
-                    (FileOutcome::Ok(got), Some(staged)) => {
-                        group.push(staged, got.size, got.blake3);
-                        if group.full() {
-                            group.commit(rep, remote).await;
-                        }
-                        continue;
-                    }
-                    (FileOutcome::PeerError { code, message }, _) => {
-                        // The server gave up on this file and on the rest of this GET.
-                        group.commit(rep, remote).await;
-                        let e = refusal(&path, code, message);
-                        rep.file(FileReport { size: h.size, ..FileReport::failed(&path, e.to_string(), e.class()) });
+                    Pulled::EndedResponse(report) => {
+                        group.commit(ctx.rep, remote).await;
+                        ctx.rep.file(report);
                         return Ok(());
                     }
-                    (FileOutcome::Ok(got), None) => FileReport {
-                        size: got.size,
-                        bytes: got.size,
-                        ..FileReport::failed(
-                            &path,
-                            "the received file was lost before it was installed".into(),
-                            Class::Other,
-                        )
-                    },
-                    (FileOutcome::Failed { code, message, bytes }, _) => {
-                        let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
-                        FileReport { size: h.size, bytes, ..FileReport::failed(&path, message, class) }
-                    }
-                };
-                group.commit(rep, remote).await;
-                rep.file(report);
+                }
             }
             Frame::Skipped { path, reason } => {
                 check_within(r, asked, &path)?;
-                rep.file(FileReport::skipped(remote(&path), reason));
+                ctx.rep.file(FileReport::skipped(remote(&path), reason));
             }
             Frame::Ok => return Ok(()),
             Frame::Error { code, message } => {
-                rep.file(refused_report(asked, code, message)?);
+                ctx.rep.file(refused_report(asked, code, message)?);
                 return Ok(());
             }
             other => return Err(unexpected(r.peer(), &other)),
@@ -659,19 +854,124 @@ async fn pull_items(
     }
 }
 
+/// The server found our whole copy of `h.path` identical: it sends only
+/// `End` with the file's BLAKE3, which must be the one we offered.
+async fn confirm_whole(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    h: &FileHeader,
+    held: &mut Holdings,
+    remote: &impl Fn(&WirePath) -> String,
+) -> Result<FileReport> {
+    let ours = held.whole.remove(&h.path).expect("checked by the caller");
+    let path = remote(&h.path);
+    match reply(r).await? {
+        Frame::End { blake3 } if blake3 == ours => Ok(FileReport::unchanged(&path, h.size, &ours)),
+        Frame::End { .. } => Err(Error::protocol(r.peer(), format!("{path}: confirmed a copy we did not offer"))),
+        Frame::Abort { reason } => {
+            Ok(FileReport::failed(&path, format!("{path}: the server abandoned it: {reason}"), Class::Other))
+        }
+        other => Err(unexpected(r.peer(), &other)),
+    }
+}
+
+/// How one file of a pull went.
+enum Pulled {
+    /// Verified; it waits in the group for its commit and report.
+    Grouped,
+    /// Failed; to report once the group before it is committed.
+    Failed(FileReport),
+    /// The server's error in place of the file, which also ends the response.
+    EndedResponse(FileReport),
+}
+
+/// Receives one file of a pull, continuing the partial copy offered for
+/// it if the server chose to.
+async fn pull_file(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    h: FileHeader,
+    ctx: &mut PullCtx<'_>,
+    group: &mut Group,
+    remote: &impl Fn(&WirePath) -> String,
+    meter: &Meter,
+) -> Result<Pulled> {
+    let claim = ctx.held.partials.remove(&h.path);
+    let (resume, prefix) = match claim {
+        Some(c) if h.offset > 0 && c.offset == h.offset && c.id.size == h.size && c.id.mtime() == h.mtime => {
+            let hasher = c.hasher.clone();
+            (Resume::From(Box::new(c)), hasher)
+        }
+        _ if h.offset > 0 => {
+            return Err(Error::protocol(
+                r.peer(),
+                format!("{}: sent from offset {}, which we did not offer", h.path, h.offset),
+            ));
+        }
+        claim => {
+            drop(claim); // the server starts over: release it before replacing it
+            let resume = match h.known_size() {
+                Some(size) if size >= RESUMABLE_MIN => {
+                    Resume::Fresh(PartialId::new(ctx.server, &h.path, size, h.mtime))
+                }
+                _ => Resume::No,
+            };
+            (resume, blake3::Hasher::new())
+        }
+    };
+    let (root, p, size) = (ctx.root.clone(), h.path.clone(), h.known_size());
+    let near = group.files.last().map(Staged::near);
+    let path = remote(&h.path);
+    let (outcome, staged) = match blocking(move || root.stage(&p, size, near, resume)).await {
+        Ok(staged) => transfer::receive_deferred(r, &h, staged, u64::MAX, meter, prefix).await?,
+        Err(e) => {
+            // Read and drop the payload; the file cannot be written here.
+            let outcome = transfer::receive_file(r, &h, None, u64::MAX, meter).await?;
+            if let FileOutcome::Ok(got) = outcome {
+                let failed = FileReport::failed(&path, e.message, Class::Other);
+                return Ok(Pulled::Failed(FileReport { size: got.size, bytes: got.bytes, ..failed }));
+            }
+            (outcome, None)
+        }
+    };
+    Ok(Pulled::Failed(match (outcome, staged) {
+        (FileOutcome::Ok(got), Some(staged)) => {
+            group.push(staged, got.size, got.blake3, got.bytes, h.offset);
+            if group.full() {
+                group.commit(ctx.rep, remote).await;
+            }
+            return Ok(Pulled::Grouped);
+        }
+        (FileOutcome::PeerError { code, message }, _) => {
+            // The server gave up on this file and on the rest of this GET.
+            let e = refusal(&path, code, message);
+            let failed = FileReport::failed(&path, e.to_string(), e.class());
+            return Ok(Pulled::EndedResponse(FileReport { size: h.size, ..failed }));
+        }
+        (FileOutcome::Ok(got), None) => FileReport {
+            size: got.size,
+            bytes: got.bytes,
+            ..FileReport::failed(&path, "the received file was lost before it was installed".into(), Class::Other)
+        },
+        (FileOutcome::Failed { code, message, bytes }, _) => {
+            let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+            FileReport { size: h.size, bytes, ..FileReport::failed(&path, message, class) }
+        }
+    }))
+}
+
 /// Received, verified files waiting to be made durable together.
 #[derive(Default)]
 struct Group {
     files: Vec<Staged>,
-    facts: Vec<(u64, [u8; 32])>,
+    /// Size, BLAKE3, payload bytes received and the offset resumed from.
+    facts: Vec<(u64, [u8; 32], u64, u64)>,
     bytes: u64,
 }
 
 impl Group {
-    fn push(&mut self, staged: Staged, size: u64, blake3: [u8; 32]) {
+    fn push(&mut self, staged: Staged, size: u64, blake3: [u8; 32], bytes: u64, resumed_from: u64) {
         self.files.push(staged);
-        self.facts.push((size, blake3));
-        self.bytes += size;
+        self.facts.push((size, blake3, bytes, resumed_from));
+        self.bytes += bytes;
     }
 
     /// Bounds the group so reports and memory never wait on too much.
@@ -688,12 +988,10 @@ impl Group {
         let facts = std::mem::take(&mut self.facts);
         self.bytes = 0;
         let results = blocking(move || store::commit_group(files)).await;
-        for ((path, r), (size, blake3)) in results.into_iter().zip(facts) {
+        for ((path, r), (size, blake3, bytes, resumed_from)) in results.into_iter().zip(facts) {
             rep.file(match r {
-                Ok(()) => FileReport::ok(remote(&path), size, &blake3),
-                Err(e) => {
-                    FileReport { size, bytes: size, ..FileReport::failed(remote(&path), e.message, Class::Other) }
-                }
+                Ok(()) => FileReport { bytes, resumed_from, ..FileReport::ok(remote(&path), size, &blake3) },
+                Err(e) => FileReport { size, bytes, ..FileReport::failed(remote(&path), e.message, Class::Other) },
             });
         }
     }

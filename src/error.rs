@@ -99,6 +99,18 @@ impl Error {
         }
     }
 
+    /// True for failures another attempt may not meet: the connection was
+    /// refused, cut or stalled, or the server was shutting down. Never for
+    /// authentication, refusals or integrity failures.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } => true,
+            Error::ConnectionLost { source, .. } => crate::tls::rustls_error(source).is_none(),
+            Error::Refused { code, .. } => *code == ErrorCode::ShuttingDown,
+            _ => false,
+        }
+    }
+
     /// Wraps a local I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Error {
         Error::Io { context: context.into(), source }

@@ -64,6 +64,7 @@ pub mod client;
 pub mod connection;
 pub mod error;
 pub mod meter;
+pub mod partial;
 pub mod pki;
 pub mod progress;
 pub mod protocol;

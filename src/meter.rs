@@ -5,9 +5,10 @@
 //! Transfer code never touches indicatif: it only sends events, and with
 //! [`Meter::off`] (servers, JSON, pipes, `--quiet`) sending is a no-op.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ enum Event {
     Counted { files: u64, bytes: u64, done: bool },
     /// A file's payload begins.
     Start { path: String, size: Option<u64> },
+    /// ...at this offset (resumed).
+    Resumed(u64),
     /// Payload bytes moved.
     Bytes(u64),
     /// A file's outcome is known.
@@ -30,11 +33,23 @@ enum Event {
     Finish,
 }
 
-/// A handle for reporting progress; clones share one display.
+/// A handle for reporting progress; clones share one display. It also
+/// tallies the payload bytes moved per file, drawn or not, so a command
+/// that retries can count a file's bytes over all its attempts.
 #[derive(Debug, Clone, Default)]
 pub struct Meter {
     tx: Option<mpsc::Sender<Event>>,
     closed: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+    /// Prefix for the paths this clone reports (a pull names files from
+    /// the parent of what was asked for).
+    base: Option<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    current: String,
+    bytes: HashMap<String, u64>,
 }
 
 /// The display thread, to be finished before the summary is printed.
@@ -53,7 +68,7 @@ impl Meter {
     /// A meter drawing bars on stderr, and the display to finish later.
     pub fn bars() -> (Meter, Display) {
         let (tx, rx) = mpsc::channel();
-        let meter = Meter { tx: Some(tx), closed: Arc::default() };
+        let meter = Meter { tx: Some(tx), ..Meter::default() };
         let thread = std::thread::spawn(move || draw(rx));
         (meter.clone(), Display { meter, thread })
     }
@@ -72,11 +87,44 @@ impl Meter {
     pub fn counted(&self, files: u64, bytes: u64, done: bool) {
         self.send(Event::Counted { files, bytes, done });
     }
+    /// A clone whose paths are under `base`.
+    pub fn based(&self, base: &str) -> Meter {
+        Meter { base: (!base.is_empty()).then(|| Arc::from(base)), ..self.clone() }
+    }
+
     pub fn start(&self, path: &str, size: Option<u64>) {
-        self.send(Event::Start { path: path.to_owned(), size });
+        let path = match &self.base {
+            Some(base) => format!("{base}/{path}"),
+            None => path.to_owned(),
+        };
+        self.tally.lock().expect("meter tally poisoned").current.clone_from(&path);
+        self.send(Event::Start { path, size });
+    }
+    /// The file just started continues a partial copy of `offset` bytes.
+    pub fn resumed(&self, offset: u64) {
+        if offset > 0 {
+            self.send(Event::Resumed(offset));
+        }
     }
     pub fn bytes(&self, n: u64) {
+        let mut t = self.tally.lock().expect("meter tally poisoned");
+        let Tally { current, bytes } = &mut *t;
+        match bytes.get_mut(current.as_str()) {
+            Some(b) => *b += n,
+            None => {
+                bytes.insert(current.clone(), n);
+            }
+        }
+        drop(t);
         self.send(Event::Bytes(n));
+    }
+    /// Takes the bytes tallied for `path` since it was last taken.
+    pub fn take_bytes(&self, path: &str) -> u64 {
+        self.tally.lock().expect("meter tally poisoned").bytes.remove(path).unwrap_or(0)
+    }
+    /// Takes every file's tally (an attempt failed; they will be retried).
+    pub fn take_all(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut self.tally.lock().expect("meter tally poisoned").bytes)
     }
     pub fn done(&self) {
         self.send(Event::Done);
@@ -136,6 +184,12 @@ fn draw(rx: mpsc::Receiver<Event>) {
                 bar.reset();
                 bar.set_length(size.unwrap_or(0));
                 bar.set_message(path);
+            }
+            Event::Resumed(offset) => {
+                if let Some(bar) = &file {
+                    bar.set_position(offset);
+                }
+                total.inc(offset);
             }
             Event::Bytes(n) => {
                 if let Some(bar) = &file {

@@ -3,8 +3,9 @@
 //! Lines on stdout for machines (`--json`). Transfer code reports here and
 //! never prints.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -51,8 +52,12 @@ pub struct FileReport {
     pub path: String,
     pub size: u64,
     pub blake3: Option<String>,
-    /// Payload bytes that crossed the connection for this file.
+    /// Payload bytes that crossed the connection for this file (over all
+    /// attempts of the command, once reported).
     pub bytes: u64,
+    /// Where the payload of the last attempt started: 0, or the length of
+    /// the partial copy it continued.
+    pub resumed_from: u64,
     pub status: Status,
     /// Why it failed or was skipped.
     pub error: Option<String>,
@@ -69,10 +74,18 @@ impl FileReport {
             size,
             blake3,
             bytes: size,
+            resumed_from: 0,
             status: Status::Ok,
             error: None,
             class: Class::Other,
         }
+    }
+
+    /// A file the receiver already held, identical (same size and BLAKE3):
+    /// nothing was sent.
+    pub fn unchanged(path: impl ToString, size: u64, blake3: &[u8; 32]) -> FileReport {
+        let reason = "already there with the same BLAKE3; nothing sent".to_owned();
+        FileReport { bytes: 0, status: Status::Skipped, error: Some(reason), ..FileReport::ok(path, size, blake3) }
     }
 
     /// A path that was done without a payload (a removal).
@@ -82,6 +95,7 @@ impl FileReport {
             size: 0,
             blake3: None,
             bytes: 0,
+            resumed_from: 0,
             status: Status::Ok,
             error: None,
             class: Class::Other,
@@ -95,6 +109,7 @@ impl FileReport {
             size: 0,
             blake3: None,
             bytes: 0,
+            resumed_from: 0,
             status: Status::Skipped,
             error: Some(reason),
             class: Class::Other,
@@ -109,6 +124,7 @@ impl FileReport {
             size: 0,
             blake3: None,
             bytes: 0,
+            resumed_from: 0,
             status: Status::Failed,
             error: Some(error),
             class,
@@ -122,7 +138,7 @@ pub struct Summary {
     pub ok: usize,
     pub skipped: usize,
     pub failed: usize,
-    /// Files continued from a partial copy (always 0 until resume exists).
+    /// Files continued from a partial copy.
     pub resumed: usize,
     pub dirs: usize,
     pub bytes: u64,
@@ -140,12 +156,30 @@ pub struct Reporter {
     /// Live bars, when on a terminal; finished before the summary.
     meter: Meter,
     display: Option<Display>,
+    /// Paths already reported (a retry does not report them again) and
+    /// folders already counted.
+    done: HashSet<String>,
+    dirs: HashSet<String>,
+    /// Payload bytes that earlier, failed attempts moved for files not yet
+    /// reported.
+    carry: HashMap<String, u64>,
 }
 
 impl Reporter {
     pub fn new(output: Output, op: Op) -> Reporter {
         let (meter, display) = (Meter::off(), None);
-        Reporter { output, op, started: Instant::now(), sum: Summary::default(), worst: None, meter, display }
+        Reporter {
+            output,
+            op,
+            started: Instant::now(),
+            sum: Summary::default(),
+            worst: None,
+            meter,
+            display,
+            done: HashSet::new(),
+            dirs: HashSet::new(),
+            carry: HashMap::new(),
+        }
     }
 
     /// The same, drawing live progress bars on stderr (human output only).
@@ -163,13 +197,49 @@ impl Reporter {
         &self.meter
     }
 
+    /// Paths reported so far, which a retry need not send again.
+    pub fn done_paths(&self) -> HashSet<String> {
+        self.done.clone()
+    }
+
+    /// An attempt failed and another follows after `delay`: the bytes moved
+    /// for unfinished files are carried over, and the user is told.
+    pub fn retrying(&mut self, e: &Error, attempt: u32, attempts: u32, delay: Duration) {
+        for (path, n) in self.meter.take_all() {
+            *self.carry.entry(path).or_default() += n;
+        }
+        let secs = delay.as_secs_f64();
+        match self.output {
+            Output::Json => json_line(&serde_json::json!({
+                "type": "retry", "attempt": attempt + 1, "attempts": attempts, "delay_seconds": secs,
+                "error": e.to_string(),
+            })),
+            Output::Human | Output::Quiet => {
+                let line = format!("xfer: {e}; retrying in {secs:.1} s (attempt {} of {attempts})", attempt + 1);
+                if !self.meter.line(line.clone()) {
+                    eprintln!("{line}");
+                }
+            }
+            Output::Silent => {}
+        }
+    }
+
     /// Records one file (or removed path).
-    pub fn file(&mut self, r: FileReport) {
+    pub fn file(&mut self, mut r: FileReport) {
+        // A retry met a file an earlier attempt already reported.
+        if !self.done.insert(r.path.clone()) {
+            return;
+        }
+        r.bytes += self.carry.remove(&r.path).unwrap_or(0);
+        self.meter.take_bytes(&r.path);
         self.meter.done();
         match r.status {
             Status::Ok => {
                 self.sum.ok += 1;
                 self.sum.bytes += r.bytes;
+                if r.resumed_from > 0 {
+                    self.sum.resumed += 1;
+                }
             }
             Status::Skipped => self.sum.skipped += 1,
             // The summary's bytes are verified bytes only; a failed file's
@@ -184,7 +254,7 @@ impl Reporter {
                 let bytes_key = if self.op == Op::Pull { "bytes_received" } else { "bytes_sent" };
                 let mut v = serde_json::json!({
                     "type": "file", "path": r.path, "size": r.size, "blake3": r.blake3,
-                    "status": r.status,
+                    "status": r.status, "resumed_from": r.resumed_from,
                 });
                 v[bytes_key] = r.bytes.into();
                 if let Some(e) = &r.error {
@@ -210,9 +280,11 @@ impl Reporter {
         }
     }
 
-    /// Records a folder created or sent.
-    pub fn dir(&mut self) {
-        self.sum.dirs += 1;
+    /// Records a folder created or sent (once, however many attempts).
+    pub fn dir(&mut self, path: &str) {
+        if self.dirs.insert(path.to_owned()) {
+            self.sum.dirs += 1;
+        }
     }
 
     /// Prints one `ls` entry.

@@ -11,18 +11,32 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
+use crate::partial::{self, Partial, PartialId};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
 use crate::walk::Walk;
 
-/// Name of the server's staging folder at the top of its root.
+/// Name of the staging folder at the top of a root (a server's, or a pull's
+/// destination): `tmp` for temporary files, `partial` for resumable ones.
 pub const STAGING_DIR: &str = ".xfer";
+const PARTIAL_DIR: &str = "partial";
+
+/// Whether a staged file may be kept for a later attempt to resume.
+#[derive(Debug)]
+pub enum Resume {
+    /// An ordinary temporary file, deleted if the transfer fails.
+    No,
+    /// A new partial copy with this identity (see [`crate::partial`]).
+    Fresh(PartialId),
+    /// Continue a claimed partial copy after its last byte.
+    From(Box<Partial>),
+}
 
 /// A refused or failed store operation, with the protocol code to send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +89,35 @@ pub struct Root {
     staging: Option<DirFd>,
 }
 
+impl Root {
+    /// The folder of partial copies, created when first needed.
+    pub fn partial_dir(&self) -> io::Result<DirFd> {
+        self.dir.descend([STAGING_DIR, PARTIAL_DIR], true)
+    }
+
+    /// Claims the partial copy of `id`, if one exists that nobody holds.
+    pub fn claim_partial(&self, id: &PartialId) -> io::Result<Option<Partial>> {
+        match self.dir.descend([STAGING_DIR, PARTIAL_DIR], false) {
+            Ok(dir) => partial::claim(&dir, id),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The BLAKE3 of the regular file `p`, if it exists with exactly
+    /// `size` bytes. Blocking: reads the whole file.
+    pub fn hash_if_size(&self, p: &WirePath, size: u64) -> Option<[u8; 32]> {
+        let found = self.find(p, false).ok()?;
+        if found.entry.kind != Kind::File || found.entry.meta.size != size {
+            return None;
+        }
+        let mut f = found.parent.open_file(OsStr::new(found.name.as_deref()?)).ok()?;
+        let mut hasher = blake3::Hasher::new();
+        let n = io::copy(&mut f, &mut hasher).ok()?;
+        (n == size).then(|| *hasher.finalize().as_bytes())
+    }
+}
+
 /// An existing entry: the folder that holds it, its name (`None` for the
 /// root itself) and what it is.
 struct Found {
@@ -84,17 +127,20 @@ struct Found {
 }
 
 impl Root {
-    /// A server root: created if missing, with its staging folder emptied
-    /// of whatever a killed server left there.
+    /// A server root: created if missing, with its temporary files emptied
+    /// of whatever a killed server left there (partial copies stay, for
+    /// resume, until they expire).
     pub fn open_server(dir: &Path) -> io::Result<Root> {
         let mut root = Root::open_local(dir)?;
         let staging = root.dir.descend([STAGING_DIR, "tmp"], true)?;
         clear_staging(&staging);
         root.staging = Some(staging);
+        root.partial_dir()?;
         Ok(root)
     }
 
-    /// A local destination (`pull --out`): created if missing.
+    /// A local destination (`pull --out`): created if missing. Its top-level
+    /// `.xfer` holds partial downloads and is never written by a server.
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
         let path = dir.canonicalize()?;
@@ -144,7 +190,9 @@ impl Root {
     /// that exceeds the free space is refused before anything is written.
     /// `near`, from the previous file, lets files in the same folder share
     /// one open handle on it (fewer descriptors held by a group commit).
-    pub fn stage(&self, p: &WirePath, size: Option<u64>, near: Option<Near>) -> Result<Staged> {
+    /// With `resume`, the data goes to a partial copy kept if the transfer
+    /// is cut (see [`crate::partial`]).
+    pub fn stage(&self, p: &WirePath, size: Option<u64>, near: Option<Near>, resume: Resume) -> Result<Staged> {
         self.check_reserved(p)?;
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
             return Err(StoreError::new(ErrorCode::BadPath, "cannot write a file over the root folder"));
@@ -159,8 +207,12 @@ impl Root {
             }
         }
         let tmp_dir = self.staging.clone().unwrap_or_else(|| dir.clone());
+        let held = match &resume {
+            Resume::From(partial) => partial.offset,
+            _ => 0,
+        };
         if let (Some(size), Ok(free)) = (size, tmp_dir.free_space()) {
-            if size > free {
+            if size - held.min(size) > free {
                 let (need, have) = (human_bytes(size), human_bytes(free));
                 return Err(StoreError::new(
                     ErrorCode::NoSpace,
@@ -168,8 +220,53 @@ impl Root {
                 ));
             }
         }
-        let (file, tmp_name) = tmp_dir.create_temp(".xfer-").map_err(|e| StoreError::io(p, e))?;
-        Ok(Staged { file: Some(file), tmp_dir, tmp_name, dir, name: name.to_owned(), path: p.clone(), done: false })
+        let err = |e| StoreError::io(p, e);
+        let mut staged = Staged {
+            file: None,
+            park_dir: tmp_dir.clone(),
+            tmp_dir: tmp_dir.clone(),
+            tmp_name: String::new(),
+            dir,
+            name: name.to_owned(),
+            path: p.clone(),
+            partial: false,
+            written: held,
+            discarded: false,
+            done: false,
+        };
+        let partial = match resume {
+            Resume::No => None,
+            Resume::Fresh(id) => self.fresh_partial(&id, &staged.dir).map_err(err)?,
+            Resume::From(mut partial) => {
+                // Anything past the offered prefix (a write in flight when
+                // the last attempt died) goes.
+                partial.file.set_len(partial.offset).map_err(err)?;
+                partial.file.seek(io::SeekFrom::Start(partial.offset)).map_err(err)?;
+                Some((partial.file, self.partial_dir().map_err(err)?, partial.id.data_name()))
+            }
+        };
+        (staged.file, staged.tmp_dir, staged.tmp_name) = match partial {
+            Some((file, dir, name)) => {
+                staged.partial = true;
+                (Some(file), dir, name)
+            }
+            None => {
+                let (file, name) = tmp_dir.create_temp(".xfer-").map_err(err)?;
+                (Some(file), tmp_dir, name)
+            }
+        };
+        Ok(staged)
+    }
+
+    /// A new partial copy for `id`, unless another transfer holds one or the
+    /// target is on another filesystem than the partial folder (it could
+    /// not be renamed into place).
+    fn fresh_partial(&self, id: &PartialId, target: &DirFd) -> io::Result<Option<(File, DirFd, String)>> {
+        let dir = self.partial_dir()?;
+        if dir.device()? != target.device()? {
+            return Ok(None);
+        }
+        Ok(partial::create(&dir, id)?.map(|f| (f, dir, id.data_name())))
     }
 
     /// Removes a file (or link), or a folder and everything in it when
@@ -223,17 +320,17 @@ impl Root {
     pub fn walk(&self, p: &WirePath) -> Result<Walk> {
         let found = self.find(p, false)?;
         let walk = match &found.name {
-            None => Walk::contents(self.dir.clone(), self.staging.as_ref().map(|_| STAGING_DIR)),
+            None => Walk::contents(self.dir.clone(), Some(STAGING_DIR)),
             Some(n) => Walk::entry(&found.parent, OsStr::new(n), WirePath::root().join(n).expect("a valid component")),
         };
         walk.map_err(|e| StoreError::io(p, e))
     }
 
     fn check_reserved(&self, p: &WirePath) -> Result<()> {
-        if self.staging.is_some() && p.components().next() == Some(STAGING_DIR) {
+        if p.components().next() == Some(STAGING_DIR) {
             return Err(StoreError::new(
                 ErrorCode::Denied,
-                format!("{p}: '{STAGING_DIR}' is reserved for the server's staging area"),
+                format!("{p}: '{STAGING_DIR}' is reserved for xfer's staging area"),
             ));
         }
         Ok(())
@@ -254,18 +351,35 @@ pub struct Staged {
     /// Open while being written; closed once prepared for a group commit,
     /// so a group of many files does not hold many descriptors.
     file: Option<File>,
+    /// Where ordinary temporary files go (a verified partial copy moves
+    /// there, out of reach of other transfers, before it is closed).
+    park_dir: DirFd,
     tmp_dir: DirFd,
     tmp_name: String,
     dir: DirFd,
     name: String,
     path: WirePath,
+    /// The temporary file is a partial copy, kept if dropped unfinished.
+    partial: bool,
+    /// Bytes in the file (a resumed prefix included).
+    written: u64,
+    /// Failed for good: delete even a partial copy.
+    discarded: bool,
     done: bool,
 }
 
 impl Staged {
     /// Appends payload bytes.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.open_file()?.write_all(data).map_err(|e| StoreError::io(&self.path, e))
+        self.open_file()?.write_all(data).map_err(|e| StoreError::io(&self.path, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Gives up on the file for good: even a partial copy is deleted (the
+    /// sender abandoned it, or it failed verification).
+    pub fn discard(mut self) {
+        self.discarded = true;
     }
 
     fn open_file(&mut self) -> Result<&mut File> {
@@ -299,7 +413,23 @@ impl Staged {
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
         file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
-        file.set_modified(to_system_time(mtime)).map_err(err)
+        file.set_modified(to_system_time(mtime)).map_err(err)?;
+        self.park()
+    }
+
+    /// Moves a verified partial copy out of the partial folder while still
+    /// holding its lock, so no other transfer can claim and truncate it
+    /// between now and its rename into place.
+    fn park(&mut self) -> Result<()> {
+        if !self.partial {
+            return Ok(());
+        }
+        let err = |e| StoreError::io(&self.path, e);
+        let (_, name) = self.park_dir.create_temp(".xfer-").map_err(err)?;
+        self.tmp_dir.rename(OsStr::new(&self.tmp_name), &self.park_dir, OsStr::new(&name)).map_err(err)?;
+        partial::remove(&self.tmp_dir, &self.tmp_name);
+        (self.tmp_dir, self.tmp_name, self.partial) = (self.park_dir.clone(), name, false);
+        Ok(())
     }
 
     /// Renames the file over its target. Durable only once the caller has
@@ -324,8 +454,15 @@ impl Staged {
 }
 
 impl Drop for Staged {
+    /// An unfinished file is deleted, unless it is a partial copy with data
+    /// that nobody discarded: that one stays for the next attempt.
     fn drop(&mut self) {
-        if !self.done {
+        if self.done || (self.partial && self.written > 0 && !self.discarded) {
+            return;
+        }
+        if self.partial {
+            partial::remove(&self.tmp_dir, &self.tmp_name);
+        } else {
             let _ = self.tmp_dir.unlink(OsStr::new(&self.tmp_name));
         }
     }
@@ -406,14 +543,14 @@ mod tests {
 
     impl Root {
         fn stage_any(&self, p: &WirePath) -> Result<Staged> {
-            self.stage(p, None, None)
+            self.stage(p, None, None, Resume::No)
         }
     }
 
     #[test]
     fn a_file_larger_than_the_free_space_is_refused_up_front() {
         let (_t, root) = server();
-        let e = root.stage(&p("huge"), Some(u64::MAX / 2), None).unwrap_err();
+        let e = root.stage(&p("huge"), Some(u64::MAX / 2), None, Resume::No).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSpace);
         assert!(
             e.message.contains("huge: needs 8388608.0 TiB but only") && e.message.contains("is free"),
@@ -421,9 +558,9 @@ mod tests {
             e.message
         );
         assert_eq!(fs::read_dir(root.dir().join(".xfer/tmp")).unwrap().count(), 0);
-        let first = root.stage(&p("small"), Some(10), None).unwrap();
+        let first = root.stage(&p("small"), Some(10), None, Resume::No).unwrap();
         // A file in the same folder shares the folder's handle.
-        let second = root.stage(&p("other"), Some(10), Some(first.near())).unwrap();
+        let second = root.stage(&p("other"), Some(10), Some(first.near()), Resume::No).unwrap();
         assert_eq!(first.near().parent, second.near().parent);
     }
 

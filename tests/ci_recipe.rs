@@ -93,7 +93,11 @@ fn the_readme_ci_recipe_works_as_written() {
     cmd.env("XFER_FAULT_CORRUPT_PAYLOAD", "1");
     let corrupting = XferServer::spawn(cmd, &host.join("srv"));
     let script = readme_block("ci-check").replace("artifacts.example.org", &corrupting.addr);
-    let mut cmd = shell(&script, &checked);
+    // A fresh folder: in `checked` the files are already there, identical,
+    // and would not be sent again.
+    let fresh = work.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let mut cmd = shell(&script, &fresh);
     cmd.env("CI_COMMIT", "3f2c1e").envs(secrets.iter().map(|(k, v)| (*k, v.as_str())));
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));

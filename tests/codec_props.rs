@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use xfer::protocol::{ErrorCode, FileHeader, Frame, ListEntry, Timestamp, WirePath};
+use xfer::protocol::{ErrorCode, FileHeader, Frame, Have, ListEntry, Offer, Timestamp, WirePath};
 
 fn component() -> impl Strategy<Value = String> {
     // Printable names, avoiding the characters and forms the rules refuse.
@@ -24,8 +24,23 @@ fn text() -> impl Strategy<Value = String> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (wire_path(), any::<u64>(), any::<u32>(), timestamp())
-            .prop_map(|(path, size, mode, mtime)| Frame::File(FileHeader { path, size, mode, mtime })),
+        (wire_path(), 1..u64::MAX, any::<u64>(), any::<u32>(), timestamp()).prop_map(
+            |(path, size, at, mode, mtime)| {
+                Frame::File(FileHeader { offset: at % (size + 1), ..FileHeader::new(path, size, mode, mtime) })
+            }
+        ),
+        (wire_path(), any::<u64>(), timestamp()).prop_map(|(path, size, mtime)| Frame::Probe { path, size, mtime }),
+        (wire_path(), 0..u64::MAX, timestamp(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+            |(path, size, mtime, at, prefix)| Frame::Offer(Offer {
+                path,
+                size,
+                mtime,
+                offset: at % (size + 1),
+                prefix
+            })
+        ),
+        (any::<u64>(), any::<[u8; 32]>(), any::<Option<[u8; 32]>>())
+            .prop_map(|(offset, prefix, complete)| Frame::Have(Have { offset, prefix, complete })),
         (wire_path(), any::<u32>(), timestamp()).prop_map(|(path, mode, mtime)| Frame::Dir { path, mode, mtime }),
         (wire_path(), text()).prop_map(|(path, reason)| Frame::Skipped { path, reason }),
         wire_path().prop_map(|path| Frame::Get { path }),

@@ -28,7 +28,7 @@ fn traversal_paths_from_the_cli_are_refused_with_exit_4() {
         run.assert_code(4);
         assert!(run.stderr().contains("refused remote path"), "{run}");
     }
-    assert_eq!(work.listing("sub"), ["root", "root/.xfer", "root/.xfer/tmp"]);
+    assert_eq!(work.listing("sub"), ["root", "root/.xfer", "root/.xfer/partial", "root/.xfer/tmp"]);
     assert!(!work.join("x").exists() && !work.join("passwd").exists());
 }
 
@@ -80,7 +80,7 @@ fn the_server_refuses_hostile_paths_on_the_wire_and_keeps_serving() {
         // Then a good file on the same connection.
         let good = WirePath::parse("good.txt").unwrap();
         out.extend(encode(&[
-            Frame::File(xfer::protocol::FileHeader { path: good, size: 2, mode: 0o644, mtime: Default::default() }),
+            Frame::File(xfer::protocol::FileHeader::new(good, 2, 0o644, Default::default())),
             Frame::Data(bytes::Bytes::from_static(b"ok")),
             Frame::End { blake3: *blake3::hash(b"ok").as_bytes() },
         ]));

@@ -11,7 +11,7 @@ use xfer::protocol::{ErrorCode, FileHeader, Frame, WirePath};
 use crate::support::*;
 
 fn file(path: &str, size: u64) -> Frame {
-    Frame::File(FileHeader { path: WirePath::parse(path).unwrap(), size, mode: 0o644, mtime: Default::default() })
+    Frame::File(FileHeader::new(WirePath::parse(path).unwrap(), size, 0o644, Default::default()))
 }
 
 fn data(b: &'static [u8]) -> Frame {
@@ -74,7 +74,7 @@ fn payload_that_disagrees_with_the_header_is_refused_and_not_installed() {
         })
         .collect();
     assert_eq!(codes, ["Integrity", "Integrity", "Aborted", "STORED", "Protocol"], "{frames:?}");
-    assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "good"]);
+    assert_eq!(work.listing("root"), [".xfer", ".xfer/partial", ".xfer/tmp", "good"]);
     assert_eq!(fs::read(work.join("root/good")).unwrap(), b"abc");
 }
 
@@ -110,5 +110,5 @@ fn malformed_frames_get_an_error_and_a_close_and_others_are_unaffected() {
     // The server still serves a normal client.
     work.write("f", b"fine");
     client(&pki, "client", work.path(), "push", &server, &["f"]).assert_code(0);
-    assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "f"]);
+    assert_eq!(work.listing("root"), [".xfer", ".xfer/partial", ".xfer/tmp", "f"]);
 }

@@ -50,7 +50,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
     let mut push = spawn_push(&pki, &work, &server, "big");
     // Once the file is being written, stop the server: the file in flight
     // must still complete.
-    wait_for_staged_data(&work.join("root"));
+    wait_for_staged_data(&partials(&work.join("root")), 1);
     let status = server.terminate().expect("server exits within the grace period");
     let push_status = push.wait().unwrap();
     let mut err = String::new();

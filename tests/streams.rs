@@ -55,7 +55,7 @@ fn stream_misuse_is_a_usage_error() {
     client(&pki, "client", work.path(), "pull", &server, &["d", "-"]).assert_code(2);
     client(&pki, "client", work.path(), "pull", &server, &["d/f", "d/f", "-"]).assert_code(2);
     client(&pki, "client", work.path(), "pull", &server, &["d/f", "-", "--json"]).assert_code(2);
-    assert_eq!(work.listing("root"), [".xfer", ".xfer/tmp", "d", "d/f"]);
+    assert_eq!(work.listing("root"), [".xfer", ".xfer/partial", ".xfer/tmp", "d", "d/f"]);
 }
 
 #[test]

@@ -254,11 +254,12 @@ fn a_missing_source_is_a_usage_error_before_any_connection() {
 }
 
 #[test]
-fn ctrl_c_during_a_pull_leaves_nothing_behind() {
+fn ctrl_c_during_a_pull_keeps_only_a_partial_copy_which_the_next_pull_resumes() {
     let pki = Pki::new();
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("root"), &[]);
-    work.write("root/big", &random_bytes(256 << 20, 7));
+    let data = random_bytes(256 << 20, 7);
+    work.write("root/big", &data);
     let mut pull = std::process::Command::new(XFER)
         .current_dir(work.path())
         .args(["pull", &server.addr, "big", "--out", "got", "--idle-timeout", "10s"])
@@ -266,15 +267,22 @@ fn ctrl_c_during_a_pull_leaves_nothing_behind() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !work.listing("got").iter().any(|n| n.starts_with(".xfer-")) {
-        assert!(std::time::Instant::now() < deadline, "the pull never started writing");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for_staged_data(&work.join("got/.xfer/partial"), 1 << 20);
     std::process::Command::new("kill").args(["-INT", &pull.id().to_string()]).status().unwrap();
     let status = pull.wait().unwrap();
     assert_eq!(status.code(), Some(1));
-    assert_eq!(work.listing("got"), Vec::<String>::new(), "no partial file, no staging file");
+    let left = work.listing("got");
+    assert!(!left.contains(&"big".to_owned()), "nothing under the final name: {left:?}");
+    assert_eq!(left.len(), 4, "the staging folder with one partial copy and its description: {left:?}");
+
+    let run = client(&pki, "client", work.path(), "pull", &server, &["big", "--out", "got", "--json"]);
+    run.assert_code(0);
+    let line = &run.json()[0];
+    let resumed_from = line["resumed_from"].as_u64().unwrap();
+    assert!(resumed_from > 0, "{run}");
+    assert_eq!(line["bytes_received"].as_u64().unwrap(), data.len() as u64 - resumed_from, "{run}");
+    assert_eq!(std::fs::read(work.join("got/big")).unwrap(), data);
+    assert_eq!(work.listing("got"), ["big"], "the staging folder is gone once empty");
 }
 
 #[test]

@@ -23,6 +23,8 @@ mod code {
     pub const FILE: u8 = 0x01;
     pub const DIR: u8 = 0x02;
     pub const SKIPPED: u8 = 0x03;
+    pub const PROBE: u8 = 0x04;
+    pub const OFFER: u8 = 0x05;
     pub const GET: u8 = 0x08;
     pub const LIST: u8 = 0x09;
     pub const REMOVE: u8 = 0x0A;
@@ -32,6 +34,7 @@ mod code {
     pub const STORED: u8 = 0x20;
     pub const OK: u8 = 0x21;
     pub const ENTRY: u8 = 0x22;
+    pub const HAVE: u8 = 0x23;
     pub const ERROR: u8 = 0x2F;
 }
 
@@ -46,18 +49,53 @@ pub struct Timestamp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHeader {
     pub path: WirePath,
-    /// Exact payload length, or [`super::UNKNOWN_SIZE`] for a stream.
+    /// Exact file length, or [`super::UNKNOWN_SIZE`] for a stream.
     pub size: u64,
+    /// Where the payload starts: 0, or the length of a prefix the receiver
+    /// offered (`Have`, `Offer`) and the sender verified. The trailer's
+    /// hash still covers the whole file.
+    pub offset: u64,
     /// Unix permission bits of the source (the receiver masks them).
     pub mode: u32,
     pub mtime: Timestamp,
 }
 
 impl FileHeader {
+    /// A header for a whole file, sent from its first byte.
+    pub fn new(path: WirePath, size: u64, mode: u32, mtime: Timestamp) -> FileHeader {
+        FileHeader { path, size, offset: 0, mode, mtime }
+    }
+
     /// The payload length, when it is known in advance.
     pub fn known_size(&self) -> Option<u64> {
         (self.size != super::UNKNOWN_SIZE).then_some(self.size)
     }
+}
+
+/// What a receiver already holds of a file, offered so the sender can skip
+/// it or send only the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Have {
+    /// Bytes of a partial copy kept from an interrupted transfer (0: none).
+    pub offset: u64,
+    /// BLAKE3 of those `offset` bytes.
+    pub prefix: [u8; 32],
+    /// The BLAKE3 of a complete copy of the same size under the final name.
+    pub complete: Option<[u8; 32]>,
+}
+
+/// A file the receiver of a pull already holds, in part or whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub path: WirePath,
+    /// The file's size and mtime as the sender had them when the copy
+    /// began (a partial) or as installed (a complete copy).
+    pub size: u64,
+    pub mtime: Timestamp,
+    /// Bytes held: less than `size` for a partial, `size` for a whole copy.
+    pub offset: u64,
+    /// BLAKE3 of those bytes.
+    pub prefix: [u8; 32],
 }
 
 /// One line of a listing.
@@ -143,18 +181,52 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     File(FileHeader),
-    Dir { path: WirePath, mode: u32, mtime: Timestamp },
-    Skipped { path: WirePath, reason: String },
-    Get { path: WirePath },
-    List { path: WirePath },
-    Remove { path: WirePath, recursive: bool },
+    Dir {
+        path: WirePath,
+        mode: u32,
+        mtime: Timestamp,
+    },
+    Skipped {
+        path: WirePath,
+        reason: String,
+    },
+    /// Before a push's `File`: what does the server hold of this file?
+    Probe {
+        path: WirePath,
+        size: u64,
+        mtime: Timestamp,
+    },
+    /// Before a pull's `Get`: what the client holds.
+    Offer(Offer),
+    Get {
+        path: WirePath,
+    },
+    List {
+        path: WirePath,
+    },
+    Remove {
+        path: WirePath,
+        recursive: bool,
+    },
     Data(Bytes),
-    End { blake3: [u8; 32] },
-    Abort { reason: String },
-    Stored { size: u64, blake3: [u8; 32] },
+    End {
+        blake3: [u8; 32],
+    },
+    Abort {
+        reason: String,
+    },
+    Stored {
+        size: u64,
+        blake3: [u8; 32],
+    },
     Ok,
     Entry(ListEntry),
-    Error { code: ErrorCode, message: String },
+    /// The answer to `Probe`.
+    Have(Have),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Why bytes could not be decoded as a frame.
@@ -190,13 +262,14 @@ impl FrameError {
 fn max_body(kind: u8) -> Option<usize> {
     match kind {
         code::DATA => Some(MAX_DATA_LEN),
-        code::FILE..=code::SKIPPED
+        code::FILE..=code::OFFER
         | code::GET..=code::REMOVE
         | code::END
         | code::ABORT
         | code::STORED
         | code::OK
         | code::ENTRY
+        | code::HAVE
         | code::ERROR => Some(MAX_CONTROL_LEN),
         _ => None,
     }
@@ -251,10 +324,34 @@ impl Frame {
         let mut r = Reader { buf: &body, kind };
         let frame = match kind {
             code::FILE => {
-                Frame::File(FileHeader { path: r.path()?, size: r.u64()?, mode: r.u32()?, mtime: r.timestamp()? })
+                let h = FileHeader {
+                    path: r.path()?,
+                    size: r.u64()?,
+                    offset: r.u64()?,
+                    mode: r.u32()?,
+                    mtime: r.timestamp()?,
+                };
+                if h.offset > 0 && h.known_size().is_none_or(|s| h.offset > s) {
+                    return Err(FrameError::Invalid(kind, "offset beyond the file's size"));
+                }
+                Frame::File(h)
             }
             code::DIR => Frame::Dir { path: r.path()?, mode: r.u32()?, mtime: r.timestamp()? },
             code::SKIPPED => Frame::Skipped { path: r.path()?, reason: r.string()? },
+            code::PROBE => Frame::Probe { path: r.path()?, size: r.u64()?, mtime: r.timestamp()? },
+            code::OFFER => {
+                let o = Offer {
+                    path: r.path()?,
+                    size: r.u64()?,
+                    mtime: r.timestamp()?,
+                    offset: r.u64()?,
+                    prefix: r.hash()?,
+                };
+                if o.offset > o.size || o.size == super::UNKNOWN_SIZE {
+                    return Err(FrameError::Invalid(kind, "offset beyond the file's size"));
+                }
+                Frame::Offer(o)
+            }
             code::GET => Frame::Get { path: r.path()? },
             code::LIST => Frame::List { path: r.path()? },
             code::REMOVE => Frame::Remove { path: r.path()?, recursive: r.bool()? },
@@ -264,6 +361,14 @@ impl Frame {
             code::OK => Frame::Ok,
             code::ENTRY => {
                 Frame::Entry(ListEntry { path: r.path()?, size: r.u64()?, mtime: r.timestamp()?, is_dir: r.bool()? })
+            }
+            code::HAVE => {
+                let (offset, prefix) = (r.u64()?, r.hash()?);
+                let (complete, blake3) = (r.bool()?, r.hash()?);
+                if !complete && blake3 != [0; 32] {
+                    return Err(FrameError::Invalid(kind, "a hash without a complete copy"));
+                }
+                Frame::Have(Have { offset, prefix, complete: complete.then_some(blake3) })
             }
             code::ERROR => Frame::Error { code: ErrorCode::from_u16(r.u16()?), message: r.string()? },
             other => return Err(FrameError::UnknownType(other)),
@@ -283,6 +388,7 @@ impl Frame {
             Frame::File(h) => {
                 w.path(&h.path);
                 w.u64(h.size);
+                w.u64(h.offset);
                 w.u32(h.mode);
                 w.timestamp(h.mtime);
             }
@@ -294,6 +400,18 @@ impl Frame {
             Frame::Skipped { path, reason } => {
                 w.path(path);
                 w.string(reason);
+            }
+            Frame::Probe { path, size, mtime } => {
+                w.path(path);
+                w.u64(*size);
+                w.timestamp(*mtime);
+            }
+            Frame::Offer(o) => {
+                w.path(&o.path);
+                w.u64(o.size);
+                w.timestamp(o.mtime);
+                w.u64(o.offset);
+                w.0.extend_from_slice(&o.prefix);
             }
             Frame::Get { path } | Frame::List { path } => w.path(path),
             Frame::Remove { path, recursive } => {
@@ -314,6 +432,12 @@ impl Frame {
                 w.timestamp(e.mtime);
                 w.0.push(u8::from(e.is_dir));
             }
+            Frame::Have(h) => {
+                w.u64(h.offset);
+                w.0.extend_from_slice(&h.prefix);
+                w.0.push(u8::from(h.complete.is_some()));
+                w.0.extend_from_slice(&h.complete.unwrap_or_default());
+            }
             Frame::Error { code, message } => {
                 w.u16(code.to_u16());
                 w.string(message);
@@ -328,6 +452,8 @@ impl Frame {
             Frame::File(_) => code::FILE,
             Frame::Dir { .. } => code::DIR,
             Frame::Skipped { .. } => code::SKIPPED,
+            Frame::Probe { .. } => code::PROBE,
+            Frame::Offer(_) => code::OFFER,
             Frame::Get { .. } => code::GET,
             Frame::List { .. } => code::LIST,
             Frame::Remove { .. } => code::REMOVE,
@@ -337,6 +463,7 @@ impl Frame {
             Frame::Stored { .. } => code::STORED,
             Frame::Ok => code::OK,
             Frame::Entry(_) => code::ENTRY,
+            Frame::Have(_) => code::HAVE,
             Frame::Error { .. } => code::ERROR,
         }
     }
@@ -347,6 +474,8 @@ impl Frame {
             Frame::File(_) => "FILE",
             Frame::Dir { .. } => "DIR",
             Frame::Skipped { .. } => "SKIPPED",
+            Frame::Probe { .. } => "PROBE",
+            Frame::Offer(_) => "OFFER",
             Frame::Get { .. } => "GET",
             Frame::List { .. } => "LIST",
             Frame::Remove { .. } => "REMOVE",
@@ -356,6 +485,7 @@ impl Frame {
             Frame::Stored { .. } => "STORED",
             Frame::Ok => "OK",
             Frame::Entry(_) => "ENTRY",
+            Frame::Have(_) => "HAVE",
             Frame::Error { .. } => "ERROR",
         }
     }
@@ -475,13 +605,13 @@ mod tests {
     fn samples() -> Vec<Frame> {
         let t = Timestamp { secs: 1_700_000_000, nanos: 123_456_789 };
         vec![
-            Frame::File(FileHeader { path: p("a/b.txt"), size: 42, mode: 0o755, mtime: t }),
-            Frame::File(FileHeader {
-                path: p("s"),
-                size: super::super::UNKNOWN_SIZE,
-                mode: 0,
-                mtime: Timestamp { secs: -5, nanos: 0 },
-            }),
+            Frame::File(FileHeader::new(p("a/b.txt"), 42, 0o755, t)),
+            Frame::File(FileHeader { offset: 40, ..FileHeader::new(p("a/b.txt"), 42, 0o755, t) }),
+            Frame::File(FileHeader::new(p("s"), super::super::UNKNOWN_SIZE, 0, Timestamp { secs: -5, nanos: 0 })),
+            Frame::Probe { path: p("a/b.txt"), size: 42, mtime: t },
+            Frame::Offer(Offer { path: p("d/f"), size: 10, mtime: t, offset: 4, prefix: [3; 32] }),
+            Frame::Have(Have::default()),
+            Frame::Have(Have { offset: 7, prefix: [4; 32], complete: Some([5; 32]) }),
             Frame::Dir { path: p("d/e"), mode: 0o700, mtime: t },
             Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
             Frame::Get { path: p("x") },
@@ -567,7 +697,7 @@ mod tests {
         let path = b"../etc/passwd";
         buf.extend_from_slice(&(path.len() as u16).to_be_bytes());
         buf.extend_from_slice(path);
-        buf.extend_from_slice(&[0; 8 + 4 + 12]);
+        buf.extend_from_slice(&[0; 8 + 8 + 4 + 12]);
         let len = (buf.len() - HEADER_LEN) as u32;
         buf[1..5].copy_from_slice(&len.to_be_bytes());
         let err = Frame::decode(&buf).unwrap_err();
@@ -578,18 +708,31 @@ mod tests {
     /// The worked example of PROTOCOL.md, section 9, byte for byte.
     #[test]
     fn protocol_md_example_is_exact() {
-        let h =
-            FileHeader { path: p("a/b.txt"), size: 3, mode: 0o644, mtime: Timestamp { secs: 1_700_000_000, nanos: 0 } };
+        let h = FileHeader::new(p("a/b.txt"), 3, 0o644, Timestamp { secs: 1_700_000_000, nanos: 0 });
         let mut buf = Vec::new();
         Frame::File(h).encode(&mut buf);
         let want: &[u8] = &[
-            0x01, 0, 0, 0, 0x21, 0, 7, b'a', b'/', b'b', b'.', b't', b'x', b't', 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 1, 0xa4,
-            0, 0, 0, 0, 0x65, 0x53, 0xf1, 0, 0, 0, 0, 0,
+            0x01, 0, 0, 0, 0x29, 0, 7, b'a', b'/', b'b', b'.', b't', b'x', b't', 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 1, 0xa4, 0, 0, 0, 0, 0x65, 0x53, 0xf1, 0, 0, 0, 0, 0,
         ];
         assert_eq!(buf, want);
         buf.clear();
         Frame::Stored { size: 3, blake3: [9; 32] }.encode(&mut buf);
         assert_eq!(&buf[..13], &[0x20, 0, 0, 0, 0x28, 0, 0, 0, 0, 0, 0, 0, 3]);
+    }
+
+    #[test]
+    fn offsets_past_the_size_are_refused() {
+        let t = Timestamp::default();
+        for f in [
+            Frame::File(FileHeader { offset: 5, ..FileHeader::new(p("f"), 4, 0, t) }),
+            Frame::File(FileHeader { offset: 1, ..FileHeader::new(p("f"), super::super::UNKNOWN_SIZE, 0, t) }),
+            Frame::Offer(Offer { path: p("f"), size: 4, mtime: t, offset: 5, prefix: [0; 32] }),
+        ] {
+            let mut buf = Vec::new();
+            f.encode(&mut buf);
+            assert!(matches!(Frame::decode(&buf), Err(FrameError::Invalid(..))), "{f:?}");
+        }
     }
 
     #[test]

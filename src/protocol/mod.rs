@@ -8,14 +8,14 @@
 pub mod frame;
 pub mod path;
 
-pub use frame::{ErrorCode, FileHeader, Frame, FrameError, ListEntry, Timestamp};
+pub use frame::{ErrorCode, FileHeader, Frame, FrameError, Have, ListEntry, Offer, Timestamp};
 pub use path::{PathError, WirePath};
 
 /// First four bytes each side sends after the TLS handshake.
 pub const MAGIC: [u8; 4] = *b"XFER";
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Length of the preamble: magic followed by a big-endian `u16` version.
 pub const PREAMBLE_LEN: usize = 6;

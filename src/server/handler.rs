@@ -8,6 +8,7 @@
 //! client sends can reach another connection: each runs on its own task and
 //! shares only the read-only [`Shared`] state.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +24,12 @@ use crate::auth::Perm;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
 use crate::meter::Meter;
+use crate::partial::{Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
-use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
-use crate::store::{self, Staged, StoreError};
+use crate::protocol::{
+    ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, Offer, Timestamp, UNKNOWN_SIZE, VERSION, WirePath,
+};
+use crate::store::{self, Resume, Staged, StoreError};
 use crate::tls;
 use crate::transfer::{self, FileOutcome, SendOutcome, blocking};
 use crate::walk::Item;
@@ -77,6 +81,8 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             stopped_mid_response: false,
             batch: Vec::new(),
             batch_bytes: 0,
+            claims: HashMap::new(),
+            offers: HashMap::new(),
         };
         let result = conn.run().await;
         let secs = started.elapsed().as_secs_f64();
@@ -119,7 +125,16 @@ struct Conn {
     /// total size.
     batch: Vec<Pending>,
     batch_bytes: u64,
+    /// Partial copies offered to this client (`Have`), held until its
+    /// `File` for the same path continues or replaces them.
+    claims: HashMap<WirePath, Partial>,
+    /// What the client holds, for the files of its next `Get`s.
+    offers: HashMap<WirePath, Offer>,
 }
+
+/// Offers beyond this many per connection are ignored (the files are sent
+/// whole), so a client cannot make the server hold unbounded memory.
+const MAX_OFFERS: usize = 65_536;
 
 /// A received, verified file awaiting its group commit.
 struct Pending {
@@ -243,6 +258,13 @@ impl Conn {
     async fn dispatch(&mut self, frame: Frame) -> Result<()> {
         match frame {
             Frame::File(h) => self.put(h).await,
+            Frame::Probe { path, size, mtime } => self.probe(path, size, mtime).await,
+            Frame::Offer(o) => {
+                if self.offers.len() < MAX_OFFERS || self.offers.contains_key(&o.path) {
+                    self.offers.insert(o.path.clone(), o);
+                }
+                Ok(())
+            }
             Frame::Dir { path, .. } => {
                 let root = self.shared.root.clone();
                 let p = path.clone();
@@ -293,11 +315,66 @@ impl Conn {
         }
     }
 
+    /// Answers a `Probe`: the partial copy this client left of this version
+    /// of the file (claimed until its `File`), and the hash of a complete
+    /// copy of the same size, shown only to clients allowed to read it.
+    async fn probe(&mut self, path: WirePath, size: u64, mtime: Timestamp) -> Result<()> {
+        if let Err(e) = self.authorize(Perm::Write, &path) {
+            return self.answer(&path, "push", Err(e)).await;
+        }
+        let readable = self.authorize(Perm::Read, &path).is_ok();
+        let id = PartialId::new(&self.names.first().cloned().unwrap_or_default(), &path, size, mtime);
+        let root = self.shared.root.clone();
+        let p = path.clone();
+        self.claims.remove(&path);
+        let (complete, partial) = blocking(move || {
+            let complete = if readable { root.hash_if_size(&p, size) } else { None };
+            let partial = if size >= RESUMABLE_MIN { root.claim_partial(&id).ok().flatten() } else { None };
+            (complete, partial)
+        })
+        .await;
+        let mut have = Have { complete, ..Have::default() };
+        if let Some(partial) = partial {
+            (have.offset, have.prefix) = (partial.offset, partial.prefix());
+            info!(path = %path, offset = partial.offset, "offering a partial copy for resume");
+            self.claims.insert(path, partial);
+        }
+        self.w.send(&Frame::Have(have)).await
+    }
+
+    /// How to stage a pushed file: continuing the partial copy offered for
+    /// it, as a new partial copy, or (small files, streams) not resumable.
+    fn resume_for(&mut self, h: &FileHeader) -> Result<(Resume, blake3::Hasher)> {
+        let claim = self.claims.remove(&h.path);
+        if h.offset > 0 {
+            return match claim {
+                Some(c) if c.offset == h.offset && c.id.size == h.size && c.id.mtime() == h.mtime => {
+                    let hasher = c.hasher.clone();
+                    Ok((Resume::From(Box::new(c)), hasher))
+                }
+                _ => Err(Error::protocol(
+                    self.r.peer(),
+                    format!("{}: FILE starts at offset {}, which this server did not offer", h.path, h.offset),
+                )),
+            };
+        }
+        drop(claim); // the client starts over: release it before replacing it
+        let resume = match h.known_size() {
+            Some(size) if size >= RESUMABLE_MIN => {
+                let peer = self.names.first().cloned().unwrap_or_default();
+                Resume::Fresh(PartialId::new(&peer, &h.path, size, h.mtime))
+            }
+            _ => Resume::No,
+        };
+        Ok((resume, blake3::Hasher::new()))
+    }
+
     /// Receives one pushed file.
     async fn put(&mut self, h: FileHeader) -> Result<()> {
         let started = Instant::now();
         let size = h.known_size();
         let max = self.shared.max_size.unwrap_or(u64::MAX);
+        let (resume, prefix) = self.resume_for(&h)?;
         let staged = match (self.authorize(Perm::Write, &h.path), size) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(size)) if size > max => Err(StoreError {
@@ -312,7 +389,7 @@ impl Conn {
             (Ok(()), _) => {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
                 let near = self.batch.last().map(|pending| pending.staged.near());
-                blocking(move || root.stage(&p, size, near)).await
+                blocking(move || root.stage(&p, size, near, resume)).await
             }
         };
         let staged = match staged {
@@ -332,11 +409,14 @@ impl Conn {
             self.commit_batch().await?;
             self.w.flush().await?;
         }
-        match transfer::receive_deferred(&mut self.r, &h, staged, max, &Meter::off()).await? {
+        if h.offset > 0 {
+            info!(path = %h.path, offset = h.offset, "resuming");
+        }
+        match transfer::receive_deferred(&mut self.r, &h, staged, max, &Meter::off(), prefix).await? {
             (FileOutcome::Ok(got), Some(staged)) => {
                 // Verified; it joins the group that is made durable and
                 // installed together, then answered.
-                self.batch_bytes += got.size;
+                self.batch_bytes += got.bytes;
                 self.batch.push(Pending { staged, size: got.size, blake3: got.blake3, started });
                 if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
                     self.commit_batch().await?;
@@ -418,8 +498,17 @@ impl Conn {
                 }
                 Item::File { rel, dir, name, .. } => {
                     let started = Instant::now();
-                    match transfer::send_file(&mut self.w, &rel, &dir, &name, &Meter::off()).await? {
-                        SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size, &s.blake3, started),
+                    // A copy the client holds, whole or in part: send the
+                    // rest (nothing, if it is whole and identical).
+                    let held = self.offers.get(&rel).map(|o| transfer::Held {
+                        size: o.size,
+                        mtime: o.mtime,
+                        have: Have { offset: o.offset, prefix: o.prefix, complete: None },
+                    });
+                    match transfer::send_file(&mut self.w, &rel, &dir, &name, &Meter::off(), held.as_ref()).await? {
+                        SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size - s.offset, &s.blake3, started),
+                        // Offers carry no complete hash, so this cannot happen.
+                        SendOutcome::Same { .. } => {}
                         SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
                         // A GET of just this file: refuse it outright, with
                         // the cause's code (permission denied is exit 4).
@@ -445,7 +534,7 @@ impl Conn {
     /// empty header and an `Abort`, so it is reported as failed, not skipped.
     async fn send_failed(&mut self, path: &WirePath, reason: &str) -> Result<()> {
         warn!(path = %path, "cannot send: {reason}");
-        let h = FileHeader { path: path.clone(), size: 0, mode: 0o600, mtime: Timestamp::default() };
+        let h = FileHeader::new(path.clone(), 0, 0o600, Timestamp::default());
         self.w.send(&Frame::File(h)).await?;
         self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
     }
@@ -474,7 +563,7 @@ impl Conn {
         let is_file = error.is_file_header();
         self.w.send(&Frame::Error { code: ErrorCode::BadPath, message: error.to_string() }).await?;
         if is_file {
-            let h = FileHeader { path: WirePath::root(), size: UNKNOWN_SIZE, mode: 0, mtime: Timestamp::default() };
+            let h = FileHeader::new(WirePath::root(), UNKNOWN_SIZE, 0, Timestamp::default());
             transfer::discard_payload(&mut self.r, &h).await?;
         }
         Ok(())

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub timeouts: Timeouts,
     pub max_conns: usize,
     pub grace: Duration,
+    /// Partial copies nobody resumed for this long are deleted.
+    pub partial_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -66,6 +68,7 @@ impl ServeConfig {
             timeouts: Timeouts::default(),
             max_conns: MAX_CONNS,
             grace: GRACE,
+            partial_ttl: crate::partial::DEFAULT_TTL,
         }
     }
 }
@@ -126,6 +129,7 @@ pub struct Server {
     shared: Arc<Shared>,
     max_conns: usize,
     grace: Duration,
+    partial_ttl: Duration,
 }
 
 impl Server {
@@ -147,7 +151,13 @@ impl Server {
             max_size: cfg.max_size,
             timeouts: cfg.timeouts,
         };
-        Ok(Server { listener, shared: Arc::new(shared), max_conns: cfg.max_conns.max(1), grace: cfg.grace })
+        Ok(Server {
+            listener,
+            shared: Arc::new(shared),
+            max_conns: cfg.max_conns.max(1),
+            grace: cfg.grace,
+            partial_ttl: cfg.partial_ttl,
+        })
     }
 
     /// The address actually bound (the real port when asked for port 0).
@@ -170,6 +180,7 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.max_conns));
+        let expiry = tokio::spawn(expire_partials(self.shared.root.clone(), self.partial_ttl));
         tokio::pin!(shutdown);
         loop {
             // Wait for a free slot first, so a flood of connections queues
@@ -198,6 +209,7 @@ impl Server {
             });
         }
         drop(self.listener);
+        expiry.abort();
         token.cancel();
         tracker.close();
         if !tracker.is_empty() {
@@ -211,5 +223,23 @@ impl Server {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes partial copies older than `ttl`: now, then every quarter of
+/// `ttl` (at least every second, at most every hour).
+async fn expire_partials(root: Root, ttl: Duration) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let root = root.clone();
+        let removed = crate::transfer::blocking(move || match root.partial_dir() {
+            Ok(dir) => crate::partial::expire(&dir, ttl),
+            Err(_) => 0,
+        })
+        .await;
+        if removed > 0 {
+            info!(removed, "deleted partial copies older than {}s", ttl.as_secs());
+        }
+        tokio::time::sleep(every).await;
     }
 }

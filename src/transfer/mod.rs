@@ -11,7 +11,7 @@ mod send;
 pub use receive::{
     Destination, FileOutcome, Received, WriterSink, discard_payload, receive_deferred, receive_file, receive_into,
 };
-pub use send::{SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
+pub use send::{Held, SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
 
 /// Runs blocking filesystem work on tokio's blocking threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -29,6 +29,9 @@ const WRITE_LEN: usize = 1024 * 1024;
 pub struct Received {
     pub size: u64,
     pub blake3: [u8; 32],
+    /// Payload bytes that crossed the connection (less than `size` when
+    /// the file was resumed from an offset).
+    pub bytes: u64,
 }
 
 /// How one file ended.
@@ -56,6 +59,13 @@ pub trait Destination: Send {
     fn write(&mut self, data: &[u8]) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
     /// Called once the whole payload arrived and verified.
     fn finish(self, h: &FileHeader) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
+    /// Called when the file failed for good (not when the connection was
+    /// cut: then it is just dropped, and a partial copy may be kept).
+    fn discard(self)
+    where
+        Self: Sized,
+    {
+    }
 }
 
 /// Receives the payload that follows `h` into a staged file (or, with
@@ -69,22 +79,25 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     meter: &Meter,
 ) -> Result<FileOutcome> {
     let sink = staged.map(|s| Sink { staged: Some(s), buf: write_buffer(h), defer: None });
-    receive_into(r, h, sink, limit, meter).await
+    receive_into(r, h, sink, limit, meter, blake3::Hasher::new()).await
 }
 
 /// Like [`receive_file`], but a verified file is not installed: it comes
 /// back staged, with its mode and mtime applied, for the caller to make
-/// durable and install together with others (group commit).
+/// durable and install together with others (group commit). For a header
+/// with an offset, `staged` already holds that prefix and `prefix` is the
+/// state of its hash.
 pub async fn receive_deferred<R: AsyncRead + Unpin>(
     r: &mut FrameReader<R>,
     h: &FileHeader,
     staged: Staged,
     limit: u64,
     meter: &Meter,
+    prefix: blake3::Hasher,
 ) -> Result<(FileOutcome, Option<Staged>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink = Sink { staged: Some(staged), buf: write_buffer(h), defer: Some(tx) };
-    let outcome = receive_into(r, h, Some(sink), limit, meter).await?;
+    let outcome = receive_into(r, h, Some(sink), limit, meter, prefix).await?;
     Ok((outcome, rx.await.ok()))
 }
 
@@ -94,18 +107,25 @@ fn write_buffer(h: &FileHeader) -> Vec<u8> {
     Vec::with_capacity(h.known_size().map_or(WRITE_LEN, |s| s.min(WRITE_LEN as u64) as usize))
 }
 
-/// Receives the payload that follows `h` into any [`Destination`].
+/// Receives the payload that follows `h` into any [`Destination`]. The
+/// payload starts at `h.offset`; `hasher` has hashed the bytes before it.
 pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
     r: &mut FrameReader<R>,
     h: &FileHeader,
     mut sink: Option<D>,
     limit: u64,
     meter: &Meter,
+    mut hasher: blake3::Hasher,
 ) -> Result<FileOutcome> {
     meter.start(h.path.as_str(), h.known_size());
-    let mut hasher = blake3::Hasher::new();
-    let mut got: u64 = 0;
+    meter.resumed(h.offset);
+    let mut got: u64 = h.offset;
     let mut failure: Option<StoreError> = None;
+    let discard = |sink: &mut Option<D>| {
+        if let Some(s) = sink.take() {
+            s.discard();
+        }
+    };
     loop {
         match r.read_frame().await? {
             Some(Frame::Data(d)) => {
@@ -121,13 +141,13 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                 if got > limit && failure.is_none() {
                     let message = format!("{}: larger than the receiver's limit of {}", h.path, human_bytes(limit));
                     failure = Some(StoreError { code: ErrorCode::TooLarge, message });
-                    sink = None;
+                    discard(&mut sink);
                 }
                 if let Some(s) = sink.as_mut() {
                     if let Err(e) = s.write(&d).await {
                         // Keep reading to stay in sync; the temp file goes.
                         failure = Some(e);
-                        sink = None;
+                        discard(&mut sink);
                     }
                 }
             }
@@ -135,13 +155,17 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                 return Ok(finish(h, sink, failure, got, blake3, *hasher.finalize().as_bytes()).await);
             }
             Some(Frame::Abort { reason }) => {
+                discard(&mut sink);
                 return Ok(FileOutcome::Failed {
                     code: ErrorCode::Aborted,
                     message: format!("{}: the sender abandoned it: {reason}", h.path),
-                    bytes: got,
+                    bytes: got - h.offset,
                 });
             }
-            Some(Frame::Error { code, message }) => return Ok(FileOutcome::PeerError { code, message }),
+            Some(Frame::Error { code, message }) => {
+                discard(&mut sink);
+                return Ok(FileOutcome::PeerError { code, message });
+            }
             Some(other) => {
                 return Err(Error::protocol(
                     r.peer(),
@@ -169,38 +193,36 @@ async fn finish<D: Destination>(
     expected: [u8; 32],
     actual: [u8; 32],
 ) -> FileOutcome {
-    let failed = |code, message| FileOutcome::Failed { code, message, bytes: got };
-    if let Some(e) = failure {
-        return failed(e.code, e.message);
-    }
-    if h.size != UNKNOWN_SIZE && got != h.size {
-        return failed(
-            ErrorCode::Integrity,
-            format!("{}: {got} payload bytes arrived, but {} were announced", h.path, h.size),
-        );
-    }
-    if expected != actual {
-        return failed(
-            ErrorCode::Integrity,
-            format!(
-                "{}: BLAKE3 mismatch: the sender had {}, the receiver got {}",
-                h.path,
-                hex(&expected),
-                hex(&actual)
-            ),
-        );
+    let bytes = got - h.offset;
+    let problem = if let Some(e) = failure {
+        Some((e.code, e.message))
+    } else if h.size != UNKNOWN_SIZE && got != h.size {
+        let message = format!("{}: {got} payload bytes arrived, but {} were announced", h.path, h.size);
+        Some((ErrorCode::Integrity, message))
+    } else if expected != actual {
+        let (theirs, ours) = (hex(&expected), hex(&actual));
+        let message = format!("{}: BLAKE3 mismatch: the sender had {theirs}, the receiver got {ours}", h.path);
+        Some((ErrorCode::Integrity, message))
+    } else {
+        None
+    };
+    if let Some((code, message)) = problem {
+        if let Some(s) = sink {
+            s.discard();
+        }
+        return FileOutcome::Failed { code, message, bytes };
     }
     if let Some(s) = sink {
         if let Err(e) = s.finish(h).await {
-            return failed(e.code, e.message);
+            return FileOutcome::Failed { code: e.code, message: e.message, bytes };
         }
     }
-    FileOutcome::Ok(Received { size: got, blake3: actual })
+    FileOutcome::Ok(Received { size: got, blake3: actual, bytes })
 }
 
 /// Reads and drops the payload of a file refused at its header.
 pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
-    match receive_into::<R, Sink>(r, h, None, u64::MAX, &Meter::off()).await? {
+    match receive_into::<R, Sink>(r, h, None, u64::MAX, &Meter::off(), blake3::Hasher::new()).await? {
         FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
         _ => Ok(()),
     }
@@ -244,6 +266,12 @@ impl Destination for Sink {
             None => tokio::task::spawn_blocking(move || staged.commit(mode, mtime))
                 .await
                 .expect("blocking commit task panicked"),
+        }
+    }
+
+    fn discard(mut self) {
+        if let Some(staged) = self.staged.take() {
+            staged.discard();
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
 
 use tokio::io::AsyncWrite;
@@ -19,7 +19,7 @@ use crate::connection::FrameWriter;
 use crate::error::Result;
 use crate::meter::Meter;
 use crate::protocol::ErrorCode;
-use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Timestamp, UNKNOWN_SIZE, WirePath};
+use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Have, Timestamp, UNKNOWN_SIZE, WirePath};
 use crate::store::StoreError;
 use crate::walk::{Item, Meta};
 
@@ -33,6 +33,17 @@ const READ_LEN: usize = 4 * CHUNK_LEN;
 pub struct Sent {
     pub size: u64,
     pub blake3: [u8; 32],
+    /// Where the payload started (0, or the receiver's verified prefix).
+    pub offset: u64,
+}
+
+/// What the receiver said it holds of a file, and for which version of it
+/// (the size and mtime the sender announced when it asked).
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub have: Have,
 }
 
 /// How sending one file ended, when the connection itself survived.
@@ -46,6 +57,8 @@ pub enum SendOutcome {
     /// The file could not even be opened; nothing was sent for it. `code`
     /// classifies the cause for a peer (permission, vanished...).
     NotStarted { code: ErrorCode, reason: String },
+    /// The receiver's complete copy has the same BLAKE3: nothing was sent.
+    Same { size: u64, blake3: [u8; 32] },
 }
 
 /// Runs a walk on a blocking thread and streams its items, so directory
@@ -78,16 +91,19 @@ pub async fn next_item<W: AsyncWrite + Unpin>(
 }
 
 /// Sends the file `name` of folder `dir` as `rel`; `Err` means the
-/// connection failed.
+/// connection failed. With `held`, what the receiver holds is checked
+/// first: a complete copy with our BLAKE3 means nothing to send, a prefix
+/// of our file means sending only the rest.
 pub async fn send_file<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     rel: &WirePath,
     dir: &DirFd,
     name: &OsStr,
     meter: &Meter,
+    held: Option<&Held>,
 ) -> Result<SendOutcome> {
     let opened = open(dir.clone(), name.to_owned()).await;
-    let (mut file, meta) = match opened {
+    let (file, meta) = match opened {
         Ok(x) => x,
         // Nothing was sent yet, so there is nothing to abort on the wire.
         Err(e) => {
@@ -95,10 +111,24 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
             return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
         }
     };
-    w.send(&Frame::File(FileHeader { path: rel.clone(), size: meta.size, mode: meta.mode, mtime: meta.mtime })).await?;
+    let (mut file, start) = match held.filter(|k| k.size == meta.size) {
+        Some(k) => match compare(file, meta, k).await {
+            Ok(Start::Same(blake3)) => return Ok(SendOutcome::Same { size: meta.size, blake3 }),
+            Ok(Start::At(file, offset, hasher)) => (file, (offset, *hasher)),
+            Err(e) => {
+                let reason = format!("cannot read {rel}: {e}");
+                return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
+            }
+        },
+        None => (file, (0, blake3::Hasher::new())),
+    };
+    let (offset, mut hasher) = start;
+    let header = FileHeader { offset, ..FileHeader::new(rel.clone(), meta.size, meta.mode, meta.mtime) };
+    w.send(&Frame::File(header)).await?;
     meter.start(rel.as_str(), Some(meta.size));
-    let mut hasher = blake3::Hasher::new();
-    let mut left = meta.size;
+    meter.resumed(offset);
+    let mut left = meta.size - offset;
+    let sent = |left: u64| meta.size - offset - left;
     // read_chunk sizes it to each read, so a small file stays small.
     let mut buf = Vec::new();
     let mut first = true;
@@ -108,10 +138,10 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         (file, buf) = (f, b);
         match r {
             Ok(0) => {
-                return abort(w, meta.size, meta.size - left, "the source file shrank while it was being sent").await;
+                return abort(w, meta.size, sent(left), "the source file shrank while it was being sent").await;
             }
             Ok(_) => {}
-            Err(e) => return abort(w, meta.size, meta.size - left, &format!("read error: {e}")).await,
+            Err(e) => return abort(w, meta.size, sent(left), &format!("read error: {e}")).await,
         }
         hasher.update(&buf);
         fault::corrupt(&mut buf, &mut first);
@@ -120,17 +150,56 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
             meter.bytes(chunk.len() as u64);
         }
         left -= buf.len() as u64;
+        fault::stall().await;
     }
     match unchanged(file, meta).await {
         Ok(true) => {}
         Ok(false) => {
-            return abort(w, meta.size, meta.size - left, "the source file changed while it was being sent").await;
+            return abort(w, meta.size, sent(left), "the source file changed while it was being sent").await;
         }
-        Err(e) => return abort(w, meta.size, meta.size - left, &format!("read error: {e}")).await,
+        Err(e) => return abort(w, meta.size, sent(left), &format!("read error: {e}")).await,
     }
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
-    Ok(SendOutcome::Sent(Sent { size: meta.size, blake3 }))
+    Ok(SendOutcome::Sent(Sent { size: meta.size, blake3, offset }))
+}
+
+/// Where to start sending, once the receiver's copy is compared with ours.
+enum Start {
+    /// The receiver's complete copy is identical.
+    Same([u8; 32]),
+    /// From this offset, with the hash of the bytes before it.
+    At(File, u64, Box<blake3::Hasher>),
+}
+
+/// Hashes what the receiver's offer covers of our file and decides where to
+/// start. The file is read on a blocking thread; a source that changes
+/// meanwhile is caught by the size and mtime check after sending.
+async fn compare(file: File, meta: Meta, k: &Held) -> std::io::Result<Start> {
+    let have = k.have;
+    // A prefix is only ours if it came from this very version of the file.
+    let prefix = (have.offset > 0 && k.mtime == meta.mtime).then_some(have.offset);
+    blocking(move || {
+        let mut file = file;
+        if let Some(theirs) = have.complete {
+            let mut hasher = blake3::Hasher::new();
+            let n = std::io::copy(&mut (&file).take(meta.size), &mut hasher)?;
+            if n == meta.size && *hasher.finalize().as_bytes() == theirs {
+                return Ok(Start::Same(theirs));
+            }
+            file.rewind()?;
+        }
+        if let Some(offset) = prefix {
+            let mut hasher = blake3::Hasher::new();
+            let n = std::io::copy(&mut (&file).take(offset), &mut hasher)?;
+            if n == offset && *hasher.finalize().as_bytes() == have.prefix {
+                return Ok(Start::At(file, offset, Box::new(hasher)));
+            }
+            file.rewind()?;
+        }
+        Ok(Start::At(file, 0, Box::default()))
+    })
+    .await
 }
 
 /// Sends a stream of unknown length (standard input) as the file `rel`:
@@ -143,7 +212,7 @@ pub async fn send_stream<W: AsyncWrite + Unpin>(
 ) -> Result<SendOutcome> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mtime = Timestamp { secs: now.as_secs() as i64, nanos: now.subsec_nanos() };
-    w.send(&Frame::File(FileHeader { path: rel.clone(), size: UNKNOWN_SIZE, mode: 0o644, mtime })).await?;
+    w.send(&Frame::File(FileHeader::new(rel.clone(), UNKNOWN_SIZE, 0o644, mtime))).await?;
     meter.start(rel.as_str(), None);
     let mut hasher = blake3::Hasher::new();
     let mut size = 0u64;
@@ -171,7 +240,7 @@ pub async fn send_stream<W: AsyncWrite + Unpin>(
     }
     let blake3 = *hasher.finalize().as_bytes();
     w.send(&Frame::End { blake3 }).await?;
-    Ok(SendOutcome::Sent(Sent { size, blake3 }))
+    Ok(SendOutcome::Sent(Sent { size, blake3, offset: 0 }))
 }
 
 /// Reads standard input on a thread of its own, in chunks of at most one
@@ -272,4 +341,17 @@ mod fault {
     #[cfg(not(debug_assertions))]
     #[inline(always)]
     pub fn corrupt(_: &mut [u8], _: &mut bool) {}
+
+    /// With `XFER_FAULT_SLOW_PAYLOAD=MS`, debug builds pause that long after
+    /// each read of a file, so a test can kill or cut a transfer midway.
+    #[cfg(debug_assertions)]
+    pub async fn stall() {
+        if let Some(ms) = std::env::var("XFER_FAULT_SLOW_PAYLOAD").ok().and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[inline(always)]
+    pub async fn stall() {}
 }

@@ -307,6 +307,7 @@ pub fn raw_file_header(path: &[u8], size: u64) -> Vec<u8> {
     body.extend_from_slice(&(path.len() as u16).to_be_bytes());
     body.extend_from_slice(path);
     body.extend_from_slice(&size.to_be_bytes());
+    body.extend_from_slice(&0u64.to_be_bytes()); // offset
     body.extend_from_slice(&0o644u32.to_be_bytes());
     body.extend_from_slice(&[0; 12]);
     let mut frame = vec![0x01];
@@ -326,13 +327,19 @@ pub fn spawn_push(pki: &Pki, work: &Dir, server: &XferServer, file: &str) -> Chi
         .unwrap()
 }
 
-/// Waits (bounded) until the server's staging area holds a file with data,
-/// i.e. a push is mid-transfer.
-pub fn wait_for_staged_data(root: &Path) {
-    let staging = root.join(".xfer/tmp");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_dir(&staging).unwrap().flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)) {
-        assert!(Instant::now() < deadline, "the push never started writing");
+/// Waits (bounded) until a file in `dir` (a staging or partial folder)
+/// holds at least `min` bytes, i.e. a transfer is that far along.
+pub fn wait_for_staged_data(dir: &Path, min: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let enough =
+        || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.metadata().is_ok_and(|m| m.len() >= min));
+    while !enough() {
+        assert!(Instant::now() < deadline, "no transfer reached {min} bytes in {}", dir.display());
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The partial-copy folder of a server root.
+pub fn partials(root: &Path) -> std::path::PathBuf {
+    root.join(".xfer/partial")
 }
