@@ -213,7 +213,10 @@ impl Root {
         };
         if let (Some(size), Ok(free)) = (size, tmp_dir.free_space()) {
             if size - held.min(size) > free {
-                let (need, have) = (human_bytes(size), human_bytes(free));
+                let (mut need, mut have) = (human_bytes(size), human_bytes(free));
+                if need == have {
+                    (need, have) = (format!("{size} bytes"), format!("{free} bytes"));
+                }
                 return Err(StoreError::new(
                     ErrorCode::NoSpace,
                     format!("{p}: needs {need} but only {have} is free on the receiver"),

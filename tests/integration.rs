@@ -10,6 +10,7 @@ mod load;
 mod paths;
 mod policy;
 mod protocol;
+mod resume;
 mod revocation;
 mod server;
 mod streams;
