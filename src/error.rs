@@ -65,7 +65,9 @@ pub enum Error {
     Frame { peer: String, error: FrameError },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
-    #[error("interrupted: nothing partial was left behind; run the command again to finish")]
+    #[error(
+        "interrupted: no file was left half-written under its name; run the command again to finish (large files resume)"
+    )]
     Interrupted,
     #[error("{failed} of {total} items failed")]
     Failed { failed: usize, total: usize, class: Class },

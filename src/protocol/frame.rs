@@ -717,6 +717,15 @@ mod tests {
         ];
         assert_eq!(buf, want);
         buf.clear();
+        Frame::Probe { path: p("a/b.txt"), size: 3, mtime: Timestamp { secs: 1_700_000_000, nanos: 0 } }
+            .encode(&mut buf);
+        assert_eq!(&buf[..5], &[0x04, 0, 0, 0, 0x1d]);
+        assert_eq!(buf.len(), 5 + 0x1d);
+        buf.clear();
+        Frame::Have(Have::default()).encode(&mut buf);
+        assert_eq!(&buf[..5], &[0x23, 0, 0, 0, 0x49]);
+        assert!(buf[5..].iter().all(|&b| b == 0));
+        buf.clear();
         Frame::Stored { size: 3, blake3: [9; 32] }.encode(&mut buf);
         assert_eq!(&buf[..13], &[0x20, 0, 0, 0, 0x28, 0, 0, 0, 0, 0, 0, 0, 3]);
     }
