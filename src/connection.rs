@@ -87,6 +87,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads the next frame; `Ok(None)` on a clean end of stream between
     /// frames. Each read from the socket may wait at most the idle timeout.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        // Between frames a peer may pause for up to `idle`; once a frame has
+        // begun, all of it must arrive within `idle`, so a peer trickling a
+        // byte at a time cannot hold a connection (and a file) forever.
+        let mut began: Option<std::time::Instant> = None;
         loop {
             if let Some(n) = frame::check(&self.buf).map_err(|error| self.bad(error))? {
                 // Consume the frame before parsing, so a frame that parses
@@ -99,8 +103,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 let want = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
                 self.buf.reserve(HEADER_LEN + want - self.buf.len());
             }
-            let idle = self.idle;
-            let n = with_timeout("idle transfer", idle, self.fill()).await?;
+            let left = match began {
+                Some(t) => self.idle.saturating_sub(t.elapsed()),
+                None if !self.buf.is_empty() => {
+                    began = Some(std::time::Instant::now());
+                    self.idle
+                }
+                None => self.idle,
+            };
+            let Ok(n) = tokio::time::timeout(left, self.fill()).await else {
+                return Err(Error::Timeout { phase: "idle transfer", after: self.idle });
+            };
+            let n = n?;
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(self.lost("closed in the middle of a frame")) };
             }

@@ -95,7 +95,27 @@ fn peers_that_connect_and_stall_are_dropped_and_logged() {
         }
     });
     assert!(server.wait_for_log("request header timed out after 1s"), "{}", server.log());
-    assert!(t0.elapsed() < Duration::from_secs(30));
+
+    // 4. A trickle inside a payload: each byte comes well within the idle
+    // timeout, but the frame as a whole does not.
+    let server2 = XferServer::start(&pki, &work.join("root2"), &["--idle-timeout", "1s"]);
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let (_r, mut w) = raw_connect(&pki, "client", &server2).await;
+        w.write_all(&xfer::protocol::preamble()).await.unwrap();
+        w.write_all(&raw_file_header(b"slow", 1000)).await.unwrap();
+        w.write_all(&[0x10, 0, 0, 3, 0xe8]).await.unwrap(); // DATA, 1000 bytes
+        w.flush().await.unwrap();
+        for _ in 0..100 {
+            if w.write_all(&[7]).await.and(w.flush().await).is_err() {
+                break; // dropped, as it should be
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert!(server2.wait_for_log("idle transfer timed out after 1s"), "{}", server2.log());
+    assert!(work.listing("root2/.xfer/tmp").is_empty(), "the trickler's file was dropped");
+    assert!(t0.elapsed() < Duration::from_secs(45));
     // Everyone else is still served.
     client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
 }
