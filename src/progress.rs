@@ -156,9 +156,11 @@ pub struct Reporter {
     /// Live bars, when on a terminal; finished before the summary.
     meter: Meter,
     display: Option<Display>,
-    /// Paths already reported (a retry does not report them again) and
-    /// folders already counted.
+    /// Paths reported by this attempt and earlier ones, the part of them
+    /// earlier attempts reported (a retry does not report those again),
+    /// and folders already counted.
     done: HashSet<String>,
+    earlier: HashSet<String>,
     dirs: HashSet<String>,
     /// Payload bytes that earlier, failed attempts moved for files not yet
     /// reported.
@@ -177,6 +179,7 @@ impl Reporter {
             meter,
             display,
             done: HashSet::new(),
+            earlier: HashSet::new(),
             dirs: HashSet::new(),
             carry: HashMap::new(),
         }
@@ -208,6 +211,7 @@ impl Reporter {
         for (path, n) in self.meter.take_all() {
             *self.carry.entry(path).or_default() += n;
         }
+        self.earlier.clone_from(&self.done);
         let secs = delay.as_secs_f64();
         match self.output {
             Output::Json => json_line(&serde_json::json!({
@@ -227,10 +231,17 @@ impl Reporter {
     /// Records one file (or removed path).
     pub fn file(&mut self, mut r: FileReport) {
         // A retry met a file an earlier attempt already reported.
-        if !self.done.insert(r.path.clone()) {
+        if self.earlier.contains(&r.path) {
             return;
         }
-        r.bytes += self.carry.remove(&r.path).unwrap_or(0);
+        self.done.insert(r.path.clone());
+        let carried = self.carry.remove(&r.path).unwrap_or(0);
+        r.bytes += carried;
+        // Found identical by a retry because an earlier attempt sent it
+        // whole before the connection broke: it was transferred.
+        if r.status == Status::Skipped && r.blake3.is_some() && carried > 0 {
+            (r.status, r.error) = (Status::Ok, None);
+        }
         self.meter.take_bytes(&r.path);
         self.meter.done();
         match r.status {
@@ -407,5 +418,23 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(10 << 30), "10.0 GiB");
         assert_eq!(iso8601(Timestamp { secs: 1_700_000_000, nanos: 5 }), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn a_retry_reports_each_file_once_with_the_bytes_of_every_attempt() {
+        let mut rep = Reporter::new(Output::Silent, Op::Push);
+        rep.file(FileReport::ok("a", 3, &[1; 32]));
+        rep.meter().start("b", Some(100));
+        rep.meter().bytes(60);
+        rep.meter().start("c", Some(10));
+        rep.meter().bytes(10);
+        let e = Error::Usage("cut".into());
+        rep.retrying(&e, 1, 4, Duration::ZERO);
+        rep.file(FileReport::unchanged("a", 3, &[1; 32])); // met again: not reported twice
+        rep.file(FileReport { bytes: 40, resumed_from: 60, ..FileReport::ok("b", 100, &[2; 32]) });
+        rep.file(FileReport::unchanged("c", 10, &[3; 32])); // sent whole before the cut
+        let sum = rep.finish().unwrap();
+        assert_eq!((sum.ok, sum.skipped, sum.resumed), (3, 0, 1));
+        assert_eq!(sum.bytes, 3 + 100 + 10);
     }
 }
