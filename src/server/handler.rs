@@ -80,6 +80,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             bytes: 0,
             stopped_mid_response: false,
             batch: Vec::new(),
+            batch_files: 0,
             batch_bytes: 0,
             claims: HashMap::new(),
             offers: HashMap::new(),
@@ -123,7 +124,9 @@ struct Conn {
     stopped_mid_response: bool,
     /// Received, verified files awaiting the next group commit, and their
     /// total size.
-    batch: Vec<Pending>,
+    /// and the replies queued behind them (in request order).
+    batch: Vec<Reply>,
+    batch_files: usize,
     batch_bytes: u64,
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
@@ -135,6 +138,15 @@ struct Conn {
 /// Offers beyond this many per connection are ignored (the files are sent
 /// whole), so a client cannot make the server hold unbounded memory.
 const MAX_OFFERS: usize = 65_536;
+
+/// What goes out at the next group commit, in request order.
+enum Reply {
+    /// `STORED` (or `ERROR`) once the file is installed.
+    File(Pending),
+    /// A reply that needs nothing installed but must not overtake the
+    /// files before it (a `HAVE`).
+    Ready(Frame),
+}
 
 /// A received, verified file awaiting its group commit.
 struct Pending {
@@ -228,8 +240,10 @@ impl Conn {
             match next {
                 Ok(Some(frame)) => {
                     // Replies go out in request order: files still waiting
-                    // for their group commit are answered first.
-                    if !matches!(frame, Frame::File(_)) {
+                    // for their group commit are answered first. Probes
+                    // queue their answers behind those files instead of
+                    // forcing a commit (a push interleaves them with files).
+                    if !matches!(frame, Frame::File(_) | Frame::Probe { .. } | Frame::Offer(_)) {
                         self.commit_batch().await?;
                     }
                     self.dispatch(frame).await?;
@@ -320,7 +334,8 @@ impl Conn {
     /// copy of the same size, shown only to clients allowed to read it.
     async fn probe(&mut self, path: WirePath, size: u64, mtime: Timestamp) -> Result<()> {
         if let Err(e) = self.authorize(Perm::Write, &path) {
-            return self.answer(&path, "push", Err(e)).await;
+            warn!(path = %path, "push refused: {}", e.message);
+            return self.reply_in_order(Frame::Error { code: e.code, message: e.message }).await;
         }
         let readable = self.authorize(Perm::Read, &path).is_ok();
         let id = PartialId::new(&self.names.first().cloned().unwrap_or_default(), &path, size, mtime);
@@ -339,7 +354,17 @@ impl Conn {
             info!(path = %path, offset = partial.offset, "offering a partial copy for resume");
             self.claims.insert(path, partial);
         }
-        self.w.send(&Frame::Have(have)).await
+        self.reply_in_order(Frame::Have(have)).await
+    }
+
+    /// Sends `frame` now, or queues it behind files awaiting their commit.
+    async fn reply_in_order(&mut self, frame: Frame) -> Result<()> {
+        if self.batch.is_empty() {
+            self.w.send(&frame).await
+        } else {
+            self.batch.push(Reply::Ready(frame));
+            Ok(())
+        }
     }
 
     /// How to stage a pushed file: continuing the partial copy offered for
@@ -388,7 +413,10 @@ impl Conn {
             }),
             (Ok(()), _) => {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
-                let near = self.batch.last().map(|pending| pending.staged.near());
+                let near = self.batch.iter().rev().find_map(|r| match r {
+                    Reply::File(pending) => Some(pending.staged.near()),
+                    Reply::Ready(_) => None,
+                });
                 blocking(move || root.stage(&p, size, near, resume)).await
             }
         };
@@ -417,8 +445,9 @@ impl Conn {
                 // Verified; it joins the group that is made durable and
                 // installed together, then answered.
                 self.batch_bytes += got.bytes;
-                self.batch.push(Pending { staged, size: got.size, blake3: got.blake3, started });
-                if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                self.batch_files += 1;
+                self.batch.push(Reply::File(Pending { staged, size: got.size, blake3: got.blake3, started }));
+                if self.batch_files >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
                     self.commit_batch().await?;
                 }
                 Ok(())
@@ -450,12 +479,28 @@ impl Conn {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let (staged, facts): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.staged, (p.size, p.blake3, p.started))).unzip();
-        self.batch_bytes = 0;
-        let results = blocking(move || store::commit_group(staged)).await;
-        for ((path, r), (size, blake3, started)) in results.into_iter().zip(facts) {
+        let mut staged = Vec::with_capacity(self.batch_files);
+        let mut replies = Vec::with_capacity(self.batch.len());
+        for reply in std::mem::take(&mut self.batch) {
+            match reply {
+                Reply::File(p) => {
+                    staged.push(p.staged);
+                    replies.push(Ok((p.size, p.blake3, p.started)));
+                }
+                Reply::Ready(frame) => replies.push(Err(frame)),
+            }
+        }
+        (self.batch_files, self.batch_bytes) = (0, 0);
+        let mut results = blocking(move || store::commit_group(staged)).await.into_iter();
+        for reply in replies {
+            let (size, blake3, started) = match reply {
+                Ok(facts) => facts,
+                Err(frame) => {
+                    self.w.send(&frame).await?;
+                    continue;
+                }
+            };
+            let (path, r) = results.next().expect("one result per staged file");
             match r {
                 Ok(()) => {
                     self.log_file("received", &path, size, &blake3, started);
