@@ -896,7 +896,7 @@ async fn pull_file(
 ) -> Result<Pulled> {
     let claim = ctx.held.partials.remove(&h.path);
     let (resume, prefix) = match claim {
-        Some(c) if h.offset > 0 && c.offset == h.offset && c.id.size == h.size && c.id.mtime() == h.mtime => {
+        Some(c) if c.continued_by(&h) => {
             let hasher = c.hasher.clone();
             (Resume::From(Box::new(c)), hasher)
         }

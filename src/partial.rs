@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::beneath::DirFd;
-use crate::protocol::{Timestamp, WirePath};
+use crate::protocol::{FileHeader, Timestamp, WirePath};
 
 /// Smaller files are cheaper to send again than to track.
 pub const RESUMABLE_MIN: u64 = 1 << 20;
@@ -97,6 +97,12 @@ impl Partial {
     pub fn prefix(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
+
+    /// True when `h` continues this very copy: same file version, and the
+    /// payload starts where the copy ends.
+    pub fn continued_by(&self, h: &FileHeader) -> bool {
+        h.offset > 0 && self.offset == h.offset && self.id.size == h.size && self.id.mtime() == h.mtime
+    }
 }
 
 /// Finds, claims and hashes the partial copy of `id` in `dir`, if there is
@@ -104,28 +110,11 @@ impl Partial {
 pub fn claim(dir: &DirFd, id: &PartialId) -> io::Result<Option<Partial>> {
     let Some(mut file) = dir.open_locked(OsStr::new(&id.data_name()), false)? else { return Ok(None) };
     let mut hasher = blake3::Hasher::new();
-    let offset = hash_all(&mut file, &mut hasher)?;
+    let offset = io::copy(&mut file, &mut hasher)?;
     if offset == 0 || offset > id.size {
         return Ok(None);
     }
     Ok(Some(Partial { file, id: id.clone(), offset, hasher }))
-}
-
-/// Reads `f` to its end into `hasher`; returns the bytes read.
-fn hash_all(f: &mut File, hasher: &mut blake3::Hasher) -> io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Creates (or takes over) the partial file of `id`, empty, and records
@@ -144,8 +133,8 @@ pub fn remove(dir: &DirFd, data_name: &str) {
     let _ = dir.unlink(OsStr::new(&meta_name(data_name)));
 }
 
-/// The partial copies in `dir` that `peer` sent, as recorded, with the
-/// name of each one's data file.
+/// The partial copies in `dir` that `peer` sent, as their `.meta` files
+/// record them.
 pub fn list(dir: &DirFd, peer: &str) -> Vec<PartialId> {
     let mut out = Vec::new();
     for name in dir.names().unwrap_or_default() {

@@ -373,7 +373,7 @@ impl Conn {
         let claim = self.claims.remove(&h.path);
         if h.offset > 0 {
             return match claim {
-                Some(c) if c.offset == h.offset && c.id.size == h.size && c.id.mtime() == h.mtime => {
+                Some(c) if c.continued_by(h) => {
                     let hasher = c.hasher.clone();
                     Ok((Resume::From(Box::new(c)), hasher))
                 }
