@@ -8,6 +8,7 @@
 //! - [`transfer`]: one file's send and receive halves, shared by both sides.
 //! - [`store`]: the only code that maps wire paths to files; atomic installs.
 //! - [`beneath`]: race-free file access below an open folder, links refused.
+//! - [`direct`]: direct I/O (no page-cache copy) for large received files.
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
 //! - [`auth`]: the policy file: which peer may read, write or delete where.
@@ -62,6 +63,7 @@ pub mod beneath;
 pub mod cli;
 pub mod client;
 pub mod connection;
+pub mod direct;
 pub mod error;
 pub mod meter;
 pub mod partial;

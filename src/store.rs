@@ -11,12 +11,13 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Seek, Write};
+use std::io::{self, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
+use crate::direct;
 use crate::partial::{self, Partial, PartialId};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
@@ -234,6 +235,7 @@ impl Root {
             path: p.clone(),
             partial: false,
             written: held,
+            io_mode: direct::Mode::default(),
             discarded: false,
             done: false,
         };
@@ -366,15 +368,21 @@ pub struct Staged {
     partial: bool,
     /// Bytes in the file (a resumed prefix included).
     written: u64,
+    /// Whether writes currently bypass the page cache.
+    io_mode: direct::Mode,
     /// Failed for good: delete even a partial copy.
     discarded: bool,
     done: bool,
 }
 
 impl Staged {
-    /// Appends payload bytes.
+    /// Appends payload bytes: aligned blocks with direct I/O where the
+    /// file system allows it, the rest through the page cache.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.open_file()?.write_all(data).map_err(|e| StoreError::io(&self.path, e))?;
+        let (pos, mut mode) = (self.written, self.io_mode);
+        let r = direct::append(self.open_file()?, pos, data, &mut mode);
+        self.io_mode = mode;
+        r.map_err(|e| StoreError::io(&self.path, e))?;
         self.written += data.len() as u64;
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! and commits it only when the sender's BLAKE3 matches. Client and server
 //! share both halves: a push is the client sending, a pull is the server.
 
+mod disk;
 mod receive;
 mod send;
 

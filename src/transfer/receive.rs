@@ -19,10 +19,8 @@ use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
 use crate::store::{Staged, StoreError};
 
-use super::hex;
-
-/// Payload is gathered into writes of this size, one blocking call each.
-const WRITE_LEN: usize = 1024 * 1024;
+use super::disk::DiskWriter;
+use super::{blocking, hex};
 
 /// A file that arrived, verified and committed.
 #[derive(Debug, Clone)]
@@ -78,7 +76,7 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     limit: u64,
     meter: &Meter,
 ) -> Result<FileOutcome> {
-    let sink = staged.map(|s| Sink { staged: Some(s), buf: write_buffer(h), defer: None });
+    let sink = staged.map(|s| Sink::new(s, h, None));
     receive_into(r, h, sink, limit, meter, blake3::Hasher::new()).await
 }
 
@@ -96,15 +94,9 @@ pub async fn receive_deferred<R: AsyncRead + Unpin>(
     prefix: blake3::Hasher,
 ) -> Result<(FileOutcome, Option<Staged>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = Sink { staged: Some(staged), buf: write_buffer(h), defer: Some(tx) };
+    let sink = Sink::new(staged, h, Some(tx));
     let outcome = receive_into(r, h, Some(sink), limit, meter, prefix).await?;
     Ok((outcome, rx.await.ok()))
-}
-
-/// A gathering buffer no larger than the file: a small file must not cost
-/// a 1 MiB allocation.
-fn write_buffer(h: &FileHeader) -> Vec<u8> {
-    Vec::with_capacity(h.known_size().map_or(WRITE_LEN, |s| s.min(WRITE_LEN as u64) as usize))
 }
 
 /// Receives the payload that follows `h` into any [`Destination`]. The
@@ -228,70 +220,46 @@ pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &F
     }
 }
 
-/// A staged file plus a write-gathering buffer. The file is `None` only
-/// while a blocking write holds it.
+/// A staged file being written (by a background thread for large files),
+/// committed or handed back once the payload verified.
 struct Sink {
-    staged: Option<Staged>,
-    buf: Vec<u8>,
+    disk: DiskWriter,
     /// With group commit: where the verified, uninstalled file goes.
     defer: Option<tokio::sync::oneshot::Sender<Staged>>,
 }
 
+impl Sink {
+    fn new(staged: Staged, h: &FileHeader, defer: Option<tokio::sync::oneshot::Sender<Staged>>) -> Sink {
+        Sink { disk: DiskWriter::new(staged, h.offset, h.known_size()), defer }
+    }
+}
+
 impl Destination for Sink {
     async fn write(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_LEN {
-            self.write_out().await?;
-        }
-        Ok(())
+        self.disk.write(data).await
     }
 
-    async fn finish(mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
-        self.write_out().await?;
+    async fn finish(self, h: &FileHeader) -> std::result::Result<(), StoreError> {
+        let mut staged = self.disk.finish().await?;
         let (mode, mtime) = (h.mode, h.mtime);
-        let mut staged = self.staged.take().expect("sink holds its file between writes");
-        match self.defer.take() {
+        match self.defer {
             // Group commit: hand the verified file back, not yet installed.
             Some(slot) => {
-                let staged = tokio::task::spawn_blocking(move || {
+                let staged = blocking(move || {
                     staged.prepare(mode, mtime)?;
                     staged.close();
                     Ok::<_, StoreError>(staged)
                 })
-                .await
-                .expect("blocking prepare task panicked")?;
+                .await?;
                 let _ = slot.send(staged);
                 Ok(())
             }
-            None => tokio::task::spawn_blocking(move || staged.commit(mode, mtime))
-                .await
-                .expect("blocking commit task panicked"),
+            None => blocking(move || staged.commit(mode, mtime)).await,
         }
     }
 
-    fn discard(mut self) {
-        if let Some(staged) = self.staged.take() {
-            staged.discard();
-        }
-    }
-}
-
-impl Sink {
-    /// Writes the gathered bytes on a blocking thread.
-    async fn write_out(&mut self) -> std::result::Result<(), StoreError> {
-        let staged = self.staged.take().expect("sink holds its file between writes");
-        let buf = std::mem::take(&mut self.buf);
-        let (staged, mut buf, r) = tokio::task::spawn_blocking(move || {
-            let mut staged = staged;
-            let r = staged.write_all(&buf);
-            (staged, buf, r)
-        })
-        .await
-        .expect("blocking write task panicked");
-        self.staged = Some(staged);
-        buf.clear();
-        self.buf = buf;
-        r
+    fn discard(self) {
+        self.disk.discard();
     }
 }
 

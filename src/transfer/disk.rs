@@ -1,0 +1,193 @@
+//! The disk end of a receive: payload bytes gathered into large aligned
+//! blocks and written by a background thread, so the network, the hash and
+//! the disk overlap instead of taking turns.
+//!
+//! The receive loop fills one block while the thread writes the previous
+//! one (direct I/O where possible, see [`crate::direct`]); at most
+//! [`BLOCKS`] blocks exist per file, so memory stays bounded whatever the
+//! file size. A small file fits in one block and never starts a thread: it
+//! is written by one blocking call when it ends. Write errors come back with
+//! the blocks, so they surface at the next block or at the end, and the
+//! caller keeps reading the payload to stay in sync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::direct::{ALIGN, AlignedBuf};
+use crate::store::{Staged, StoreError};
+
+use super::blocking;
+
+/// Bytes per block: large enough for the device to stream, small enough
+/// that many connections at once stay within the server's memory budget.
+pub const BLOCK_LEN: usize = 1024 * 1024;
+
+/// Blocks per file: one filling while one is written.
+const BLOCKS: usize = 2;
+
+type Written = (AlignedBuf, Result<(), StoreError>);
+
+/// A staged file being written, with the block being filled.
+pub struct DiskWriter {
+    /// The file, until a background writer takes it.
+    staged: Option<Staged>,
+    /// The block being filled (`None` between a hand-off and the next fill).
+    block: Option<AlignedBuf>,
+    block_len: usize,
+    /// Blocks allocated so far (at most [`BLOCKS`]).
+    blocks: usize,
+    /// Where the next block starts in the file, to keep blocks aligned
+    /// after a resumed, unaligned prefix.
+    pos: u64,
+    background: Option<Background>,
+}
+
+/// The thread writing full blocks, and the channels to and from it.
+struct Background {
+    to_disk: mpsc::Sender<AlignedBuf>,
+    back: mpsc::Receiver<Written>,
+    /// Set before the channel closes when the file is abandoned for good.
+    discarded: Arc<AtomicBool>,
+    /// The file comes back when the writer is done, unless discarded.
+    task: JoinHandle<Option<Staged>>,
+}
+
+impl DiskWriter {
+    /// Writes into `staged`, which holds `pos` bytes already, and whose
+    /// final size is `size` when known.
+    pub fn new(staged: Staged, pos: u64, size: Option<u64>) -> DiskWriter {
+        // A small file's block is its size (rounded to the alignment), so
+        // 4 KiB files do not cost a 1 MiB buffer each.
+        let block_len = size.map_or(BLOCK_LEN, |s| (s as usize).next_multiple_of(ALIGN).clamp(ALIGN, BLOCK_LEN));
+        DiskWriter { staged: Some(staged), block: None, block_len, blocks: 0, pos, background: None }
+    }
+
+    /// Takes the next payload bytes.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        while !data.is_empty() {
+            let block = match self.block.as_mut() {
+                Some(b) => b,
+                None => {
+                    let b = self.free_block().await?;
+                    self.block.insert(b)
+                }
+            };
+            let n = block.fill_from(data);
+            data = &data[n..];
+            if block.is_full() {
+                let full = self.block.take().expect("a block is being filled");
+                self.pos += full.as_slice().len() as u64;
+                self.hand_off(full).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and returns the file, once every write is done.
+    pub async fn finish(mut self) -> Result<Staged, StoreError> {
+        let last = self.block.take().filter(|b| !b.is_empty());
+        let Some(mut bg) = self.background.take() else {
+            let mut staged = self.staged.take().expect("no writer took the file");
+            return match last {
+                None => Ok(staged),
+                Some(b) => blocking(move || staged.write_all(b.as_slice()).map(|()| staged)).await,
+            };
+        };
+        if let Some(b) = last {
+            let _ = bg.to_disk.send(b).await;
+        }
+        drop(bg.to_disk);
+        let mut result = Ok(());
+        // The writer drops its end of `back` when it exits: this drains every
+        // block's result, and the first error wins.
+        while let Some((_, r)) = bg.back.recv().await {
+            result = result.and(r);
+        }
+        let staged = bg.task.await.expect("disk writer panicked");
+        result?;
+        staged.ok_or_else(writer_gone)
+    }
+
+    /// Abandons the file for good: even a partial copy is deleted.
+    pub fn discard(mut self) {
+        if let Some(staged) = self.staged.take() {
+            staged.discard();
+        }
+        if let Some(bg) = self.background.take() {
+            // The writer sees the flag once the channel closes (below, when
+            // `bg` drops), after the blocks already queued.
+            bg.discarded.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A block to fill: a new one while fewer than [`BLOCKS`] exist,
+    /// otherwise the next one the writer is done with.
+    async fn free_block(&mut self) -> Result<AlignedBuf, StoreError> {
+        // A block that ends on an aligned offset keeps the next ones aligned.
+        let limit = self.block_len - (self.pos % ALIGN as u64) as usize;
+        if self.blocks < BLOCKS {
+            self.blocks += 1;
+            let mut b = AlignedBuf::with_capacity(self.block_len);
+            b.reset(limit);
+            return Ok(b);
+        }
+        let bg = self.background.as_mut().expect("blocks in use means a writer exists");
+        let (mut b, r) = bg.back.recv().await.ok_or_else(writer_gone)?;
+        r?;
+        b.reset(limit);
+        Ok(b)
+    }
+
+    /// Sends a full block to the writer thread, starting it the first time.
+    async fn hand_off(&mut self, full: AlignedBuf) -> Result<(), StoreError> {
+        let bg = match self.background.as_mut() {
+            Some(bg) => bg,
+            None => {
+                let staged = self.staged.take().expect("the file is here until the writer starts");
+                self.background.insert(Background::start(staged))
+            }
+        };
+        bg.to_disk.send(full).await.map_err(|_| writer_gone())
+    }
+}
+
+impl Background {
+    fn start(staged: Staged) -> Background {
+        let (to_disk, mut from_net) = mpsc::channel::<AlignedBuf>(BLOCKS);
+        let (done, back) = mpsc::channel::<Written>(BLOCKS);
+        let discarded = Arc::new(AtomicBool::new(false));
+        let flag = discarded.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut file = Some(staged);
+            while let Some(b) = from_net.blocking_recv() {
+                // After a failure, blocks only travel back (the caller is
+                // draining the payload to stay in sync).
+                let r = file.as_mut().map_or(Ok(()), |f| f.write_all(b.as_slice()));
+                if r.is_err() {
+                    // The file is lost: free its space now (a full disk is
+                    // the usual cause), not when the caller hears of it.
+                    if let Some(f) = file.take() {
+                        f.discard();
+                    }
+                }
+                if done.blocking_send((b, r)).is_err() {
+                    break; // the receive was dropped: the connection failed
+                }
+            }
+            if flag.load(Ordering::SeqCst) {
+                if let Some(f) = file.take() {
+                    f.discard();
+                }
+            }
+            file
+        });
+        Background { to_disk, back, discarded, task }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::io(&"the received file", std::io::Error::other("its disk writer stopped"))
+}
