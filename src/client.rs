@@ -28,7 +28,7 @@ use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, Offer, VERSION, WirePath};
 use crate::store::{self, Resume, Root, Staged};
 use crate::tls::{self, Identity, IdentityPaths};
-use crate::transfer::{self, FileOutcome, Held, SendOutcome, blocking};
+use crate::transfer::{self, FileOutcome, Held, SendOutcome, Target, blocking};
 use crate::walk::{Item, Walk};
 
 /// Where to connect and as whom.
@@ -920,8 +920,8 @@ async fn pull_file(
     let (root, p, size) = (ctx.root.clone(), h.path.clone(), h.known_size());
     let near = group.files.last().map(Staged::near);
     let path = remote(&h.path);
-    let (outcome, staged) = match blocking(move || root.stage(&p, size, near, resume)).await {
-        Ok(staged) => transfer::receive_deferred(r, &h, staged, u64::MAX, meter, prefix).await?,
+    let (outcome, staged) = match Target::new(size, move || root.stage(&p, size, near, resume)).await {
+        Ok(target) => transfer::receive_deferred(r, &h, target, u64::MAX, meter, prefix).await?,
         Err(e) => {
             // Read and drop the payload; the file cannot be written here.
             let outcome = transfer::receive_file(r, &h, None, u64::MAX, meter).await?;

@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 use crate::store::{self, Resume, Staged, StoreError};
 use crate::tls;
-use crate::transfer::{self, FileOutcome, SendOutcome, blocking};
+use crate::transfer::{self, FileOutcome, SendOutcome, Target, blocking};
 use crate::walk::Item;
 
 type Tls = TlsStream<TcpStream>;
@@ -158,7 +158,7 @@ struct Pending {
 
 /// A group is committed at the latest when it holds this many files or
 /// bytes (and always before the server waits for the client).
-const BATCH_FILES: usize = 64;
+const BATCH_FILES: usize = 1024;
 const BATCH_BYTES: u64 = 64 << 20;
 
 /// Payloads longer than this are not received while replies wait.
@@ -417,10 +417,10 @@ impl Conn {
                     Reply::File(pending) => Some(pending.staged.near()),
                     Reply::Ready(_) => None,
                 });
-                blocking(move || root.stage(&p, size, near, resume)).await
+                Target::new(size, move || root.stage(&p, size, near, resume)).await
             }
         };
-        let staged = match staged {
+        let target = match staged {
             Ok(s) => s,
             Err(e) => {
                 // Answer at once; the payload that follows is read and dropped.
@@ -440,7 +440,7 @@ impl Conn {
         if h.offset > 0 {
             info!(path = %h.path, offset = h.offset, "resuming");
         }
-        match transfer::receive_deferred(&mut self.r, &h, staged, max, &Meter::off(), prefix).await? {
+        match transfer::receive_deferred(&mut self.r, &h, target, max, &Meter::off(), prefix).await? {
             (FileOutcome::Ok(got), Some(staged)) => {
                 // Verified; it joins the group that is made durable and
                 // installed together, then answered.

@@ -30,10 +30,39 @@ const BLOCKS: usize = 2;
 
 type Written = (AlignedBuf, Result<(), StoreError>);
 
+/// Where the payload goes: a file staged already, or one to stage when the
+/// payload is complete. A small file staged late costs one blocking call
+/// for staging, writing and what follows, instead of one each.
+pub enum Target {
+    Ready(Staged),
+    Later(Box<dyn FnOnce() -> Result<Staged, StoreError> + Send>),
+}
+
+impl Target {
+    /// Stages a file of `size` bytes with `stage`: now, or for a file that
+    /// fits one block, together with its payload once it has arrived.
+    pub async fn new(
+        size: Option<u64>,
+        stage: impl FnOnce() -> Result<Staged, StoreError> + Send + 'static,
+    ) -> Result<Target, StoreError> {
+        match size {
+            Some(s) if s <= BLOCK_LEN as u64 => Ok(Target::Later(Box::new(stage))),
+            _ => blocking(stage).await.map(Target::Ready),
+        }
+    }
+
+    fn resolve(self) -> Result<Staged, StoreError> {
+        match self {
+            Target::Ready(staged) => Ok(staged),
+            Target::Later(stage) => stage(),
+        }
+    }
+}
+
 /// A staged file being written, with the block being filled.
 pub struct DiskWriter {
     /// The file, until a background writer takes it.
-    staged: Option<Staged>,
+    target: Option<Target>,
     /// The block being filled (`None` between a hand-off and the next fill).
     block: Option<AlignedBuf>,
     block_len: usize,
@@ -56,13 +85,13 @@ struct Background {
 }
 
 impl DiskWriter {
-    /// Writes into `staged`, which holds `pos` bytes already, and whose
+    /// Writes into `target`, which holds `pos` bytes already, and whose
     /// final size is `size` when known.
-    pub fn new(staged: Staged, pos: u64, size: Option<u64>) -> DiskWriter {
+    pub fn new(target: Target, pos: u64, size: Option<u64>) -> DiskWriter {
         // A small file's block is its size (rounded to the alignment), so
         // 4 KiB files do not cost a 1 MiB buffer each.
         let block_len = size.map_or(BLOCK_LEN, |s| (s as usize).next_multiple_of(ALIGN).clamp(ALIGN, BLOCK_LEN));
-        DiskWriter { staged: Some(staged), block: None, block_len, blocks: 0, pos, background: None }
+        DiskWriter { target: Some(target), block: None, block_len, blocks: 0, pos, background: None }
     }
 
     /// Takes the next payload bytes.
@@ -86,15 +115,23 @@ impl DiskWriter {
         Ok(())
     }
 
-    /// Writes what is left and returns the file, once every write is done.
-    pub async fn finish(mut self) -> Result<Staged, StoreError> {
+    /// Writes what is left, then hands the file to `then` on a blocking
+    /// thread (for a small file, in the same call that stages and writes it).
+    pub async fn finish<T: Send + 'static>(
+        mut self,
+        then: impl FnOnce(Staged) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let last = self.block.take().filter(|b| !b.is_empty());
         let Some(mut bg) = self.background.take() else {
-            let mut staged = self.staged.take().expect("no writer took the file");
-            return match last {
-                None => Ok(staged),
-                Some(b) => blocking(move || staged.write_all(b.as_slice()).map(|()| staged)).await,
-            };
+            let target = self.target.take().expect("no writer took the file");
+            return blocking(move || {
+                let mut staged = target.resolve()?;
+                if let Some(b) = last {
+                    staged.write_all(b.as_slice())?;
+                }
+                then(staged)
+            })
+            .await;
         };
         if let Some(b) = last {
             let _ = bg.to_disk.send(b).await;
@@ -108,12 +145,13 @@ impl DiskWriter {
         }
         let staged = bg.task.await.expect("disk writer panicked");
         result?;
-        staged.ok_or_else(writer_gone)
+        let staged = staged.ok_or_else(writer_gone)?;
+        blocking(move || then(staged)).await
     }
 
     /// Abandons the file for good: even a partial copy is deleted.
     pub fn discard(mut self) {
-        if let Some(staged) = self.staged.take() {
+        if let Some(Target::Ready(staged)) = self.target.take() {
             staged.discard();
         }
         if let Some(bg) = self.background.take() {
@@ -146,7 +184,8 @@ impl DiskWriter {
         let bg = match self.background.as_mut() {
             Some(bg) => bg,
             None => {
-                let staged = self.staged.take().expect("the file is here until the writer starts");
+                let target = self.target.take().expect("the file is here until the writer starts");
+                let staged = blocking(move || target.resolve()).await?;
                 self.background.insert(Background::start(staged))
             }
         };

@@ -9,6 +9,8 @@ mod disk;
 mod receive;
 mod send;
 
+pub use disk::Target;
+
 pub use receive::{
     Destination, FileOutcome, Received, WriterSink, discard_payload, receive_deferred, receive_file, receive_into,
 };

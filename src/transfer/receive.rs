@@ -19,8 +19,8 @@ use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
 use crate::store::{Staged, StoreError};
 
-use super::disk::DiskWriter;
-use super::{blocking, hex};
+use super::disk::{DiskWriter, Target};
+use super::hex;
 
 /// A file that arrived, verified and committed.
 #[derive(Debug, Clone)]
@@ -76,25 +76,25 @@ pub async fn receive_file<R: AsyncRead + Unpin>(
     limit: u64,
     meter: &Meter,
 ) -> Result<FileOutcome> {
-    let sink = staged.map(|s| Sink::new(s, h, None));
+    let sink = staged.map(|s| Sink::new(Target::Ready(s), h, None));
     receive_into(r, h, sink, limit, meter, blake3::Hasher::new()).await
 }
 
 /// Like [`receive_file`], but a verified file is not installed: it comes
 /// back staged, with its mode and mtime applied, for the caller to make
 /// durable and install together with others (group commit). For a header
-/// with an offset, `staged` already holds that prefix and `prefix` is the
-/// state of its hash.
+/// with an offset, the target already holds that prefix and `prefix` is
+/// the state of its hash.
 pub async fn receive_deferred<R: AsyncRead + Unpin>(
     r: &mut FrameReader<R>,
     h: &FileHeader,
-    staged: Staged,
+    target: Target,
     limit: u64,
     meter: &Meter,
     prefix: blake3::Hasher,
 ) -> Result<(FileOutcome, Option<Staged>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sink = Sink::new(staged, h, Some(tx));
+    let sink = Sink::new(target, h, Some(tx));
     let outcome = receive_into(r, h, Some(sink), limit, meter, prefix).await?;
     Ok((outcome, rx.await.ok()))
 }
@@ -229,8 +229,8 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(staged: Staged, h: &FileHeader, defer: Option<tokio::sync::oneshot::Sender<Staged>>) -> Sink {
-        Sink { disk: DiskWriter::new(staged, h.offset, h.known_size()), defer }
+    fn new(target: Target, h: &FileHeader, defer: Option<tokio::sync::oneshot::Sender<Staged>>) -> Sink {
+        Sink { disk: DiskWriter::new(target, h.offset, h.known_size()), defer }
     }
 }
 
@@ -240,21 +240,22 @@ impl Destination for Sink {
     }
 
     async fn finish(self, h: &FileHeader) -> std::result::Result<(), StoreError> {
-        let mut staged = self.disk.finish().await?;
         let (mode, mtime) = (h.mode, h.mtime);
         match self.defer {
             // Group commit: hand the verified file back, not yet installed.
             Some(slot) => {
-                let staged = blocking(move || {
-                    staged.prepare(mode, mtime)?;
-                    staged.close();
-                    Ok::<_, StoreError>(staged)
-                })
-                .await?;
+                let staged = self
+                    .disk
+                    .finish(move |mut staged| {
+                        staged.prepare(mode, mtime)?;
+                        staged.close();
+                        Ok(staged)
+                    })
+                    .await?;
                 let _ = slot.send(staged);
                 Ok(())
             }
-            None => blocking(move || staged.commit(mode, mtime)).await,
+            None => self.disk.finish(move |staged| staged.commit(mode, mtime)).await,
         }
     }
 

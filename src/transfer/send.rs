@@ -102,8 +102,11 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     meter: &Meter,
     held: Option<&Held>,
 ) -> Result<SendOutcome> {
-    let opened = open(dir.clone(), name.to_owned()).await;
-    let (file, meta) = match opened {
+    // Unless the receiver holds something to compare with, a small file is
+    // opened, read and checked in one blocking call.
+    let whole = held.is_none_or(|k| k.have.complete.is_none() && k.have.offset == 0);
+    let opened = open(dir.clone(), name.to_owned(), whole).await;
+    let (file, meta, read_ahead) = match opened {
         Ok(x) => x,
         // Nothing was sent yet, so there is nothing to abort on the wire.
         Err(e) => {
@@ -123,6 +126,7 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         None => (file, (0, blake3::Hasher::new())),
     };
     let (offset, mut hasher) = start;
+    let (mut ahead, checked) = read_ahead.map_or((None, None), |(data, still)| (Some(data), Some(still)));
     let header = FileHeader { offset, ..FileHeader::new(rel.clone(), meta.size, meta.mode, meta.mtime) };
     w.send(&Frame::File(header)).await?;
     meter.start(rel.as_str(), Some(meta.size));
@@ -134,8 +138,17 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     let mut first = true;
     while left > 0 {
         let want = READ_LEN.min(usize::try_from(left).unwrap_or(READ_LEN));
-        let (f, b, r) = read_chunk(file, buf, want).await;
-        (file, buf) = (f, b);
+        let r = match ahead.take() {
+            Some(data) => {
+                buf = data; // the payload, read when the file was opened
+                Ok(buf.len())
+            }
+            None => {
+                let (f, b, r) = read_chunk(file, buf, want).await;
+                (file, buf) = (f, b);
+                r
+            }
+        };
         match r {
             Ok(0) => {
                 return abort(w, meta.size, sent(left), "the source file shrank while it was being sent").await;
@@ -152,7 +165,11 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         left -= buf.len() as u64;
         fault::stall().await;
     }
-    match unchanged(file, meta).await {
+    let still = match checked {
+        Some(still) => Ok(still),
+        None => unchanged(file, meta).await,
+    };
+    match still {
         Ok(true) => {}
         Ok(false) => {
             return abort(w, meta.size, sent(left), "the source file changed while it was being sent").await;
@@ -281,14 +298,27 @@ async fn abort<W: AsyncWrite + Unpin>(
     Ok(SendOutcome::Aborted { size, sent, reason: reason.to_owned() })
 }
 
-async fn open(dir: DirFd, name: OsString) -> std::io::Result<(File, Meta)> {
+/// A small file's whole content, read when it was opened, and whether the
+/// file still had the size and mtime it was opened with afterwards.
+type ReadAhead = Option<(Vec<u8>, bool)>;
+
+/// Opens a regular file; with `whole`, a file of at most one read is also
+/// read and checked for changes in the same blocking call.
+async fn open(dir: DirFd, name: OsString, whole: bool) -> std::io::Result<(File, Meta, ReadAhead)> {
     blocking(move || {
         let f = dir.open_file(&name)?;
         let m = f.metadata()?;
         if !m.is_file() {
             return Err(std::io::Error::other("not a regular file"));
         }
-        Ok((f, Meta::from(&m)))
+        let meta = Meta::from(&m);
+        if !whole || meta.size == 0 || meta.size > READ_LEN as u64 {
+            return Ok((f, meta, None));
+        }
+        let mut data = Vec::with_capacity(meta.size as usize);
+        (&f).take(meta.size).read_to_end(&mut data)?;
+        let still = same_version(&f, meta)?;
+        Ok((f, meta, Some((data, still))))
     })
     .await
 }
@@ -319,11 +349,12 @@ async fn read_chunk(mut f: File, mut buf: Vec<u8>, want: usize) -> (File, Vec<u8
 
 /// True when the open file still has the size and mtime it had when opened.
 async fn unchanged(f: File, before: Meta) -> std::io::Result<bool> {
-    blocking(move || {
-        let m = f.metadata()?;
-        Ok(m.len() == before.size && m.mtime() == before.mtime.secs && m.mtime_nsec() == i64::from(before.mtime.nanos))
-    })
-    .await
+    blocking(move || same_version(&f, before)).await
+}
+
+fn same_version(f: &File, before: Meta) -> std::io::Result<bool> {
+    let m = f.metadata()?;
+    Ok(m.len() == before.size && m.mtime() == before.mtime.secs && m.mtime_nsec() == i64::from(before.mtime.nanos))
 }
 
 /// Test-only fault injection: with `XFER_FAULT_CORRUPT_PAYLOAD` set, debug
