@@ -26,7 +26,7 @@ use crate::meter::Meter;
 use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, Offer, VERSION, WirePath};
-use crate::store::{self, Resume, Root, Staged};
+use crate::store::{self, Resume, Root, Verified};
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, Held, SendOutcome, Target, blocking};
 use crate::walk::{Item, Walk};
@@ -516,7 +516,10 @@ impl Probed {
         w: &mut FrameWriter<W>,
         tx: &mpsc::Sender<Expect>,
     ) -> Result<Option<(Item, Option<Have>)>> {
-        while self.probes < PROBE_AHEAD {
+        // Probes go out in bursts, topped up once half the window is used,
+        // so the server can answer many with one look at its disk.
+        let refill = self.probes <= PROBE_AHEAD / 2;
+        while refill && self.probes < PROBE_AHEAD {
             // Wait on the walk only when nothing else is ready to send.
             let item = if self.queue.is_empty() {
                 match transfer::next_item(&mut self.items, w).await? {
@@ -918,9 +921,9 @@ async fn pull_file(
         }
     };
     let (root, p, size) = (ctx.root.clone(), h.path.clone(), h.known_size());
-    let near = group.files.last().map(Staged::near);
+    let near = group.files.last().and_then(Verified::near);
     let path = remote(&h.path);
-    let (outcome, staged) = match Target::new(size, move || root.stage(&p, size, near, resume)).await {
+    let (outcome, staged) = match Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await {
         Ok(target) => transfer::receive_deferred(r, &h, target, u64::MAX, meter, prefix).await?,
         Err(e) => {
             // Read and drop the payload; the file cannot be written here.
@@ -961,14 +964,14 @@ async fn pull_file(
 /// Received, verified files waiting to be made durable together.
 #[derive(Default)]
 struct Group {
-    files: Vec<Staged>,
+    files: Vec<Verified>,
     /// Size, BLAKE3, payload bytes received and the offset resumed from.
     facts: Vec<(u64, [u8; 32], u64, u64)>,
     bytes: u64,
 }
 
 impl Group {
-    fn push(&mut self, staged: Staged, size: u64, blake3: [u8; 32], bytes: u64, resumed_from: u64) {
+    fn push(&mut self, staged: Verified, size: u64, blake3: [u8; 32], bytes: u64, resumed_from: u64) {
         self.files.push(staged);
         self.facts.push((size, blake3, bytes, resumed_from));
         self.bytes += bytes;

@@ -133,6 +133,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         matches!(frame::check(&self.buf), Ok(Some(_)))
     }
 
+    /// True when a whole `Probe` frame is buffered next.
+    pub fn has_probe(&self) -> bool {
+        self.has_frame() && frame::starts_with_probe(&self.buf)
+    }
+
     /// The peer's name, as given at construction.
     pub fn peer(&self) -> &str {
         &self.peer

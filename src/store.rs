@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
-use crate::direct;
+use crate::direct::{self, AlignedBuf};
 use crate::partial::{self, Partial, PartialId};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
@@ -479,13 +479,90 @@ impl Drop for Staged {
     }
 }
 
-/// Group commit: makes many verified, prepared files durable and installs
-/// them with one filesystem sync before the renames and one after, instead
-/// of two `fsync`s per file. Returns each file's outcome, in order; a file
-/// whose outcome is an error was not installed, or its install may not be
-/// durable. Every filesystem involved is synced (a folder of the
-/// destination may be another mount).
-pub fn commit_group(files: Vec<Staged>) -> Vec<(WirePath, Result<()>)> {
+/// Stages a file, given the folder handle of the file staged before it
+/// (when there is one) to share.
+pub type StageFn = Box<dyn FnOnce(Option<Near>) -> Result<Staged> + Send>;
+
+/// A received, verified file waiting for its group commit.
+pub enum Verified {
+    /// Written, prepared (mode and mtime) and closed.
+    Staged(Staged),
+    /// A small file still in memory: the group commit stages, writes and
+    /// prepares it itself, so a group of small files costs one blocking
+    /// call instead of one or more per file.
+    Unwritten(Unwritten),
+}
+
+/// A small verified file's content and what its installed copy gets.
+pub struct Unwritten {
+    pub path: WirePath,
+    pub stage: StageFn,
+    pub data: AlignedBuf,
+    pub mode: u32,
+    pub mtime: Timestamp,
+}
+
+impl Verified {
+    pub fn path(&self) -> &WirePath {
+        match self {
+            Verified::Staged(s) => &s.path,
+            Verified::Unwritten(u) => &u.path,
+        }
+    }
+
+    /// The folder handle to share with the next file, when already open.
+    pub fn near(&self) -> Option<Near> {
+        match self {
+            Verified::Staged(s) => Some(s.near()),
+            Verified::Unwritten(_) => None,
+        }
+    }
+
+    /// Writes an unwritten file to a staged, prepared, closed one.
+    fn into_staged(self, near: Option<Near>) -> Result<Staged> {
+        match self {
+            Verified::Staged(s) => Ok(s),
+            Verified::Unwritten(u) => {
+                let mut staged = (u.stage)(near)?;
+                staged.write_all(u.data.as_slice())?;
+                staged.prepare(u.mode, u.mtime)?;
+                staged.close();
+                Ok(staged)
+            }
+        }
+    }
+}
+
+/// Group commit: writes the small files still in memory, then makes every
+/// file durable and installs them with one filesystem sync before the
+/// renames and one after, instead of two `fsync`s per file. Returns each
+/// file's outcome, in order; a file whose outcome is an error was not
+/// installed, or its install may not be durable.
+pub fn commit_group(files: Vec<Verified>) -> Vec<(WirePath, Result<()>)> {
+    let mut near = None;
+    let mut out = Vec::with_capacity(files.len());
+    let mut staged = Vec::with_capacity(files.len());
+    for f in files {
+        let path = f.path().clone();
+        match f.into_staged(near.take()) {
+            Ok(s) => {
+                near = Some(s.near());
+                staged.push(s);
+                out.push((path, Ok(())));
+            }
+            Err(e) => out.push((path, Err(e))),
+        }
+    }
+    let mut installed = install_durably(staged).into_iter();
+    for o in out.iter_mut().filter(|o| o.1.is_ok()) {
+        o.1 = installed.next().expect("one result per staged file").1;
+    }
+    out
+}
+
+/// Syncs, renames and syncs again. Every filesystem involved is synced (a
+/// folder of the destination may be another mount).
+fn install_durably(files: Vec<Staged>) -> Vec<(WirePath, Result<()>)> {
     let mut filesystems: Vec<(u64, DirFd)> = Vec::new();
     for f in &files {
         for dir in [&f.tmp_dir, &f.dir] {
@@ -646,19 +723,35 @@ mod tests {
     #[test]
     fn a_group_commit_installs_every_file_in_order_and_leaves_no_temp_files() {
         let (_t, root) = server();
-        let mut group = Vec::new();
-        for (name, data) in [("a/1", "one"), ("b/2", "two"), ("a/1", "one, again")] {
-            let mut s = root.stage_any(&p(name)).unwrap();
-            s.write_all(data.as_bytes()).unwrap();
-            s.prepare(0o644, Timestamp::default()).unwrap();
-            group.push(s);
+        let mut s = root.stage_any(&p("a/1")).unwrap();
+        s.write_all(b"one").unwrap();
+        s.prepare(0o644, Timestamp::default()).unwrap();
+        let mut group = vec![Verified::Staged(s)];
+        // Small files still in memory: the commit stages and writes them,
+        // and one that cannot be staged ("a" is a folder) fails alone.
+        for (name, data) in [("b/2", "two"), ("a", "not a folder"), ("a/1", "one, again")] {
+            let (r, path) = (root.clone(), p(name));
+            let mut block = AlignedBuf::with_capacity(direct::ALIGN);
+            block.fill_from(data.as_bytes());
+            let stage: StageFn = Box::new(move |near| r.stage(&path, Some(data.len() as u64), near, Resume::No));
+            group.push(Verified::Unwritten(Unwritten {
+                path: p(name),
+                stage,
+                data: block,
+                mode: 0o600,
+                mtime: Timestamp::default(),
+            }));
         }
         assert!(!root.dir().join("a/1").exists(), "nothing is installed before the commit");
         let results = commit_group(group);
-        assert!(results.iter().all(|(_, r)| r.is_ok()));
-        assert_eq!(results.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(), ["a/1", "b/2", "a/1"]);
+        assert_eq!(results.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(), ["a/1", "b/2", "a", "a/1"]);
+        let failed: Vec<bool> = results.iter().map(|(_, r)| r.is_err()).collect();
+        assert_eq!(failed, [false, false, true, false], "{results:?}");
+        assert_eq!(results[2].1.as_ref().unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(fs::read(root.dir().join("a/1")).unwrap(), b"one, again", "the later file wins");
         assert_eq!(fs::read(root.dir().join("b/2")).unwrap(), b"two");
+        let mode = fs::metadata(root.dir().join("b/2")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an unwritten file gets its mode when the commit writes it");
         assert_eq!(fs::read_dir(root.dir().join(".xfer/tmp")).unwrap().count(), 0);
     }
 

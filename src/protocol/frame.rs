@@ -292,6 +292,12 @@ pub fn check(src: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok((src.len() >= total).then_some(total))
 }
 
+/// True when `buf` starts with a `Probe` frame (whole or not), so a
+/// receiver can gather consecutive probes and answer them together.
+pub fn starts_with_probe(buf: &[u8]) -> bool {
+    buf.first() == Some(&code::PROBE)
+}
+
 /// Appends the header of a `Data` frame carrying `len` bytes, for senders
 /// that write the payload themselves instead of building a `Frame::Data`.
 pub fn encode_data_header(len: usize, dst: &mut Vec<u8>) {

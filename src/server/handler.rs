@@ -29,7 +29,7 @@ use crate::progress::human_bytes;
 use crate::protocol::{
     ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, Offer, Timestamp, UNKNOWN_SIZE, VERSION, WirePath,
 };
-use crate::store::{self, Resume, Staged, StoreError};
+use crate::store::{self, Resume, StoreError, Verified};
 use crate::tls;
 use crate::transfer::{self, FileOutcome, SendOutcome, Target, blocking};
 use crate::walk::Item;
@@ -139,6 +139,9 @@ struct Conn {
 /// whole), so a client cannot make the server hold unbounded memory.
 const MAX_OFFERS: usize = 65_536;
 
+/// Probes answered together at most (one blocking call for all).
+const MAX_PROBES: usize = 1024;
+
 /// What goes out at the next group commit, in request order.
 enum Reply {
     /// `STORED` (or `ERROR`) once the file is installed.
@@ -150,7 +153,7 @@ enum Reply {
 
 /// A received, verified file awaiting its group commit.
 struct Pending {
-    staged: Staged,
+    staged: Verified,
     size: u64,
     blake3: [u8; 32],
     started: Instant,
@@ -329,32 +332,73 @@ impl Conn {
         }
     }
 
-    /// Answers a `Probe`: the partial copy this client left of this version
-    /// of the file (claimed until its `File`), and the hash of a complete
-    /// copy of the same size, shown only to clients allowed to read it.
+    /// Answers a `Probe`, and the probes buffered right behind it, with one
+    /// blocking call for all: for each, the partial copy this client left
+    /// of this version of the file (claimed until its `File`), and the hash
+    /// of a complete copy of the same size, shown only to clients allowed
+    /// to read it.
     async fn probe(&mut self, path: WirePath, size: u64, mtime: Timestamp) -> Result<()> {
-        if let Err(e) = self.authorize(Perm::Write, &path) {
-            warn!(path = %path, "push refused: {}", e.message);
-            return self.reply_in_order(Frame::Error { code: e.code, message: e.message }).await;
+        let mut probes = vec![(path, size, mtime)];
+        let mut bad = None;
+        while probes.len() < MAX_PROBES && self.r.has_probe() {
+            match self.r.read_frame().await {
+                Ok(Some(Frame::Probe { path, size, mtime })) => probes.push((path, size, mtime)),
+                Err(Error::Frame { error: e @ FrameError::BadPath { .. }, .. }) => {
+                    bad = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => unreachable!("has_probe() saw a whole Probe frame"),
+            }
         }
-        let readable = self.authorize(Perm::Read, &path).is_ok();
-        let id = PartialId::new(&self.names.first().cloned().unwrap_or_default(), &path, size, mtime);
+        let peer = self.names.first().cloned().unwrap_or_default();
+        let mut asks = Vec::with_capacity(probes.len());
+        for (path, size, mtime) in probes {
+            self.claims.remove(&path);
+            let allowed = self.authorize(Perm::Write, &path);
+            let readable = self.authorize(Perm::Read, &path).is_ok();
+            let id = PartialId::new(&peer, &path, size, mtime);
+            asks.push((path, size, id, allowed, readable));
+        }
         let root = self.shared.root.clone();
-        let p = path.clone();
-        self.claims.remove(&path);
-        let (complete, partial) = blocking(move || {
-            let complete = if readable { root.hash_if_size(&p, size) } else { None };
-            let partial = if size >= RESUMABLE_MIN { root.claim_partial(&id).ok().flatten() } else { None };
-            (complete, partial)
+        let answers = blocking(move || {
+            asks.into_iter()
+                .map(|(path, size, id, allowed, readable)| {
+                    let found = allowed.map(|()| {
+                        let complete = if readable { root.hash_if_size(&path, size) } else { None };
+                        let partial = if size >= RESUMABLE_MIN { root.claim_partial(&id).ok().flatten() } else { None };
+                        (complete, partial)
+                    });
+                    (path, found)
+                })
+                .collect::<Vec<_>>()
         })
         .await;
-        let mut have = Have { complete, ..Have::default() };
-        if let Some(partial) = partial {
-            (have.offset, have.prefix) = (partial.offset, partial.prefix());
-            info!(path = %path, offset = partial.offset, "offering a partial copy for resume");
-            self.claims.insert(path, partial);
+        for (path, found) in answers {
+            let frame = match found {
+                Err(e) => {
+                    warn!(path = %path, "push refused: {}", e.message);
+                    Frame::Error { code: e.code, message: e.message }
+                }
+                Ok((complete, partial)) => {
+                    let mut have = Have { complete, ..Have::default() };
+                    if let Some(partial) = partial {
+                        (have.offset, have.prefix) = (partial.offset, partial.prefix());
+                        info!(path = %path, offset = partial.offset, "offering a partial copy for resume");
+                        self.claims.insert(path, partial);
+                    }
+                    Frame::Have(have)
+                }
+            };
+            self.reply_in_order(frame).await?;
         }
-        self.reply_in_order(Frame::Have(have)).await
+        match bad {
+            Some(e) => {
+                self.commit_batch().await?;
+                self.refuse_bad_path(e).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Sends `frame` now, or queues it behind files awaiting their commit.
@@ -414,10 +458,10 @@ impl Conn {
             (Ok(()), _) => {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
                 let near = self.batch.iter().rev().find_map(|r| match r {
-                    Reply::File(pending) => Some(pending.staged.near()),
+                    Reply::File(pending) => pending.staged.near(),
                     Reply::Ready(_) => None,
                 });
-                Target::new(size, move || root.stage(&p, size, near, resume)).await
+                Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await
             }
         };
         let target = match staged {

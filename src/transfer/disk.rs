@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::direct::{ALIGN, AlignedBuf};
-use crate::store::{Staged, StoreError};
+use crate::protocol::FileHeader;
+use crate::store::{Near, StageFn, Staged, StoreError, Unwritten, Verified};
 
 use super::blocking;
 
@@ -31,30 +32,32 @@ const BLOCKS: usize = 2;
 type Written = (AlignedBuf, Result<(), StoreError>);
 
 /// Where the payload goes: a file staged already, or one to stage when the
-/// payload is complete. A small file staged late costs one blocking call
-/// for staging, writing and what follows, instead of one each.
+/// payload is complete. A small file staged late costs no blocking call of
+/// its own: the group commit stages and writes it with the others.
 pub enum Target {
     Ready(Staged),
-    Later(Box<dyn FnOnce() -> Result<Staged, StoreError> + Send>),
+    Later(StageFn, Option<Near>),
 }
 
 impl Target {
-    /// Stages a file of `size` bytes with `stage`: now, or for a file that
-    /// fits one block, together with its payload once it has arrived.
+    /// Stages a file of `size` bytes with `stage` (given `near`, the folder
+    /// of the file before it): now, or for a file that fits one block,
+    /// once its payload has arrived.
     pub async fn new(
         size: Option<u64>,
-        stage: impl FnOnce() -> Result<Staged, StoreError> + Send + 'static,
+        near: Option<Near>,
+        stage: impl FnOnce(Option<Near>) -> Result<Staged, StoreError> + Send + 'static,
     ) -> Result<Target, StoreError> {
         match size {
-            Some(s) if s <= BLOCK_LEN as u64 => Ok(Target::Later(Box::new(stage))),
-            _ => blocking(stage).await.map(Target::Ready),
+            Some(s) if s <= BLOCK_LEN as u64 => Ok(Target::Later(Box::new(stage), near)),
+            _ => blocking(move || stage(near)).await.map(Target::Ready),
         }
     }
 
     fn resolve(self) -> Result<Staged, StoreError> {
         match self {
             Target::Ready(staged) => Ok(staged),
-            Target::Later(stage) => stage(),
+            Target::Later(stage, near) => stage(near),
         }
     }
 }
@@ -97,6 +100,14 @@ impl DiskWriter {
     /// Takes the next payload bytes.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         while !data.is_empty() {
+            // A full block goes to the writer only once more data comes: the
+            // last block stays for `finish`, so a file of one block never
+            // starts a writer thread.
+            if self.block.as_ref().is_some_and(AlignedBuf::is_full) {
+                let full = self.block.take().expect("a full block");
+                self.pos += full.as_slice().len() as u64;
+                self.hand_off(full).await?;
+            }
             let block = match self.block.as_mut() {
                 Some(b) => b,
                 None => {
@@ -106,11 +117,6 @@ impl DiskWriter {
             };
             let n = block.fill_from(data);
             data = &data[n..];
-            if block.is_full() {
-                let full = self.block.take().expect("a block is being filled");
-                self.pos += full.as_slice().len() as u64;
-                self.hand_off(full).await?;
-            }
         }
         Ok(())
     }
@@ -147,6 +153,26 @@ impl DiskWriter {
         result?;
         let staged = staged.ok_or_else(writer_gone)?;
         blocking(move || then(staged)).await
+    }
+
+    /// Like [`finish`](Self::finish) for a file that waits for a group
+    /// commit: prepared with the header's mode and mtime and closed, or,
+    /// for a small file staged late, kept in memory for the commit to write.
+    pub async fn finish_verified(mut self, h: &FileHeader) -> Result<Verified, StoreError> {
+        let (mode, mtime) = (h.mode, h.mtime);
+        if self.background.is_none() {
+            if let Some(Target::Later(..)) = self.target {
+                let Some(Target::Later(stage, _)) = self.target.take() else { unreachable!() };
+                let data = self.block.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
+                return Ok(Verified::Unwritten(Unwritten { path: h.path.clone(), stage, data, mode, mtime }));
+            }
+        }
+        self.finish(move |mut staged| {
+            staged.prepare(mode, mtime)?;
+            staged.close();
+            Ok(Verified::Staged(staged))
+        })
+        .await
     }
 
     /// Abandons the file for good: even a partial copy is deleted.

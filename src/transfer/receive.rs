@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::meter::Meter;
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, UNKNOWN_SIZE};
-use crate::store::{Staged, StoreError};
+use crate::store::{Staged, StoreError, Verified};
 
 use super::disk::{DiskWriter, Target};
 use super::hex;
@@ -92,7 +92,7 @@ pub async fn receive_deferred<R: AsyncRead + Unpin>(
     limit: u64,
     meter: &Meter,
     prefix: blake3::Hasher,
-) -> Result<(FileOutcome, Option<Staged>)> {
+) -> Result<(FileOutcome, Option<Verified>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sink = Sink::new(target, h, Some(tx));
     let outcome = receive_into(r, h, Some(sink), limit, meter, prefix).await?;
@@ -225,11 +225,11 @@ pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &F
 struct Sink {
     disk: DiskWriter,
     /// With group commit: where the verified, uninstalled file goes.
-    defer: Option<tokio::sync::oneshot::Sender<Staged>>,
+    defer: Option<tokio::sync::oneshot::Sender<Verified>>,
 }
 
 impl Sink {
-    fn new(target: Target, h: &FileHeader, defer: Option<tokio::sync::oneshot::Sender<Staged>>) -> Sink {
+    fn new(target: Target, h: &FileHeader, defer: Option<tokio::sync::oneshot::Sender<Verified>>) -> Sink {
         Sink { disk: DiskWriter::new(target, h.offset, h.known_size()), defer }
     }
 }
@@ -244,15 +244,7 @@ impl Destination for Sink {
         match self.defer {
             // Group commit: hand the verified file back, not yet installed.
             Some(slot) => {
-                let staged = self
-                    .disk
-                    .finish(move |mut staged| {
-                        staged.prepare(mode, mtime)?;
-                        staged.close();
-                        Ok(staged)
-                    })
-                    .await?;
-                let _ = slot.send(staged);
+                let _ = slot.send(self.disk.finish_verified(h).await?);
                 Ok(())
             }
             None => self.disk.finish(move |staged| staged.commit(mode, mtime)).await,
