@@ -263,9 +263,9 @@ impl Client {
                     }
                     // The probe was refused; the reader reported why.
                     Item::File { .. } if have.is_none() => continue,
-                    Item::File { rel, dir, name, meta } => {
+                    Item::File { rel, dir, name, meta, ahead } => {
                         let held = have.map(|have| Held { size: meta.size, mtime: meta.mtime, have });
-                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter, held.as_ref()).await?;
+                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter, held.as_ref(), ahead).await?;
                         Expect::File { path: rel, outcome }
                     }
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
@@ -742,7 +742,7 @@ impl Holdings {
             let target = a.file_name().map_or(Ok(WirePath::root()), WirePath::parse);
             let Some(walk) = target.ok().and_then(|t| root.walk(&t).ok()) else { continue };
             for item in walk {
-                let Item::File { rel, dir, name, meta } = item else { continue };
+                let Item::File { rel, dir, name, meta, .. } = item else { continue };
                 if held.offers.len() >= MAX_OFFERS {
                     return held;
                 }
@@ -979,7 +979,7 @@ impl Group {
 
     /// Bounds the group so reports and memory never wait on too much.
     fn full(&self) -> bool {
-        self.files.len() >= 64 || self.bytes >= 64 << 20
+        store::group_full(self.files.len(), self.bytes, self.files.iter().map(Verified::in_memory).sum())
     }
 
     /// Installs the group durably and reports each file.

@@ -75,6 +75,11 @@ impl AlignedBuf {
         self.cap = limit.min(self.allocated);
     }
 
+    /// Bytes of memory this buffer holds, whatever its content.
+    pub fn footprint(&self) -> usize {
+        self.raw.len()
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }

@@ -479,6 +479,19 @@ impl Drop for Staged {
     }
 }
 
+/// A group is committed at the latest when it holds this many files, this
+/// many payload bytes, or this many bytes of small files still in memory
+/// (which bounds a connection's memory whatever the files).
+const GROUP_FILES: usize = 1024;
+const GROUP_BYTES: u64 = 64 << 20;
+const GROUP_MEMORY: usize = 4 << 20;
+
+/// True when a group of `files` files, `bytes` payload bytes and `memory`
+/// bytes held in memory should be committed now.
+pub fn group_full(files: usize, bytes: u64, memory: usize) -> bool {
+    files >= GROUP_FILES || bytes >= GROUP_BYTES || memory >= GROUP_MEMORY
+}
+
 /// Stages a file, given the folder handle of the file staged before it
 /// (when there is one) to share.
 pub type StageFn = Box<dyn FnOnce(Option<Near>) -> Result<Staged> + Send>;
@@ -507,6 +520,14 @@ impl Verified {
         match self {
             Verified::Staged(s) => &s.path,
             Verified::Unwritten(u) => &u.path,
+        }
+    }
+
+    /// Bytes of memory this file holds.
+    pub fn in_memory(&self) -> usize {
+        match self {
+            Verified::Staged(_) => 0,
+            Verified::Unwritten(u) => u.data.footprint(),
         }
     }
 

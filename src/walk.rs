@@ -37,12 +37,14 @@ pub enum Item {
         rel: WirePath,
         meta: Meta,
     },
-    /// A regular file: `name` inside the open folder `dir`.
+    /// A regular file: `name` inside the open folder `dir`; for a small
+    /// file, maybe its content, read ahead by whoever runs the walk.
     File {
         rel: WirePath,
         dir: DirFd,
         name: OsString,
         meta: Meta,
+        ahead: Option<Box<Ahead>>,
     },
     /// Not sent on purpose: a symbolic link, a device, a socket.
     Skipped {
@@ -55,6 +57,15 @@ pub enum Item {
         rel: String,
         error: String,
     },
+}
+
+/// A small file's content, read ahead of its turn, with the metadata the
+/// open file had and whether it still had it once read.
+#[derive(Debug)]
+pub struct Ahead {
+    pub meta: Meta,
+    pub data: Vec<u8>,
+    pub unchanged: bool,
 }
 
 /// Iterator over the items below (and including) a starting point.
@@ -142,7 +153,7 @@ impl Iterator for Walk {
 
 fn classify(kind: Kind, dir: DirFd, name: OsString, rel: WirePath, meta: Meta) -> Item {
     match kind {
-        Kind::File => Item::File { rel, dir, name, meta },
+        Kind::File => Item::File { rel, dir, name, meta, ahead: None },
         Kind::Symlink => Item::Skipped { rel: rel.to_string(), reason: "symbolic link (not followed)".into() },
         Kind::Dir | Kind::Other => Item::Skipped { rel: rel.to_string(), reason: "not a regular file".into() },
     }

@@ -82,6 +82,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             batch: Vec::new(),
             batch_files: 0,
             batch_bytes: 0,
+            batch_memory: 0,
             claims: HashMap::new(),
             offers: HashMap::new(),
         };
@@ -122,12 +123,13 @@ struct Conn {
     bytes: u64,
     /// A response was cut short with `SHUTTING_DOWN`; nothing more to say.
     stopped_mid_response: bool,
-    /// Received, verified files awaiting the next group commit, and their
-    /// total size.
-    /// and the replies queued behind them (in request order).
+    /// Received, verified files awaiting the next group commit and the
+    /// replies queued behind them (in request order); how many files, their
+    /// payload bytes, and the memory the small ones still hold.
     batch: Vec<Reply>,
     batch_files: usize,
     batch_bytes: u64,
+    batch_memory: usize,
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
     claims: HashMap<WirePath, Partial>,
@@ -158,11 +160,6 @@ struct Pending {
     blake3: [u8; 32],
     started: Instant,
 }
-
-/// A group is committed at the latest when it holds this many files or
-/// bytes (and always before the server waits for the client).
-const BATCH_FILES: usize = 1024;
-const BATCH_BYTES: u64 = 64 << 20;
 
 /// Payloads longer than this are not received while replies wait.
 const LONG_PAYLOAD: u64 = 1 << 20;
@@ -246,7 +243,14 @@ impl Conn {
                     // for their group commit are answered first. Probes
                     // queue their answers behind those files instead of
                     // forcing a commit (a push interleaves them with files).
-                    if !matches!(frame, Frame::File(_) | Frame::Probe { .. } | Frame::Offer(_)) {
+                    let waits = match &frame {
+                        Frame::File(_) | Frame::Probe { .. } | Frame::Offer(_) => false,
+                        // A folder needs the files before it installed only
+                        // if one of them is where the folder goes.
+                        Frame::Dir { path, .. } => self.batch_holds_file_on(path),
+                        _ => true,
+                    };
+                    if waits {
                         self.commit_batch().await?;
                     }
                     self.dispatch(frame).await?;
@@ -289,7 +293,14 @@ impl Conn {
                     Ok(()) => blocking(move || root.mkdir(&p)).await,
                     Err(e) => Err(e),
                 };
-                self.answer(&path, "mkdir", r).await
+                if let Err(e) = &r {
+                    warn!(path = %path, "mkdir refused: {}", e.message);
+                }
+                let reply = match r {
+                    Ok(()) => Frame::Ok,
+                    Err(e) => Frame::Error { code: e.code, message: e.message },
+                };
+                self.reply_in_order(reply).await
             }
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
@@ -307,6 +318,15 @@ impl Conn {
             }
             other => Err(Error::protocol(self.r.peer(), format!("unexpected {} frame between requests", other.name()))),
         }
+    }
+
+    /// True when a file awaiting its group commit would be installed at
+    /// `path` or at a folder above it.
+    fn batch_holds_file_on(&self, path: &WirePath) -> bool {
+        self.batch.iter().any(|r| match r {
+            Reply::File(p) => path.starts_with(p.staged.path()),
+            Reply::Ready(_) => false,
+        })
     }
 
     /// `--read-only` and the policy file, for `perm` on `path`.
@@ -490,8 +510,11 @@ impl Conn {
                 // installed together, then answered.
                 self.batch_bytes += got.bytes;
                 self.batch_files += 1;
+                self.batch_memory += staged.in_memory();
                 self.batch.push(Reply::File(Pending { staged, size: got.size, blake3: got.blake3, started }));
-                if self.batch_files >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                // A group is committed when full, and always before the
+                // server waits for the client.
+                if store::group_full(self.batch_files, self.batch_bytes, self.batch_memory) {
                     self.commit_batch().await?;
                 }
                 Ok(())
@@ -534,7 +557,7 @@ impl Conn {
                 Reply::Ready(frame) => replies.push(Err(frame)),
             }
         }
-        (self.batch_files, self.batch_bytes) = (0, 0);
+        (self.batch_files, self.batch_bytes, self.batch_memory) = (0, 0, 0);
         let mut results = blocking(move || store::commit_group(staged)).await.into_iter();
         for reply in replies {
             let (size, blake3, started) = match reply {
@@ -585,7 +608,7 @@ impl Conn {
                 Item::Dir { rel, meta } => {
                     self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
                 }
-                Item::File { rel, dir, name, .. } => {
+                Item::File { rel, dir, name, ahead, .. } => {
                     let started = Instant::now();
                     // A copy the client holds, whole or in part: send the
                     // rest (nothing, if it is whole and identical).
@@ -594,7 +617,8 @@ impl Conn {
                         mtime: o.mtime,
                         have: Have { offset: o.offset, prefix: o.prefix, complete: None },
                     });
-                    match transfer::send_file(&mut self.w, &rel, &dir, &name, &Meter::off(), held.as_ref()).await? {
+                    let w = &mut self.w;
+                    match transfer::send_file(w, &rel, &dir, &name, &Meter::off(), held.as_ref(), ahead).await? {
                         SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size - s.offset, &s.blake3, started),
                         // Offers carry no complete hash, so this cannot happen.
                         SendOutcome::Same { .. } => {}

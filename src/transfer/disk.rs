@@ -26,6 +26,10 @@ use super::blocking;
 /// that many connections at once stay within the server's memory budget.
 pub const BLOCK_LEN: usize = 1024 * 1024;
 
+/// Verified files up to this size wait for their group commit in memory;
+/// larger ones are written when they end.
+const IN_MEMORY_MAX: usize = 64 * 1024;
+
 /// Blocks per file: one filling while one is written.
 const BLOCKS: usize = 2;
 
@@ -157,11 +161,13 @@ impl DiskWriter {
 
     /// Like [`finish`](Self::finish) for a file that waits for a group
     /// commit: prepared with the header's mode and mtime and closed, or,
-    /// for a small file staged late, kept in memory for the commit to write.
+    /// for a small file staged late (at most [`IN_MEMORY_MAX`] bytes), kept
+    /// in memory for the commit to write.
     pub async fn finish_verified(mut self, h: &FileHeader) -> Result<Verified, StoreError> {
         let (mode, mtime) = (h.mode, h.mtime);
         if self.background.is_none() {
-            if let Some(Target::Later(..)) = self.target {
+            let small = self.block.as_ref().is_none_or(|b| b.as_slice().len() <= IN_MEMORY_MAX);
+            if small && matches!(self.target, Some(Target::Later(..))) {
                 let Some(Target::Later(stage, _)) = self.target.take() else { unreachable!() };
                 let data = self.block.take().unwrap_or_else(|| AlignedBuf::with_capacity(0));
                 return Ok(Verified::Unwritten(Unwritten { path: h.path.clone(), stage, data, mode, mtime }));

@@ -6,7 +6,7 @@
 //! shrinks, or its size or mtime differ at the end), the file is abandoned
 //! with `Abort` instead of being reported as sent.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +21,7 @@ use crate::meter::Meter;
 use crate::protocol::ErrorCode;
 use crate::protocol::{CHUNK_LEN, FileHeader, Frame, Have, Timestamp, UNKNOWN_SIZE, WirePath};
 use crate::store::StoreError;
-use crate::walk::{Item, Meta};
+use crate::walk::{Ahead, Item, Meta};
 
 use super::blocking;
 
@@ -61,12 +61,25 @@ pub enum SendOutcome {
     Same { size: u64, blake3: [u8; 32] },
 }
 
+/// Files up to this size are read by the walk's thread as it finds them, so
+/// sending one costs no blocking call of its own; at most 256 wait in the
+/// channel, so this also bounds the memory the read-ahead holds.
+const AHEAD_MAX: u64 = 16 * 1024;
+
 /// Runs a walk on a blocking thread and streams its items, so directory
-/// reads overlap with the network and memory stays bounded.
+/// reads (and reads of small files) overlap with the network and memory
+/// stays bounded.
 pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
-        for item in items {
+        for mut item in items {
+            if let Item::File { dir, name, meta, ahead, .. } = &mut item {
+                if meta.size > 0 && meta.size <= AHEAD_MAX {
+                    // On any error the sender opens the file itself and
+                    // reports what it finds.
+                    *ahead = open(dir, name, true).ok().and_then(|(_, _, a)| a).map(Box::new);
+                }
+            }
             if tx.blocking_send(item).is_err() {
                 break; // the receiver gave up (connection failed)
             }
@@ -101,11 +114,18 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     name: &OsStr,
     meter: &Meter,
     held: Option<&Held>,
+    ahead: Option<Box<Ahead>>,
 ) -> Result<SendOutcome> {
     // Unless the receiver holds something to compare with, a small file is
-    // opened, read and checked in one blocking call.
+    // opened, read and checked in one blocking call (or was, by the walk).
     let whole = held.is_none_or(|k| k.have.complete.is_none() && k.have.offset == 0);
-    let opened = open(dir.clone(), name.to_owned(), whole).await;
+    let opened = match ahead.filter(|_| whole) {
+        Some(a) => Ok((None, a.meta, Some(*a))),
+        None => {
+            let (dir, name) = (dir.clone(), name.to_owned());
+            blocking(move || open(&dir, &name, whole)).await.map(|(f, m, a)| (Some(f), m, a))
+        }
+    };
     let (file, meta, read_ahead) = match opened {
         Ok(x) => x,
         // Nothing was sent yet, so there is nothing to abort on the wire.
@@ -114,19 +134,21 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
             return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
         }
     };
-    let (mut file, start) = match held.filter(|k| k.size == meta.size) {
-        Some(k) => match compare(file, meta, k).await {
+    // `file` is `None` only for content read ahead, which happens only when
+    // the receiver holds nothing to compare with.
+    let (mut file, start) = match (held.filter(|k| k.size == meta.size), file) {
+        (Some(k), Some(file)) => match compare(file, meta, k).await {
             Ok(Start::Same(blake3)) => return Ok(SendOutcome::Same { size: meta.size, blake3 }),
-            Ok(Start::At(file, offset, hasher)) => (file, (offset, *hasher)),
+            Ok(Start::At(file, offset, hasher)) => (Some(file), (offset, *hasher)),
             Err(e) => {
                 let reason = format!("cannot read {rel}: {e}");
                 return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
             }
         },
-        None => (file, (0, blake3::Hasher::new())),
+        (_, file) => (file, (0, blake3::Hasher::new())),
     };
     let (offset, mut hasher) = start;
-    let (mut ahead, checked) = read_ahead.map_or((None, None), |(data, still)| (Some(data), Some(still)));
+    let (mut ahead, checked) = read_ahead.map_or((None, None), |a| (Some(a.data), Some(a.unchanged)));
     let header = FileHeader { offset, ..FileHeader::new(rel.clone(), meta.size, meta.mode, meta.mtime) };
     w.send(&Frame::File(header)).await?;
     meter.start(rel.as_str(), Some(meta.size));
@@ -144,8 +166,9 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
                 Ok(buf.len())
             }
             None => {
-                let (f, b, r) = read_chunk(file, buf, want).await;
-                (file, buf) = (f, b);
+                let f = file.take().expect("a file not read ahead is open");
+                let (f, b, r) = read_chunk(f, buf, want).await;
+                (file, buf) = (Some(f), b);
                 r
             }
         };
@@ -165,9 +188,10 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
         left -= buf.len() as u64;
         fault::stall().await;
     }
-    let still = match checked {
-        Some(still) => Ok(still),
-        None => unchanged(file, meta).await,
+    let still = match (checked, file) {
+        (Some(still), _) => Ok(still),
+        (None, Some(file)) => unchanged(file, meta).await,
+        (None, None) => unreachable!("a file not read ahead is open"),
     };
     match still {
         Ok(true) => {}
@@ -298,29 +322,22 @@ async fn abort<W: AsyncWrite + Unpin>(
     Ok(SendOutcome::Aborted { size, sent, reason: reason.to_owned() })
 }
 
-/// A small file's whole content, read when it was opened, and whether the
-/// file still had the size and mtime it was opened with afterwards.
-type ReadAhead = Option<(Vec<u8>, bool)>;
-
-/// Opens a regular file; with `whole`, a file of at most one read is also
-/// read and checked for changes in the same blocking call.
-async fn open(dir: DirFd, name: OsString, whole: bool) -> std::io::Result<(File, Meta, ReadAhead)> {
-    blocking(move || {
-        let f = dir.open_file(&name)?;
-        let m = f.metadata()?;
-        if !m.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        let meta = Meta::from(&m);
-        if !whole || meta.size == 0 || meta.size > READ_LEN as u64 {
-            return Ok((f, meta, None));
-        }
-        let mut data = Vec::with_capacity(meta.size as usize);
-        (&f).take(meta.size).read_to_end(&mut data)?;
-        let still = same_version(&f, meta)?;
-        Ok((f, meta, Some((data, still))))
-    })
-    .await
+/// Opens a regular file (blocking); with `whole`, a file of at most one
+/// read is also read and checked for changes.
+fn open(dir: &DirFd, name: &OsStr, whole: bool) -> std::io::Result<(File, Meta, Option<Ahead>)> {
+    let f = dir.open_file(name)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let meta = Meta::from(&m);
+    if !whole || meta.size == 0 || meta.size > READ_LEN as u64 {
+        return Ok((f, meta, None));
+    }
+    let mut data = Vec::with_capacity(meta.size as usize);
+    (&f).take(meta.size).read_to_end(&mut data)?;
+    let unchanged = same_version(&f, meta)?;
+    Ok((f, meta, Some(Ahead { meta, data, unchanged })))
 }
 
 /// Reads up to `want` bytes into `buf` (replacing its contents).
