@@ -47,6 +47,10 @@ impl Default for Timeouts {
 /// (pipelined small files) share TLS records and syscalls.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// `Data` payloads at least this long are written from the caller's buffer
+/// instead of being copied into the batch.
+const UNBATCHED_DATA: usize = 64 * 1024;
+
 /// Runs `fut`, turning an elapsed `dur` into [`Error::Timeout`] for `phase`.
 pub async fn with_timeout<T>(phase: &'static str, dur: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout(dur, fut).await {
@@ -189,11 +193,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write_if_full().await
     }
 
-    /// Queues a `Data` frame holding `payload` (at most `MAX_DATA_LEN`).
+    /// Queues a `Data` frame holding `payload` (at most `MAX_DATA_LEN`). A
+    /// large payload goes to the stream straight from `payload`, after what
+    /// is queued: copying it into the batch first would cost a pass over
+    /// every byte sent.
     pub async fn send_data(&mut self, payload: &[u8]) -> Result<()> {
         frame::encode_data_header(payload.len(), &mut self.buf);
-        self.buf.extend_from_slice(payload);
-        self.write_if_full().await
+        if payload.len() < UNBATCHED_DATA {
+            self.buf.extend_from_slice(payload);
+            return self.write_if_full().await;
+        }
+        self.write_buffered().await?;
+        self.write_all(payload).await
     }
 
     /// Writes everything queued and flushes the stream (TLS records out).
@@ -224,15 +235,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes out the batch.
+    async fn write_buffered(&mut self) -> Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write_all(&buf).await;
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
     /// Each write call gets the idle budget, so a slow but moving peer is
     /// fine and a stalled one is dropped.
-    async fn write_buffered(&mut self) -> Result<()> {
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let mut at = 0;
-        while at < self.buf.len() {
-            let idle = self.idle;
-            let n = with_timeout("idle transfer", idle, async {
+        while at < bytes.len() {
+            let n = with_timeout("idle transfer", self.idle, async {
                 self.io
-                    .write(&self.buf[at..])
+                    .write(&bytes[at..])
                     .await
                     .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
             })
@@ -245,7 +264,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
             at += n;
         }
-        self.buf.clear();
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use super::blocking;
 
 /// Bytes per block: large enough for the device to stream, small enough
 /// that many connections at once stay within the server's memory budget.
-pub const BLOCK_LEN: usize = 1024 * 1024;
+pub const BLOCK_LEN: usize = 512 * 1024;
 
 /// Verified files up to this size wait for their group commit in memory;
 /// larger ones are written when they end.
