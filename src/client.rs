@@ -26,7 +26,7 @@ use crate::meter::Meter;
 use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, Offer, VERSION, WirePath};
-use crate::store::{self, Resume, Root, Verified};
+use crate::store::{self, GroupSize, Resume, Root, Verified};
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, Held, SendOutcome, Target, blocking};
 use crate::walk::{Item, Walk};
@@ -967,19 +967,20 @@ struct Group {
     files: Vec<Verified>,
     /// Size, BLAKE3, payload bytes received and the offset resumed from.
     facts: Vec<(u64, [u8; 32], u64, u64)>,
-    bytes: u64,
+    size: GroupSize,
 }
 
 impl Group {
     fn push(&mut self, staged: Verified, size: u64, blake3: [u8; 32], bytes: u64, resumed_from: u64) {
+        self.size.add(&staged, bytes);
         self.files.push(staged);
         self.facts.push((size, blake3, bytes, resumed_from));
-        self.bytes += bytes;
     }
 
-    /// Bounds the group so reports and memory never wait on too much.
+    /// Bounds the group so reports, memory and descriptors never wait on
+    /// too much.
     fn full(&self) -> bool {
-        store::group_full(self.files.len(), self.bytes, self.files.iter().map(Verified::in_memory).sum())
+        self.size.full()
     }
 
     /// Installs the group durably and reports each file.
@@ -989,7 +990,7 @@ impl Group {
         }
         let files = std::mem::take(&mut self.files);
         let facts = std::mem::take(&mut self.facts);
-        self.bytes = 0;
+        self.size = GroupSize::default();
         let results = blocking(move || store::commit_group(files)).await;
         for ((path, r), (size, blake3, bytes, resumed_from)) in results.into_iter().zip(facts) {
             rep.file(match r {

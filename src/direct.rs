@@ -75,11 +75,6 @@ impl AlignedBuf {
         self.cap = limit.min(self.allocated);
     }
 
-    /// Bytes of memory this buffer holds, whatever its content.
-    pub fn footprint(&self) -> usize {
-        self.raw.len()
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }
@@ -114,7 +109,8 @@ pub fn append(file: &mut File, pos: u64, data: &[u8], mode: &mut Mode) -> io::Re
             Ok(()) => return Ok(()),
             // EINVAL: this file system (or device) wants another alignment,
             // or the remainder of a short write is no longer aligned. Go
-            // buffered for the rest; for good if nothing direct ever worked.
+            // buffered for the rest, and for good if this write could not
+            // even start (the file system will not take direct writes).
             Err((done, e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 set_direct(file, false)?;
                 *mode = if done == 0 { Mode::Unsupported } else { Mode::Buffered };

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
-use crate::direct::{self, AlignedBuf};
+use crate::direct;
 use crate::partial::{self, Partial, PartialId};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
@@ -480,16 +480,39 @@ impl Drop for Staged {
 }
 
 /// A group is committed at the latest when it holds this many files, this
-/// many payload bytes, or this many bytes of small files still in memory
-/// (which bounds a connection's memory whatever the files).
+/// many files already staged (each holds its folder open), this many
+/// payload bytes, or this many bytes of small files still in memory: the
+/// last two bound a connection's memory, the second its descriptors.
 const GROUP_FILES: usize = 1024;
+const GROUP_STAGED: usize = 128;
 const GROUP_BYTES: u64 = 64 << 20;
 const GROUP_MEMORY: usize = 4 << 20;
 
-/// True when a group of `files` files, `bytes` payload bytes and `memory`
-/// bytes held in memory should be committed now.
-pub fn group_full(files: usize, bytes: u64, memory: usize) -> bool {
-    files >= GROUP_FILES || bytes >= GROUP_BYTES || memory >= GROUP_MEMORY
+/// What a group of verified files waiting for their commit holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupSize {
+    files: usize,
+    staged: usize,
+    bytes: u64,
+    memory: usize,
+}
+
+impl GroupSize {
+    /// Counts one more file, with `bytes` of payload.
+    pub fn add(&mut self, f: &Verified, bytes: u64) {
+        self.files += 1;
+        self.staged += usize::from(matches!(f, Verified::Staged(_)));
+        self.bytes += bytes;
+        self.memory += f.in_memory();
+    }
+
+    /// True when the group should be committed now.
+    pub fn full(&self) -> bool {
+        self.files >= GROUP_FILES
+            || self.staged >= GROUP_STAGED
+            || self.bytes >= GROUP_BYTES
+            || self.memory >= GROUP_MEMORY
+    }
 }
 
 /// Stages a file, given the folder handle of the file staged before it
@@ -510,7 +533,7 @@ pub enum Verified {
 pub struct Unwritten {
     pub path: WirePath,
     pub stage: StageFn,
-    pub data: AlignedBuf,
+    pub data: Vec<u8>,
     pub mode: u32,
     pub mtime: Timestamp,
 }
@@ -527,7 +550,7 @@ impl Verified {
     pub fn in_memory(&self) -> usize {
         match self {
             Verified::Staged(_) => 0,
-            Verified::Unwritten(u) => u.data.footprint(),
+            Verified::Unwritten(u) => u.data.capacity(),
         }
     }
 
@@ -545,7 +568,7 @@ impl Verified {
             Verified::Staged(s) => Ok(s),
             Verified::Unwritten(u) => {
                 let mut staged = (u.stage)(near)?;
-                staged.write_all(u.data.as_slice())?;
+                staged.write_all(&u.data)?;
                 staged.prepare(u.mode, u.mtime)?;
                 staged.close();
                 Ok(staged)
@@ -752,13 +775,11 @@ mod tests {
         // and one that cannot be staged ("a" is a folder) fails alone.
         for (name, data) in [("b/2", "two"), ("a", "not a folder"), ("a/1", "one, again")] {
             let (r, path) = (root.clone(), p(name));
-            let mut block = AlignedBuf::with_capacity(direct::ALIGN);
-            block.fill_from(data.as_bytes());
             let stage: StageFn = Box::new(move |near| r.stage(&path, Some(data.len() as u64), near, Resume::No));
             group.push(Verified::Unwritten(Unwritten {
                 path: p(name),
                 stage,
-                data: block,
+                data: data.into(),
                 mode: 0o600,
                 mtime: Timestamp::default(),
             }));

@@ -29,7 +29,7 @@ use crate::progress::human_bytes;
 use crate::protocol::{
     ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, Offer, Timestamp, UNKNOWN_SIZE, VERSION, WirePath,
 };
-use crate::store::{self, Resume, StoreError, Verified};
+use crate::store::{self, GroupSize, Resume, StoreError, Verified};
 use crate::tls;
 use crate::transfer::{self, FileOutcome, SendOutcome, Target, blocking};
 use crate::walk::Item;
@@ -80,9 +80,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             bytes: 0,
             stopped_mid_response: false,
             batch: Vec::new(),
-            batch_files: 0,
-            batch_bytes: 0,
-            batch_memory: 0,
+            batch_size: GroupSize::default(),
             claims: HashMap::new(),
             offers: HashMap::new(),
         };
@@ -124,12 +122,9 @@ struct Conn {
     /// A response was cut short with `SHUTTING_DOWN`; nothing more to say.
     stopped_mid_response: bool,
     /// Received, verified files awaiting the next group commit and the
-    /// replies queued behind them (in request order); how many files, their
-    /// payload bytes, and the memory the small ones still hold.
+    /// replies queued behind them (in request order), and what they hold.
     batch: Vec<Reply>,
-    batch_files: usize,
-    batch_bytes: u64,
-    batch_memory: usize,
+    batch_size: GroupSize,
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
     claims: HashMap<WirePath, Partial>,
@@ -293,14 +288,7 @@ impl Conn {
                     Ok(()) => blocking(move || root.mkdir(&p)).await,
                     Err(e) => Err(e),
                 };
-                if let Err(e) = &r {
-                    warn!(path = %path, "mkdir refused: {}", e.message);
-                }
-                let reply = match r {
-                    Ok(()) => Frame::Ok,
-                    Err(e) => Frame::Error { code: e.code, message: e.message },
-                };
-                self.reply_in_order(reply).await
+                self.answer(&path, "mkdir", r).await
             }
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
@@ -341,15 +329,17 @@ impl Conn {
         }
     }
 
-    /// Replies `Ok` or `Error` to a request without payload.
+    /// Replies `Ok` or `Error` to a request without payload, in order
+    /// behind any files awaiting their group commit.
     async fn answer(&mut self, path: &WirePath, op: &str, r: std::result::Result<(), StoreError>) -> Result<()> {
-        match r {
-            Ok(()) => self.w.send(&Frame::Ok).await,
+        let reply = match r {
+            Ok(()) => Frame::Ok,
             Err(e) => {
                 warn!(path = %path, "{op} refused: {}", e.message);
-                self.w.send(&Frame::Error { code: e.code, message: e.message }).await
+                Frame::Error { code: e.code, message: e.message }
             }
-        }
+        };
+        self.reply_in_order(reply).await
     }
 
     /// Answers a `Probe`, and the probes buffered right behind it, with one
@@ -508,13 +498,11 @@ impl Conn {
             (FileOutcome::Ok(got), Some(staged)) => {
                 // Verified; it joins the group that is made durable and
                 // installed together, then answered.
-                self.batch_bytes += got.bytes;
-                self.batch_files += 1;
-                self.batch_memory += staged.in_memory();
+                self.batch_size.add(&staged, got.bytes);
                 self.batch.push(Reply::File(Pending { staged, size: got.size, blake3: got.blake3, started }));
                 // A group is committed when full, and always before the
                 // server waits for the client.
-                if store::group_full(self.batch_files, self.batch_bytes, self.batch_memory) {
+                if self.batch_size.full() {
                     self.commit_batch().await?;
                 }
                 Ok(())
@@ -546,7 +534,7 @@ impl Conn {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let mut staged = Vec::with_capacity(self.batch_files);
+        let mut staged = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
         for reply in std::mem::take(&mut self.batch) {
             match reply {
@@ -557,7 +545,7 @@ impl Conn {
                 Reply::Ready(frame) => replies.push(Err(frame)),
             }
         }
-        (self.batch_files, self.batch_bytes, self.batch_memory) = (0, 0, 0);
+        self.batch_size = GroupSize::default();
         let mut results = blocking(move || store::commit_group(staged)).await.into_iter();
         for reply in replies {
             let (size, blake3, started) = match reply {

@@ -106,7 +106,8 @@ pub async fn next_item<W: AsyncWrite + Unpin>(
 /// Sends the file `name` of folder `dir` as `rel`; `Err` means the
 /// connection failed. With `held`, what the receiver holds is checked
 /// first: a complete copy with our BLAKE3 means nothing to send, a prefix
-/// of our file means sending only the rest.
+/// of our file means sending only the rest. `ahead` is the file's content
+/// if the walk already read it.
 pub async fn send_file<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     rel: &WirePath,
@@ -116,93 +117,124 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
     held: Option<&Held>,
     ahead: Option<Box<Ahead>>,
 ) -> Result<SendOutcome> {
-    // Unless the receiver holds something to compare with, a small file is
-    // opened, read and checked in one blocking call (or was, by the walk).
+    // Content read ahead is only usable when the receiver holds nothing to
+    // compare it with; a small file is then read whole when opened.
     let whole = held.is_none_or(|k| k.have.complete.is_none() && k.have.offset == 0);
-    let opened = match ahead.filter(|_| whole) {
-        Some(a) => Ok((None, a.meta, Some(*a))),
-        None => {
-            let (dir, name) = (dir.clone(), name.to_owned());
-            blocking(move || open(&dir, &name, whole)).await.map(|(f, m, a)| (Some(f), m, a))
-        }
+    let not_started = |e: std::io::Error| {
+        let reason = format!("cannot read {rel}: {e}");
+        Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason })
     };
-    let (file, meta, read_ahead) = match opened {
+    // Nothing was sent yet on failure, so there is nothing to abort.
+    let (source, meta) = match source_of(dir, name, whole, ahead).await {
         Ok(x) => x,
-        // Nothing was sent yet, so there is nothing to abort on the wire.
-        Err(e) => {
-            let reason = format!("cannot read {rel}: {e}");
-            return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
-        }
+        Err(e) => return not_started(e),
     };
-    // `file` is `None` only for content read ahead, which happens only when
-    // the receiver holds nothing to compare with.
-    let (mut file, start) = match (held.filter(|k| k.size == meta.size), file) {
-        (Some(k), Some(file)) => match compare(file, meta, k).await {
+    let (source, offset, hasher) = match (held.filter(|k| k.size == meta.size), source) {
+        (Some(k), Source::File(file)) => match compare(file, meta, k).await {
             Ok(Start::Same(blake3)) => return Ok(SendOutcome::Same { size: meta.size, blake3 }),
-            Ok(Start::At(file, offset, hasher)) => (Some(file), (offset, *hasher)),
-            Err(e) => {
-                let reason = format!("cannot read {rel}: {e}");
-                return Ok(SendOutcome::NotStarted { code: StoreError::io(rel, e).code, reason });
-            }
+            Ok(Start::At(file, offset, hasher)) => (Source::File(file), offset, *hasher),
+            Err(e) => return not_started(e),
         },
-        (_, file) => (file, (0, blake3::Hasher::new())),
+        (_, source) => (source, 0, blake3::Hasher::new()),
     };
-    let (offset, mut hasher) = start;
-    let (mut ahead, checked) = read_ahead.map_or((None, None), |a| (Some(a.data), Some(a.unchanged)));
     let header = FileHeader { offset, ..FileHeader::new(rel.clone(), meta.size, meta.mode, meta.mtime) };
     w.send(&Frame::File(header)).await?;
     meter.start(rel.as_str(), Some(meta.size));
     meter.resumed(offset);
-    let mut left = meta.size - offset;
-    let sent = |left: u64| meta.size - offset - left;
-    // read_chunk sizes it to each read, so a small file stays small.
-    let mut buf = Vec::new();
-    let mut first = true;
-    while left > 0 {
-        let want = READ_LEN.min(usize::try_from(left).unwrap_or(READ_LEN));
-        let r = match ahead.take() {
-            Some(data) => {
-                buf = data; // the payload, read when the file was opened
-                Ok(buf.len())
-            }
-            None => {
-                let f = file.take().expect("a file not read ahead is open");
-                let (f, b, r) = read_chunk(f, buf, want).await;
-                (file, buf) = (Some(f), b);
-                r
-            }
-        };
-        match r {
-            Ok(0) => {
-                return abort(w, meta.size, sent(left), "the source file shrank while it was being sent").await;
-            }
-            Ok(_) => {}
-            Err(e) => return abort(w, meta.size, sent(left), &format!("read error: {e}")).await,
+    match send_payload(w, source, meta, offset, hasher, meter).await? {
+        Ok(blake3) => {
+            w.send(&Frame::End { blake3 }).await?;
+            Ok(SendOutcome::Sent(Sent { size: meta.size, blake3, offset }))
         }
-        hasher.update(&buf);
-        fault::corrupt(&mut buf, &mut first);
-        for chunk in buf.chunks(CHUNK_LEN) {
-            w.send_data(chunk).await?;
-            meter.bytes(chunk.len() as u64);
-        }
-        left -= buf.len() as u64;
-        fault::stall().await;
+        Err((sent, reason)) => abort(w, meta.size, sent, &reason).await,
     }
-    let still = match (checked, file) {
-        (Some(still), _) => Ok(still),
-        (None, Some(file)) => unchanged(file, meta).await,
-        (None, None) => unreachable!("a file not read ahead is open"),
+}
+
+/// Where a file's bytes come from.
+enum Source {
+    /// The open file, read as it is sent.
+    File(File),
+    /// A small file's whole content, read when it was opened.
+    Read(Ahead),
+}
+
+/// Opens the file (or takes what the walk read of it) on a blocking thread.
+async fn source_of(
+    dir: &DirFd,
+    name: &OsStr,
+    whole: bool,
+    ahead: Option<Box<Ahead>>,
+) -> std::io::Result<(Source, Meta)> {
+    if let Some(a) = ahead.filter(|_| whole) {
+        let meta = a.meta;
+        return Ok((Source::Read(*a), meta));
+    }
+    let (dir, name) = (dir.clone(), name.to_owned());
+    let (file, meta, read) = blocking(move || open(&dir, &name, whole)).await?;
+    Ok((read.map_or(Source::File(file), Source::Read), meta))
+}
+
+/// Sends the payload from `offset` on and returns the BLAKE3 of the whole
+/// file, or the bytes sent and why the file must be abandoned (it shrank,
+/// changed, or could not be read); `Err` means the connection failed.
+async fn send_payload<W: AsyncWrite + Unpin>(
+    w: &mut FrameWriter<W>,
+    source: Source,
+    meta: Meta,
+    offset: u64,
+    mut hasher: blake3::Hasher,
+    meter: &Meter,
+) -> Result<std::result::Result<[u8; 32], (u64, String)>> {
+    let mut sent = 0u64;
+    let mut first = true;
+    let still = match source {
+        Source::Read(mut a) => {
+            send_chunk(w, &mut hasher, &mut a.data, &mut first, meter).await?;
+            sent += a.data.len() as u64;
+            Ok(a.unchanged)
+        }
+        Source::File(mut file) => {
+            // read_chunk sizes it to each read, so a small file stays small.
+            let mut buf = Vec::new();
+            while sent < meta.size - offset {
+                let left = meta.size - offset - sent;
+                let want = READ_LEN.min(usize::try_from(left).unwrap_or(READ_LEN));
+                let (f, b, r) = read_chunk(file, buf, want).await;
+                (file, buf) = (f, b);
+                match r {
+                    Ok(0) => return Ok(Err((sent, "the source file shrank while it was being sent".into()))),
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err((sent, format!("read error: {e}")))),
+                }
+                send_chunk(w, &mut hasher, &mut buf, &mut first, meter).await?;
+                sent += buf.len() as u64;
+                fault::stall().await;
+            }
+            unchanged(file, meta).await
+        }
     };
     match still {
-        Ok(true) => {}
-        Ok(false) => {
-            return abort(w, meta.size, sent(left), "the source file changed while it was being sent").await;
-        }
-        Err(e) => return abort(w, meta.size, sent(left), &format!("read error: {e}")).await,
+        Ok(true) => Ok(Ok(*hasher.finalize().as_bytes())),
+        Ok(false) => Ok(Err((sent, "the source file changed while it was being sent".into()))),
+        Err(e) => Ok(Err((sent, format!("read error: {e}")))),
     }
-    let blake3 = *hasher.finalize().as_bytes();
-    w.send(&Frame::End { blake3 }).await?;
-    Ok(SendOutcome::Sent(Sent { size: meta.size, blake3, offset }))
+}
+
+/// Hashes `buf` and sends it as `Data` frames.
+async fn send_chunk<W: AsyncWrite + Unpin>(
+    w: &mut FrameWriter<W>,
+    hasher: &mut blake3::Hasher,
+    buf: &mut [u8],
+    first: &mut bool,
+    meter: &Meter,
+) -> Result<()> {
+    hasher.update(buf);
+    fault::corrupt(buf, first);
+    for chunk in buf.chunks(CHUNK_LEN) {
+        w.send_data(chunk).await?;
+        meter.bytes(chunk.len() as u64);
+    }
+    Ok(())
 }
 
 /// Where to start sending, once the receiver's copy is compared with ours.
@@ -336,6 +368,13 @@ fn open(dir: &DirFd, name: &OsStr, whole: bool) -> std::io::Result<(File, Meta, 
     }
     let mut data = Vec::with_capacity(meta.size as usize);
     (&f).take(meta.size).read_to_end(&mut data)?;
+    if data.len() as u64 != meta.size {
+        // It shrank as we read: the ordinary path reads it again and
+        // abandons it with the right reason.
+        let mut f = f;
+        f.rewind()?;
+        return Ok((f, meta, None));
+    }
     let unchanged = same_version(&f, meta)?;
     Ok((f, meta, Some(Ahead { meta, data, unchanged })))
 }
