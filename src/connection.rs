@@ -148,13 +148,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     async fn fill(&mut self) -> Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+        if self.buf.is_empty() {
+            // Room for a whole payload frame from the start of the buffer
+            // (free when the buffer is empty), so it never has to move.
+            self.buf.reserve(HEADER_LEN + protocol::CHUNK_LEN);
+        } else if self.buf.capacity() - self.buf.len() < 16 * 1024 {
             self.buf.reserve(FLUSH_AT);
         }
-        self.io
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+        // Inside a large frame, read no further than its end: the buffer is
+        // then empty once the frame is taken, and the next reservation
+        // costs nothing, where bytes of the next frame would have to be
+        // moved to the front of the buffer (a copy of most of the payload).
+        let r = match self.left_in_large_frame() {
+            Some(left) => (&mut self.io).take(left as u64).read_buf(&mut self.buf).await,
+            None => self.io.read_buf(&mut self.buf).await,
+        };
+        r.map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+    }
+
+    /// Bytes still missing of the frame at the front of the buffer, when
+    /// that frame is large (a `Data` payload, in practice).
+    fn left_in_large_frame(&self) -> Option<usize> {
+        let header: [u8; 4] = self.buf.get(1..HEADER_LEN)?.try_into().ok()?;
+        let whole = HEADER_LEN + u32::from_be_bytes(header) as usize;
+        (whole >= UNBATCHED_DATA).then(|| whole.saturating_sub(self.buf.len())).filter(|&left| left > 0)
     }
 
     fn bad(&self, error: protocol::FrameError) -> Error {
