@@ -767,10 +767,10 @@ machine_info() {
 # The numbers: medians, ranges, throughput, CPU, RSS, and the targets, as
 # Markdown. Python (already needed for the proxy) does the arithmetic.
 write_report() {
-    python3 - "$W" "$1" <<'PY'
+    python3 - "$W" "$1" "$REPO/scripts/bench-profile.md" <<'PY'
 import os, statistics, sys
 
-W, out = sys.argv[1], sys.argv[2]
+W, out, profile_notes = sys.argv[1], sys.argv[2], sys.argv[3]
 info = dict(l.rstrip("\n").split("=", 1) for l in open(f"{W}/info.txt"))
 meta = {}
 order = []
@@ -921,6 +921,13 @@ else:
     T.append("- many clients at once: not measured (scenario not run)")
 targets = "\n".join(T)
 
+# What the profiles say about the targets, kept beside this script (the
+# figures above are remeasured on every run; the profiles are not).
+profiles = ""
+if os.path.exists(profile_notes):
+    with open(profile_notes) as fh:
+        profiles = "\n" + fh.read().strip() + "\n"
+
 quick_note = ""
 if info["quick"] == "1":
     quick_note = ("\n> **Quick mode** (`--quick`): smaller sizes and fewer runs than the targets are defined "
@@ -997,7 +1004,7 @@ differed is counted as a failure, never as a time.
 Ratios of medians from this same run.
 {quick_note}
 {targets}
-
+{profiles}
 ## Command lines
 
 `$W` is the work dir (`$W/src` holds the sources; `$W/srv/...` and `$W/cli/...`
