@@ -1,7 +1,7 @@
 //! Resume, retries and faults: whatever dies when, a final name never holds
 //! a partial or mixed file, and the next attempt sends only what is missing.
 //! Transfers are slowed with the debug builds' `XFER_FAULT_SLOW_PAYLOAD`
-//! hook (a pause after each 1 MiB read) so a test can strike mid-file.
+//! hook (a pause after each 512 KiB read) so a test can strike mid-file.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

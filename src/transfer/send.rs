@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::beneath::DirFd;
 use crate::connection::FrameWriter;
@@ -25,8 +26,9 @@ use crate::walk::{Ahead, Item, Meta};
 
 use super::blocking;
 
-/// Bytes read from disk per blocking call; several `Data` frames' worth.
-const READ_LEN: usize = 4 * CHUNK_LEN;
+/// Bytes read (and hashed) from disk per blocking call, two `Data` frames;
+/// a sender holds two such buffers, one read while the other is sent.
+const READ_LEN: usize = 2 * CHUNK_LEN;
 
 /// What was sent for one file.
 #[derive(Debug, Clone)]
@@ -189,27 +191,41 @@ async fn send_payload<W: AsyncWrite + Unpin>(
     let mut first = true;
     let still = match source {
         Source::Read(mut a) => {
-            send_chunk(w, &mut hasher, &mut a.data, &mut first, meter).await?;
+            send_chunk(w, Some(&mut hasher), &mut a.data, &mut first, meter).await?;
             sent += a.data.len() as u64;
             Ok(a.unchanged)
         }
-        Source::File(mut file) => {
-            // read_chunk sizes it to each read, so a small file stays small.
-            let mut buf = Vec::new();
-            while sent < meta.size - offset {
-                let left = meta.size - offset - sent;
-                let want = READ_LEN.min(usize::try_from(left).unwrap_or(READ_LEN));
-                let (f, b, r) = read_chunk(file, buf, want).await;
-                (file, buf) = (f, b);
-                match r {
+        Source::File(file) => {
+            // The next chunk is read and hashed on a blocking thread while
+            // this one is encrypted and sent: two buffers in turn.
+            let total = meta.size - offset;
+            let want = |sent: u64| READ_LEN.min(usize::try_from(total - sent).unwrap_or(READ_LEN));
+            let mut idle = Some((file, hasher));
+            let mut next = None;
+            if total > 0 {
+                let (file, h) = idle.take().expect("not yet reading");
+                next = Some(read_and_hash(file, h, Vec::new(), want(0)));
+            }
+            let mut spare = Vec::new();
+            while let Some(reading) = next.take() {
+                let Chunk { file, hasher: h, mut buf, read } = reading.await.expect("blocking read panicked");
+                match read {
                     Ok(0) => return Ok(Err((sent, "the source file shrank while it was being sent".into()))),
                     Ok(_) => {}
                     Err(e) => return Ok(Err((sent, format!("read error: {e}")))),
                 }
-                send_chunk(w, &mut hasher, &mut buf, &mut first, meter).await?;
-                sent += buf.len() as u64;
+                let after = sent + buf.len() as u64;
+                if after < total {
+                    next = Some(read_and_hash(file, h, std::mem::take(&mut spare), want(after)));
+                } else {
+                    idle = Some((file, h));
+                }
+                send_chunk(w, None, &mut buf, &mut first, meter).await?;
+                (sent, spare) = (after, buf);
                 fault::stall().await;
             }
+            let (file, h) = idle.expect("the file comes back with the last chunk");
+            hasher = h;
             unchanged(file, meta).await
         }
     };
@@ -220,15 +236,18 @@ async fn send_payload<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Hashes `buf` and sends it as `Data` frames.
+/// Sends `buf` as `Data` frames, hashing it first with `hasher` unless the
+/// caller already did.
 async fn send_chunk<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
-    hasher: &mut blake3::Hasher,
+    hasher: Option<&mut blake3::Hasher>,
     buf: &mut [u8],
     first: &mut bool,
     meter: &Meter,
 ) -> Result<()> {
-    hasher.update(buf);
+    if let Some(h) = hasher {
+        h.update(buf);
+    }
     fault::corrupt(buf, first);
     for chunk in buf.chunks(CHUNK_LEN) {
         w.send_data(chunk).await?;
@@ -379,13 +398,23 @@ fn open(dir: &DirFd, name: &OsStr, whole: bool) -> std::io::Result<(File, Meta, 
     Ok((f, meta, Some(Ahead { meta, data, unchanged })))
 }
 
-/// Reads up to `want` bytes into `buf` (replacing its contents).
-async fn read_chunk(mut f: File, mut buf: Vec<u8>, want: usize) -> (File, Vec<u8>, std::io::Result<usize>) {
-    blocking(move || {
+/// A chunk of a file read on a blocking thread, with the file and the
+/// hash state (of everything before the chunk, and the chunk) handed back.
+struct Chunk {
+    file: File,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    read: std::io::Result<usize>,
+}
+
+/// Starts reading up to `want` bytes into `buf` (replacing its contents)
+/// and hashing them, on a blocking thread.
+fn read_and_hash(mut file: File, mut hasher: blake3::Hasher, mut buf: Vec<u8>, want: usize) -> JoinHandle<Chunk> {
+    tokio::task::spawn_blocking(move || {
         buf.resize(want, 0);
         let mut filled = 0;
-        let r = loop {
-            match f.read(&mut buf[filled..]) {
+        let read = loop {
+            match file.read(&mut buf[filled..]) {
                 Ok(0) => break Ok(filled),
                 Ok(n) => {
                     filled += n;
@@ -398,9 +427,9 @@ async fn read_chunk(mut f: File, mut buf: Vec<u8>, want: usize) -> (File, Vec<u8
             }
         };
         buf.truncate(filled);
-        (f, buf, r)
+        hasher.update(&buf);
+        Chunk { file, hasher, buf, read }
     })
-    .await
 }
 
 /// True when the open file still has the size and mtime it had when opened.
