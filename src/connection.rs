@@ -102,10 +102,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 let bytes = self.buf.split_to(n).freeze();
                 return Frame::parse(bytes).map(Some).map_err(|error| self.bad(error));
             }
-            if self.buf.len() >= HEADER_LEN {
+            if let Some(whole) = self.front_frame_len() {
                 // check() bounded the length, so this reservation is too.
-                let want = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
-                self.buf.reserve(HEADER_LEN + want - self.buf.len());
+                self.buf.reserve(whole - self.buf.len());
             }
             let left = match began {
                 Some(t) => self.idle.saturating_sub(t.elapsed()),
@@ -169,9 +168,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Bytes still missing of the frame at the front of the buffer, when
     /// that frame is large (a `Data` payload, in practice).
     fn left_in_large_frame(&self) -> Option<usize> {
-        let header: [u8; 4] = self.buf.get(1..HEADER_LEN)?.try_into().ok()?;
-        let whole = HEADER_LEN + u32::from_be_bytes(header) as usize;
-        (whole >= UNBATCHED_DATA).then(|| whole.saturating_sub(self.buf.len())).filter(|&left| left > 0)
+        let whole = self.front_frame_len().filter(|&whole| whole >= UNBATCHED_DATA)?;
+        Some(whole.saturating_sub(self.buf.len())).filter(|&left| left > 0)
+    }
+
+    /// Length, header included, of the frame whose header is at the front
+    /// of the buffer (as its header says: `frame::check` validates it).
+    fn front_frame_len(&self) -> Option<usize> {
+        let len: [u8; 4] = self.buf.get(1..HEADER_LEN)?.try_into().expect("4 bytes");
+        Some(HEADER_LEN + u32::from_be_bytes(len) as usize)
     }
 
     fn bad(&self, error: protocol::FrameError) -> Error {

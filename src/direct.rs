@@ -34,9 +34,9 @@ pub struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     len: usize,
-    /// How much this round of filling may hold (at most the allocation).
+    /// How much this round of filling may hold (at most the allocation,
+    /// which is `raw.len() - ALIGN`).
     cap: usize,
-    allocated: usize,
 }
 
 impl AlignedBuf {
@@ -44,7 +44,7 @@ impl AlignedBuf {
     pub fn with_capacity(cap: usize) -> AlignedBuf {
         let raw = vec![0u8; cap + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        AlignedBuf { raw, start, len: 0, cap, allocated: cap }
+        AlignedBuf { raw, start, len: 0, cap }
     }
 
     /// Appends as much of `data` as fits; returns how much that was.
@@ -64,15 +64,11 @@ impl AlignedBuf {
         self.len == 0
     }
 
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
     /// Empties the buffer and lets it hold `limit` bytes this time (at
     /// most what it was allocated with).
     pub fn reset(&mut self, limit: usize) {
         self.len = 0;
-        self.cap = limit.min(self.allocated);
+        self.cap = limit.min(self.raw.len() - ALIGN);
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -99,12 +95,10 @@ pub fn append(file: &mut File, pos: u64, data: &[u8], mode: &mut Mode) -> io::Re
         && data.len() % ALIGN == 0
         && data.len() >= DIRECT_MIN
         && (data.as_ptr() as usize) % ALIGN == 0;
-    if aligned && *mode != Mode::Unsupported {
-        if *mode == Mode::Buffered && set_direct(file, true).is_err() {
-            *mode = Mode::Unsupported;
-            return file.write_all(data);
-        }
-        *mode = Mode::Direct;
+    if aligned && *mode == Mode::Buffered {
+        *mode = if set_direct(file, true).is_ok() { Mode::Direct } else { Mode::Unsupported };
+    }
+    if aligned && *mode == Mode::Direct {
         match write_direct(file, data) {
             Ok(()) => return Ok(()),
             // EINVAL: this file system (or device) wants another alignment,
@@ -161,8 +155,11 @@ mod tests {
         assert_eq!(b.fill_from(&[8; 2 * ALIGN]), ALIGN);
         assert!(b.is_full());
         assert_eq!(&b.as_slice()[2 * ALIGN..], &[8; ALIGN][..]);
-        b.clear();
+        b.reset(usize::MAX);
         assert!(b.is_empty());
+        assert_eq!(b.fill_from(&[9; 4 * ALIGN]), 3 * ALIGN, "a reset never grows past the allocation");
+        b.reset(ALIGN);
+        assert_eq!(b.fill_from(&[9; 2 * ALIGN]), ALIGN, "nor past the limit given");
     }
 
     /// Mixed aligned blocks, an unaligned middle and a tail: the file holds
@@ -178,16 +175,20 @@ mod tests {
         let mut buf = AlignedBuf::with_capacity(DIRECT_MIN * 2);
         for (i, len) in [DIRECT_MIN * 2, 100, DIRECT_MIN * 2, DIRECT_MIN, 4097].into_iter().enumerate() {
             let data: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
-            buf.clear();
             let mut at = 0;
             while at < data.len() {
+                buf.reset(usize::MAX);
                 let n = buf.fill_from(&data[at..]);
                 append(&mut file, pos, buf.as_slice(), &mut mode).unwrap();
                 pos += n as u64;
                 at += n;
-                buf.clear();
             }
             expected.extend_from_slice(&data);
+            if i == 0 {
+                // An aligned block at an aligned offset is always tried
+                // directly: it went direct, or the file system said no.
+                assert_ne!(mode, Mode::Buffered, "the first aligned block was not tried with O_DIRECT");
+            }
         }
         drop(file);
         let mut got = Vec::new();

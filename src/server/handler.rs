@@ -139,6 +139,9 @@ const MAX_OFFERS: usize = 65_536;
 /// Probes answered together at most (one blocking call for all).
 const MAX_PROBES: usize = 1024;
 
+/// A `Probe`'s path, size and mtime.
+type Probe = (WirePath, u64, Timestamp);
+
 /// What goes out at the next group commit, in request order.
 enum Reply {
     /// `STORED` (or `ERROR`) once the file is installed.
@@ -348,19 +351,7 @@ impl Conn {
     /// of a complete copy of the same size, shown only to clients allowed
     /// to read it.
     async fn probe(&mut self, path: WirePath, size: u64, mtime: Timestamp) -> Result<()> {
-        let mut probes = vec![(path, size, mtime)];
-        let mut bad = None;
-        while probes.len() < MAX_PROBES && self.r.has_probe() {
-            match self.r.read_frame().await {
-                Ok(Some(Frame::Probe { path, size, mtime })) => probes.push((path, size, mtime)),
-                Err(Error::Frame { error: e @ FrameError::BadPath { .. }, .. }) => {
-                    bad = Some(e);
-                    break;
-                }
-                Err(e) => return Err(e),
-                Ok(_) => unreachable!("has_probe() saw a whole Probe frame"),
-            }
-        }
+        let (probes, bad) = self.probes_after((path, size, mtime)).await?;
         let peer = self.names.first().cloned().unwrap_or_default();
         let mut asks = Vec::with_capacity(probes.len());
         for (path, size, mtime) in probes {
@@ -409,6 +400,21 @@ impl Conn {
             }
             None => Ok(()),
         }
+    }
+
+    /// `first` and the whole `Probe` frames buffered right behind it (up
+    /// to [`MAX_PROBES`]), and the bad path that ended the run, if any.
+    async fn probes_after(&mut self, first: Probe) -> Result<(Vec<Probe>, Option<FrameError>)> {
+        let mut probes = vec![first];
+        while probes.len() < MAX_PROBES && self.r.has_probe() {
+            match self.r.read_frame().await {
+                Ok(Some(Frame::Probe { path, size, mtime })) => probes.push((path, size, mtime)),
+                Err(Error::Frame { error: e @ FrameError::BadPath { .. }, .. }) => return Ok((probes, Some(e))),
+                Err(e) => return Err(e),
+                Ok(_) => unreachable!("has_probe() saw a whole Probe frame"),
+            }
+        }
+        Ok((probes, None))
     }
 
     /// Sends `frame` now, or queues it behind files awaiting their commit.

@@ -165,13 +165,16 @@ impl DiskWriter {
     /// in memory for the commit to write.
     pub async fn finish_verified(mut self, h: &FileHeader) -> Result<Verified, StoreError> {
         let (mode, mtime) = (h.mode, h.mtime);
-        if self.background.is_none() {
-            let small = self.block.as_ref().is_none_or(|b| b.as_slice().len() <= IN_MEMORY_MAX);
-            if small && matches!(self.target, Some(Target::Later(..))) {
-                let Some(Target::Later(stage, _)) = self.target.take() else { unreachable!() };
-                // Copied to its exact size: a group may hold a thousand.
-                let data = self.block.take().map(|b| b.as_slice().to_vec()).unwrap_or_default();
-                return Ok(Verified::Unwritten(Unwritten { path: h.path.clone(), stage, data, mode, mtime }));
+        let small = self.block.as_ref().is_none_or(|b| b.as_slice().len() <= IN_MEMORY_MAX);
+        if small {
+            // Only a file not staged yet (so never written) can stay in memory.
+            match self.target.take() {
+                Some(Target::Later(stage, _)) => {
+                    // Copied to its exact size: a group may hold a thousand.
+                    let data = self.block.take().map(|b| b.as_slice().to_vec()).unwrap_or_default();
+                    return Ok(Verified::Unwritten(Unwritten { path: h.path.clone(), stage, data, mode, mtime }));
+                }
+                other => self.target = other,
             }
         }
         self.finish(move |mut staged| {
@@ -324,8 +327,9 @@ mod tests {
         let staged = root.stage(&path, Some(size), None, Resume::No).unwrap();
         let mut disk = DiskWriter::new(Target::Ready(staged), 0, Some(size));
         disk.write(&pattern(2 * BLOCK_LEN + 1)).await.unwrap();
-        disk.discard();
         let tmp = root.dir().join(".xfer/tmp");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1, "the file being written is staged");
+        disk.discard();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::fs::read_dir(&tmp).unwrap().count() > 0 {
             assert!(std::time::Instant::now() < deadline, "the temporary file was never deleted");

@@ -197,36 +197,30 @@ async fn send_payload<W: AsyncWrite + Unpin>(
         }
         Source::File(file) => {
             // The next chunk is read and hashed on a blocking thread while
-            // this one is encrypted and sent: two buffers in turn.
+            // this one is encrypted and sent: two buffers in turn. The read
+            // after the last chunk asks for nothing and hands back the file
+            // and the hash.
             let total = meta.size - offset;
             let want = |sent: u64| READ_LEN.min(usize::try_from(total - sent).unwrap_or(READ_LEN));
-            let mut idle = Some((file, hasher));
-            let mut next = None;
-            if total > 0 {
-                let (file, h) = idle.take().expect("not yet reading");
-                next = Some(read_and_hash(file, h, Vec::new(), want(0)));
-            }
+            let mut reading = read_and_hash(file, hasher, Vec::new(), want(0));
             let mut spare = Vec::new();
-            while let Some(reading) = next.take() {
+            loop {
                 let Chunk { file, hasher: h, mut buf, read } = reading.await.expect("blocking read panicked");
+                if sent == total {
+                    hasher = h;
+                    break unchanged(file, meta).await;
+                }
                 match read {
                     Ok(0) => return Ok(Err((sent, "the source file shrank while it was being sent".into()))),
                     Ok(_) => {}
                     Err(e) => return Ok(Err((sent, format!("read error: {e}")))),
                 }
                 let after = sent + buf.len() as u64;
-                if after < total {
-                    next = Some(read_and_hash(file, h, std::mem::take(&mut spare), want(after)));
-                } else {
-                    idle = Some((file, h));
-                }
+                reading = read_and_hash(file, h, std::mem::take(&mut spare), want(after));
                 send_chunk(w, None, &mut buf, &mut first, meter).await?;
                 (sent, spare) = (after, buf);
                 fault::stall().await;
             }
-            let (file, h) = idle.expect("the file comes back with the last chunk");
-            hasher = h;
-            unchanged(file, meta).await
         }
     };
     match still {
@@ -390,8 +384,7 @@ fn open(dir: &DirFd, name: &OsStr, whole: bool) -> std::io::Result<(File, Meta, 
     if data.len() as u64 != meta.size {
         // It shrank as we read: the ordinary path reads it again and
         // abandons it with the right reason.
-        let mut f = f;
-        f.rewind()?;
+        (&f).rewind()?;
         return Ok((f, meta, None));
     }
     let unchanged = same_version(&f, meta)?;
@@ -414,14 +407,12 @@ fn read_and_hash(mut file: File, mut hasher: blake3::Hasher, mut buf: Vec<u8>, w
         buf.resize(want, 0);
         let mut filled = 0;
         let read = loop {
+            if filled == want {
+                break Ok(filled);
+            }
             match file.read(&mut buf[filled..]) {
                 Ok(0) => break Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == want {
-                        break Ok(filled);
-                    }
-                }
+                Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(e),
             }
