@@ -14,9 +14,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let work = std::env::temp_dir().join(format!("xfer-example-{}", std::process::id()));
     let certs = work.join("certs");
 
-    // 1. A CA plus `server` and `client` identities (what `xfer keygen` does).
-    let names = vec!["server".to_owned(), "client".to_owned()];
-    keygen(&KeygenConfig::new(certs.clone(), names))?;
+    // 1. A CA, a server certificate `server` and a client certificate
+    //    `client` (what `xfer keygen` with no names does).
+    keygen(&KeygenConfig::pair(certs.clone()))?;
 
     // 2. A server on 127.0.0.1, port chosen by the OS, stopped by a oneshot.
     let listen = "127.0.0.1:0".parse()?;

@@ -104,12 +104,22 @@ impl From<KeyTypeArg> for pki::KeyType {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Peers to issue (default: server and client).
+    /// Peers to issue: client certificates, or server certificates with
+    /// --server (default: a server certificate `server` and a client
+    /// certificate `client`).
     pub names: Vec<String>,
     /// Folder for the CA and certificates.
     #[arg(long, default_value = "certs")]
     pub dir: PathBuf,
-    /// Extra DNS name or IP address for the certificates (repeatable).
+    /// Issue server certificates (serverAuth; NAME, each --san and loopback
+    /// names); with --renew, the role for an older dual-use certificate.
+    #[arg(long, conflicts_with_all = ["client", "list", "revoke"])]
+    pub server: bool,
+    /// Issue client certificates (clientAuth; NAME only), the default for
+    /// NAMEs; with --renew, the role for an older dual-use certificate.
+    #[arg(long, conflicts_with_all = ["list", "revoke"])]
+    pub client: bool,
+    /// Extra DNS name or IP address for the server certificates (repeatable).
     #[arg(long = "san", value_name = "HOST_OR_IP")]
     pub sans: Vec<String>,
     /// Validity of the peer certificates, in days.
@@ -580,11 +590,35 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
         println!("servers and clients that use {} refuse it from their next start or SIGHUP", r.crl.display());
         return Ok(());
     }
-    let names = if a.names.is_empty() { vec!["server".to_owned(), "client".to_owned()] } else { a.names };
     let key_type = a.key_type.into();
+    let role = match (a.server, a.client) {
+        (true, _) => Some(pki::Role::Server),
+        (_, true) => Some(pki::Role::Client),
+        _ => None,
+    };
     if let Some(name) = &a.renew {
-        print_written(pki::renew(&a.dir, name, a.days, a.keep_key, key_type)?);
+        let cfg = pki::RenewConfig { days: a.days, keep_key: a.keep_key, key_type, role };
+        print_written(pki::renew(&a.dir, name, cfg)?);
         return Ok(());
+    }
+    let peers = match role {
+        _ if a.names.is_empty() && role.is_none() => {
+            vec![pki::PeerSpec::server("server"), pki::PeerSpec::client("client")]
+        }
+        Some(pki::Role::Server) if a.names.is_empty() => vec![pki::PeerSpec::server("server")],
+        Some(pki::Role::Client) if a.names.is_empty() => vec![pki::PeerSpec::client("client")],
+        Some(pki::Role::Server) => a.names.iter().map(|n| pki::PeerSpec::server(n)).collect(),
+        _ => a.names.iter().map(|n| pki::PeerSpec::client(n)).collect(),
+    };
+    if !a.sans.is_empty() && role != Some(pki::Role::Server) && !a.names.is_empty() {
+        return Err(Error::Usage(format!(
+            "--san applies to server certificates only, and {} would be client certificates: \
+             add --server to issue server certificates (`xfer keygen --server {} --san {}`)",
+            a.names.join(", "),
+            a.names.join(" "),
+            a.sans.join(" --san ")
+        ))
+        .into());
     }
     let cfg = KeygenConfig {
         sans: a.sans,
@@ -592,7 +626,7 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
         ca_days: a.ca_days,
         key_type,
         force: a.force,
-        ..KeygenConfig::new(a.dir, names)
+        ..KeygenConfig::new(a.dir, peers)
     };
     let ca = cfg.dir.join("ca.pem");
     let reusing = ca.exists();
@@ -609,9 +643,10 @@ fn print_written(written: Vec<pki::Written>) {
     for w in written {
         match w.cert {
             Some(c) => println!(
-                "wrote {}  {}  sha256 {}  expires {}",
+                "wrote {}  {} ({})  sha256 {}  expires {}",
                 w.path.display(),
                 c.subject,
+                c.role.map_or("CA", pki::Role::as_str),
                 c.sha256,
                 c.not_after.date()
             ),
@@ -623,10 +658,16 @@ fn print_written(written: Vec<pki::Written>) {
 /// `xfer keygen --list`.
 fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     for c in pki::list(dir)? {
-        let role = if c.is_ca { " (CA)" } else { "" };
         let names = if c.names.is_empty() { String::new() } else { format!("  names {}", c.names.join(",")) };
-        println!("{}  {}{role}{names}  sha256 {}  expires {}", c.source, c.subject, c.sha256, c.not_after.date());
-        if let Some(w) = c.expiry_warning() {
+        println!(
+            "{}  {} ({}){names}  sha256 {}  expires {}",
+            c.source,
+            c.subject,
+            c.role.as_str(),
+            c.sha256,
+            c.not_after.date()
+        );
+        for w in [c.role_warning(), c.expiry_warning()].into_iter().flatten() {
             println!("  warning: {w}");
         }
     }

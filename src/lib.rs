@@ -11,6 +11,7 @@
 //! - [`direct`]: direct I/O (no page-cache copy) for large received files.
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
+//! - [`text`]: untrusted names and messages escaped before they are printed.
 //! - [`auth`]: the policy file: which peer may read, write or delete where.
 //! - [`pki`]: `xfer keygen`, a local CA and the peers it signs.
 //! - [`client`]: connect and push, pull, list, remove, pipelined.
@@ -34,8 +35,7 @@
 //!
 //! let work = tempfile::tempdir()?;
 //! let certs = work.path().join("certs");
-//! let names = vec!["server".to_owned(), "client".to_owned()];
-//! keygen(&KeygenConfig::new(certs.clone(), names))?;
+//! keygen(&KeygenConfig::pair(certs.clone()))?; // a server and a client certificate
 //!
 //! // Port 0: the OS picks a free port; local_addr() tells which.
 //! let cfg = ServeConfig::new("127.0.0.1:0".parse()?, work.path().join("root"), IdentityPaths::in_dir(&certs, "server"));
@@ -72,6 +72,7 @@ pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod tls;
 pub mod transfer;
 pub mod walk;

@@ -11,19 +11,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::error::{Error, Result};
+use crate::pki::{CertInfo, CertRole, Role};
 use crate::protocol::ALPN;
+use crate::text::Safe;
 
 /// Where an identity's three PEM items come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,8 @@ pub struct Identity {
     /// Revocation lists to check peers against.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     pub paths: IdentityPaths,
+    /// What this identity's own certificate may be used for.
+    pub role: CertRole,
 }
 
 const KEYGEN_HINT: &str =
@@ -145,17 +149,38 @@ impl Identity {
         };
         // Warn early about certificates that are about to stop working.
         for (pem, der) in std::iter::once((&paths.cert, &chain[0])).chain(cas.iter().map(|c| (&paths.ca, c))) {
-            if let Some(w) = crate::pki::CertInfo::from_der(pem.to_string(), der).ok().and_then(|i| i.expiry_warning())
-            {
-                tracing::warn!("{w}");
+            if let Some(w) = CertInfo::from_der(pem.to_string(), der).ok().and_then(|i| i.expiry_warning()) {
+                warn_once(w);
             }
         }
-        Ok(Identity { chain, key, roots: Arc::new(roots), crls, paths: paths.clone() })
+        let own = CertInfo::from_der(paths.cert.to_string(), &chain[0])?;
+        if let Some(w) = own.role_warning() {
+            warn_once(w);
+        }
+        Ok(Identity { chain, key, roots: Arc::new(roots), crls, paths: paths.clone(), role: own.role })
+    }
+
+    /// Warns when this identity's certificate may not act in `role`: the
+    /// other side will refuse it, and the warning says why before that.
+    fn check_role(&self, role: Role) {
+        if !self.role.allows(role) {
+            let fix = match role {
+                Role::Server => "issue one with `xfer keygen --server NAME --san HOST`",
+                Role::Client => "issue one with `xfer keygen NAME`",
+            };
+            warn_once(format!(
+                "{} is a {} certificate, not a {} certificate: peers will refuse it; {fix}",
+                self.paths.cert,
+                self.role.as_str(),
+                role.as_str()
+            ));
+        }
     }
 
     /// The server side: TLS 1.3 only, client certificates required and
     /// verified against the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
+        self.check_role(Role::Server);
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .with_crls(self.crls.clone())
@@ -178,16 +203,21 @@ impl Identity {
     /// The client side: TLS 1.3 only, the server verified against the CA
     /// (and its name against HOST), this identity presented.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        self.check_role(Role::Client);
         let provider = provider();
-        let verifier = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .with_crls(self.crls.clone())
             .allow_unknown_revocation_status()
             .build()
             .map_err(|e| self.ca_error(e))?;
+        let verifier = Arc::new(RoleNamingServerVerifier { inner });
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.ca_error(e))?
-            .with_webpki_verifier(verifier)
+            .dangerous()
+            // Not a weaker check: WebPKI's own verifier, whose refusals of a
+            // certificate with the wrong role are made to name that role.
+            .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| self.key_error(e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
@@ -229,7 +259,13 @@ impl ClientCertVerifier for NamingClientVerifier {
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
-            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca, "client certificate refused: {e}");
+            let why = match e {
+                rustls::Error::InvalidCertificate(
+                    CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+                ) => WrongRole::of("client", end_entity).to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca, "client certificate refused: {why}");
         })
     }
     fn verify_tls12_signature(
@@ -250,6 +286,97 @@ impl ClientCertVerifier for NamingClientVerifier {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// A peer presented a certificate valid under the CA but for another role:
+/// "the server presented a client certificate (runner-7)".
+#[derive(Debug)]
+pub struct WrongRole {
+    /// "server" or "client": the side that presented it.
+    pub side: &'static str,
+    pub role: CertRole,
+    /// The certificate's common name, escaped.
+    pub name: String,
+}
+
+impl WrongRole {
+    fn of(side: &'static str, der: &CertificateDer<'_>) -> WrongRole {
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, c)) => {
+                let name = c.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect::<Vec<_>>();
+                WrongRole { side, role: CertRole::of(&c), name: Safe(&name.join(",")).to_string() }
+            }
+            Err(_) => WrongRole { side, role: CertRole::Other, name: "unreadable".into() },
+        }
+    }
+}
+
+impl fmt::Display for WrongRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the {} presented a {} certificate ({})", self.side, self.role.as_str(), self.name)
+    }
+}
+
+impl std::error::Error for WrongRole {}
+
+/// WebPKI's server verifier (chain, CRL, extended key usage, then the
+/// name), with a refusal for the wrong role turned into a [`WrongRole`]
+/// that names the certificate: a runner's certificate posing as the
+/// server is the mistake (or attack) most worth explaining.
+#[derive(Debug)]
+struct RoleNamingServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for RoleNamingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+            ) => rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(WrongRole::of(
+                "server", end_entity,
+            ))))),
+            other => other,
+        })
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Logs a warning once per process: a client retrying, or a server
+/// reloading, loads the same files again and has nothing new to say.
+fn warn_once(message: String) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SAID: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if said.get_or_insert_with(HashSet::new).insert(message.clone()) {
+        tracing::warn!("{message}");
     }
 }
 
@@ -284,10 +411,11 @@ fn date(t: &UnixTime) -> String {
     crate::progress::iso8601(crate::protocol::Timestamp { secs, nanos: 0 })
 }
 
-/// `subject (issued by issuer)` of a certificate, for logs.
+/// `subject (issued by issuer)` of a certificate, for logs; escaped, since
+/// anyone can put anything in a subject, even without the CA's signature.
 fn describe_cert(der: &CertificateDer<'_>) -> String {
     match x509_parser::parse_x509_certificate(der) {
-        Ok((_, c)) => format!("'{}' issued by '{}'", c.subject(), c.issuer()),
+        Ok((_, c)) => format!("'{}' issued by '{}'", Safe(&c.subject().to_string()), Safe(&c.issuer().to_string())),
         Err(_) => "(unparseable certificate)".to_owned(),
     }
 }
@@ -344,6 +472,10 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
                 "the server's certificate is not signed by the CA in {ca}: both sides must use certificates from the same `xfer keygen` CA"
             ),
             CertificateError::Revoked => "the server's certificate is revoked (it is listed in the CRL)".to_owned(),
+            CertificateError::Other(o) if o.0.downcast_ref::<WrongRole>().is_some() => format!(
+                "{}: it cannot act as a server, so this is not the server you meant to reach (or someone is posing as it)",
+                o.0
+            ),
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
@@ -357,6 +489,10 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
                 "the server rejected this client's certificate {cert}: it is not signed by the CA the server trusts"
             ),
             AlertDescription::CertificateRequired => "the server requires a client certificate".to_owned(),
+            AlertDescription::UnsupportedCertificate => format!(
+                "the server refused this client's certificate {cert}: it is not a client certificate; \
+                 use a client identity (`xfer keygen NAME` issues one)"
+            ),
             AlertDescription::CertificateExpired => {
                 format!("the server says this client's certificate {cert} has expired: renew it with `xfer keygen`")
             }
@@ -379,6 +515,9 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
 pub fn explain_for_server(e: &rustls::Error) -> String {
     match e {
         rustls::Error::NoCertificatesPresented => "the client presented no certificate".to_owned(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        ) => "the client's certificate was rejected: it is not a client certificate".to_owned(),
         rustls::Error::InvalidCertificate(ce) => {
             format!("the client's certificate was rejected: {}", describe_cert_error(ce))
         }

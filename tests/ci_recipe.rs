@@ -81,6 +81,21 @@ fn the_readme_ci_recipe_works_as_written() {
     let pulled = std::fs::read_to_string(deploy.join("pull.jsonl")).unwrap();
     assert_eq!(pulled.matches("\"status\":\"ok\"").count(), 3, "{pulled}");
 
+    // The runners' secret cannot serve: a server started with it is
+    // refused by the deploy job.
+    let leaked = work.join("leaked");
+    std::fs::create_dir_all(&leaked).unwrap();
+    let mut cmd = shell("exec xfer serve --root srv --listen 127.0.0.1:0", &leaked);
+    cmd.envs(secrets.iter().map(|(k, v)| (*k, v.as_str())));
+    let impostor = XferServer::spawn(cmd, &leaked.join("srv"));
+    let script = readme_block("ci-deploy").replace("artifacts.example.org", &impostor.addr);
+    let mut cmd = shell(&script, &leaked);
+    cmd.env("CI_COMMIT", "3f2c1e").envs(secrets.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the server presented a client certificate (ci-runner)"));
+    drop(impostor);
+
     // The exit-5 check passes a clean pull through...
     let checked = work.join("checked");
     std::fs::create_dir_all(&checked).unwrap();

@@ -12,6 +12,7 @@ mod policy;
 mod protocol;
 mod resume;
 mod revocation;
+mod roles;
 mod server;
 mod streams;
 mod tools;

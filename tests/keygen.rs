@@ -72,7 +72,9 @@ fn keygen_list_shows_names_fingerprints_expiry_and_warns_before_expiry() {
     let first = out.lines().next().unwrap();
     assert!(first.starts_with("certs/ca.pem") && first.contains("(CA)"), "{list}");
     let client_line = out.lines().find(|l| l.starts_with("certs/client.pem")).unwrap();
-    assert!(client_line.contains("names client,localhost,127.0.0.1,::1") && client_line.contains("sha256 "), "{list}");
+    assert!(client_line.contains("client (client)  names client  sha256 "), "{list}");
+    let server_line = out.lines().find(|l| l.starts_with("certs/server.pem")).unwrap();
+    assert!(server_line.contains("server (server)  names server,localhost,127.0.0.1,::1  sha256 "), "{list}");
     assert!(out.contains("warning: certificate certs/runner-9.pem expires in"), "{list}");
     assert!(!out.contains("certs/client.pem expires in"), "{list}");
 
@@ -89,17 +91,33 @@ fn keygen_list_shows_names_fingerprints_expiry_and_warns_before_expiry() {
 #[test]
 fn renew_keeps_names_changes_the_key_unless_asked_and_the_peer_still_connects() {
     let pki = Pki::new();
-    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "runner-5", "--san", "r5.example.org", "--days", "5"], &[])
-        .assert_code(0);
+    run_in(
+        pki.dir.path(),
+        &["keygen", "--dir", "certs", "--server", "r5", "--san", "r5.example.org", "--days", "5"],
+        &[],
+    )
+    .assert_code(0);
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "runner-5", "--days", "5"], &[]).assert_code(0);
     let certs = pki.certs();
     let (key0, cert0) = (fs::read(certs.join("runner-5.key")).unwrap(), fs::read(certs.join("runner-5.pem")).unwrap());
 
     let renewed = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-5", "--days", "90"], &[]);
     renewed.assert_code(0);
     assert_ne!(fs::read(certs.join("runner-5.key")).unwrap(), key0, "a new key by default");
+    // A server keeps its names and role.
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "r5"], &[]).assert_code(0);
     let list = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--list"], &[]);
+    let line = list.stdout().lines().find(|l| l.starts_with("certs/r5.pem")).unwrap().to_owned();
+    assert!(line.contains("(server)") && line.contains("r5.example.org"), "{list}");
     let line = list.stdout().lines().find(|l| l.starts_with("certs/runner-5.pem")).unwrap().to_owned();
-    assert!(line.contains("r5.example.org") && !list.stdout().contains("runner-5.pem expires in"), "{list}");
+    assert!(
+        line.contains("(client)  names runner-5  ") && !list.stdout().contains("runner-5.pem expires in"),
+        "{list}"
+    );
+    // --renew keeps the role: it cannot turn a client into a server.
+    let turned = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-5", "--server"], &[]);
+    turned.assert_code(2);
+    assert!(turned.stderr().contains("keeps its role"), "{turned}");
 
     let key1 = fs::read(certs.join("runner-5.key")).unwrap();
     run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "runner-5", "--keep-key"], &[]).assert_code(0);

@@ -99,7 +99,7 @@ fn sighup_swaps_the_server_certificate_while_a_long_push_completes() {
     let push = spawn_push(&pki, &work, &server, "big");
     // Once bytes are arriving, re-issue the server's certificate and reload.
     wait_for_staged_data(&partials(&work.join("root")), 1);
-    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "server", "--force"], &[]).assert_code(0);
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--server", "server", "--force"], &[]).assert_code(0);
     hup(&server);
     assert!(server.wait_for_log("reloaded certificates and policy"), "{}", server.log());
     let out = push.wait_with_output().unwrap();

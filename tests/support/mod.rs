@@ -76,11 +76,37 @@ impl Pki {
     pub fn certs(&self) -> PathBuf {
         self.dir.join("certs")
     }
-    /// Issues more peers from the same CA.
+    /// Issues more client certificates from the same CA.
     pub fn issue(&self, names: &[&str]) {
         let mut args = vec!["keygen", "--dir", "certs"];
         args.extend_from_slice(names);
         run_in(self.dir.path(), &args, &[]).assert_code(0);
+    }
+    /// Issues more server certificates from the same CA.
+    pub fn issue_server(&self, names: &[&str]) {
+        let mut args = vec!["keygen", "--dir", "certs", "--server"];
+        args.extend_from_slice(names);
+        run_in(self.dir.path(), &args, &[]).assert_code(0);
+    }
+    /// Issues NAME the way keygen did before certificates had one role:
+    /// serverAuth and clientAuth, with the loopback names.
+    pub fn issue_dual_use(&self, name: &str) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+        let certs = self.certs();
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem")).unwrap(), ca_key).unwrap();
+        let sans = vec![name.to_owned(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).unwrap();
+        let key_path = certs.join(format!("{name}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     /// Identity flags for the named peer.
     pub fn id_args(&self, name: &str) -> Vec<String> {
@@ -100,6 +126,14 @@ impl XferServer {
     /// Starts a server for `pki`'s `server` identity on 127.0.0.1:0.
     pub fn start(pki: &Pki, root: &Path, extra: &[&str]) -> XferServer {
         Self::start_with_env(pki, root, extra, &[])
+    }
+
+    /// Starts a server that presents identity `name` (whatever its role).
+    pub fn start_as(pki: &Pki, name: &str, root: &Path, extra: &[&str]) -> XferServer {
+        let mut cmd = Command::new(XFER);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root);
+        cmd.args(pki.id_args(name)).args(extra).env_remove("RUST_LOG");
+        XferServer::spawn(cmd, root)
     }
 
     pub fn start_with_env(pki: &Pki, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> XferServer {

@@ -19,20 +19,65 @@ use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
 
+mod crl;
+mod info;
+
+pub use crl::{Revocation, revoke};
+use crl::{add_to_crl, serial_of};
+pub use info::{CertInfo, CertRole, EXPIRY_WARNING_DAYS, fingerprint, list};
+
 /// Validity of a CA created by keygen.
 pub const CA_DAYS: u32 = 3650;
 /// Default validity of a peer certificate.
 pub const PEER_DAYS: u32 = 365;
-/// Names every peer certificate carries besides its own, so loopback works.
+/// Names every server certificate carries besides its own, so loopback works.
 pub const LOOPBACK_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// What a peer certificate may be used for. keygen gives each certificate
+/// exactly one role, so a runner's key (a CI secret) can never act as the
+/// server its clients trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Extended key usage serverAuth; names: NAME, each `--san`, loopback.
+    Server,
+    /// Extended key usage clientAuth; names: NAME only.
+    Client,
+}
+
+impl Role {
+    /// "server" or "client".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// One certificate to issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub role: Role,
+}
+
+impl PeerSpec {
+    pub fn server(name: &str) -> PeerSpec {
+        PeerSpec { name: name.to_owned(), role: Role::Server }
+    }
+    pub fn client(name: &str) -> PeerSpec {
+        PeerSpec { name: name.to_owned(), role: Role::Client }
+    }
+}
 
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct KeygenConfig {
     pub dir: PathBuf,
     /// Peers to issue; each gets NAME.pem and NAME.key.
-    pub names: Vec<String>,
-    /// Extra subject alternative names (DNS names or IP addresses).
+    pub peers: Vec<PeerSpec>,
+    /// Extra subject alternative names (DNS names or IP addresses) for the
+    /// server certificates of this run.
     pub sans: Vec<String>,
     pub days: u32,
     /// Validity of a CA created by this run.
@@ -42,17 +87,23 @@ pub struct KeygenConfig {
 }
 
 impl KeygenConfig {
-    /// Peers `names` in `dir`, with the default validity and key type.
-    pub fn new(dir: PathBuf, names: Vec<String>) -> KeygenConfig {
+    /// `peers` in `dir`, with the default validity and key type.
+    pub fn new(dir: PathBuf, peers: Vec<PeerSpec>) -> KeygenConfig {
         KeygenConfig {
             dir,
-            names,
+            peers,
             sans: Vec::new(),
             days: PEER_DAYS,
             ca_days: CA_DAYS,
             key_type: KeyType::P256,
             force: false,
         }
+    }
+
+    /// What `xfer keygen` with no name makes: a server certificate
+    /// `server` and a client certificate `client`.
+    pub fn pair(dir: PathBuf) -> KeygenConfig {
+        KeygenConfig::new(dir, vec![PeerSpec::server("server"), PeerSpec::client("client")])
     }
 }
 
@@ -92,6 +143,8 @@ pub struct Written {
 #[derive(Debug, Clone)]
 pub struct CertSummary {
     pub subject: String,
+    /// None for the CA.
+    pub role: Option<Role>,
     /// SHA-256 of the DER, as colon-separated upper-case hex.
     pub sha256: String,
     pub not_after: OffsetDateTime,
@@ -99,8 +152,13 @@ pub struct CertSummary {
 
 /// Generates the CA (when missing) and each peer, then writes them.
 pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
-    for name in &cfg.names {
-        check_name(name)?;
+    for p in &cfg.peers {
+        check_name(&p.name)?;
+    }
+    if !cfg.sans.is_empty() && !cfg.peers.iter().any(|p| p.role == Role::Server) {
+        return Err(Error::Usage(
+            "--san applies to server certificates only: add --server to issue server certificates".into(),
+        ));
     }
     if cfg.days == 0 {
         return Err(Error::Usage("--days must be at least 1".into()));
@@ -119,16 +177,17 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
         let params = ca_params(&key, cfg.ca_days)?;
         let cert = params.self_signed(&key).map_err(gen_error)?;
         let subject = ca_subject(&params);
-        files.push((ca_pem.clone(), cert.pem(), Some(summary(subject, &params, cert.der()))));
+        files.push((ca_pem.clone(), cert.pem(), Some(summary(subject, None, &params, cert.der()))));
         files.push((ca_key.clone(), key.serialize_pem(), None));
         Issuer::new(params, key)
     };
 
-    for name in &cfg.names {
+    for PeerSpec { name, role } in &cfg.peers {
         let key = cfg.key_type.generate()?;
-        let params = peer_params(name, &cfg.sans, cfg.days)?;
+        let params = peer_params(name, *role, &cfg.sans, cfg.days)?;
         let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
-        files.push((cfg.dir.join(format!("{name}.pem")), cert.pem(), Some(summary(name.clone(), &params, cert.der()))));
+        let sum = summary(name.clone(), Some(*role), &params, cert.der());
+        files.push((cfg.dir.join(format!("{name}.pem")), cert.pem(), Some(sum)));
         files.push((cfg.dir.join(format!("{name}.key")), key.serialize_pem(), None));
     }
 
@@ -204,11 +263,17 @@ fn ca_params(key: &KeyPair, days: u32) -> Result<CertificateParams> {
     Ok(params)
 }
 
-fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificateParams> {
-    let mut sans: Vec<String> = Vec::new();
-    for s in std::iter::once(name).chain(extra.iter().map(String::as_str)).chain(LOOPBACK_SANS) {
-        if !sans.iter().any(|x| x == s) {
-            sans.push(s.to_owned());
+/// A server certificate names NAME, each extra name and the loopback
+/// names, for serverAuth only; a client certificate names NAME alone, for
+/// clientAuth only (it is never checked against a host name, and more names
+/// would only blur who it identifies).
+fn peer_params(name: &str, role: Role, extra: &[String], days: u32) -> Result<CertificateParams> {
+    let mut sans: Vec<String> = vec![name.to_owned()];
+    if role == Role::Server {
+        for s in extra.iter().map(String::as_str).chain(LOOPBACK_SANS) {
+            if !sans.iter().any(|x| x == s) {
+                sans.push(s.to_owned());
+            }
         }
     }
     let mut params = CertificateParams::new(sans).map_err(|e| Error::Usage(format!("invalid --san: {e}")))?;
@@ -217,7 +282,10 @@ fn peer_params(name: &str, extra: &[String], days: u32) -> Result<CertificatePar
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![match role {
+        Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
     validity(&mut params, days);
@@ -250,8 +318,8 @@ fn write_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
     f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(ctx(), e))
 }
 
-fn summary(subject: String, params: &CertificateParams, der: &CertificateDer<'_>) -> CertSummary {
-    CertSummary { subject, sha256: fingerprint(der), not_after: params.not_after }
+fn summary(subject: String, role: Option<Role>, params: &CertificateParams, der: &CertificateDer<'_>) -> CertSummary {
+    CertSummary { subject, role, sha256: fingerprint(der), not_after: params.not_after }
 }
 
 fn ca_subject(params: &CertificateParams) -> String {
@@ -261,15 +329,29 @@ fn ca_subject(params: &CertificateParams) -> String {
     }
 }
 
-/// Re-issues peer NAME in DIR with the same name and subject alternative
-/// names, valid `days` from now, signed by the same CA; with a new key
-/// unless `keep_key`. Replaces NAME.pem (and NAME.key) atomically.
-pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyType) -> Result<Vec<Written>> {
+/// How `keygen --renew` re-issues a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewConfig {
+    pub days: u32,
+    pub keep_key: bool,
+    pub key_type: KeyType,
+    /// The role the user asked for: needed only for certificates made
+    /// before roles existed (valid for both); otherwise it must match.
+    pub role: Option<Role>,
+}
+
+/// Re-issues peer NAME in DIR with the same name, role and (for servers)
+/// subject alternative names, valid `days` from now, signed by the same CA;
+/// with a new key unless `keep_key`. Replaces NAME.pem (and NAME.key)
+/// atomically.
+pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
+    let RenewConfig { days, keep_key, key_type, .. } = cfg;
     check_name(name)?;
-    let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}.key"));
     let old = CertInfo::read(&cert_path)?;
+    let role = renewed_role(&old, name, cfg.role)?;
+    let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
     let old_serial = serial_of(&cert_path)?;
     let key = if keep_key {
         let pem =
@@ -279,10 +361,11 @@ pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyTyp
     } else {
         key_type.generate()?
     };
-    // Same names: the old SANs minus the defaults peer_params adds back.
+    // Same names: the old SANs minus the defaults peer_params adds back
+    // (a client keeps only its own name).
     let extra: Vec<String> =
         old.names.iter().filter(|n| *n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
-    let params = peer_params(name, &extra, days)?;
+    let params = peer_params(name, role, &extra, days)?;
     let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
     // Both new files are written before either replaces its old one, so
     // the key and certificate on disk always match.
@@ -294,7 +377,8 @@ pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyTyp
         written.push(Written { path: key_path, cert: None, note: PRIVATE_KEY });
     }
     fs::rename(&cert_tmp, &cert_path).map_err(|e| Error::io(format!("cannot write {}", cert_path.display()), e))?;
-    written.push(Written { path: cert_path, cert: Some(summary(name.to_owned(), &params, cert.der())), note: "" });
+    let sum = summary(name.to_owned(), Some(role), &params, cert.der());
+    written.push(Written { path: cert_path, cert: Some(sum), note: "" });
     if !keep_key {
         // A new key usually means the old one is not to be trusted any
         // more (or soon will not be): its certificate goes on the CRL.
@@ -302,6 +386,29 @@ pub fn renew(dir: &Path, name: &str, days: u32, keep_key: bool, key_type: KeyTyp
         written.push(Written { path: r.crl, cert: None, note: "revocation list: the replaced certificate is revoked" });
     }
     Ok(written)
+}
+
+/// The role a renewed certificate gets: the one it has. A certificate from
+/// before roles (valid for both) needs the user to choose.
+fn renewed_role(old: &CertInfo, name: &str, asked: Option<Role>) -> Result<Role> {
+    match (old.role, asked) {
+        (CertRole::Server, None | Some(Role::Server)) => Ok(Role::Server),
+        (CertRole::Client, None | Some(Role::Client)) => Ok(Role::Client),
+        (CertRole::Both, Some(role)) => Ok(role),
+        (CertRole::Both, None) => Err(Error::Usage(format!(
+            "{} is an older certificate valid for both server and client use: \
+             renew it with --server or --client to give it one role \
+             (`xfer keygen --renew {name} --client`)",
+            old.source
+        ))),
+        (had @ (CertRole::Server | CertRole::Client), Some(role)) => Err(Error::Usage(format!(
+            "{} is a {} certificate and --renew keeps its role: issue a {} certificate under another name instead",
+            old.source,
+            had.as_str(),
+            role.as_str()
+        ))),
+        (other, _) => Err(Error::Usage(format!("{} is a {} certificate, not a peer's", old.source, other.as_str()))),
+    }
 }
 
 /// `DIR/.NAME.tmp` for `DIR/NAME`: distinct for each file, hidden.
@@ -316,182 +423,6 @@ fn replace_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
     let tmp = tmp_beside(path);
     write_pem(&tmp, pem, private)?;
     fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
-}
-
-/// What `keygen --revoke` did.
-#[derive(Debug, Clone)]
-pub struct Revocation {
-    /// The CRL written.
-    pub crl: PathBuf,
-    /// Serial number of the certificate revoked, in hex.
-    pub serial: String,
-    /// Entries in the CRL now (earlier revocations are kept).
-    pub entries: usize,
-    /// The certificate was already on the list.
-    pub already: bool,
-}
-
-/// Adds the certificate `DIR/NAME.pem` to `DIR/ca.crl`, signed by the CA,
-/// keeping every earlier entry. Servers and clients given the CRL (by
-/// default, `ca.crl` beside their `ca.pem`) then refuse that certificate.
-pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
-    check_name(name)?;
-    let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
-    let serial = serial_of(&dir.join(format!("{name}.pem")))?;
-    add_to_crl(dir, &issuer, serial)
-}
-
-/// The raw serial number of the certificate in a PEM file.
-fn serial_of(cert_path: &Path) -> Result<Vec<u8>> {
-    use rustls_pki_types::pem::PemObject;
-    let bad = |message: String| Error::Identity { what: cert_path.display().to_string(), message };
-    let der = CertificateDer::from_pem_file(cert_path).map_err(|e| bad(format!("{e:?}")))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
-    Ok(cert.raw_serial().to_vec())
-}
-
-/// Re-issues `DIR/ca.crl` with `serial` added to its entries.
-fn add_to_crl(dir: &Path, issuer: &Issuer<'static, KeyPair>, serial: Vec<u8>) -> Result<Revocation> {
-    use rustls_pki_types::CertificateRevocationListDer;
-    use rustls_pki_types::pem::PemObject;
-    let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
-    let crl_path = dir.join("ca.crl");
-    let mut revoked: Vec<rcgen::RevokedCertParams> = Vec::new();
-    if crl_path.exists() {
-        let old =
-            CertificateRevocationListDer::from_pem_file(&crl_path).map_err(|e| bad(&crl_path, format!("{e:?}")))?;
-        let (_, old) = x509_parser::parse_x509_crl(&old).map_err(|e| bad(&crl_path, e.to_string()))?;
-        for r in old.iter_revoked_certificates() {
-            revoked.push(rcgen::RevokedCertParams {
-                serial_number: SerialNumber::from_slice(r.raw_serial()),
-                revocation_time: r.revocation_date.to_datetime(),
-                reason_code: None,
-                invalidity_date: None,
-            });
-        }
-    }
-    let already = revoked.iter().any(|r| r.serial_number.to_bytes() == serial);
-    if !already {
-        revoked.push(rcgen::RevokedCertParams {
-            serial_number: SerialNumber::from_slice(&serial),
-            revocation_time: OffsetDateTime::now_utc(),
-            reason_code: Some(rcgen::RevocationReason::Unspecified),
-            invalidity_date: None,
-        });
-    }
-    let now = OffsetDateTime::now_utc();
-    let params = rcgen::CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + Duration::days(CA_DAYS.into()),
-        // Seconds since 1970: grows with each reissue, as RFC 5280 wants.
-        crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
-        issuing_distribution_point: None,
-        revoked_certs: revoked,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    };
-    let entries = params.revoked_certs.len();
-    let crl = params.signed_by(issuer).map_err(gen_error)?;
-    let pem = crl.pem().map_err(gen_error)?;
-    replace_pem(&crl_path, &pem, false)?;
-    Ok(Revocation { crl: crl_path, serial: hex(&serial), entries, already })
-}
-
-/// Certificates expiring within this many days draw a warning.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
-
-/// What `keygen --list` shows about one certificate.
-#[derive(Debug, Clone)]
-pub struct CertInfo {
-    /// Where it came from (a file's path), for messages.
-    pub source: String,
-    /// The subject's common name.
-    pub subject: String,
-    /// DNS names and IP addresses it is valid for.
-    pub names: Vec<String>,
-    pub sha256: String,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub is_ca: bool,
-}
-
-impl CertInfo {
-    /// Reads the first certificate of a PEM file.
-    pub fn read(path: &Path) -> Result<CertInfo> {
-        use rustls_pki_types::pem::PemObject;
-        let der = CertificateDer::from_pem_file(path).map_err(|e| Error::Identity {
-            what: path.display().to_string(),
-            message: format!("not a PEM certificate: {e:?}"),
-        })?;
-        CertInfo::from_der(path.display().to_string(), &der)
-    }
-
-    /// Describes a DER certificate that came from `source`.
-    pub fn from_der(source: String, der: &[u8]) -> Result<CertInfo> {
-        let bad = |message: String| Error::Identity { what: source.clone(), message };
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("unreadable certificate: {e}")))?;
-        let subject = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect::<Vec<_>>().join(",");
-        let mut names = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for gn in &san.value.general_names {
-                match gn {
-                    x509_parser::extensions::GeneralName::DNSName(d) => names.push((*d).to_owned()),
-                    x509_parser::extensions::GeneralName::IPAddress(ip) => names.extend(ip_text(ip)),
-                    _ => {}
-                }
-            }
-        }
-        let (not_before, not_after) =
-            (cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime());
-        Ok(CertInfo { subject, names, sha256: fingerprint(der), not_before, not_after, is_ca: cert.is_ca(), source })
-    }
-
-    /// A warning when the certificate has expired or expires soon.
-    pub fn expiry_warning(&self) -> Option<String> {
-        let now = OffsetDateTime::now_utc();
-        let left = self.not_after - now;
-        let (path, date) = (&self.source, self.not_after.date());
-        if self.not_before > now {
-            Some(format!("certificate {path} is not valid until {} (check this machine's clock)", self.not_before))
-        } else if left.is_negative() {
-            Some(format!("certificate {path} expired on {date}: issue a new one with `xfer keygen`"))
-        } else if left.whole_days() < EXPIRY_WARNING_DAYS {
-            Some(format!(
-                "certificate {path} expires in {} days ({date}): renew it soon with `xfer keygen`",
-                left.whole_days()
-            ))
-        } else {
-            None
-        }
-    }
-}
-
-fn ip_text(raw: &[u8]) -> Option<String> {
-    let ip: std::net::IpAddr = match raw.len() {
-        4 => <[u8; 4]>::try_from(raw).ok()?.into(),
-        16 => <[u8; 16]>::try_from(raw).ok()?.into(),
-        _ => return None,
-    };
-    Some(ip.to_string())
-}
-
-/// Every certificate in `dir` (its `*.pem` files), the CA first.
-pub fn list(dir: &Path) -> Result<Vec<CertInfo>> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().is_some_and(|x| x == "pem") {
-            out.push(CertInfo::read(&path)?);
-        }
-    }
-    out.sort_by(|a, b| (!a.is_ca, &a.source).cmp(&(!b.is_ca, &b.source)));
-    Ok(out)
-}
-
-/// SHA-256 fingerprint of a certificate, `AB:CD:...` as openssl prints it.
-pub fn fingerprint(der: &[u8]) -> String {
-    sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
