@@ -234,11 +234,18 @@ pub struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = server::MAX_CONNS)]
     pub max_conns: usize,
+    /// Most connections served at once for one client identity.
+    #[arg(long, default_value_t = server::MAX_CONNS_PER_PEER)]
+    pub max_conns_per_peer: usize,
+    /// Memory the server may use, over all connections, to buffer peers'
+    /// small files, offers and read-ahead (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub max_memory: u64,
     /// Time in-flight transfers get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
     /// Deadline for the TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
     /// Deadline from the handshake to the client's first request.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -681,6 +688,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.policy = a.policy;
     cfg.max_size = a.max_size;
     cfg.max_conns = a.max_conns;
+    cfg.max_conns_per_peer = a.max_conns_per_peer;
+    cfg.max_memory = usize::try_from(a.max_memory).unwrap_or(usize::MAX);
     cfg.grace = a.grace;
     cfg.partial_ttl = a.partial_ttl;
     cfg.timeouts = Timeouts {

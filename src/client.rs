@@ -25,7 +25,9 @@ use crate::error::{Class, Error, Result};
 use crate::meter::Meter;
 use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, Offer, VERSION, WirePath};
+use crate::protocol::{
+    ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, VERSION, WirePath,
+};
 use crate::store::{self, GroupSize, Resume, Root, Verified};
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome, Held, SendOutcome, Target, blocking};
@@ -95,8 +97,6 @@ pub struct Client {
 /// hide a long round trip, few enough to bound memory.
 const PROBE_AHEAD: usize = 1024;
 
-/// Most files a pull offers (whole or partial local copies) per command.
-const MAX_OFFERS: usize = 65_536;
 
 /// The sources of a push, checked before connecting: each exists, can be
 /// read, and has a name to give it on the server. Files and folders are
@@ -243,7 +243,7 @@ impl Client {
             plan.count(rep.meter());
         }
         let done = rep.done_paths();
-        let items = transfer::spawn_walk(plan.walks.into_iter().flatten());
+        let items = transfer::spawn_walk(plan.walks.into_iter().flatten(), crate::budget::Budget::unlimited());
         let (tx, mut rx) = mpsc::channel::<Expect>(4096);
         let (have_tx, have_rx) = mpsc::unbounded_channel();
         let Client { r, w, cfg, .. } = self;
@@ -702,6 +702,8 @@ fn refused_report(path: &WirePath, code: ErrorCode, message: String) -> Result<F
 #[derive(Default)]
 struct Holdings {
     offers: Vec<Offer>,
+    /// Bytes of `OFFER` bodies so far: the protocol bounds them.
+    offer_bytes: usize,
     /// Partial copies offered, claimed (locked) until their file arrives.
     partials: HashMap<WirePath, Partial>,
     /// Whole local files offered, with their BLAKE3.
@@ -721,18 +723,12 @@ impl Holdings {
             partial::expire(&dir, partial::DEFAULT_TTL);
             for id in partial::list(&dir, server) {
                 let Ok(path) = WirePath::parse(&id.path) else { continue };
-                if !within(&path) || held.offers.len() >= MAX_OFFERS {
+                if !within(&path) || !held.has_room(&path) {
                     continue;
                 }
                 if let Ok(Some(p)) = partial::claim(&dir, &id) {
                     let prefix = p.prefix();
-                    held.offers.push(Offer {
-                        path: path.clone(),
-                        size: id.size,
-                        mtime: id.mtime(),
-                        offset: p.offset,
-                        prefix,
-                    });
+                    held.push(Offer { path: path.clone(), size: id.size, mtime: id.mtime(), offset: p.offset, prefix });
                     held.partials.insert(path, p);
                 }
             }
@@ -743,7 +739,7 @@ impl Holdings {
             let Some(walk) = target.ok().and_then(|t| root.walk(&t).ok()) else { continue };
             for item in walk {
                 let Item::File { rel, dir, name, meta, .. } = item else { continue };
-                if held.offers.len() >= MAX_OFFERS {
+                if !held.has_room(&rel) {
                     return held;
                 }
                 if held.partials.contains_key(&rel) {
@@ -755,17 +751,23 @@ impl Holdings {
                     continue;
                 }
                 let prefix = *hasher.finalize().as_bytes();
-                held.offers.push(Offer {
-                    path: rel.clone(),
-                    size: meta.size,
-                    mtime: meta.mtime,
-                    offset: meta.size,
-                    prefix,
-                });
+                held.push(Offer { path: rel.clone(), size: meta.size, mtime: meta.mtime, offset: meta.size, prefix });
                 held.whole.insert(rel, prefix);
             }
         }
         held
+    }
+
+    /// True while one more offer for `path` stays within the protocol's
+    /// bounds on offers per connection (a server cuts off a client past
+    /// them).
+    fn has_room(&self, path: &WirePath) -> bool {
+        self.offers.len() < MAX_OFFERS && self.offer_bytes + Offer::body_len_for(path) <= MAX_OFFER_BYTES
+    }
+
+    fn push(&mut self, o: Offer) {
+        self.offer_bytes += o.body_len();
+        self.offers.push(o);
     }
 }
 

@@ -44,6 +44,9 @@ pub enum Error {
     Version { peer: String, ours: u16, theirs: u16 },
     #[error("the server did not admit this client: {0}")]
     NotAdmitted(String),
+    /// The server is at a connection limit (server side: answered `BUSY`).
+    #[error("{0}")]
+    Busy(String),
 
     #[error("cannot load {what}: {message}")]
     Identity { what: String, message: String },
@@ -83,9 +86,12 @@ impl Error {
             | Error::Timeout { .. }
             | Error::ConnectionLost { .. }
             | Error::Version { .. }
-            | Error::NotAdmitted(_) => Class::Connection,
+            | Error::NotAdmitted(_)
+            | Error::Busy(_) => Class::Connection,
             Error::Refused { code, .. } => match code {
-                ErrorCode::NotAdmitted | ErrorCode::Version | ErrorCode::ShuttingDown => Class::Connection,
+                ErrorCode::NotAdmitted | ErrorCode::Version | ErrorCode::ShuttingDown | ErrorCode::Busy => {
+                    Class::Connection
+                }
                 ErrorCode::Integrity => Class::Integrity,
                 ErrorCode::Protocol | ErrorCode::Io | ErrorCode::Aborted | ErrorCode::Unknown(_) => Class::Other,
                 _ => Class::Refused,
@@ -108,7 +114,7 @@ impl Error {
         match self {
             Error::Connect { .. } | Error::Timeout { .. } => true,
             Error::ConnectionLost { source, .. } => crate::tls::rustls_error(source).is_none(),
-            Error::Refused { code, .. } => *code == ErrorCode::ShuttingDown,
+            Error::Refused { code, .. } => matches!(code, ErrorCode::ShuttingDown | ErrorCode::Busy),
             _ => false,
         }
     }

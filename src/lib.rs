@@ -12,6 +12,7 @@
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
 //! - [`text`]: untrusted names and messages escaped before they are printed.
+//! - [`budget`]: one server-wide memory budget for buffered peer state.
 //! - [`auth`]: the policy file: which peer may read, write or delete where.
 //! - [`pki`]: `xfer keygen`, a local CA and the peers it signs.
 //! - [`client`]: connect and push, pull, list, remove, pipelined.
@@ -59,6 +60,7 @@
 //! ```
 
 pub mod auth;
+pub mod budget;
 pub mod beneath;
 pub mod cli;
 pub mod client;

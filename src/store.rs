@@ -562,6 +562,12 @@ impl Verified {
         }
     }
 
+    /// Writes a file still in memory to its staged, prepared, closed copy
+    /// now, so it waits for the group commit holding no memory.
+    pub fn write_out(self) -> Result<Verified> {
+        self.into_staged(None).map(Verified::Staged)
+    }
+
     /// Writes an unwritten file to a staged, prepared, closed one.
     fn into_staged(self, near: Option<Near>) -> Result<Staged> {
         match self {

@@ -66,6 +66,8 @@ pub struct Ahead {
     pub meta: Meta,
     pub data: Vec<u8>,
     pub unchanged: bool,
+    /// The share of a server's memory budget `data` uses, if any.
+    pub charge: Option<crate::budget::Charge>,
 }
 
 /// Iterator over the items below (and including) a starting point.

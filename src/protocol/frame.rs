@@ -98,6 +98,19 @@ pub struct Offer {
     pub prefix: [u8; 32],
 }
 
+impl Offer {
+    /// Length of this offer's frame body, the unit of
+    /// [`MAX_OFFER_BYTES`](super::MAX_OFFER_BYTES).
+    pub fn body_len(&self) -> usize {
+        Offer::body_len_for(&self.path)
+    }
+
+    /// Length of the body of an offer for `path`.
+    pub fn body_len_for(path: &WirePath) -> usize {
+        2 + path.as_str().len() + 8 + 12 + 8 + 32
+    }
+}
+
 /// One line of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
@@ -133,6 +146,9 @@ pub enum ErrorCode {
     /// An I/O error on the server.
     Io,
     ShuttingDown,
+    /// The server is at a connection limit (in all, or this identity's
+    /// share); retry later.
+    Busy,
     /// A code this build does not know; kept so it can be reported.
     Unknown(u16),
 }
@@ -153,12 +169,13 @@ impl ErrorCode {
             ErrorCode::Aborted => 11,
             ErrorCode::Io => 12,
             ErrorCode::ShuttingDown => 13,
+            ErrorCode::Busy => 14,
             ErrorCode::Unknown(n) => n,
         }
     }
 
     fn from_u16(n: u16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 13] = [
+        const KNOWN: [ErrorCode; 14] = [
             ErrorCode::Protocol,
             ErrorCode::Version,
             ErrorCode::NotAdmitted,
@@ -172,6 +189,7 @@ impl ErrorCode {
             ErrorCode::Aborted,
             ErrorCode::Io,
             ErrorCode::ShuttingDown,
+            ErrorCode::Busy,
         ];
         KNOWN.into_iter().find(|c| c.to_u16() == n).unwrap_or(ErrorCode::Unknown(n))
     }
@@ -255,6 +273,17 @@ impl FrameError {
     /// True when the frame carried a file header, so its payload follows.
     pub fn is_file_header(&self) -> bool {
         matches!(self, FrameError::BadPath { kind, .. } if *kind == code::FILE)
+    }
+
+    /// True when the frame was an `OFFER`, which gets no reply, not even a
+    /// refusal.
+    pub fn is_offer(&self) -> bool {
+        matches!(self, FrameError::BadPath { kind, .. } if *kind == code::OFFER)
+    }
+
+    /// True when the frame was a `PROBE`, which a `HAVE` would answer.
+    pub fn is_probe(&self) -> bool {
+        matches!(self, FrameError::BadPath { kind, .. } if *kind == code::PROBE)
     }
 }
 
@@ -642,6 +671,9 @@ mod tests {
             let (back, used) = Frame::decode(&buf).unwrap().unwrap();
             assert_eq!(back, f);
             assert_eq!(used, buf.len());
+            if let Frame::Offer(o) = &f {
+                assert_eq!(o.body_len(), buf.len() - HEADER_LEN);
+            }
             // Every strict prefix asks for more bytes rather than failing.
             for cut in 0..buf.len() {
                 assert_eq!(Frame::decode(&buf[..cut]), Ok(None), "{} cut at {cut}", f.name());

@@ -42,6 +42,12 @@ pub const MAX_DATA_LEN: usize = 1024 * 1024;
 /// Payload bytes a sender puts in one `Data` frame.
 pub const CHUNK_LEN: usize = 256 * 1024;
 
+/// Most `OFFER` frames a client may send on one connection.
+pub const MAX_OFFERS: usize = 65_536;
+
+/// Most bytes of `OFFER` bodies a client may send on one connection.
+pub const MAX_OFFER_BYTES: usize = 8 << 20;
+
 /// `FileHeader::size` of a stream whose length is not known in advance.
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
 

@@ -19,6 +19,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::gate::{Slot, Ticket};
 use super::{Live, Shared};
 use crate::auth::Perm;
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
@@ -26,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::meter::Meter;
 use crate::partial::{Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
+use crate::budget::{Budget, Charge};
 use crate::protocol::{
-    ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, Offer, Timestamp, UNKNOWN_SIZE, VERSION, WirePath,
+    ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp,
+    UNKNOWN_SIZE, VERSION, WirePath,
 };
 use crate::store::{self, GroupSize, Resume, StoreError, Verified};
 use crate::tls;
@@ -37,33 +40,48 @@ use crate::walk::Item;
 type Tls = TlsStream<TcpStream>;
 
 /// Serves one accepted TCP connection to its end; logs, never fails.
-pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>, token: CancellationToken) {
+/// `ticket` is its place among the handshakes in progress.
+pub(super) async fn serve(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+    ticket: Ticket,
+) {
     let _ = tcp.set_nodelay(true);
     let t = shared.timeouts;
     // This connection keeps the configuration current at its start, even
     // if a reload swaps it meanwhile.
     let live = shared.live();
-    let accepted = with_timeout("TLS handshake", t.handshake, async {
-        live.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
-    })
-    .await;
+    let accepted = tokio::select! {
+        r = with_timeout("TLS handshake", t.handshake, async {
+            live.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
+        }) => r,
+        // A newer connection needed the place: the oldest unfinished
+        // handshakes are the likeliest to be idle sockets of a flood.
+        _ = ticket.evicted.cancelled() => {
+            tracing::debug!(%addr, "handshake dropped to make room for newer ones");
+            return;
+        }
+    };
+    drop(ticket);
     let tls = match accepted {
         Ok(s) => s,
         Err(e) => {
-            warn!(%addr, "refused before TLS completed: {}", describe(&e));
+            preauth_warning(addr, &describe(&e));
             return;
         }
     };
     // rustls lets a client that offers no ALPN at all through; xfer wants
     // proof that the peer means to speak this protocol.
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-        warn!(%addr, "refused: the client did not negotiate the xfer/1 protocol (ALPN)");
+        preauth_warning(addr, "the client did not negotiate the xfer/1 protocol (ALPN)");
         return;
     }
     // rustls has verified the chain against the CA; only then are the
     // certificate's names trusted to identify the peer.
     let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
-    let peer = names.first().cloned().unwrap_or_else(|| "(unnamed)".to_owned());
+    let peer = names.first().map(|n| crate::text::escape(n).into_owned()).unwrap_or_else(|| "(unnamed)".to_owned());
     let span = info_span!("conn", peer = %peer, %addr);
     async move {
         info!("connected");
@@ -76,6 +94,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             live,
             names,
             token,
+            slot: None,
             files: 0,
             bytes: 0,
             stopped_mid_response: false,
@@ -83,6 +102,7 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             batch_size: GroupSize::default(),
             claims: HashMap::new(),
             offers: HashMap::new(),
+            offered: (0, 0),
         };
         let result = conn.run().await;
         let secs = started.elapsed().as_secs_f64();
@@ -93,6 +113,30 @@ pub(super) async fn serve(tcp: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
     }
     .instrument(span)
     .await
+}
+
+/// Logs why a connection was refused before its peer was known. Anyone
+/// can cause these, so they are rate-limited: at most a few lines a second,
+/// then one line counting those not logged.
+fn preauth_warning(addr: SocketAddr, why: &str) {
+    use std::sync::Mutex;
+    use std::time::Duration;
+    const PER_SECOND: u32 = 10;
+    static WINDOW: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let (start, logged, dropped) = w.get_or_insert((Instant::now(), 0, 0));
+    if start.elapsed() >= Duration::from_secs(1) {
+        if *dropped > 0 {
+            warn!("{dropped} more connections refused before TLS completed were not logged (rate limit)");
+        }
+        (*start, *logged, *dropped) = (Instant::now(), 0, 0);
+    }
+    if *logged < PER_SECOND {
+        *logged += 1;
+        warn!(%addr, "refused before TLS completed: {why}");
+    } else {
+        *dropped += 1;
+    }
 }
 
 /// An error as one log line, with TLS failures explained.
@@ -116,6 +160,9 @@ struct Conn {
     names: Vec<String>,
     /// Cancelled when the server shuts down; checked between files.
     token: CancellationToken,
+    /// This session's place among those served (`--max-conns`, and its
+    /// identity's share); taken after admission, held to the end.
+    slot: Option<Slot>,
     /// Files received or sent, and their payload bytes, for the close log.
     files: u64,
     bytes: u64,
@@ -128,13 +175,15 @@ struct Conn {
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
     claims: HashMap<WirePath, Partial>,
-    /// What the client holds, for the files of its next `Get`s.
-    offers: HashMap<WirePath, Offer>,
+    /// What the client holds, for the files of its next `Get`s, each with
+    /// its share of the server's memory budget.
+    offers: HashMap<WirePath, (transfer::Held, Charge)>,
+    /// `OFFER` frames and bytes received, bounded by the protocol.
+    offered: (usize, usize),
 }
 
-/// Offers beyond this many per connection are ignored (the files are sent
-/// whole), so a client cannot make the server hold unbounded memory.
-const MAX_OFFERS: usize = 65_536;
+/// Memory an offer holds besides its path (map entry, sizes, hash).
+const OFFER_OVERHEAD: usize = 160;
 
 /// Probes answered together at most (one blocking call for all).
 const MAX_PROBES: usize = 1024;
@@ -157,6 +206,8 @@ struct Pending {
     size: u64,
     blake3: [u8; 32],
     started: Instant,
+    /// The memory budget a file held in memory uses until its commit.
+    charge: Option<Charge>,
 }
 
 /// Payloads longer than this are not received while replies wait.
@@ -181,6 +232,7 @@ impl Conn {
             Err(e @ (Error::Protocol { .. } | Error::Frame { .. })) => Some((ErrorCode::Protocol, e.to_string())),
             Err(Error::Version { .. }) => Some((ErrorCode::Version, result.as_ref().unwrap_err().to_string())),
             Err(Error::NotAdmitted(m)) => Some((ErrorCode::NotAdmitted, m.clone())),
+            Err(Error::Busy(m)) => Some((ErrorCode::Busy, m.clone())),
             Err(_) => None,
         };
         let within = self.shared.timeouts.shutdown;
@@ -208,12 +260,15 @@ impl Conn {
             return Err(Error::Version { peer: self.r.peer().to_owned(), ours: VERSION, theirs: version });
         }
         if !admitted(&self.shared.allow, names) {
+            // The allow list is the server's business: the peer learns
+            // only that it is not on it.
+            warn!("refused: not on the --allow list");
             return Err(Error::NotAdmitted(format!(
-                "certificate {} is not in this server's --allow list ({})",
-                names.first().map(String::as_str).unwrap_or("(unnamed)"),
-                self.shared.allow.join(", ")
+                "certificate '{}' is not allowed on this server",
+                crate::text::escape(names.first().map(String::as_str).unwrap_or("(unnamed)"))
             )));
         }
+        self.take_slot().await?;
         let mut first = true;
         loop {
             // Received files are committed in groups and replies batched;
@@ -266,6 +321,30 @@ impl Conn {
         }
     }
 
+    /// Takes a session slot, waiting (up to the header timeout) when the
+    /// server or this identity is at its limit; the preamble goes out
+    /// first so the client knows it is being served, not stalled.
+    async fn take_slot(&mut self) -> Result<()> {
+        let peer = self.names.first().cloned().unwrap_or_default();
+        let slots = self.shared.slots.clone();
+        let slot = match slots.try_acquire(&peer) {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.w.flush().await?;
+                match slots.acquire(&peer, self.shared.timeouts.header).await {
+                    Ok(slot) => slot,
+                    Err(busy) => {
+                        let message = busy.message(&crate::text::escape(&peer));
+                        warn!("refused: {message}");
+                        return Err(Error::Busy(message));
+                    }
+                }
+            }
+        };
+        self.slot = Some(slot);
+        Ok(())
+    }
+
     async fn read_request(&mut self, first: bool) -> Result<Option<Frame>> {
         if first {
             self.r.read_frame_within("request header", self.shared.timeouts.header).await
@@ -278,12 +357,7 @@ impl Conn {
         match frame {
             Frame::File(h) => self.put(h).await,
             Frame::Probe { path, size, mtime } => self.probe(path, size, mtime).await,
-            Frame::Offer(o) => {
-                if self.offers.len() < MAX_OFFERS || self.offers.contains_key(&o.path) {
-                    self.offers.insert(o.path.clone(), o);
-                }
-                Ok(())
-            }
+            Frame::Offer(o) => self.offer(o),
             Frame::Dir { path, .. } => {
                 let root = self.shared.root.clone();
                 let p = path.clone();
@@ -309,6 +383,27 @@ impl Conn {
             }
             other => Err(Error::protocol(self.r.peer(), format!("unexpected {} frame between requests", other.name()))),
         }
+    }
+
+    /// Keeps what a pulling client holds, within the protocol's bounds (a
+    /// client past them is cut off: it broke the protocol) and the server's
+    /// memory budget (past it, offers are ignored and those files are sent
+    /// whole, which the protocol allows).
+    fn offer(&mut self, o: Offer) -> Result<()> {
+        self.offered.0 += 1;
+        self.offered.1 += o.body_len();
+        if self.offered.0 > MAX_OFFERS || self.offered.1 > MAX_OFFER_BYTES {
+            return Err(Error::protocol(
+                self.r.peer(),
+                format!("more than {MAX_OFFERS} OFFERs or {MAX_OFFER_BYTES} bytes of them on one connection"),
+            ));
+        }
+        let Some(charge) = self.shared.budget.try_charge(o.path.as_str().len() + OFFER_OVERHEAD) else {
+            return Ok(());
+        };
+        let have = Have { offset: o.offset, prefix: o.prefix, complete: None };
+        self.offers.insert(o.path, (transfer::Held { size: o.size, mtime: o.mtime, have }, charge));
+        Ok(())
     }
 
     /// True when a file awaiting its group commit would be installed at
@@ -502,10 +597,18 @@ impl Conn {
         }
         match transfer::receive_deferred(&mut self.r, &h, target, max, &Meter::off(), prefix).await? {
             (FileOutcome::Ok(got), Some(staged)) => {
+                let (staged, charge) = match hold(self.shared.budget.clone(), staged).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        warn!(path = %h.path, "push failed: {}", e.message);
+                        self.commit_batch().await?;
+                        return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
+                    }
+                };
                 // Verified; it joins the group that is made durable and
                 // installed together, then answered.
                 self.batch_size.add(&staged, got.bytes);
-                self.batch.push(Reply::File(Pending { staged, size: got.size, blake3: got.blake3, started }));
+                self.batch.push(Reply::File(Pending { staged, size: got.size, blake3: got.blake3, started, charge }));
                 // A group is committed when full, and always before the
                 // server waits for the client.
                 if self.batch_size.full() {
@@ -542,10 +645,12 @@ impl Conn {
         }
         let mut staged = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
+        let mut charges = Vec::new();
         for reply in std::mem::take(&mut self.batch) {
             match reply {
                 Reply::File(p) => {
                     staged.push(p.staged);
+                    charges.extend(p.charge);
                     replies.push(Ok((p.size, p.blake3, p.started)));
                 }
                 Reply::Ready(frame) => replies.push(Err(frame)),
@@ -553,6 +658,7 @@ impl Conn {
         }
         self.batch_size = GroupSize::default();
         let mut results = blocking(move || store::commit_group(staged)).await.into_iter();
+        drop(charges); // the memory they cover is free now
         for reply in replies {
             let (size, blake3, started) = match reply {
                 Ok(facts) => facts,
@@ -587,7 +693,7 @@ impl Conn {
             Ok(w) => w,
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
-        let mut items = transfer::spawn_walk(walk);
+        let mut items = transfer::spawn_walk(walk, self.shared.budget.clone());
         let mut first = true;
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
             // The first item of a GET for one file is that file.
@@ -606,11 +712,7 @@ impl Conn {
                     let started = Instant::now();
                     // A copy the client holds, whole or in part: send the
                     // rest (nothing, if it is whole and identical).
-                    let held = self.offers.get(&rel).map(|o| transfer::Held {
-                        size: o.size,
-                        mtime: o.mtime,
-                        have: Have { offset: o.offset, prefix: o.prefix, complete: None },
-                    });
+                    let held = self.offers.get(&rel).map(|(held, _)| held.clone());
                     let w = &mut self.w;
                     match transfer::send_file(w, &rel, &dir, &name, &Meter::off(), held.as_ref(), ahead).await? {
                         SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size - s.offset, &s.blake3, started),
@@ -689,6 +791,19 @@ impl Conn {
             blake3 = %transfer::hex(blake3),
             "{what}"
         );
+    }
+}
+
+/// A small verified file stays in memory until its group commit only while
+/// the server's memory budget allows; past it, it is written out now and
+/// waits on disk, holding no memory.
+async fn hold(budget: Budget, v: Verified) -> std::result::Result<(Verified, Option<Charge>), StoreError> {
+    match v.in_memory() {
+        0 => Ok((v, None)),
+        n => match budget.try_charge(n) {
+            Some(charge) => Ok((v, Some(charge))),
+            None => blocking(move || v.write_out()).await.map(|v| (v, None)),
+        },
     }
 }
 

@@ -7,6 +7,7 @@
 //! is on, and the [`TaskTracker`] is awaited under the grace period; files
 //! still unfinished after that are dropped from staging, never installed.
 
+mod gate;
 mod handler;
 
 use std::future::Future;
@@ -16,13 +17,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use self::gate::{Handshakes, Slots};
 use crate::auth::Policy;
+use crate::budget::Budget;
 use crate::connection::Timeouts;
 use crate::error::{Error, Result};
 use crate::store::Root;
@@ -30,6 +32,11 @@ use crate::tls::{Identity, IdentityPaths};
 
 /// Default most connections served at once.
 pub const MAX_CONNS: usize = 256;
+/// Default most connections served at once for one identity.
+pub const MAX_CONNS_PER_PEER: usize = 16;
+pub use gate::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS};
+/// Default deadline for a client's TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time in-flight transfers get to finish after SIGINT/SIGTERM.
 pub const GRACE: Duration = Duration::from_secs(10);
 
@@ -49,6 +56,11 @@ pub struct ServeConfig {
     pub identity: IdentityPaths,
     pub timeouts: Timeouts,
     pub max_conns: usize,
+    /// Sessions one identity may hold at once.
+    pub max_conns_per_peer: usize,
+    /// Bytes of peer state (held small files, offers, read-ahead) the
+    /// whole server may buffer.
+    pub max_memory: usize,
     pub grace: Duration,
     /// Partial copies nobody resumed for this long are deleted.
     pub partial_ttl: Duration,
@@ -65,8 +77,11 @@ impl ServeConfig {
             policy: None,
             max_size: None,
             identity,
-            timeouts: Timeouts::default(),
+            // Unauthenticated peers hold a handshake place this long at most.
+            timeouts: Timeouts { handshake: HANDSHAKE_TIMEOUT, ..Timeouts::default() },
             max_conns: MAX_CONNS,
+            max_conns_per_peer: MAX_CONNS_PER_PEER,
+            max_memory: crate::budget::DEFAULT,
             grace: GRACE,
             partial_ttl: crate::partial::DEFAULT_TTL,
         }
@@ -86,6 +101,10 @@ struct Shared {
     read_only: bool,
     max_size: Option<u64>,
     timeouts: Timeouts,
+    /// Sessions being served, in all and per identity.
+    slots: Arc<Slots>,
+    /// Memory for buffered peer state, shared by every connection.
+    budget: Budget,
 }
 
 /// The reloadable part of the configuration.
@@ -127,7 +146,6 @@ impl Reloader {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    max_conns: usize,
     grace: Duration,
     partial_ttl: Duration,
 }
@@ -150,11 +168,12 @@ impl Server {
             read_only: cfg.read_only,
             max_size: cfg.max_size,
             timeouts: cfg.timeouts,
+            slots: Slots::new(cfg.max_conns, cfg.max_conns_per_peer),
+            budget: Budget::new(cfg.max_memory),
         };
         Ok(Server {
             listener,
             shared: Arc::new(shared),
-            max_conns: cfg.max_conns.max(1),
             grace: cfg.grace,
             partial_ttl: cfg.partial_ttl,
         })
@@ -179,16 +198,13 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(self.max_conns));
+        let handshakes = Handshakes::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS);
         let expiry = tokio::spawn(expire_partials(self.shared.root.clone(), self.partial_ttl));
         tokio::pin!(shutdown);
         loop {
-            // Wait for a free slot first, so a flood of connections queues
-            // in the kernel's backlog instead of in our memory.
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
+            // Every connection is accepted at once and its handshake bounded
+            // by the gate, which drops the oldest unfinished handshakes when
+            // full: idle sockets cannot queue real clients out.
             let (tcp, addr) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = self.listener.accept() => match r {
@@ -201,12 +217,13 @@ impl Server {
                     }
                 },
             };
+            let (ticket, evicted) = handshakes.enter(addr.ip());
+            if evicted > 0 {
+                tracing::debug!(%addr, "too many handshakes in progress: dropped the oldest");
+            }
             let shared = self.shared.clone();
             let token = token.child_token();
-            tracker.spawn(async move {
-                handler::serve(tcp, addr, shared, token).await;
-                drop(permit);
-            });
+            tracker.spawn(handler::serve(tcp, addr, shared, token, ticket));
         }
         drop(self.listener);
         expiry.abort();

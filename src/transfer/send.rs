@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::beneath::DirFd;
+use crate::budget::Budget;
 use crate::connection::FrameWriter;
 use crate::error::Result;
 use crate::meter::Meter;
@@ -71,15 +72,24 @@ const AHEAD_MAX: u64 = 16 * 1024;
 /// Runs a walk on a blocking thread and streams its items, so directory
 /// reads (and reads of small files) overlap with the network and memory
 /// stays bounded.
-pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static) -> mpsc::Receiver<Item> {
+///
+/// Read-ahead draws on `budget` (a server's, shared by all its connections):
+/// when that is spent, files are read when their turn comes instead.
+pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static, budget: Budget) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
         for mut item in items {
             if let Item::File { dir, name, meta, ahead, .. } = &mut item {
-                if meta.size > 0 && meta.size <= AHEAD_MAX {
+                let charge = (meta.size > 0 && meta.size <= AHEAD_MAX)
+                    .then(|| budget.try_charge(meta.size as usize))
+                    .flatten();
+                if let Some(charge) = charge {
                     // On any error the sender opens the file itself and
                     // reports what it finds.
-                    *ahead = open(dir, name, true).ok().and_then(|(_, _, a)| a).map(Box::new);
+                    *ahead = open(dir, name, true).ok().and_then(|(_, _, a)| a).map(|mut a| {
+                        a.charge = Some(charge);
+                        Box::new(a)
+                    });
                 }
             }
             if tx.blocking_send(item).is_err() {
@@ -388,7 +398,7 @@ fn open(dir: &DirFd, name: &OsStr, whole: bool) -> std::io::Result<(File, Meta, 
         return Ok((f, meta, None));
     }
     let unchanged = same_version(&f, meta)?;
-    Ok((f, meta, Some(Ahead { meta, data, unchanged })))
+    Ok((f, meta, Some(Ahead { meta, data, unchanged, charge: None })))
 }
 
 /// A chunk of a file read on a blocking thread, with the file and the

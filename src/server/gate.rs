@@ -1,0 +1,312 @@
+//! Admission: how many connections the server holds, and for whom.
+//!
+//! Before the handshake nobody is known, so nothing a connection does then
+//! may cost a real client its turn: handshakes in progress are bounded on
+//! their own ([`Handshakes`]), per source address and in all, and when a
+//! bound is reached the *oldest* handshake in progress is dropped, not the
+//! newcomer. A flood of idle sockets therefore churns through the flood's
+//! own slots, while a real client, whose handshake takes a few round trips,
+//! gets through. After the handshake the peer is known: [`Slots`] bounds the
+//! sessions being served (`--max-conns`) and each identity's share of them
+//! (`--max-conns-per-peer`), so one certificate cannot take every slot.
+//! A session over a bound waits a little for a slot, then is told the
+//! server is busy (a failure clients retry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Handshakes in progress at most, from all addresses.
+pub const MAX_HANDSHAKES: usize = 512;
+/// Handshakes in progress at most from one source address.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
+/// The handshakes in progress, oldest first.
+pub(super) struct Handshakes {
+    state: Mutex<Pending>,
+    max: usize,
+    per_address: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    /// By arrival order: the first entry is the oldest.
+    order: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// A handshake's place among those in progress; leaving it (drop) frees
+/// the place. `evicted` fires when a newer connection took it.
+pub(super) struct Ticket {
+    gate: Arc<Handshakes>,
+    id: u64,
+    pub evicted: CancellationToken,
+}
+
+impl Handshakes {
+    pub fn new(max: usize, per_address: usize) -> Arc<Handshakes> {
+        Arc::new(Handshakes { state: Mutex::default(), max: max.max(1), per_address: per_address.max(1) })
+    }
+
+    /// Admits a new handshake from `ip`, evicting the oldest one from the
+    /// same address (or, when all places are taken, the oldest of all) to
+    /// make room. Returns how many were evicted.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> (Ticket, usize) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = 0;
+        if st.per_address.get(&ip).copied().unwrap_or(0) >= self.per_address {
+            let oldest = st.order.iter().find(|(_, (a, _))| *a == ip).map(|(id, _)| *id);
+            evicted += oldest.map_or(0, |id| st.evict(id));
+        }
+        if st.order.len() >= self.max {
+            let oldest = st.order.keys().next().copied();
+            evicted += oldest.map_or(0, |id| st.evict(id));
+        }
+        let id = st.next;
+        st.next += 1;
+        let token = CancellationToken::new();
+        st.order.insert(id, (ip, token.clone()));
+        *st.per_address.entry(ip).or_default() += 1;
+        (Ticket { gate: self.clone(), id, evicted: token }, evicted)
+    }
+
+    /// Handshakes in progress now.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).order.len()
+    }
+}
+
+impl Pending {
+    /// Removes entry `id` (if still there) and tells its task; 1 if it was.
+    fn evict(&mut self, id: u64) -> usize {
+        match self.remove(id) {
+            Some(token) => {
+                token.cancel();
+                1
+            }
+            None => 0,
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<CancellationToken> {
+        let (ip, token) = self.order.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+        Some(token)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.state.lock().unwrap_or_else(|e| e.into_inner()).remove(self.id);
+    }
+}
+
+/// Why a session was not given a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Busy {
+    /// Every `--max-conns` slot is taken.
+    Server(usize),
+    /// This identity holds `--max-conns-per-peer` sessions already.
+    Peer(usize),
+}
+
+impl Busy {
+    pub fn message(&self, peer: &str) -> String {
+        match self {
+            Busy::Server(n) => format!("the server is serving its maximum of {n} connections; try again later"),
+            Busy::Peer(n) => format!(
+                "'{peer}' already has {n} connections open to this server (its --max-conns-per-peer); \
+                 try again when one has finished"
+            ),
+        }
+    }
+}
+
+/// Sessions being served, in all and per identity.
+pub(super) struct Slots {
+    global: Arc<Semaphore>,
+    max: usize,
+    per_peer: usize,
+    peers: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Sessions waiting for a slot, bounded so waiting costs little too.
+    waiting: AtomicUsize,
+}
+
+/// A session's slot; dropping it frees the slot.
+pub(super) struct Slot {
+    slots: Arc<Slots>,
+    peer: String,
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl Slots {
+    pub fn new(max: usize, per_peer: usize) -> Arc<Slots> {
+        let (max, per_peer) = (max.max(1), per_peer.max(1));
+        Arc::new(Slots {
+            global: Arc::new(Semaphore::new(max)),
+            max,
+            per_peer,
+            peers: Mutex::default(),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    /// A slot for `peer` now, if one is free.
+    pub fn try_acquire(self: &Arc<Self>, peer: &str) -> Result<Slot, Busy> {
+        let got = {
+            let mine = self.peer_semaphore(peer);
+            match mine.try_acquire_owned() {
+                Err(_) => Err(Busy::Peer(self.per_peer)),
+                Ok(p) => match self.global.clone().try_acquire_owned() {
+                    Err(_) => Err(Busy::Server(self.max)),
+                    Ok(g) => Ok((p, g)),
+                },
+            }
+        };
+        self.slot_or_forget(peer, got)
+    }
+
+    /// A slot for `peer`, waiting up to `within` for one. At most as many
+    /// sessions wait as can be served, and a peer's waiters are bounded by
+    /// four times its share.
+    pub async fn acquire(self: &Arc<Self>, peer: &str, within: Duration) -> Result<Slot, Busy> {
+        let first = match self.try_acquire(peer) {
+            Ok(slot) => return Ok(slot),
+            Err(busy) => busy,
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(first);
+        }
+        let _waiting = Waiting(&self.waiting);
+        let deadline = (Instant::now() + within).into();
+        let got = async {
+            let mine = self.peer_semaphore(peer);
+            let p = match tokio::time::timeout_at(deadline, mine.acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(Busy::Peer(self.per_peer)),
+            };
+            match tokio::time::timeout_at(deadline, self.global.clone().acquire_owned()).await {
+                Ok(Ok(g)) => Ok((p, g)),
+                _ => Err(Busy::Server(self.max)),
+            }
+        }
+        .await;
+        self.slot_or_forget(peer, got)
+    }
+
+    fn slot_or_forget(
+        self: &Arc<Self>,
+        peer: &str,
+        got: Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Busy>,
+    ) -> Result<Slot, Busy> {
+        match got {
+            Ok(permits) => Ok(Slot { slots: self.clone(), peer: peer.to_owned(), permits: Some(permits) }),
+            Err(busy) => {
+                self.forget_if_idle(peer);
+                Err(busy)
+            }
+        }
+    }
+
+    fn peer_semaphore(&self, peer: &str) -> Arc<Semaphore> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.entry(peer.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_peer))).clone()
+    }
+
+    /// Forgets identities nobody holds or waits for, so the map stays as
+    /// small as the set of peers connected now.
+    fn forget_if_idle(&self, peer: &str) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.get(peer).is_some_and(|s| Arc::strong_count(s) == 1) {
+            peers.remove(peer);
+        }
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permits.take());
+        self.slots.forget_if_idle(&self.peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_handshake_of_an_address_makes_room_for_a_new_one() {
+        let gate = Handshakes::new(8, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let (t1, _) = gate.enter(a);
+        let (t2, _) = gate.enter(a);
+        let (tb, _) = gate.enter(b);
+        let (t3, evicted) = gate.enter(a);
+        assert_eq!(evicted, 1);
+        assert!(t1.evicted.is_cancelled() && !t2.evicted.is_cancelled() && !tb.evicted.is_cancelled());
+        assert_eq!(gate.len(), 3);
+        drop((t1, t2, t3));
+        assert_eq!(gate.len(), 1);
+    }
+
+    #[test]
+    fn when_all_places_are_taken_the_oldest_of_all_goes() {
+        let gate = Handshakes::new(2, 2);
+        let ips: Vec<IpAddr> = (1..=3).map(|i| format!("127.0.0.{i}").parse().unwrap()).collect();
+        let tickets: Vec<Ticket> = ips.iter().map(|ip| gate.enter(*ip).0).collect();
+        assert!(tickets[0].evicted.is_cancelled());
+        assert!(!tickets[1].evicted.is_cancelled() && !tickets[2].evicted.is_cancelled());
+        assert_eq!(gate.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_gets_its_share_then_waits_then_is_told_busy() {
+        let slots = Slots::new(4, 2);
+        let a1 = slots.try_acquire("a").unwrap();
+        let _a2 = slots.try_acquire("a").unwrap();
+        assert_eq!(slots.try_acquire("a").err(), Some(Busy::Peer(2)));
+        let _b = slots.try_acquire("b").unwrap();
+        // A waiter gets the slot its peer frees.
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire("a", Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a1);
+        let _a3 = waiter.await.unwrap().unwrap();
+        assert_eq!(slots.acquire("a", Duration::from_millis(10)).await.err(), Some(Busy::Peer(2)));
+    }
+
+    #[test]
+    fn the_server_limit_holds_across_peers_and_idle_peers_are_forgotten() {
+        let slots = Slots::new(2, 2);
+        let x = slots.try_acquire("x").unwrap();
+        let _y = slots.try_acquire("y").unwrap();
+        assert_eq!(slots.try_acquire("z").err(), Some(Busy::Server(2)));
+        drop(x);
+        assert!(!slots.peers.lock().unwrap().contains_key("x"));
+        assert!(!slots.peers.lock().unwrap().contains_key("z"));
+    }
+}
