@@ -97,7 +97,6 @@ pub struct Client {
 /// hide a long round trip, few enough to bound memory.
 const PROBE_AHEAD: usize = 1024;
 
-
 /// The sources of a push, checked before connecting: each exists, can be
 /// read, and has a name to give it on the server. Files and folders are
 /// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.

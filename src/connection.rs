@@ -67,11 +67,29 @@ pub struct FrameReader<R> {
     peer: String,
     /// Longest wait for any single read once a transfer is under way.
     idle: Duration,
+    /// The peer closed its side; every later read returns end of stream.
+    eof: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, peer: impl Into<String>, idle: Duration) -> Self {
-        FrameReader { io, buf: BytesMut::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle }
+        FrameReader { io, buf: BytesMut::with_capacity(2 * FLUSH_AT), peer: peer.into(), idle, eof: false }
+    }
+
+    /// Completes when the peer closes the stream or the connection fails,
+    /// reading ahead meanwhile (while fewer than `limit` bytes are
+    /// buffered; past that it just waits). Lets work done for the peer be
+    /// stopped once nobody waits for it. Nothing read is lost: later reads
+    /// see the buffered frames, then the end of the stream.
+    pub async fn closed(&mut self, limit: usize) {
+        while !self.eof {
+            if self.buf.len() >= limit {
+                return std::future::pending().await;
+            }
+            if !matches!(self.fill().await, Ok(n) if n > 0) {
+                return;
+            }
+        }
     }
 
     /// Reads the peer's preamble and returns its protocol version.
@@ -147,6 +165,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     async fn fill(&mut self) -> Result<usize> {
+        if self.eof {
+            return Ok(0);
+        }
         if self.buf.is_empty() {
             // Room for a whole payload frame from the start of the buffer
             // (free when the buffer is empty), so it never has to move.
@@ -162,7 +183,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Some(left) => (&mut self.io).take(left as u64).read_buf(&mut self.buf).await,
             None => self.io.read_buf(&mut self.buf).await,
         };
-        r.map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })
+        let n = r.map_err(|source| Error::ConnectionLost { peer: self.peer.clone(), source })?;
+        self.eof = n == 0;
+        Ok(n)
     }
 
     /// Bytes still missing of the frame at the front of the buffer, when

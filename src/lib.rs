@@ -9,6 +9,7 @@
 //! - [`store`]: the only code that maps wire paths to files; atomic installs.
 //! - [`beneath`]: race-free file access below an open folder, links refused.
 //! - [`direct`]: direct I/O (no page-cache copy) for large received files.
+//! - [`hashes`]: BLAKE3 of files already held, cached per version, bounded per peer.
 //! - [`walk`]: streaming walks of local trees for senders.
 //! - [`tls`]: identities, rustls configs, peer names, readable TLS errors.
 //! - [`text`]: untrusted names and messages escaped before they are printed.
@@ -60,13 +61,14 @@
 //! ```
 
 pub mod auth;
-pub mod budget;
 pub mod beneath;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod direct;
 pub mod error;
+pub mod hashes;
 pub mod meter;
 pub mod partial;
 pub mod pki;

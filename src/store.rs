@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::beneath::{DirFd, Entry, Kind};
 use crate::direct;
+use crate::hashes::{Hashes, Work};
 use crate::partial::{self, Partial, PartialId};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
@@ -88,6 +89,8 @@ pub struct Root {
     /// Where temporary files go: the server's staging folder, or `None` for
     /// a hidden temporary file beside each target (client downloads).
     staging: Option<DirFd>,
+    /// Hashes of files under the root, computed once per version.
+    hashes: std::sync::Arc<Hashes>,
 }
 
 impl Root {
@@ -106,16 +109,16 @@ impl Root {
     }
 
     /// The BLAKE3 of the regular file `p`, if it exists with exactly
-    /// `size` bytes. Blocking: reads the whole file.
-    pub fn hash_if_size(&self, p: &WirePath, size: u64) -> Option<[u8; 32]> {
+    /// `size` bytes: remembered from an earlier call for the same version of
+    /// the file, or read within `work`'s allowance (see [`crate::hashes`]).
+    /// Blocking.
+    pub fn hash_if_size(&self, p: &WirePath, size: u64, work: &Work) -> Option<[u8; 32]> {
         let found = self.find(p, false).ok()?;
         if found.entry.kind != Kind::File || found.entry.meta.size != size {
             return None;
         }
-        let mut f = found.parent.open_file(OsStr::new(found.name.as_deref()?)).ok()?;
-        let mut hasher = blake3::Hasher::new();
-        let n = io::copy(&mut f, &mut hasher).ok()?;
-        (n == size).then(|| *hasher.finalize().as_bytes())
+        let f = found.parent.open_file(OsStr::new(found.name.as_deref()?)).ok()?;
+        self.hashes.of_file(&f, size, work)
     }
 }
 
@@ -145,7 +148,7 @@ impl Root {
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
         let path = dir.canonicalize()?;
-        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None })
+        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None, hashes: Default::default() })
     }
 
     /// The root folder's path.

@@ -6,6 +6,7 @@ mod support;
 mod ci_recipe;
 mod codec_props;
 mod keygen;
+mod limits;
 mod load;
 mod paths;
 mod policy;

@@ -22,15 +22,16 @@ use tracing::{Instrument, info, info_span, warn};
 use super::gate::{Slot, Ticket};
 use super::{Live, Shared};
 use crate::auth::Perm;
+use crate::budget::{Budget, Charge};
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
+use crate::hashes::{HASH_ALLOWANCE, Work};
 use crate::meter::Meter;
 use crate::partial::{Partial, PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
-use crate::budget::{Budget, Charge};
 use crate::protocol::{
-    ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp,
-    UNKNOWN_SIZE, VERSION, WirePath,
+    ALPN, ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, UNKNOWN_SIZE,
+    VERSION, WirePath,
 };
 use crate::store::{self, GroupSize, Resume, StoreError, Verified};
 use crate::tls;
@@ -87,6 +88,7 @@ pub(super) async fn serve(
         info!("connected");
         let started = Instant::now();
         let (rd, wr) = tokio::io::split(tls);
+        let work = Arc::new(Work::new(HASH_ALLOWANCE));
         let mut conn = Conn {
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
@@ -95,6 +97,8 @@ pub(super) async fn serve(
             names,
             token,
             slot: None,
+            work: work.clone(),
+            _work_guard: CancelOnDrop(work),
             files: 0,
             bytes: 0,
             stopped_mid_response: false,
@@ -163,6 +167,10 @@ struct Conn {
     /// This session's place among those served (`--max-conns`, and its
     /// identity's share); taken after admission, held to the end.
     slot: Option<Slot>,
+    /// The file hashing this connection may still cause; cancelled (by
+    /// the guard) when the connection ends, even mid-hash.
+    work: Arc<Work>,
+    _work_guard: CancelOnDrop,
     /// Files received or sent, and their payload bytes, for the close log.
     files: u64,
     bytes: u64,
@@ -184,6 +192,10 @@ struct Conn {
 
 /// Memory an offer holds besides its path (map entry, sizes, hash).
 const OFFER_OVERHEAD: usize = 160;
+
+/// Bytes read ahead, while probes are answered, to notice a client that
+/// has left.
+const WATCH_AHEAD: usize = 64 * 1024;
 
 /// Probes answered together at most (one blocking call for all).
 const MAX_PROBES: usize = 1024;
@@ -456,20 +468,28 @@ impl Conn {
             let id = PartialId::new(&peer, &path, size, mtime);
             asks.push((path, size, id, allowed, readable));
         }
-        let root = self.shared.root.clone();
-        let answers = blocking(move || {
+        let (root, work) = (self.shared.root.clone(), self.work.clone());
+        let task = blocking(move || {
             asks.into_iter()
                 .map(|(path, size, id, allowed, readable)| {
                     let found = allowed.map(|()| {
-                        let complete = if readable { root.hash_if_size(&path, size) } else { None };
+                        let complete = if readable { root.hash_if_size(&path, size, &work) } else { None };
                         let partial = if size >= RESUMABLE_MIN { root.claim_partial(&id).ok().flatten() } else { None };
                         (complete, partial)
                     });
                     (path, found)
                 })
                 .collect::<Vec<_>>()
-        })
-        .await;
+        });
+        tokio::pin!(task);
+        let answers = tokio::select! {
+            answers = &mut task => answers,
+            // Hashing for a client that has gone is wasted: stop it.
+            () = self.r.closed(WATCH_AHEAD) => {
+                self.work.cancel();
+                task.await
+            }
+        };
         for (path, found) in answers {
             let frame = match found {
                 Err(e) => {
@@ -791,6 +811,15 @@ impl Conn {
             blake3 = %transfer::hex(blake3),
             "{what}"
         );
+    }
+}
+
+/// Cancels a connection's hashing when the connection ends.
+struct CancelOnDrop(Arc<Work>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 

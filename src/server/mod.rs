@@ -171,12 +171,7 @@ impl Server {
             slots: Slots::new(cfg.max_conns, cfg.max_conns_per_peer),
             budget: Budget::new(cfg.max_memory),
         };
-        Ok(Server {
-            listener,
-            shared: Arc::new(shared),
-            grace: cfg.grace,
-            partial_ttl: cfg.partial_ttl,
-        })
+        Ok(Server { listener, shared: Arc::new(shared), grace: cfg.grace, partial_ttl: cfg.partial_ttl })
     }
 
     /// The address actually bound (the real port when asked for port 0).

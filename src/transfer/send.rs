@@ -80,9 +80,8 @@ pub fn spawn_walk(items: impl Iterator<Item = Item> + Send + 'static, budget: Bu
     tokio::task::spawn_blocking(move || {
         for mut item in items {
             if let Item::File { dir, name, meta, ahead, .. } = &mut item {
-                let charge = (meta.size > 0 && meta.size <= AHEAD_MAX)
-                    .then(|| budget.try_charge(meta.size as usize))
-                    .flatten();
+                let charge =
+                    (meta.size > 0 && meta.size <= AHEAD_MAX).then(|| budget.try_charge(meta.size as usize)).flatten();
                 if let Some(charge) = charge {
                     // On any error the sender opens the file itself and
                     // reports what it finds.
