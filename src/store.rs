@@ -334,8 +334,10 @@ impl Root {
         walk.map_err(|e| StoreError::io(p, e))
     }
 
-    fn check_reserved(&self, p: &WirePath) -> Result<()> {
-        if p.components().next() == Some(STAGING_DIR) {
+    /// Refuses paths in the staging area. Compared without case: on a
+    /// case-insensitive filesystem `.XFER/partial` is the same folder.
+    pub fn check_reserved(&self, p: &WirePath) -> Result<()> {
+        if p.components().next().is_some_and(|c| c.eq_ignore_ascii_case(STAGING_DIR)) {
             return Err(StoreError::new(
                 ErrorCode::Denied,
                 format!("{p}: '{STAGING_DIR}' is reserved for xfer's staging area"),

@@ -108,7 +108,8 @@ impl Walk {
     /// server's staging area).
     pub fn contents(dir: DirFd, hide: Option<&str>) -> std::io::Result<Walk> {
         let mut names = dir.names()?;
-        names.retain(|n| hide.is_none_or(|h| n != h));
+        // Compared without case, like the reservation it serves.
+        names.retain(|n| hide.is_none_or(|h| !n.to_str().is_some_and(|n| n.eq_ignore_ascii_case(h))));
         Ok(Walk { first: None, stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }] })
     }
 }

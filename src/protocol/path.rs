@@ -24,6 +24,8 @@ pub enum PathError {
     Nul,
     #[error("backslashes are not allowed")]
     Backslash,
+    #[error("control characters are not allowed")]
+    Control,
     #[error("a component is longer than {MAX_COMPONENT_LEN} bytes")]
     ComponentTooLong,
     #[error("the path is longer than {MAX_PATH_LEN} bytes")]
@@ -85,7 +87,7 @@ impl WirePath {
     pub fn lossy(s: &str) -> WirePath {
         let mut out = WirePath::root();
         for c in s.split('/').filter(|c| !matches!(*c, "" | "." | "..")) {
-            let mut c: String = c.chars().map(|ch| if ch == '\0' || ch == '\\' { '_' } else { ch }).collect();
+            let mut c: String = c.chars().map(|ch| if ch == '\\' || ch.is_control() { '_' } else { ch }).collect();
             while c.len() > MAX_COMPONENT_LEN {
                 c.pop();
             }
@@ -154,6 +156,9 @@ fn check_component(c: &str) -> Result<(), PathError> {
         _ if c.len() > MAX_COMPONENT_LEN => Err(PathError::ComponentTooLong),
         _ if c.contains('\0') => Err(PathError::Nul),
         _ if c.contains('\\') => Err(PathError::Backslash),
+        // C0 and C1 controls and DEL: a name a terminal or log would act
+        // on (escape sequences, forged lines) is no name to store.
+        _ if c.chars().any(char::is_control) => Err(PathError::Control),
         _ if c.contains('/') => Err(PathError::EmptyComponent),
         _ => Ok(()),
     }
@@ -190,6 +195,11 @@ mod tests {
             ("a/", PathError::EmptyComponent),
             ("a\0b", PathError::Nul),
             ("a\\..\\b", PathError::Backslash),
+            ("a\x1b]0;pwned\x07", PathError::Control),
+            ("x/\nforged line", PathError::Control),
+            ("a\rb", PathError::Control),
+            ("a\x7fb", PathError::Control),
+            ("a\u{9b}2J", PathError::Control),
         ];
         for (input, want) in cases {
             assert_eq!(WirePath::parse(input).unwrap_err(), want, "{input:?}");
@@ -218,6 +228,7 @@ mod tests {
     #[test]
     fn lossy_paths_are_always_valid() {
         assert_eq!(WirePath::lossy("a/b\\c/../x\0y").as_str(), "a/b_c/x_y");
+        assert_eq!(WirePath::lossy("a\x1b[2J\n").as_str(), "a_[2J_");
         assert_eq!(WirePath::lossy(&"é".repeat(200)).as_str().len(), 254);
         assert!(WirePath::lossy("/./..").is_root());
     }

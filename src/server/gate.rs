@@ -2,11 +2,13 @@
 //!
 //! Before the handshake nobody is known, so nothing a connection does then
 //! may cost a real client its turn: handshakes in progress are bounded on
-//! their own ([`Handshakes`]), per source address and in all, and when a
-//! bound is reached the *oldest* handshake in progress is dropped, not the
-//! newcomer. A flood of idle sockets therefore churns through the flood's
-//! own slots, while a real client, whose handshake takes a few round trips,
-//! gets through. After the handshake the peer is known: [`Slots`] bounds the
+//! their own ([`Handshakes`]), and when a bound is reached the *oldest*
+//! handshake in progress is dropped, not the newcomer. One source address
+//! past its share makes room from its own old handshakes first. A flood of
+//! idle sockets therefore churns through the flood's own places, while a
+//! real client, whose handshake takes a few round trips, gets through; and
+//! a burst of real clients from one address (runners behind one NAT), all
+//! young, is not cut down to the per-address share. After the handshake the peer is known: [`Slots`] bounds the
 //! sessions being served (`--max-conns`) and each identity's share of them
 //! (`--max-conns-per-peer`), so one certificate cannot take every slot.
 //! A session over a bound waits a little for a slot, then is told the
@@ -22,9 +24,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Handshakes in progress at most, from all addresses.
-pub const MAX_HANDSHAKES: usize = 512;
-/// Handshakes in progress at most from one source address.
+pub const MAX_HANDSHAKES: usize = 1024;
+/// Past this many handshakes in progress from one source address, its
+/// oldest one is dropped for each new one, if it is older than
+/// [`STALE_HANDSHAKE`].
 pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+/// A handshake unfinished after this long is presumed idle (a real one
+/// takes a few round trips).
+pub const STALE_HANDSHAKE: Duration = Duration::from_secs(3);
 
 /// The handshakes in progress, oldest first.
 pub(super) struct Handshakes {
@@ -37,7 +44,7 @@ pub(super) struct Handshakes {
 struct Pending {
     next: u64,
     /// By arrival order: the first entry is the oldest.
-    order: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    order: BTreeMap<u64, (IpAddr, Instant, CancellationToken)>,
     per_address: HashMap<IpAddr, usize>,
 }
 
@@ -54,15 +61,20 @@ impl Handshakes {
         Arc::new(Handshakes { state: Mutex::default(), max: max.max(1), per_address: per_address.max(1) })
     }
 
-    /// Admits a new handshake from `ip`, evicting the oldest one from the
-    /// same address (or, when all places are taken, the oldest of all) to
-    /// make room. Returns how many were evicted.
+    /// Admits a new handshake from `ip`, evicting the oldest stale one from
+    /// the same address when it is past its share, and the oldest of all
+    /// when every place is taken. Returns how many were evicted.
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> (Ticket, usize) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut evicted = 0;
         if st.per_address.get(&ip).copied().unwrap_or(0) >= self.per_address {
-            let oldest = st.order.iter().find(|(_, (a, _))| *a == ip).map(|(id, _)| *id);
-            evicted += oldest.map_or(0, |id| st.evict(id));
+            let stale = st
+                .order
+                .iter()
+                .find(|(_, (a, _, _))| *a == ip)
+                .filter(|(_, (_, since, _))| since.elapsed() >= STALE_HANDSHAKE)
+                .map(|(id, _)| *id);
+            evicted += stale.map_or(0, |id| st.evict(id));
         }
         if st.order.len() >= self.max {
             let oldest = st.order.keys().next().copied();
@@ -71,7 +83,7 @@ impl Handshakes {
         let id = st.next;
         st.next += 1;
         let token = CancellationToken::new();
-        st.order.insert(id, (ip, token.clone()));
+        st.order.insert(id, (ip, Instant::now(), token.clone()));
         *st.per_address.entry(ip).or_default() += 1;
         (Ticket { gate: self.clone(), id, evicted: token }, evicted)
     }
@@ -96,7 +108,7 @@ impl Pending {
     }
 
     fn remove(&mut self, id: u64) -> Option<CancellationToken> {
-        let (ip, token) = self.order.remove(&id)?;
+        let (ip, _, token) = self.order.remove(&id)?;
         if let Some(n) = self.per_address.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -256,23 +268,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_oldest_handshake_of_an_address_makes_room_for_a_new_one() {
+    fn the_oldest_stale_handshake_of_an_address_makes_room_for_a_new_one() {
         let gate = Handshakes::new(8, 2);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let (t1, _) = gate.enter(a);
         let (t2, _) = gate.enter(a);
         let (tb, _) = gate.enter(b);
+        // All young: a burst from one address is not cut to its share.
         let (t3, evicted) = gate.enter(a);
+        assert_eq!(evicted, 0);
+        std::thread::sleep(STALE_HANDSHAKE);
+        let (t4, evicted) = gate.enter(a);
         assert_eq!(evicted, 1);
         assert!(t1.evicted.is_cancelled() && !t2.evicted.is_cancelled() && !tb.evicted.is_cancelled());
-        assert_eq!(gate.len(), 3);
-        drop((t1, t2, t3));
+        assert_eq!(gate.len(), 4);
+        drop((t1, t2, t3, t4));
         assert_eq!(gate.len(), 1);
     }
 
     #[test]
-    fn when_all_places_are_taken_the_oldest_of_all_goes() {
+    fn when_all_places_are_taken_the_oldest_of_all_goes_however_young() {
         let gate = Handshakes::new(2, 2);
         let ips: Vec<IpAddr> = (1..=3).map(|i| format!("127.0.0.{i}").parse().unwrap()).collect();
         let tickets: Vec<Ticket> = ips.iter().map(|ip| gate.enter(*ip).0).collect();

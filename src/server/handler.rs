@@ -324,6 +324,9 @@ impl Conn {
                     }
                 }
                 Ok(None) => return self.commit_batch().await,
+                // An OFFER gets no reply, not even a refusal: answering
+                // would put the client's replies out of step.
+                Err(Error::Frame { error, .. }) if error.is_offer() => warn!("ignored an offer: {error}"),
                 Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
                     self.commit_batch().await?;
                     self.refuse_bad_path(error).await?
@@ -333,9 +336,10 @@ impl Conn {
         }
     }
 
-    /// Takes a session slot, waiting (up to the header timeout) when the
-    /// server or this identity is at its limit; the preamble goes out
-    /// first so the client knows it is being served, not stalled.
+    /// Takes a session slot, waiting (up to three header timeouts: 30 s by
+    /// default) when the server or this identity is at its limit; the
+    /// preamble goes out first so the client knows it is being served, not
+    /// stalled (it then waits for replies under its idle timeout).
     async fn take_slot(&mut self) -> Result<()> {
         let peer = self.names.first().cloned().unwrap_or_default();
         let slots = self.shared.slots.clone();
@@ -343,7 +347,7 @@ impl Conn {
             Ok(slot) => slot,
             Err(_) => {
                 self.w.flush().await?;
-                match slots.acquire(&peer, self.shared.timeouts.header).await {
+                match slots.acquire(&peer, self.shared.timeouts.header * 3).await {
                     Ok(slot) => slot,
                     Err(busy) => {
                         let message = busy.message(&crate::text::escape(&peer));
@@ -463,7 +467,9 @@ impl Conn {
         let mut asks = Vec::with_capacity(probes.len());
         for (path, size, mtime) in probes {
             self.claims.remove(&path);
-            let allowed = self.authorize(Perm::Write, &path);
+            // A probe is answered as the push it announces would be: a
+            // refusal for a path no push may write.
+            let allowed = self.authorize(Perm::Write, &path).and_then(|()| self.shared.root.check_reserved(&path));
             let readable = self.authorize(Perm::Read, &path).is_ok();
             let id = PartialId::new(&peer, &path, size, mtime);
             asks.push((path, size, id, allowed, readable));
