@@ -125,8 +125,9 @@ impl Error {
     }
 
     /// A frame the peer sent that could not be decoded or was unexpected.
+    /// Escaped: such messages often quote what the peer sent.
     pub fn protocol(peer: &str, message: impl std::fmt::Display) -> Error {
-        Error::Protocol { peer: peer.to_owned(), message: message.to_string() }
+        Error::Protocol { peer: peer.to_owned(), message: crate::text::escape(&message.to_string()).into_owned() }
     }
 }
 

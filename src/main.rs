@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let class = e.downcast_ref::<Error>().map(Error::class).unwrap_or(Class::Other);
-            eprintln!("xfer: {}", one_line(&e));
+            // Messages may quote the peer (an ERROR frame's text): never
+            // let its control characters reach the terminal.
+            eprintln!("xfer: {}", xfer::text::escape(&one_line(&e)));
             ExitCode::from(exit_code(class))
         }
     }

@@ -220,6 +220,8 @@ impl Reporter {
             })),
             Output::Human | Output::Quiet => {
                 let line = format!("xfer: {e}; retrying in {secs:.1} s (attempt {} of {attempts})", attempt + 1);
+                // Errors carry the server's words: escaped for the terminal.
+                let line = crate::text::escape(&line).into_owned();
                 if !self.meter.line(line.clone()) {
                     eprintln!("{line}");
                 }
@@ -282,7 +284,10 @@ impl Reporter {
                     Status::Skipped => None,
                     Status::Failed => Some(format!("xfer: failed: {}", r.error.unwrap_or(r.path))),
                 };
-                // Above the bars when they are drawn, else straight to stderr.
+                // Reasons and errors may be the server's words, names the
+                // sender's: escaped before they reach a terminal. Above the
+                // bars when they are drawn, else straight to stderr.
+                let line = line.map(|l| crate::text::escape(&l).into_owned());
                 if let Some(line) = line.filter(|l| !self.meter.line(l.clone())) {
                     eprintln!("{line}");
                 }

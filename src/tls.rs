@@ -101,7 +101,12 @@ impl Pem {
             Pem::File(p) => PrivateKeyDer::from_pem_file(p),
             Pem::Env { text, .. } => PrivateKeyDer::from_pem_slice(text.as_bytes()),
         }
-        .map_err(|e| format!("{}; {KEYGEN_HINT}", pem_error(e)))
+        .map_err(|e| match (self, e) {
+            (Pem::Env { .. }, rustls_pki_types::pem::Error::NoItemsFound) => {
+                format!("it holds neither a PEM private key nor the path of an existing file; {KEYGEN_HINT}")
+            }
+            (_, e) => format!("{}; {KEYGEN_HINT}", pem_error(e)),
+        })
     }
 }
 
@@ -424,11 +429,17 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// What is wrong with a PEM item, in words that never quote it: the item
+/// may be a private key, and the parser's errors carry its bytes.
 fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
     match e {
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls_pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind in the file".into(),
-        other => format!("not valid PEM: {other:?}"),
+        E::Io(io) => io.to_string(),
+        E::NoItemsFound => "no PEM item of the expected kind in it".into(),
+        E::MissingSectionEnd { .. } => "not valid PEM: a section has no END line (cut short?)".into(),
+        E::IllegalSectionStart { .. } => "not valid PEM: a malformed BEGIN line".into(),
+        E::Base64Decode(_) => "not valid PEM: the text between BEGIN and END is not valid base64".into(),
+        _ => "not valid PEM".into(),
     }
 }
 

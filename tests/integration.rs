@@ -5,6 +5,7 @@ mod support;
 
 mod ci_recipe;
 mod codec_props;
+mod hostile;
 mod keygen;
 mod limits;
 mod load;

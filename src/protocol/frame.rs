@@ -588,7 +588,8 @@ impl<'a> Reader<'a> {
         let b = self.bytes16()?;
         WirePath::parse_bytes(b).map_err(|error| FrameError::BadPath {
             kind: self.kind,
-            path: String::from_utf8_lossy(&b[..b.len().min(MAX_PATH_LEN)]).into_owned(),
+            // Quoted in replies and logs: escaped, since it broke the rules.
+            path: crate::text::escape(&String::from_utf8_lossy(&b[..b.len().min(MAX_PATH_LEN)])).into_owned(),
             error,
         })
     }

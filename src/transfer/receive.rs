@@ -150,7 +150,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                 discard(&mut sink);
                 return Ok(FileOutcome::Failed {
                     code: ErrorCode::Aborted,
-                    message: format!("{}: the sender abandoned it: {reason}", h.path),
+                    message: format!("{}: the sender abandoned it: {}", h.path, crate::text::Safe(&reason)),
                     bytes: got - h.offset,
                 });
             }

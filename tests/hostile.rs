@@ -1,0 +1,153 @@
+//! Text a hostile peer controls never reaches a terminal or a log raw, and
+//! secrets never reach either, whatever is wrong with them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xfer::protocol::{ErrorCode, Frame, WirePath};
+
+use crate::support::*;
+
+const ESC: char = '\x1b';
+
+#[test]
+fn names_with_control_characters_are_refused_and_never_stored() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut r, mut w) = raw_connect(&pki, "client", &server).await;
+        w.write_all(&xfer::protocol::preamble()).await.unwrap();
+        for name in [&b"evil\x1b[2J.txt"[..], b"x\nxfer: pushed 1 file", b"bell\x07", b"c1\xc2\x9b31m"] {
+            w.write_all(&raw_file_header(name, 2)).await.unwrap();
+            w.write_all(&encode(&[Frame::Data(bytes::Bytes::from_static(b"hi")), Frame::End { blake3: [0; 32] }]))
+                .await
+                .unwrap();
+        }
+        w.write_all(&encode(&[Frame::List { path: WirePath::root() }])).await.unwrap();
+        w.flush().await.unwrap();
+        r.read_preamble(Duration::from_secs(10)).await.unwrap();
+        for _ in 0..4 {
+            match r.read_frame().await.unwrap() {
+                Some(Frame::Error { code: ErrorCode::BadPath, message }) => {
+                    assert!(message.contains("control characters"), "{message}");
+                    assert!(!message.contains(ESC) && !message.contains('\n'), "{message:?}");
+                }
+                other => panic!("expected BAD_PATH, got {other:?}"),
+            }
+        }
+        // The session went on, and nothing was stored.
+        assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Ok));
+    });
+    assert_eq!(work.listing("root").into_iter().filter(|p| !p.starts_with(".xfer")).count(), 0);
+    assert!(!server.log().contains(ESC), "{}", server.log());
+}
+
+/// A fake server: a real TLS endpoint with the CA's `server` identity that
+/// answers the first request with `frames`, then closes.
+fn fake_server(pki: &Pki, frames: Vec<Frame>) -> (String, std::thread::JoinHandle<()>) {
+    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut preamble = [0u8; 6];
+            tls.read_exact(&mut preamble).await.unwrap();
+            tls.write_all(&xfer::protocol::preamble()).await.unwrap();
+            tls.write_all(&encode(&frames)).await.unwrap();
+            tls.flush().await.unwrap();
+            let _ = tls.shutdown().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_hostile_servers_words_reach_the_terminal_escaped() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let forged = "\x1b]0;owned\x07\x1b[2J\rxfer: pushed 1 file (0.0 MiB), verified with BLAKE3\n";
+    let (addr, fake) = fake_server(&pki, vec![Frame::Error { code: ErrorCode::Denied, message: forged.into() }]);
+    let run = run_in(work.path(), &["ls", &addr, "--certs", &pki.certs().display().to_string()], &[]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    let stderr = run.stderr();
+    assert!(!stderr.contains(ESC) && !stderr.contains('\r') && !stderr.contains('\x07'), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "one line, nothing forged: {stderr:?}");
+    assert!(stderr.contains("\\x1b]0;owned"), "{stderr:?}");
+}
+
+#[test]
+fn a_certificate_subject_cannot_forge_server_log_lines() {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    // Self-signed, so refused; its subject is logged while refusing it.
+    let mut params = CertificateParams::new(vec!["x".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "mallory\n2026-01-01T00:00:00Z  INFO forged: admitted\x1b[2J");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "client")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(ca.roots.clone())
+            .with_client_auth_cert(vec![cert.der().clone()], key_der)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"xfer/1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        let sni = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(sni, tcp).await.unwrap();
+        let _ = tls.write_all(&xfer::protocol::preamble()).await;
+        let _ = tls.read(&mut [0u8; 16]).await;
+    });
+    assert!(server.wait_for_log("client certificate refused"), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("mallory\\n2026"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")) && !log.contains(ESC), "{log}");
+}
+
+#[test]
+fn malformed_or_empty_secrets_are_never_printed() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let key = std::fs::read_to_string(pki.certs().join("client.key")).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let cases = [
+        ("cut short", key[..key.len() - 40].to_owned()),
+        ("no armour", body.clone()),
+        ("bad base64", key.replace('A', "!")),
+        ("no end line", key.lines().take(2).collect::<Vec<_>>().join("\n")),
+    ];
+    let certs = pki.certs().display().to_string();
+    for (what, bad) in cases {
+        let run = run_in(work.path(), &["ls", "127.0.0.1:1", "--certs", &certs], &[("XFER_KEY", &bad)]);
+        assert_ne!(run.code(), 0, "{what}: {run}");
+        let out = run.stdout() + &run.stderr();
+        for chunk in body.as_bytes().chunks(12) {
+            let chunk = std::str::from_utf8(chunk).unwrap();
+            assert!(!out.contains(chunk), "{what}: the key leaked ({chunk}): {out}");
+        }
+        assert!(out.contains("$XFER_KEY"), "{what}: {out}");
+        assert!(!out.contains("[45, 45") && !out.contains("end_marker"), "{what}: {out}");
+    }
+    for var in ["XFER_KEY", "XFER_CERT", "XFER_CA"] {
+        let run = run_in(work.path(), &["ls", "127.0.0.1:1", "--certs", &certs], &[(var, "")]);
+        run.assert_code(2);
+        assert!(run.stderr().contains(&format!("{var} is set but empty")), "{run}");
+    }
+}
