@@ -290,8 +290,16 @@ impl Client {
     /// BLAKE3).
     pub async fn pull(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
         let root = Root::open_local(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+        // A pull of the whole root receives what the server's root holds:
+        // ask what that is first, so that only local files the pull would
+        // overwrite are offered (an offer tells the server a file's hash).
+        let top = match remotes.iter().any(WirePath::is_root) {
+            true => Some(self.top_names().await?),
+            false => None,
+        };
+        let greeted = top.is_some();
         let (server, asked, root2) = (self.server.clone(), remotes.to_vec(), root.clone());
-        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked)).await;
+        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked, top.as_ref())).await;
         let Client { r, w, cfg, server } = self;
         let offers: Vec<Offer> = held.offers.drain(..).collect();
         let writer = async move {
@@ -304,7 +312,9 @@ impl Client {
             w.flush().await
         };
         let reader = async {
-            greet(r, cfg.timeouts.header).await?;
+            if !greeted {
+                greet(r, cfg.timeouts.header).await?;
+            }
             let mut ctx = PullCtx { root: &root, rep, held: &mut held, server };
             for p in remotes {
                 pull_one(r, p, &mut ctx).await?;
@@ -399,6 +409,25 @@ impl Client {
         };
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
+    }
+
+    /// The names at the top of the server's root (this connection's first
+    /// exchange: it reads the server's preamble). Empty when the server
+    /// refuses to list them; the pull that follows then reports why.
+    async fn top_names(&mut self) -> Result<HashSet<String>> {
+        self.w.send(&Frame::List { path: WirePath::root() }).await?;
+        self.w.flush().await?;
+        greet(&mut self.r, self.cfg.timeouts.header).await?;
+        let mut names = HashSet::new();
+        loop {
+            match reply(&mut self.r).await? {
+                Frame::Entry(e) => {
+                    names.extend(e.path.file_name().map(str::to_owned));
+                }
+                Frame::Ok | Frame::Error { .. } => return Ok(names),
+                other => return Err(unexpected(self.r.peer(), &other)),
+            }
+        }
     }
 
     /// Removes files (and folders, with `recursive`) on the server.
@@ -714,7 +743,12 @@ impl Holdings {
     /// copies from `server` (after deleting expired ones), and the files
     /// already there, hashed. Blocking. Best effort: what cannot be read is
     /// simply not offered.
-    fn gather(root: &Root, server: &str, asked: &[WirePath]) -> Holdings {
+    ///
+    /// An offer tells the server a local file's hash, so only files the
+    /// pull would overwrite are offered: below the asked paths, for the
+    /// root only below the names the server's root holds (`top`), and never
+    /// below a dot-name the user did not ask for (`.ssh`, `.env`).
+    fn gather(root: &Root, server: &str, asked: &[WirePath], top: Option<&HashSet<String>>) -> Holdings {
         let mut held = Holdings::default();
         let within =
             |p: &WirePath| asked.iter().any(|a| a.file_name().is_none_or(|n| p.components().next() == Some(n)));
@@ -740,6 +774,9 @@ impl Holdings {
                 let Item::File { rel, dir, name, meta, .. } = item else { continue };
                 if !held.has_room(&rel) {
                     return held;
+                }
+                if !would_receive(&rel, a.is_root(), top) {
+                    continue;
                 }
                 if held.partials.contains_key(&rel) {
                     continue;
@@ -768,6 +805,17 @@ impl Holdings {
         self.offer_bytes += o.body_len();
         self.offers.push(o);
     }
+}
+
+/// True when a pull of an asked path would write local file `rel` (named
+/// from the asked path's last component, or from the root's names): not
+/// under a dot-name below what was asked, and for the root, under a name
+/// the server has.
+fn would_receive(rel: &WirePath, asked_root: bool, top: Option<&HashSet<String>>) -> bool {
+    let mut parts = rel.components();
+    let first = parts.next().unwrap_or_default();
+    let first_ok = !asked_root || (!first.starts_with('.') && top.is_some_and(|t| t.contains(first)));
+    first_ok && !parts.any(|c| c.starts_with('.'))
 }
 
 /// What every file of a pull needs.

@@ -151,3 +151,82 @@ fn malformed_or_empty_secrets_are_never_printed() {
         assert!(run.stderr().contains(&format!("{var} is set but empty")), "{run}");
     }
 }
+
+/// A server that answers `LIST` of the root with `top`, records every
+/// `OFFER`, and answers each `GET` with an empty `OK`.
+fn offer_recorder(pki: &Pki, top: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use xfer::protocol::{ListEntry, Timestamp};
+    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let (r, mut w) = tokio::io::split(tls);
+            let mut r = xfer::connection::FrameReader::new(r, "client", Duration::from_secs(10));
+            r.read_preamble(Duration::from_secs(10)).await.unwrap();
+            w.write_all(&xfer::protocol::preamble()).await.unwrap();
+            let mut offered = Vec::new();
+            while let Ok(Some(frame)) = r.read_frame().await {
+                let reply = match frame {
+                    Frame::List { .. } => {
+                        let mut frames: Vec<Frame> = top
+                            .iter()
+                            .map(|n| {
+                                let path = WirePath::parse(n).unwrap();
+                                Frame::Entry(ListEntry { path, size: 1, mtime: Timestamp::default(), is_dir: false })
+                            })
+                            .collect();
+                        frames.push(Frame::Ok);
+                        frames
+                    }
+                    Frame::Offer(o) => {
+                        offered.push(o.path.to_string());
+                        vec![]
+                    }
+                    Frame::Get { .. } => vec![Frame::Ok],
+                    _ => vec![],
+                };
+                w.write_all(&encode(&reply)).await.unwrap();
+                w.flush().await.unwrap();
+            }
+            offered.sort();
+            offered
+        })
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_pull_offers_only_files_it_would_overwrite_and_no_dot_files() {
+    let pki = Pki::new();
+    let home = Dir::new();
+    home.write(".ssh/id_ed25519", b"-----BEGIN OPENSSH PRIVATE KEY-----");
+    home.write(".env", b"TOKEN=hunter2");
+    home.write("notes.txt", b"mine alone");
+    home.write("shared.txt", b"both have it");
+    home.write("dist/app.bin", b"app");
+    home.write("dist/.git/config", b"[core]");
+    let certs = pki.certs().display().to_string();
+
+    // `pull HOST .` into a home folder: only names the server's root holds.
+    let (addr, fake) = offer_recorder(&pki, vec!["shared.txt", "dist", ".env"]);
+    let run = run_in(home.path(), &["pull", &addr, ".", "--certs", &certs, "--retry", "0"], &[]);
+    let offered = fake.join().unwrap();
+    assert_eq!(offered, ["dist/app.bin", "shared.txt"], "{run}");
+
+    // `pull HOST dist`: only below dist, and not below its dot-folders.
+    let (addr, fake) = offer_recorder(&pki, vec![]);
+    let run = run_in(home.path(), &["pull", &addr, "dist", "--certs", &certs, "--retry", "0"], &[]);
+    assert_eq!(fake.join().unwrap(), ["dist/app.bin"], "{run}");
+
+    // Asking for a dot-folder by name offers what is in it.
+    let (addr, fake) = offer_recorder(&pki, vec![]);
+    let run = run_in(home.path(), &["pull", &addr, ".ssh", "--certs", &certs, "--retry", "0"], &[]);
+    assert_eq!(fake.join().unwrap(), [".ssh/id_ed25519"], "{run}");
+}
