@@ -85,7 +85,18 @@ impl Policy {
             }
             let prefix = match &r.prefix {
                 None => WirePath::root(),
-                Some(p) => WirePath::from_user(p).map_err(|e| format!("rule {}: prefix '{p}': {e}", i + 1))?,
+                Some(p) => match WirePath::from_user(p) {
+                    Err(e) => return Err(format!("rule {}: prefix '{p}': {e}", i + 1)),
+                    // `.`, `./` or `` would silently mean the whole root:
+                    // a rule that means it leaves `prefix` out.
+                    Ok(w) if w.is_root() => {
+                        return Err(format!(
+                            "rule {}: prefix '{p}' names the whole root; leave prefix out to grant the whole root",
+                            i + 1
+                        ));
+                    }
+                    Ok(w) => w,
+                },
             };
             rules.push(Rule { peer: r.peer, allow: r.allow, prefix });
         }
@@ -209,6 +220,9 @@ mod tests {
             "[[rule]]\nallow = [\"read\"]\n",
             "[[rules]]\npeer = \"a\"\nallow = [\"read\"]\n",
             "[[rule]]\npeer = \"a\"\nallow = [\"read\"]\nprefix = \"../x\"\n",
+            "[[rule]]\npeer = \"a\"\nallow = [\"read\"]\nprefix = \".\"\n",
+            "[[rule]]\npeer = \"a\"\nallow = [\"read\"]\nprefix = \"./\"\n",
+            "[[rule]]\npeer = \"a\"\nallow = [\"read\"]\nprefix = \"\"\n",
         ] {
             assert!(Policy::parse(bad).is_err(), "{bad}");
         }

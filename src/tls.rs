@@ -158,11 +158,33 @@ impl Identity {
                 warn_once(w);
             }
         }
+        check_crl_issuers(&crls, &cas, paths)?;
         let own = CertInfo::from_der(paths.cert.to_string(), &chain[0])?;
         if let Some(w) = own.role_warning() {
             warn_once(w);
         }
         Ok(Identity { chain, key, roots: Arc::new(roots), crls, paths: paths.clone(), role: own.role })
+    }
+
+    /// Refuses a certificate outside its validity: a server started with one
+    /// would fail every client's handshake, so it must not start at all.
+    pub fn check_valid_now(&self) -> Result<()> {
+        let info = CertInfo::from_der(self.paths.cert.to_string(), &self.chain[0])?;
+        let now = time::OffsetDateTime::now_utc();
+        let message = if info.not_after < now {
+            format!(
+                "the certificate expired on {} (it is now {}): renew it with `xfer keygen --renew {}` on the CA's machine",
+                info.not_after, now, info.subject
+            )
+        } else if info.not_before > now {
+            format!(
+                "the certificate is not valid until {} (it is now {}): check this machine's clock",
+                info.not_before, now
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::Identity { what: self.paths.cert.to_string(), message })
     }
 
     /// Warns when this identity's certificate may not act in `role`: the
@@ -187,13 +209,7 @@ impl Identity {
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
         self.check_role(Role::Server);
         let provider = provider();
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
-            .with_crls(self.crls.clone())
-            // A CRL from one CA of a bundle says nothing about the others'
-            // peers; without this, rotating to a new CA refuses them all.
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| self.ca_error(e))?;
+        let inner = self.client_verifier()?;
         let verifier = Arc::new(NamingClientVerifier { inner, ca: self.paths.ca.to_string() });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -203,6 +219,19 @@ impl Identity {
             .map_err(|e| self.key_error(e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// How a server checks client certificates: WebPKI against the CA and
+    /// CRLs. Also used to re-check open sessions after a reload.
+    pub fn client_verifier(&self) -> Result<Arc<dyn ClientCertVerifier>> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            // A CRL from one CA of a bundle says nothing about the others'
+            // peers; without this, rotating to a new CA refuses them all.
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| self.ca_error(e))?;
+        Ok(verifier)
     }
 
     /// The client side: TLS 1.3 only, the server verified against the CA
@@ -292,6 +321,36 @@ impl ClientCertVerifier for NamingClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Refuses a revocation list that no CA in use signed: it would revoke
+/// nothing, silently. (That the signature is good is checked by WebPKI each
+/// time a peer's certificate is checked against it.)
+fn check_crl_issuers(
+    crls: &[CertificateRevocationListDer<'_>],
+    cas: &[CertificateDer<'_>],
+    paths: &IdentityPaths,
+) -> Result<()> {
+    let subjects: Vec<Vec<u8>> = cas
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, c)| c.subject().as_raw().to_vec()))
+        .collect();
+    let what = || paths.crl.as_ref().map(|c| c.path.display().to_string()).unwrap_or_default();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+            .map_err(|e| Error::Identity { what: what(), message: format!("not a readable CRL: {e}") })?;
+        if !subjects.iter().any(|s| s.as_slice() == parsed.issuer().as_raw()) {
+            return Err(Error::Identity {
+                what: what(),
+                message: format!(
+                    "it was signed by '{}', not by the CA in {}: it would revoke nothing; use the ca.crl made by `xfer keygen --revoke` with this CA",
+                    Safe(&parsed.issuer().to_string()),
+                    paths.ca
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A peer presented a certificate valid under the CA but for another role:

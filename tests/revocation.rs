@@ -76,19 +76,94 @@ fn expired_and_not_yet_valid_certificates_are_refused_with_their_dates() {
     assert!(early.stderr().contains("is not valid until"), "{early}");
     assert!(server.wait_for_log("not valid until"), "{}", server.log());
 
-    // And a server whose certificate expired is refused by its clients.
+    // A server refuses to start with a certificate outside its validity
+    // (every client would fail), and says why, with the dates.
     let server_dir = Dir::new();
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--root"];
     let root = server_dir.join("root");
-    args.push(root.to_str().unwrap());
-    let ids = pki.id_args("old");
-    args.extend(ids.iter().map(String::as_str));
-    let mut cmd = std::process::Command::new(XFER);
-    cmd.args(&args);
-    let stale = XferServer::spawn(cmd, &root);
-    let run = client(&pki, "client", work.path(), "ls", &stale, &[]);
-    run.assert_code(3);
-    assert!(run.stderr().contains(&format!("the server's certificate is expired on {expired_on}")), "{run}");
+    let certs = pki.certs().display().to_string();
+    for (name, want) in [("old", format!("expired on {expired_on}")), ("early", "is not valid until".to_owned())] {
+        let args =
+            ["serve", "--listen", "127.0.0.1:0", "--root", root.to_str().unwrap(), "--certs", &certs, "--name", name];
+        let run = run_in(server_dir.path(), &args, &[]);
+        run.assert_code(1);
+        assert!(run.stderr().contains(&want) && !run.stderr().contains("listening on"), "{run}");
+    }
+}
+
+#[test]
+fn a_crl_signed_by_another_ca_is_refused_at_start() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    run_in(other.dir.path(), &["keygen", "--dir", "certs", "--revoke", "client"], &[]).assert_code(0);
+    let work = Dir::new();
+    let crl = other.certs().join("ca.crl").display().to_string();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--root", "root", "--crl", &crl];
+    let mut all: Vec<&str> = args.to_vec();
+    let ids = pki.id_args("server");
+    all.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &all, &[]);
+    run.assert_code(1);
+    assert!(run.stderr().contains("it would revoke nothing"), "{run}");
+    // Clients refuse it too.
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let run = client(&pki, "client", work.path(), "ls", &server, &["--crl", &crl]);
+    run.assert_code(1);
+    assert!(run.stderr().contains("it would revoke nothing"), "{run}");
+}
+
+#[test]
+fn revocation_and_a_narrower_policy_reach_open_sessions_after_sighup() {
+    use tokio::io::AsyncWriteExt;
+    use xfer::protocol::{ErrorCode, FileHeader, Frame, Timestamp, WirePath};
+    let pki = Pki::new();
+    pki.issue(&["runner-1"]);
+    let work = Dir::new();
+    let policy = work.write("policy.toml", b"[[rule]]\npeer = \"*\"\nallow = [\"read\", \"write\"]\n");
+    let server = XferServer::start(&pki, &work.join("root"), &["--policy", policy.to_str().unwrap()]);
+    let file = |name: &str| {
+        let h = FileHeader::new(WirePath::parse(name).unwrap(), 2, 0o644, Timestamp::default());
+        let data = bytes::Bytes::from_static(b"hi");
+        encode(&[Frame::File(h), Frame::Data(data), Frame::End { blake3: *blake3::hash(b"hi").as_bytes() }])
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Two sessions open while everything is allowed; each stores a file.
+        let mut sessions = Vec::new();
+        for (name, path) in [("runner-1", "before-1"), ("client", "before-2")] {
+            let (mut r, mut w) = raw_connect(&pki, name, &server).await;
+            w.write_all(&xfer::protocol::preamble()).await.unwrap();
+            w.write_all(&file(path)).await.unwrap();
+            w.flush().await.unwrap();
+            r.read_preamble(std::time::Duration::from_secs(10)).await.unwrap();
+            assert!(matches!(r.read_frame().await.unwrap(), Some(Frame::Stored { .. })));
+            sessions.push((r, w));
+        }
+        // runner-1 is revoked and writing is no longer granted; reload.
+        run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "runner-1"], &[]).assert_code(0);
+        std::fs::write(&policy, "[[rule]]\npeer = \"*\"\nallow = [\"read\"]\n").unwrap();
+        let hup = std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+        assert!(hup.success());
+        assert!(server.wait_for_log("reloaded certificates and policy"), "{}", server.log());
+
+        let (mut r, mut w) = sessions.remove(0);
+        w.write_all(&file("after-1")).await.unwrap();
+        w.flush().await.unwrap();
+        match r.read_frame().await.unwrap() {
+            Some(Frame::Error { code: ErrorCode::NotAdmitted, message }) => {
+                assert!(message.contains("no longer accepted") && message.contains("revoked"), "{message}")
+            }
+            other => panic!("a revoked client's open session must be ended: {other:?}"),
+        }
+        let (mut r, mut w) = sessions.remove(0);
+        w.write_all(&file("after-2")).await.unwrap();
+        w.flush().await.unwrap();
+        match r.read_frame().await.unwrap() {
+            Some(Frame::Error { code: ErrorCode::Denied, .. }) => {}
+            other => panic!("the narrower policy applies to an open session: {other:?}"),
+        }
+    });
+    assert!(work.join("root/before-1").exists() && work.join("root/before-2").exists());
+    assert!(!work.join("root/after-1").exists() && !work.join("root/after-2").exists());
 }
 
 #[test]

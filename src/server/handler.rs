@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -81,7 +82,9 @@ pub(super) async fn serve(
     }
     // rustls has verified the chain against the CA; only then are the
     // certificate's names trusted to identify the peer.
-    let names = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::cert_names).unwrap_or_default();
+    let chain: Vec<_> =
+        tls.get_ref().1.peer_certificates().unwrap_or_default().iter().map(|c| c.clone().into_owned()).collect();
+    let names = chain.first().map(tls::cert_names).unwrap_or_default();
     let peer = names.first().map(|n| crate::text::escape(n).into_owned()).unwrap_or_else(|| "(unnamed)".to_owned());
     let span = info_span!("conn", peer = %peer, %addr);
     async move {
@@ -94,6 +97,7 @@ pub(super) async fn serve(
             w: FrameWriter::new(wr, peer.clone(), t.idle),
             shared,
             live,
+            chain,
             names,
             token,
             slot: None,
@@ -158,8 +162,10 @@ struct Conn {
     r: FrameReader<ReadHalf<Tls>>,
     w: FrameWriter<WriteHalf<Tls>>,
     shared: Arc<Shared>,
-    /// TLS and policy as they were when this connection started.
+    /// TLS and policy as this session last checked them (see `refresh`).
     live: Arc<Live>,
+    /// The client's verified certificate chain, re-checked after reloads.
+    chain: Vec<CertificateDer<'static>>,
     /// The peer's names from its verified certificate (CN, DNS SANs).
     names: Vec<String>,
     /// Cancelled when the server shuts down; checked between files.
@@ -369,7 +375,31 @@ impl Conn {
         }
     }
 
+    /// Switches to the configuration loaded last, if a reload happened since
+    /// the previous request, after checking that this client's certificate
+    /// still passes it (not revoked, still signed by a trusted CA).
+    fn refresh(&mut self) -> Result<()> {
+        let now = self.shared.live();
+        if Arc::ptr_eq(&now, &self.live) {
+            return Ok(());
+        }
+        let Some((leaf, rest)) = self.chain.split_first() else {
+            return Err(Error::NotAdmitted("no client certificate".into()));
+        };
+        if let Err(e) = now.verifier.verify_client_cert(leaf, rest, UnixTime::now()) {
+            let why = tls::explain_for_server(&e);
+            warn!("session ended: the reloaded configuration refuses this client: {why}");
+            return Err(Error::NotAdmitted(format!(
+                "this client's certificate is no longer accepted by the server ({why})"
+            )));
+        }
+        self.live = now;
+        Ok(())
+    }
+
     async fn dispatch(&mut self, frame: Frame) -> Result<()> {
+        // Every request runs under the configuration in force now.
+        self.refresh()?;
         match frame {
             Frame::File(h) => self.put(h).await,
             Frame::Probe { path, size, mtime } => self.probe(path, size, mtime).await,
@@ -668,6 +698,12 @@ impl Conn {
     async fn commit_batch(&mut self) -> Result<()> {
         if self.batch.is_empty() {
             return Ok(());
+        }
+        // A client revoked while its files arrived gets none installed.
+        if let Err(e) = self.refresh() {
+            self.batch.clear();
+            self.batch_size = GroupSize::default();
+            return Err(e);
         }
         let mut staged = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());

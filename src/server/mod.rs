@@ -90,8 +90,8 @@ impl ServeConfig {
 
 /// State every connection handler shares.
 struct Shared {
-    /// What SIGHUP reloads, swapped whole: a connection keeps the version it
-    /// started with, new connections get the new one.
+    /// What SIGHUP reloads, swapped whole: new connections get the new
+    /// one, open sessions switch to it at their next request.
     live: RwLock<Arc<Live>>,
     /// Where `live` is loaded from.
     identity: IdentityPaths,
@@ -107,9 +107,13 @@ struct Shared {
     budget: Budget,
 }
 
-/// The reloadable part of the configuration.
+/// The reloadable part of the configuration. Sessions re-read it for every
+/// request, so a narrower policy or a new CRL applies to open connections
+/// too.
 struct Live {
     acceptor: TlsAcceptor,
+    /// Re-checks an open session's client certificate after a reload.
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     policy: Option<Policy>,
 }
 
@@ -121,9 +125,12 @@ impl Shared {
 
 /// Loads certificate, key, CA and policy; all or nothing.
 fn load_live(identity: &IdentityPaths, policy: Option<&Path>) -> Result<Live> {
-    let acceptor = TlsAcceptor::from(Identity::load(identity)?.server_config()?);
+    let identity = Identity::load(identity)?;
+    identity.check_valid_now()?;
+    let acceptor = TlsAcceptor::from(identity.server_config()?);
+    let verifier = identity.client_verifier()?;
     let policy = policy.map(Policy::load).transpose()?;
-    Ok(Live { acceptor, policy })
+    Ok(Live { acceptor, verifier, policy })
 }
 
 /// Reloads a running server's certificates and policy (on SIGHUP).
