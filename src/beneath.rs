@@ -160,6 +160,11 @@ impl DirFd {
         Ok(rustix::fs::unlinkat(&*self.0, name, AtFlags::empty())?)
     }
 
+    /// Removes the empty folder `name`.
+    pub fn rmdir(&self, name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&*self.0, name, AtFlags::REMOVEDIR)?)
+    }
+
     /// Removes the folder `name` and everything in it, never following a
     /// link (links are removed, not their targets).
     pub fn remove_tree(&self, name: &OsStr) -> io::Result<()> {

@@ -289,7 +289,7 @@ impl Client {
     /// and whole files (not sent again when the server's have the same
     /// BLAKE3).
     pub async fn pull(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
-        let root = Root::open_local(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+        let root = Root::open_pull(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
         // A pull of the whole root receives what the server's root holds:
         // ask what that is first, so that only local files the pull would
         // overwrite are offered (an offer tells the server a file's hash).
@@ -322,9 +322,8 @@ impl Client {
             Ok(())
         };
         let result = pipeline(writer, reader).await;
-        // Leave no empty staging folder behind.
-        let _ = std::fs::remove_dir(out.join(store::STAGING_DIR).join("partial"));
-        let _ = std::fs::remove_dir(out.join(store::STAGING_DIR));
+        // Leave no staging folder behind but partial copies worth resuming.
+        drop(root);
         self.conclude(result).await
     }
 

@@ -28,6 +28,8 @@ use crate::walk::Walk;
 /// destination): `tmp` for temporary files, `partial` for resumable ones.
 pub const STAGING_DIR: &str = ".xfer";
 const PARTIAL_DIR: &str = "partial";
+/// Held (flock) in a pull's staging folder while the pull runs.
+const LOCK_FILE: &str = "lock";
 
 /// Whether a staged file may be kept for a later attempt to resume.
 #[derive(Debug)]
@@ -87,8 +89,12 @@ pub struct Root {
     /// The root's canonical path, for messages only.
     path: PathBuf,
     /// Where temporary files go: the server's staging folder, or `None` for
-    /// a hidden temporary file beside each target (client downloads).
+    /// a pull's own folder under `OUT/.xfer/tmp`, or `None` for a hidden
+    /// temporary file beside each target.
     staging: Option<DirFd>,
+    /// A pull's own staging folder, locked while the pull runs and removed
+    /// when the last handle on the root goes.
+    pull_staging: Option<std::sync::Arc<PullStaging>>,
     /// Hashes of files under the root, computed once per version.
     hashes: std::sync::Arc<Hashes>,
 }
@@ -148,7 +154,36 @@ impl Root {
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
         let path = dir.canonicalize()?;
-        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None, hashes: Default::default() })
+        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None, pull_staging: None, hashes: Default::default() })
+    }
+
+    /// A pull's destination: temporary files go to a folder of this pull's
+    /// own under `OUT/.xfer/tmp`, locked while the pull runs, so that what a
+    /// killed pull left behind is found and removed by the next one (and
+    /// never litters the destination's folders).
+    pub fn open_pull(dir: &Path) -> io::Result<Root> {
+        let mut root = Root::open_local(dir)?;
+        let tmp = root.dir.descend([STAGING_DIR, "tmp"], true)?;
+        for name in tmp.names()? {
+            // A folder whose lock nobody holds belongs to a pull that died.
+            let lock = tmp.open_dir(&name).and_then(|d| d.open_locked(OsStr::new(LOCK_FILE), false));
+            if let Ok(Some(_unused)) = lock {
+                let _ = tmp.remove_tree(&name);
+            }
+        }
+        let (own, name) = loop {
+            let mut random = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
+            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            match tmp.descend([name.as_str()], false) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break (tmp.descend([name.as_str()], true)?, name),
+                _ => continue,
+            }
+        };
+        let lock = own.open_locked(OsStr::new(LOCK_FILE), true)?.ok_or_else(|| io::Error::other("lock taken"))?;
+        root.staging = Some(own);
+        root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));
+        Ok(root)
     }
 
     /// The root folder's path.
@@ -210,7 +245,12 @@ impl Root {
                 return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
             }
         }
-        let tmp_dir = self.staging.clone().unwrap_or_else(|| dir.clone());
+        // Staged on the target's filesystem, or the rename into place fails
+        // (a mount point below the root): beside the target then.
+        let tmp_dir = match &self.staging {
+            Some(s) if s.device().ok() == dir.device().ok() => s.clone(),
+            _ => dir.clone(),
+        };
         let held = match &resume {
             Resume::From(partial) => partial.offset,
             _ => 0,
@@ -344,6 +384,33 @@ impl Root {
             ));
         }
         Ok(())
+    }
+}
+
+/// A pull's staging folder, `OUT/.xfer/tmp/NAME`: its lock file is held
+/// (flock) while the pull runs, and it is removed when the pull ends, with
+/// `.xfer` itself when nothing else (a partial copy worth resuming) is left.
+#[derive(Debug)]
+pub struct PullStaging {
+    top: DirFd,
+    name: String,
+    _lock: File,
+}
+
+impl Drop for PullStaging {
+    fn drop(&mut self) {
+        // Each only if empty: partial copies stay for the next pull.
+        let rmdir = |d: &DirFd, name: &str| {
+            let _ = d.rmdir(OsStr::new(name));
+        };
+        if let Ok(tmp) = self.top.descend([STAGING_DIR, "tmp"], false) {
+            let _ = tmp.remove_tree(OsStr::new(&self.name));
+        }
+        if let Ok(staging) = self.top.descend([STAGING_DIR], false) {
+            rmdir(&staging, "tmp");
+            rmdir(&staging, PARTIAL_DIR);
+        }
+        rmdir(&self.top, STAGING_DIR);
     }
 }
 

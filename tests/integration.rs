@@ -7,6 +7,7 @@ mod ci_recipe;
 mod codec_props;
 mod hostile;
 mod keygen;
+mod kill_loop;
 mod limits;
 mod load;
 mod paths;
