@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -127,4 +128,36 @@ fn quiet_servers_still_announce_their_port() {
     client(&pki, "client", work.path(), "push", &server, &["f.txt"]).assert_code(0);
     let log = server.log();
     assert!(log.starts_with("xfer: listening on 127.0.0.1:") && !log.contains("INFO"), "{log}");
+}
+
+/// A folder below the root that is another filesystem's mount point takes
+/// pushes like any other (staged on its own filesystem), big and small.
+#[test]
+fn a_push_into_a_mount_point_below_the_root_is_installed() {
+    if !Command::new("unshare").args(["--user", "--map-root-user", "--mount", "true"]).status().is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: this machine cannot make a user namespace (unshare) for a mount point");
+        return;
+    }
+    let pki = Pki::new();
+    let work = Dir::new();
+    let root = work.join("root");
+    std::fs::create_dir_all(root.join("mnt")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64m tmpfs '{root}/mnt' && exec '{XFER}' serve --listen 127.0.0.1:0 --root '{root}' {ids}",
+        root = root.display(),
+        ids = pki.id_args("server").join(" ")
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]).env_remove("RUST_LOG");
+    let server = XferServer::spawn(cmd, &root);
+    let seen = std::path::PathBuf::from(format!("/proc/{}/root{}", server.pid(), root.display()));
+    let big = random_bytes(3 << 20, 70);
+    work.write("up/big.bin", &big);
+    work.write("up/small.txt", b"small");
+    client(&pki, "client", work.path(), "push", &server, &["up", "--to", "mnt"]).assert_code(0);
+    assert!(std::fs::read(seen.join("mnt/up/big.bin")).unwrap() == big);
+    assert_eq!(std::fs::read(seen.join("mnt/up/small.txt")).unwrap(), b"small");
+    let left: Vec<_> = std::fs::read_dir(seen.join("mnt/up")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "no temporary file left beside them: {left:?}");
 }
