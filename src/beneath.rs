@@ -95,10 +95,21 @@ impl DirFd {
         Ok(entry(&rustix::fs::fstat(&*self.0)?))
     }
 
-    /// Opens the regular file `name` for reading; a link is refused.
+    /// Opens the regular file `name` for reading; a link, or anything but
+    /// a regular file (a FIFO or device swapped in after `name` was
+    /// checked), is refused. `O_NONBLOCK` keeps the open itself from
+    /// waiting forever on a FIFO with no writer; the check is made on the
+    /// opened handle, so no swap can come between check and use.
     pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        Ok(File::from(rustix::fs::openat(&*self.0, name, flags, Mode::empty())?))
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        let fd = rustix::fs::openat(&*self.0, name, flags, Mode::empty())?;
+        if rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        // Regular files ignore O_NONBLOCK; cleared all the same, so reads
+        // behave as everywhere else.
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+        Ok(File::from(fd))
     }
 
     /// Creates a new, private (0600) file with a fresh random name starting
@@ -255,6 +266,10 @@ mod tests {
         assert!(is_link(&root.descend(["link", "x"], true).unwrap_err()));
         let real = root.descend(["real"], false).unwrap();
         assert!(is_link(&real.open_file(OsStr::new("file-link")).unwrap_err()));
+        // A FIFO is refused at once (no writer: a blocking open would hang).
+        rustix::fs::mkfifoat(&*real.0, "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        let e = real.open_file(OsStr::new("fifo")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
         assert_eq!(real.stat(OsStr::new("file-link")).unwrap().unwrap().kind, Kind::Symlink);
         assert!(!t.path().join("outside/x").exists());
     }

@@ -866,7 +866,7 @@ async fn pull_items(
                 check_within(r, asked, &path)?;
                 let (root, p) = (ctx.root.clone(), path.clone());
                 match blocking(move || root.mkdir(&p)).await {
-                    Ok(()) => ctx.rep.dir(&remote(&path)),
+                    Ok(_) => ctx.rep.dir(&remote(&path)),
                     Err(e) => ctx.rep.file(FileReport::failed(remote(&path), e.message, Class::Other)),
                 }
             }
@@ -1039,7 +1039,7 @@ impl Group {
         let files = std::mem::take(&mut self.files);
         let facts = std::mem::take(&mut self.facts);
         self.size = GroupSize::default();
-        let results = blocking(move || store::commit_group(files)).await;
+        let (results, _) = blocking(move || store::commit_group(files, &[])).await;
         for ((path, r), (size, blake3, bytes, resumed_from)) in results.into_iter().zip(facts) {
             rep.file(match r {
                 Ok(()) => FileReport { bytes, resumed_from, ..FileReport::ok(remote(&path), size, &blake3) },

@@ -216,12 +216,14 @@ impl Root {
     }
 
     /// Creates a folder and its parents (like `mkdir -p`).
-    pub fn mkdir(&self, p: &WirePath) -> Result<()> {
+    /// Returns the folder, for the caller to make its creation durable
+    /// ([`commit_group`]) before saying it exists.
+    pub fn mkdir(&self, p: &WirePath) -> Result<DirFd> {
         if p.is_root() {
             return Err(StoreError::new(ErrorCode::BadPath, "the root folder itself cannot be created"));
         }
         self.check_reserved(p)?;
-        self.dir.descend(p.components(), true).map(drop).map_err(|e| StoreError::io(p, e))
+        self.dir.descend(p.components(), true).map_err(|e| StoreError::io(p, e))
     }
 
     /// Starts writing the file `p`: parents are created, the data goes to a
@@ -578,6 +580,13 @@ impl GroupSize {
         self.memory += f.in_memory();
     }
 
+    /// Counts a folder created for the group, which holds a descriptor
+    /// until the commit like a staged file.
+    pub fn add_folder(&mut self) {
+        self.files += 1;
+        self.staged += 1;
+    }
+
     /// True when the group should be committed now.
     pub fn full(&self) -> bool {
         self.files >= GROUP_FILES
@@ -659,8 +668,10 @@ impl Verified {
 /// file durable and installs them with one filesystem sync before the
 /// renames and one after, instead of two `fsync`s per file. Returns each
 /// file's outcome, in order; a file whose outcome is an error was not
-/// installed, or its install may not be durable.
-pub fn commit_group(files: Vec<Verified>) -> Vec<(WirePath, Result<()>)> {
+/// installed, or its install may not be durable. `folders` created since
+/// the last group are made durable by the same syncs; the second value says
+/// whether they are.
+pub fn commit_group(files: Vec<Verified>, folders: &[DirFd]) -> (Vec<(WirePath, Result<()>)>, Result<()>) {
     let mut near = None;
     let mut out = Vec::with_capacity(files.len());
     let mut staged = Vec::with_capacity(files.len());
@@ -675,19 +686,20 @@ pub fn commit_group(files: Vec<Verified>) -> Vec<(WirePath, Result<()>)> {
             Err(e) => out.push((path, Err(e))),
         }
     }
-    let mut installed = install_durably(staged).into_iter();
+    let (installed, folders_ok) = install_durably(staged, folders);
+    let mut installed = installed.into_iter();
     for o in out.iter_mut().filter(|o| o.1.is_ok()) {
         o.1 = installed.next().expect("one result per staged file").1;
     }
-    out
+    (out, folders_ok)
 }
 
 /// Syncs, renames and syncs again. Every filesystem involved is synced (a
 /// folder of the destination may be another mount).
-fn install_durably(files: Vec<Staged>) -> Vec<(WirePath, Result<()>)> {
+fn install_durably(files: Vec<Staged>, folders: &[DirFd]) -> (Vec<(WirePath, Result<()>)>, Result<()>) {
     let mut filesystems: Vec<(u64, DirFd)> = Vec::new();
-    for f in &files {
-        for dir in [&f.tmp_dir, &f.dir] {
+    for dir in files.iter().flat_map(|f| [&f.tmp_dir, &f.dir]).chain(folders) {
+        {
             if let Ok(dev) = dir.device() {
                 if !filesystems.iter().any(|(d, _)| *d == dev) {
                     filesystems.push((dev, dir.clone()));
@@ -720,7 +732,7 @@ fn install_durably(files: Vec<Staged>) -> Vec<(WirePath, Result<()>)> {
             }
         }
     }
-    out
+    (out, synced)
 }
 
 fn list_entry(path: WirePath, e: &Entry) -> ListEntry {
@@ -863,7 +875,7 @@ mod tests {
             }));
         }
         assert!(!root.dir().join("a/1").exists(), "nothing is installed before the commit");
-        let results = commit_group(group);
+        let (results, _) = commit_group(group, &[]);
         assert_eq!(results.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>(), ["a/1", "b/2", "a", "a/1"]);
         let failed: Vec<bool> = results.iter().map(|(_, r)| r.is_err()).collect();
         assert_eq!(failed, [false, false, true, false], "{results:?}");
@@ -879,9 +891,11 @@ mod tests {
     fn staging_area_is_reserved_and_hidden() {
         let (_t, root) = server();
         fs::write(root.dir().join("visible"), b"v").unwrap();
-        for op in
-            [root.stage_any(&p(".xfer/tmp/x")).map(drop), root.mkdir(&p(".xfer/x")), root.list(&p(".xfer")).map(drop)]
-        {
+        for op in [
+            root.stage_any(&p(".xfer/tmp/x")).map(drop),
+            root.mkdir(&p(".xfer/x")).map(drop),
+            root.list(&p(".xfer")).map(drop),
+        ] {
             assert_eq!(op.unwrap_err().code, ErrorCode::Denied);
         }
         let names: Vec<_> = root.list(&WirePath::root()).unwrap().into_iter().map(|e| e.path.to_string()).collect();

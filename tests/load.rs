@@ -129,6 +129,11 @@ fn a_server_with_few_file_descriptors_still_takes_hundreds_of_small_files() {
     for i in 0..600 {
         work.write(&format!("src/d{}/f{i}", i % 7), &random_bytes(512, i));
     }
+    // Empty folders too: each waits for the group commit that makes it
+    // durable, holding its descriptor until then.
+    for i in 0..300 {
+        std::fs::create_dir_all(work.join(&format!("src/empty/e{i}"))).unwrap();
+    }
     // Group commit must not hold a descriptor per waiting file.
     let ids = pki.id_args("server").join(" ");
     let root = work.join("root");
@@ -140,5 +145,8 @@ fn a_server_with_few_file_descriptors_still_takes_hundreds_of_small_files() {
     client(&pki, "client", work.path(), "push", &server, &["src"]).assert_code(0);
     for i in 0..600 {
         assert_eq!(std::fs::read(root.join(format!("src/d{}/f{i}", i % 7))).unwrap(), random_bytes(512, i));
+    }
+    for i in 0..300 {
+        assert!(root.join(format!("src/empty/e{i}")).is_dir());
     }
 }

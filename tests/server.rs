@@ -134,7 +134,10 @@ fn quiet_servers_still_announce_their_port() {
 /// pushes like any other (staged on its own filesystem), big and small.
 #[test]
 fn a_push_into_a_mount_point_below_the_root_is_installed() {
-    if !Command::new("unshare").args(["--user", "--map-root-user", "--mount", "true"]).status().is_ok_and(|s| s.success())
+    if !Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
     {
         eprintln!("skipped: this machine cannot make a user namespace (unshare) for a mount point");
         return;

@@ -216,6 +216,16 @@ enum Reply {
     /// A reply that needs nothing installed but must not overtake the
     /// files before it (a `HAVE`).
     Ready(Frame),
+    /// `OK` for a folder just created, once the group commit made it
+    /// durable.
+    Folder(WirePath, crate::beneath::DirFd),
+}
+
+/// What a queued reply becomes once its group is committed.
+enum Answer {
+    File(u64, [u8; 32], Instant),
+    Now(Frame),
+    Folder(WirePath),
 }
 
 /// A received, verified file awaiting its group commit.
@@ -411,7 +421,19 @@ impl Conn {
                     Ok(()) => blocking(move || root.mkdir(&p)).await,
                     Err(e) => Err(e),
                 };
-                self.answer(&path, "mkdir", r).await
+                match r {
+                    // `OK` once the folder is durable: it waits for the
+                    // next group commit, whose syncs cover it.
+                    Ok(dir) => {
+                        self.batch.push(Reply::Folder(path, dir));
+                        self.batch_size.add_folder();
+                        if self.batch_size.full() {
+                            self.commit_batch().await?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => self.answer(&path, "mkdir", Err(e)).await,
+                }
             }
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
@@ -457,7 +479,7 @@ impl Conn {
     fn batch_holds_file_on(&self, path: &WirePath) -> bool {
         self.batch.iter().any(|r| match r {
             Reply::File(p) => path.starts_with(p.staged.path()),
-            Reply::Ready(_) => false,
+            Reply::Ready(_) | Reply::Folder(..) => false,
         })
     }
 
@@ -626,7 +648,7 @@ impl Conn {
                 let (root, p) = (self.shared.root.clone(), h.path.clone());
                 let near = self.batch.iter().rev().find_map(|r| match r {
                     Reply::File(pending) => pending.staged.near(),
-                    Reply::Ready(_) => None,
+                    Reply::Ready(_) | Reply::Folder(..) => None,
                 });
                 Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await
             }
@@ -708,24 +730,35 @@ impl Conn {
         let mut staged = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
         let mut charges = Vec::new();
+        let mut folders = Vec::new();
         for reply in std::mem::take(&mut self.batch) {
             match reply {
                 Reply::File(p) => {
                     staged.push(p.staged);
                     charges.extend(p.charge);
-                    replies.push(Ok((p.size, p.blake3, p.started)));
+                    replies.push(Answer::File(p.size, p.blake3, p.started));
                 }
-                Reply::Ready(frame) => replies.push(Err(frame)),
+                Reply::Ready(frame) => replies.push(Answer::Now(frame)),
+                Reply::Folder(path, dir) => {
+                    folders.push(dir);
+                    replies.push(Answer::Folder(path));
+                }
             }
         }
         self.batch_size = GroupSize::default();
-        let mut results = blocking(move || store::commit_group(staged)).await.into_iter();
+        let (results, folders_ok) = blocking(move || store::commit_group(staged, &folders)).await;
+        let mut results = results.into_iter();
         drop(charges); // the memory they cover is free now
         for reply in replies {
             let (size, blake3, started) = match reply {
-                Ok(facts) => facts,
-                Err(frame) => {
+                Answer::File(size, blake3, started) => (size, blake3, started),
+                Answer::Now(frame) => {
                     self.w.send(&frame).await?;
+                    continue;
+                }
+                Answer::Folder(path) => {
+                    let r = folders_ok.clone().map_err(|e| StoreError { message: format!("{path}: {e}"), ..e });
+                    self.answer(&path, "mkdir", r).await?;
                     continue;
                 }
             };
