@@ -580,11 +580,9 @@ impl GroupSize {
         self.memory += f.in_memory();
     }
 
-    /// Counts a folder created for the group, which holds a descriptor
-    /// until the commit like a staged file.
+    /// Counts a folder created for the group.
     pub fn add_folder(&mut self) {
         self.files += 1;
-        self.staged += 1;
     }
 
     /// True when the group should be committed now.

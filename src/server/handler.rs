@@ -108,6 +108,7 @@ pub(super) async fn serve(
             stopped_mid_response: false,
             batch: Vec::new(),
             batch_size: GroupSize::default(),
+            folder_fs: Vec::new(),
             claims: HashMap::new(),
             offers: HashMap::new(),
             offered: (0, 0),
@@ -186,6 +187,8 @@ struct Conn {
     /// replies queued behind them (in request order), and what they hold.
     batch: Vec<Reply>,
     batch_size: GroupSize,
+    /// A handle on each filesystem where the batch created folders.
+    folder_fs: Vec<(Option<u64>, crate::beneath::DirFd)>,
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
     claims: HashMap<WirePath, Partial>,
@@ -218,7 +221,7 @@ enum Reply {
     Ready(Frame),
     /// `OK` for a folder just created, once the group commit made it
     /// durable.
-    Folder(WirePath, crate::beneath::DirFd),
+    Folder(WirePath),
 }
 
 /// What a queued reply becomes once its group is committed.
@@ -418,14 +421,18 @@ impl Conn {
                 let root = self.shared.root.clone();
                 let p = path.clone();
                 let r = match self.authorize(Perm::Write, &path) {
-                    Ok(()) => blocking(move || root.mkdir(&p)).await,
+                    Ok(()) => blocking(move || root.mkdir(&p).map(|d| (d.device().ok(), d))).await,
                     Err(e) => Err(e),
                 };
                 match r {
                     // `OK` once the folder is durable: it waits for the
-                    // next group commit, whose syncs cover it.
-                    Ok(dir) => {
-                        self.batch.push(Reply::Folder(path, dir));
+                    // next group commit, whose syncs cover it (one handle
+                    // kept per filesystem, not per folder).
+                    Ok((dev, dir)) => {
+                        if !self.folder_fs.iter().any(|(d, _)| *d == dev) {
+                            self.folder_fs.push((dev, dir));
+                        }
+                        self.batch.push(Reply::Folder(path));
                         self.batch_size.add_folder();
                         if self.batch_size.full() {
                             self.commit_batch().await?;
@@ -724,13 +731,14 @@ impl Conn {
         // A client revoked while its files arrived gets none installed.
         if let Err(e) = self.refresh() {
             self.batch.clear();
+            self.folder_fs.clear();
             self.batch_size = GroupSize::default();
             return Err(e);
         }
         let mut staged = Vec::with_capacity(self.batch.len());
         let mut replies = Vec::with_capacity(self.batch.len());
         let mut charges = Vec::new();
-        let mut folders = Vec::new();
+        let folders: Vec<_> = std::mem::take(&mut self.folder_fs).into_iter().map(|(_, d)| d).collect();
         for reply in std::mem::take(&mut self.batch) {
             match reply {
                 Reply::File(p) => {
@@ -739,10 +747,7 @@ impl Conn {
                     replies.push(Answer::File(p.size, p.blake3, p.started));
                 }
                 Reply::Ready(frame) => replies.push(Answer::Now(frame)),
-                Reply::Folder(path, dir) => {
-                    folders.push(dir);
-                    replies.push(Answer::Folder(path));
-                }
+                Reply::Folder(path) => replies.push(Answer::Folder(path)),
             }
         }
         self.batch_size = GroupSize::default();
