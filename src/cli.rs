@@ -284,6 +284,9 @@ pub struct ServeArgs {
     /// Delete partial copies of interrupted uploads not resumed for this long.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub partial_ttl: Duration,
+    /// Bytes of partial copies one client may leave; its oldest go first.
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub partial_quota: u64,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }
@@ -720,6 +723,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_memory = usize::try_from(a.max_memory).unwrap_or(usize::MAX);
     cfg.grace = a.grace;
     cfg.partial_ttl = a.partial_ttl;
+    cfg.partial_quota = a.partial_quota;
     cfg.timeouts = Timeouts {
         handshake: a.handshake_timeout,
         header: a.header_timeout,

@@ -29,6 +29,9 @@ use crate::protocol::{FileHeader, Timestamp, WirePath};
 /// Smaller files are cheaper to send again than to track.
 pub const RESUMABLE_MIN: u64 = 1 << 20;
 
+/// Default bytes of partial copies one sender may leave on a receiver.
+pub const DEFAULT_QUOTA: u64 = 16 << 30;
+
 /// Default age after which a partial copy nobody resumed is deleted.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -59,17 +62,17 @@ impl PartialId {
         Timestamp { secs: self.mtime_secs, nanos: self.mtime_nanos }
     }
 
-    /// The data file's name: a hash of the identity, so it can be found
-    /// directly and says nothing about the path to someone listing the folder.
+    /// The data file's name: a hash of the sender and the path, so it can
+    /// be found directly and says nothing about the path to someone listing
+    /// the folder. One partial copy per sender and path: a newer version of
+    /// the file takes the place of the older one's copy, so interrupted
+    /// pushes of a file that keeps changing do not pile up.
     pub fn data_name(&self) -> String {
         let mut h = blake3::Hasher::new();
         for part in [self.peer.as_bytes(), self.path.as_bytes()] {
             h.update(&(part.len() as u64).to_be_bytes());
             h.update(part);
         }
-        h.update(&self.size.to_be_bytes());
-        h.update(&self.mtime_secs.to_be_bytes());
-        h.update(&self.mtime_nanos.to_be_bytes());
         h.finalize().to_hex()[..32].to_owned()
     }
 
@@ -109,6 +112,10 @@ impl Partial {
 /// one that nobody else holds. Blocking: it reads the whole prefix.
 pub fn claim(dir: &DirFd, id: &PartialId) -> io::Result<Option<Partial>> {
     let Some(mut file) = dir.open_locked(OsStr::new(&id.data_name()), false)? else { return Ok(None) };
+    // The copy under this name may be of another version of the file.
+    if read_meta(dir, &id.meta_name()).as_ref() != Some(id) {
+        return Ok(None);
+    }
     let mut hasher = blake3::Hasher::new();
     let offset = io::copy(&mut file, &mut hasher)?;
     if offset == 0 || offset > id.size {
@@ -139,13 +146,44 @@ pub fn list(dir: &DirFd, peer: &str) -> Vec<PartialId> {
     let mut out = Vec::new();
     for name in dir.names().unwrap_or_default() {
         let Some(data) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
-        let Ok(f) = dir.open_file(&name) else { continue };
-        let Ok(id) = serde_json::from_reader::<_, PartialId>(io::BufReader::new(f).take(16 * 1024)) else { continue };
+        let Some(id) = read_meta(dir, &name.to_string_lossy()) else { continue };
         if id.peer == peer && id.data_name() == data {
             out.push(id);
         }
     }
     out
+}
+
+fn read_meta(dir: &DirFd, name: &str) -> Option<PartialId> {
+    let f = dir.open_file(OsStr::new(name)).ok()?;
+    serde_json::from_reader::<_, PartialId>(io::BufReader::new(f).take(16 * 1024)).ok()
+}
+
+/// Deletes `peer`'s oldest partial copies (those nobody holds) until the
+/// bytes its copies hold, plus `incoming` more, fit `quota`. Returns false
+/// when they still do not (the new transfer is then simply not kept as a
+/// partial copy).
+pub fn make_room(dir: &DirFd, peer: &str, incoming: u64, quota: u64) -> bool {
+    let mut held: Vec<(crate::protocol::Timestamp, String, u64)> = list(dir, peer)
+        .into_iter()
+        .filter_map(|id| {
+            let name = id.data_name();
+            let e = dir.stat(OsStr::new(&name)).ok().flatten()?;
+            Some((e.meta.mtime, name, e.meta.size))
+        })
+        .collect();
+    let mut total: u64 = held.iter().map(|h| h.2).sum();
+    held.sort_by_key(|h| (h.0.secs, h.0.nanos));
+    for (_, name, size) in held {
+        if total.saturating_add(incoming) <= quota {
+            break;
+        }
+        if let Ok(Some(_locked)) = dir.open_locked(OsStr::new(&name), false) {
+            remove(dir, &name);
+            total -= size;
+        }
+    }
+    total.saturating_add(incoming) <= quota
 }
 
 /// Deletes partial copies (and stray descriptions or temporary files) not
@@ -204,6 +242,8 @@ mod tests {
         assert_eq!(p.prefix(), *blake3::hash(b"hello").as_bytes());
         assert!(claim(&dir, &id("a/f")).unwrap().is_none(), "claimed once at a time");
         assert!(claim(&dir, &id("a/g")).unwrap().is_none(), "another path is another identity");
+        let other_version = PartialId { size: 11, ..id("a/f") };
+        assert!(claim(&dir, &other_version).unwrap().is_none(), "another version of the file is not resumed");
         let other_peer = PartialId { peer: "runner-2".into(), ..id("a/f") };
         assert!(claim(&dir, &other_peer).unwrap().is_none(), "another sender never gets it");
         assert_eq!(list(&dir, "runner-1"), [id("a/f")]);
@@ -213,5 +253,26 @@ mod tests {
         assert_eq!(expire(&dir, Duration::from_secs(3600)), 0, "a fresh one is kept");
         assert_eq!(expire(&dir, Duration::ZERO), 1);
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "data and description are both gone");
+    }
+
+    #[test]
+    fn one_copy_per_sender_and_path_and_a_quota_per_sender() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = DirFd::open_path(t.path()).unwrap();
+        // A newer version takes the older one's place.
+        let v1 = id("a/f");
+        create(&dir, &v1).unwrap().unwrap().write_all(b"version one").unwrap();
+        let v2 = PartialId { mtime_secs: 99, ..id("a/f") };
+        create(&dir, &v2).unwrap().unwrap().write_all(b"two").unwrap();
+        assert_eq!(list(&dir, "runner-1"), [v2.clone()]);
+        assert!(claim(&dir, &v1).unwrap().is_none());
+        assert_eq!(claim(&dir, &v2).unwrap().unwrap().offset, 3);
+        // The quota deletes the sender's oldest copies first.
+        create(&dir, &id("b")).unwrap().unwrap().write_all(&[0; 100]).unwrap();
+        assert!(make_room(&dir, "runner-1", 50, 160), "a/f (3) + b (100) + 50 fit 160");
+        assert!(make_room(&dir, "runner-1", 100, 110), "the oldest copies go to make room");
+        assert!(list(&dir, "runner-1").len() < 2);
+        assert!(!make_room(&dir, "runner-1", 500, 110), "a file larger than the quota is not kept");
+        assert!(make_room(&dir, "runner-2", 100, 110), "another sender has its own quota");
     }
 }

@@ -95,6 +95,8 @@ pub struct Root {
     /// A pull's own staging folder, locked while the pull runs and removed
     /// when the last handle on the root goes.
     pull_staging: Option<std::sync::Arc<PullStaging>>,
+    /// Bytes of partial copies one sender may leave (see `partial`).
+    partial_quota: u64,
     /// Hashes of files under the root, computed once per version.
     hashes: std::sync::Arc<Hashes>,
 }
@@ -154,7 +156,14 @@ impl Root {
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
         let path = dir.canonicalize()?;
-        Ok(Root { dir: DirFd::open_path(&path)?, path, staging: None, pull_staging: None, hashes: Default::default() })
+        Ok(Root {
+            dir: DirFd::open_path(&path)?,
+            path,
+            staging: None,
+            pull_staging: None,
+            partial_quota: partial::DEFAULT_QUOTA,
+            hashes: Default::default(),
+        })
     }
 
     /// A pull's destination: temporary files go to a folder of this pull's
@@ -184,6 +193,11 @@ impl Root {
         root.staging = Some(own);
         root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));
         Ok(root)
+    }
+
+    /// Sets how many bytes of partial copies one sender may leave.
+    pub fn set_partial_quota(&mut self, quota: u64) {
+        self.partial_quota = quota;
     }
 
     /// The root folder's path.
@@ -314,6 +328,11 @@ impl Root {
     fn fresh_partial(&self, id: &PartialId, target: &DirFd) -> io::Result<Option<(File, DirFd, String)>> {
         let dir = self.partial_dir()?;
         if dir.device()? != target.device()? {
+            return Ok(None);
+        }
+        // What a sender's interrupted transfers leave is bounded: its
+        // oldest copies go first, and past the quota none is kept.
+        if !partial::make_room(&dir, &id.peer, id.size, self.partial_quota) {
             return Ok(None);
         }
         Ok(partial::create(&dir, id)?.map(|f| (f, dir, id.data_name())))

@@ -406,3 +406,58 @@ fn a_full_disk_is_refused_up_front_or_cleaned_up_mid_write() {
         assert_eq!(std::fs::read_dir(seen.join(sub)).unwrap().count(), 0, "{sub} was not cleaned up");
     }
 }
+
+/// Interrupted pushes leave one partial copy per client and path, however
+/// often the file changed, and no more than the client's quota in all.
+#[test]
+fn partial_copies_do_not_pile_up() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["--partial-quota", "6M"]);
+    let partials = partials(&work.join("root"));
+    let slow = [("XFER_FAULT_SLOW_PAYLOAD", "50")];
+    let interrupt = |name: &str, mtime: u64| {
+        work.write(name, &random_bytes(4 * MIB, mtime));
+        set_mtime(&work.join(name), mtime);
+        let push = spawn_client(&pki, work.path(), "push", &server.addr, &[name, "--retry", "0"], &slow);
+        // This push's own copy (its description names the path) has 1 MiB.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mine = || {
+            std::fs::read_dir(&partials).into_iter().flatten().flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.ends_with(".meta")
+                    && std::fs::read_to_string(e.path()).is_ok_and(|m| m.contains(&format!("\"{name}\"")))
+                    && std::fs::metadata(partials.join(n.trim_end_matches(".meta")))
+                        .is_ok_and(|d| d.len() >= MIB as u64)
+            })
+        };
+        while !mine() {
+            assert!(Instant::now() < deadline, "no partial copy of {name}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill9(push.id());
+        let _ = finish(push);
+    };
+    // The same path, five versions: one copy.
+    for v in 0..5 {
+        interrupt("moving.bin", 1_700_000_000 + v);
+    }
+    let data_files = || work.listing("root/.xfer/partial").into_iter().filter(|n| !n.ends_with(".meta")).count();
+    assert_eq!(data_files(), 1, "{:?}", work.listing("root/.xfer/partial"));
+    // Other paths: the quota (6 MiB) keeps at most what fits, oldest first.
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        interrupt(name, 1_700_000_100 + i as u64);
+    }
+    let held: u64 = std::fs::read_dir(&partials)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".meta"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(held <= 6 * MIB as u64 + 4 * MIB as u64, "{held} bytes of partial copies held");
+    assert!(data_files() <= 3, "{:?}", work.listing("root/.xfer/partial"));
+    // The newest is still resumed.
+    let run = client(&pki, "client", work.path(), "push", &server, &["c.bin", "--json"]);
+    run.assert_code(0);
+    assert!(run.json()[0]["resumed_from"].as_u64().unwrap() > 0, "{run}");
+}

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Partial copies nobody resumed for this long are deleted.
     pub partial_ttl: Duration,
+    /// Bytes of partial copies one client may leave.
+    pub partial_quota: u64,
 }
 
 impl ServeConfig {
@@ -84,6 +86,7 @@ impl ServeConfig {
             max_memory: crate::budget::DEFAULT,
             grace: GRACE,
             partial_ttl: crate::partial::DEFAULT_TTL,
+            partial_quota: crate::partial::DEFAULT_QUOTA,
         }
     }
 }
@@ -161,8 +164,9 @@ impl Server {
     /// Loads the identity, opens the root and binds the listener.
     pub async fn bind(cfg: ServeConfig) -> Result<Server> {
         let live = load_live(&cfg.identity, cfg.policy.as_deref())?;
-        let root = Root::open_server(&cfg.root)
+        let mut root = Root::open_server(&cfg.root)
             .map_err(|e| Error::io(format!("cannot use {} as the root", cfg.root.display()), e))?;
+        root.set_partial_quota(cfg.partial_quota);
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
