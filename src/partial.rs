@@ -264,7 +264,7 @@ mod tests {
         create(&dir, &v1).unwrap().unwrap().write_all(b"version one").unwrap();
         let v2 = PartialId { mtime_secs: 99, ..id("a/f") };
         create(&dir, &v2).unwrap().unwrap().write_all(b"two").unwrap();
-        assert_eq!(list(&dir, "runner-1"), [v2.clone()]);
+        assert_eq!(list(&dir, "runner-1"), std::slice::from_ref(&v2));
         assert!(claim(&dir, &v1).unwrap().is_none());
         assert_eq!(claim(&dir, &v2).unwrap().unwrap().offset, 3);
         // The quota deletes the sender's oldest copies first.
