@@ -211,6 +211,12 @@ impl DirFd {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
+    /// The size of this folder's filesystem, in bytes.
+    pub fn total_space(&self) -> io::Result<u64> {
+        let st = rustix::fs::fstatvfs(&*self.0)?;
+        Ok(st.f_blocks.saturating_mul(st.f_frsize))
+    }
+
     /// The device (filesystem) this folder is on.
     #[allow(clippy::unnecessary_cast)] // st_dev's type differs between targets
     pub fn device(&self) -> io::Result<u64> {

@@ -336,6 +336,11 @@ pub struct PullArgs {
     /// Local folder to place them in (created if missing).
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
+    /// Largest file accepted: bytes, or with a K, M, G or T suffix. Whatever
+    /// this says, a pull never fills the disk past a reserve of 5% of it
+    /// (at most 1 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
     /// On a refused, cut or stalled connection, reconnect and resume up to N
     /// times, with backoff (0: never).
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -471,7 +476,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet);
             let out = a.out.clone();
-            with_client(&a.host, &a.client, Op::Pull, output, a.retry, |c, rep| {
+            let limits = Limits { max_size: a.max_size };
+            with_client_limited(&a.host, &a.client, Op::Pull, output, a.retry, limits, |c, rep| {
                 let (remotes, out) = (remotes.clone(), out.clone());
                 Box::pin(async move { c.pull(&remotes, &out, rep).await })
             })
@@ -514,17 +520,32 @@ fn remote_path(s: &str) -> Result<WirePath, Error> {
 
 type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
 
+/// What a client accepts from the server, for commands that receive.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    max_size: Option<u64>,
+}
+
+/// [`with_client_limited`] with no limits beyond the defaults.
+async fn with_client<F>(host: &str, args: &ClientArgs, op: Op, output: Output, retries: u32, f: F) -> anyhow::Result<()>
+where
+    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
+{
+    with_client_limited(host, args, op, output, retries, Limits::default(), f).await
+}
+
 /// Connects, runs one operation, closes, and always prints the summary.
 /// A transient failure (refused, cut or stalled connection, server
 /// restarting) is retried `retries` times with backoff; each attempt
 /// resumes where the last left off, and files already reported are not
 /// reported again.
-async fn with_client<F>(
+async fn with_client_limited<F>(
     host: &str,
     args: &ClientArgs,
     op: Op,
     output: Output,
     retries: u32,
+    limits: Limits,
     mut f: F,
 ) -> anyhow::Result<()>
 where
@@ -532,6 +553,7 @@ where
 {
     let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
     cfg.server_name = args.server_name.clone();
+    cfg.max_size = limits.max_size;
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     // Bars only for people watching a terminal, and only while bytes move.
     let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();

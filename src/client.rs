@@ -24,7 +24,7 @@ use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::meter::Meter;
 use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
-use crate::progress::{FileReport, Reporter};
+use crate::progress::{FileReport, Reporter, human_bytes};
 use crate::protocol::{
     ALPN, DEFAULT_PORT, ErrorCode, FileHeader, Frame, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, VERSION, WirePath,
 };
@@ -43,13 +43,15 @@ pub struct ClientConfig {
     pub server_name: Option<String>,
     pub identity: IdentityPaths,
     pub timeouts: Timeouts,
+    /// Largest file a pull accepts (besides the free-space reserve).
+    pub max_size: Option<u64>,
 }
 
 impl ClientConfig {
     /// A config for `HOST[:PORT]` (IPv6 as `[::1]:5001` or a bare `::1`).
     pub fn new(target: &str, identity: IdentityPaths) -> Result<ClientConfig> {
         let (host, port) = parse_target(target)?;
-        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default() })
+        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default(), max_size: None })
     }
 }
 
@@ -315,7 +317,7 @@ impl Client {
             if !greeted {
                 greet(r, cfg.timeouts.header).await?;
             }
-            let mut ctx = PullCtx { root: &root, rep, held: &mut held, server };
+            let mut ctx = PullCtx { root: &root, rep, held: &mut held, server, max_size: cfg.max_size };
             for p in remotes {
                 pull_one(r, p, &mut ctx).await?;
             }
@@ -824,6 +826,8 @@ struct PullCtx<'a> {
     held: &'a mut Holdings,
     /// The server's name, which partial copies from it are filed under.
     server: &'a str,
+    /// `--max-size`: files larger are refused.
+    max_size: Option<u64>,
 }
 
 /// Receives everything the server sends for one `Get`. Verified files are
@@ -852,12 +856,18 @@ async fn pull_items(
     remote: &impl Fn(&WirePath) -> String,
     meter: &Meter,
 ) -> Result<()> {
+    let mut shape = Shape::default();
     loop {
         // Before waiting on the network, make what arrived durable.
         if !r.has_frame() {
             group.commit(ctx.rep, remote).await;
         }
         let frame = reply(r).await?;
+        match &frame {
+            Frame::Dir { path, .. } | Frame::Skipped { path, .. } => shape.check(r, asked, path, false)?,
+            Frame::File(h) => shape.check(r, asked, &h.path, true)?,
+            _ => {}
+        }
         if !matches!(frame, Frame::File(_)) {
             group.commit(ctx.rep, remote).await;
         }
@@ -925,6 +935,33 @@ async fn confirm_whole(
     }
 }
 
+/// The most payload bytes (counted from 0, so including a resumed prefix)
+/// a file of a pull may have: `--max-size`, and what the destination's
+/// filesystem can take above its reserve. A file announced larger is
+/// refused before any of it is written.
+async fn receive_limit(ctx: &PullCtx<'_>, h: &FileHeader, path: &str) -> std::result::Result<u64, FileReport> {
+    let root = ctx.root.clone();
+    let room = blocking(move || root.room()).await.ok();
+    let max = ctx.max_size.unwrap_or(u64::MAX);
+    let usable = room.map_or(u64::MAX, |r| r.usable.saturating_add(h.offset));
+    let refuse = |message: String| FileReport::failed(path, message, Class::Refused);
+    match h.known_size() {
+        Some(size) if size > max => {
+            Err(refuse(format!("{path}: {} is larger than --max-size {}", human_bytes(size), human_bytes(max))))
+        }
+        Some(size) if size > usable => {
+            let r = room.expect("usable is bounded only with a room");
+            Err(refuse(format!(
+                "{path}: needs {} but only {} is free here above the {} kept in reserve (5% of the disk, at most 1 GiB)",
+                human_bytes(size - h.offset),
+                human_bytes(r.usable),
+                human_bytes(r.reserve)
+            )))
+        }
+        _ => Ok(max.min(usable)),
+    }
+}
+
 /// How one file of a pull went.
 enum Pulled {
     /// Verified; it waits in the group for its commit and report.
@@ -971,11 +1008,20 @@ async fn pull_file(
     let (root, p, size) = (ctx.root.clone(), h.path.clone(), h.known_size());
     let near = group.files.last().and_then(Verified::near);
     let path = remote(&h.path);
+    // What a server may write here is bounded: --max-size, and the free
+    // space above the reserve (the payload starts at `h.offset`).
+    let limit = match receive_limit(ctx, &h, &path).await {
+        Ok(limit) => limit,
+        Err(report) => {
+            transfer::discard_payload(r, &h).await?;
+            return Ok(Pulled::Failed(FileReport { size: h.size, ..report }));
+        }
+    };
     let (outcome, staged) = match Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await {
-        Ok(target) => transfer::receive_deferred(r, &h, target, u64::MAX, meter, prefix).await?,
+        Ok(target) => transfer::receive_deferred(r, &h, target, limit, meter, prefix).await?,
         Err(e) => {
             // Read and drop the payload; the file cannot be written here.
-            let outcome = transfer::receive_file(r, &h, None, u64::MAX, meter).await?;
+            let outcome = transfer::receive_file(r, &h, None, limit, meter).await?;
             if let FileOutcome::Ok(got) = outcome {
                 let failed = FileReport::failed(&path, e.message, Class::Other);
                 return Ok(Pulled::Failed(FileReport { size: got.size, bytes: got.bytes, ..failed }));
@@ -1046,6 +1092,31 @@ impl Group {
                 Err(e) => FileReport { size, bytes, ..FileReport::failed(remote(&path), e.message, Class::Other) },
             });
         }
+    }
+}
+
+/// What a `GET` response showed of the item asked for: it comes once, and
+/// a file is the whole answer (nothing may follow it, nothing below it).
+#[derive(Default)]
+struct Shape {
+    top_seen: bool,
+    top_is_file: bool,
+}
+
+impl Shape {
+    fn check(&mut self, r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath, file: bool) -> Result<()> {
+        let bad = |what: &str| Err(Error::protocol(r.peer(), format!("{what} in answer to a request for '{asked}'")));
+        if self.top_is_file {
+            return bad(&format!("sent '{got}' after the file"));
+        }
+        // The item itself: `Get x/d` names it `d` (the root has none).
+        if asked.file_name().is_some() && got.components().nth(1).is_none() {
+            if std::mem::replace(&mut self.top_seen, true) {
+                return bad(&format!("sent '{got}' twice"));
+            }
+            self.top_is_file = file;
+        }
+        Ok(())
     }
 }
 

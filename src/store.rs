@@ -42,6 +42,21 @@ pub enum Resume {
     From(Box<Partial>),
 }
 
+/// Bytes a receiver leaves free on its filesystem: 5% of it, at most 1 GiB,
+/// so a sender (a hostile server, a runaway stream) can never fill a disk.
+pub fn reserve(total: u64) -> u64 {
+    (total / 20).min(1 << 30)
+}
+
+/// Free space on a receiver's filesystem, and how much of it may be used.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub free: u64,
+    pub reserve: u64,
+    /// `free` less `reserve`.
+    pub usable: u64,
+}
+
 /// A refused or failed store operation, with the protocol code to send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -193,6 +208,16 @@ impl Root {
         root.staging = Some(own);
         root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));
         Ok(root)
+    }
+
+    /// Room for received data on the staging filesystem: its free space
+    /// less [`reserve`], which a receiver never fills (partial copies kept
+    /// there already count: they use free space). Blocking.
+    pub fn room(&self) -> io::Result<Room> {
+        let dir = self.staging.as_ref().unwrap_or(&self.dir);
+        let (free, total) = (dir.free_space()?, dir.total_space()?);
+        let reserve = reserve(total);
+        Ok(Room { free, reserve, usable: free.saturating_sub(reserve) })
     }
 
     /// Sets how many bytes of partial copies one sender may leave.

@@ -230,3 +230,119 @@ fn a_pull_offers_only_files_it_would_overwrite_and_no_dot_files() {
     let run = run_in(home.path(), &["pull", &addr, ".ssh", "--certs", &certs, "--retry", "0"], &[]);
     assert_eq!(fake.join().unwrap(), [".ssh/id_ed25519"], "{run}");
 }
+
+/// A server that answers the first `GET` with `answer` (raw bytes), then
+/// closes.
+fn answering(pki: &Pki, answer: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let (r, mut w) = tokio::io::split(tls);
+            let mut r = xfer::connection::FrameReader::new(r, "client", Duration::from_secs(10));
+            r.read_preamble(Duration::from_secs(10)).await.unwrap();
+            w.write_all(&xfer::protocol::preamble()).await.unwrap();
+            while let Ok(Some(frame)) = r.read_frame().await {
+                if let Frame::Get { .. } = frame {
+                    // The client may stop reading (and close) early.
+                    let _ = w.write_all(&answer).await;
+                    let _ = w.flush().await;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+    });
+    (addr, handle)
+}
+
+fn header(path: &str, size: u64) -> Frame {
+    Frame::File(xfer::protocol::FileHeader::new(WirePath::parse(path).unwrap(), size, 0o644, Default::default()))
+}
+
+fn mib_of_data(n: usize) -> Vec<u8> {
+    encode(&vec![Frame::Data(bytes::Bytes::from(vec![7u8; 1 << 20])); n])
+}
+
+#[test]
+fn a_hostile_server_cannot_fill_the_clients_disk_or_leave_litter() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let certs = pki.certs().display().to_string();
+    let pull = |addr: &str, what: &str, extra: &[&str]| {
+        let mut args = vec!["pull", addr, what, "--out", "got", "--certs", &certs, "--retry", "0", "--json"];
+        args.extend_from_slice(extra);
+        run_in(work.path(), &args, &[])
+    };
+    let largest_in = |dir: &str| -> u64 {
+        let mut max = 0;
+        for p in work.listing(dir) {
+            max = max.max(std::fs::metadata(work.join(&format!("{dir}/{p}"))).map_or(0, |m| m.len()));
+        }
+        max
+    };
+
+    // A stream of unknown size that never ends: written up to --max-size.
+    let mut answer = encode(&[header("a.txt", xfer::protocol::UNKNOWN_SIZE)]);
+    answer.extend(mib_of_data(40));
+    let (addr, fake) = answering(&pki, answer);
+    let run = pull(&addr, "a.txt", &["--max-size", "8M"]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(largest_in("got") <= 9 << 20, "the client wrote past --max-size: {:?}", work.listing("got"));
+    assert!(!work.join("got/a.txt").exists());
+
+    // A file announced just under the free space: refused before a byte
+    // is written, the reserve named.
+    let free = {
+        let st = rustix::fs::statvfs(work.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    let mut answer = encode(&[header("b.bin", free - (1 << 20))]);
+    answer.extend(encode(&[Frame::End { blake3: [0; 32] }, Frame::Ok]));
+    let (addr, fake) = answering(&pki, answer);
+    let run = pull(&addr, "b.bin", &[]);
+    fake.join().unwrap();
+    run.assert_code(4);
+    assert!(run.stdout().contains("kept in reserve"), "{run}");
+    assert!(!work.join("got/b.bin").exists());
+
+    // More payload than announced: a protocol violation, and the partial
+    // copy it started is not kept.
+    let mut answer = encode(&[header("c.bin", 2 << 20)]);
+    answer.extend(mib_of_data(3));
+    let (addr, fake) = answering(&pki, answer);
+    let run = pull(&addr, "c.bin", &[]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(run.stderr().contains("more payload than"), "{run}");
+    assert!(!work.join("got/.xfer").exists(), "litter: {:?}", work.listing("got"));
+
+    // A file asked for must come as the whole answer: a folder of the same
+    // name after it, or anything below it, is refused.
+    let data = bytes::Bytes::from_static(b"hi");
+    let blake3 = *blake3::hash(b"hi").as_bytes();
+    let answer = encode(&[
+        header("d.txt", 2),
+        Frame::Data(data.clone()),
+        Frame::End { blake3 },
+        Frame::Dir { path: WirePath::parse("d.txt").unwrap(), mode: 0o755, mtime: Default::default() },
+        header("d.txt/evil", 2),
+        Frame::Data(data),
+        Frame::End { blake3 },
+        Frame::Ok,
+    ]);
+    let (addr, fake) = answering(&pki, answer);
+    let run = pull(&addr, "d.txt", &[]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(run.stderr().contains("after the file"), "{run}");
+    assert!(!work.join("got/d.txt").is_dir(), "{:?}", work.listing("got"));
+}

@@ -119,10 +119,21 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
         }
     };
     loop {
-        match r.read_frame().await? {
+        let frame = match r.read_frame().await {
+            Ok(f) => f,
+            // A sender that breaks the protocol gets no partial copy kept
+            // for it (a cut or stalled connection does: that is resume).
+            Err(e @ (Error::Frame { .. } | Error::Protocol { .. })) => {
+                discard(&mut sink);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        match frame {
             Some(Frame::Data(d)) => {
                 got += d.len() as u64;
                 if h.size != UNKNOWN_SIZE && got > h.size {
+                    discard(&mut sink);
                     return Err(Error::protocol(
                         r.peer(),
                         format!("{}: more payload than the {} bytes announced", h.path, h.size),
@@ -159,6 +170,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                 return Ok(FileOutcome::PeerError { code, message });
             }
             Some(other) => {
+                discard(&mut sink);
                 return Err(Error::protocol(
                     r.peer(),
                     format!("unexpected {} frame inside the payload of {}", other.name(), h.path),
