@@ -134,6 +134,11 @@ pub fn create(dir: &DirFd, id: &PartialId) -> io::Result<Option<File>> {
     Ok(Some(file))
 }
 
+/// Deletes a partial copy's description only (its data is moving on).
+pub fn remove_description(dir: &DirFd, data_name: &str) {
+    let _ = dir.unlink(OsStr::new(&meta_name(data_name)));
+}
+
 /// Deletes a partial copy and its description.
 pub fn remove(dir: &DirFd, data_name: &str) {
     let _ = dir.unlink(OsStr::new(data_name));

@@ -555,8 +555,12 @@ impl Staged {
         }
         let err = |e| StoreError::io(&self.path, e);
         let (_, name) = self.park_dir.create_temp(".xfer-").map_err(err)?;
+        // The description goes first, while the data is still in place and
+        // locked (so nobody can start a new partial copy under this name);
+        // once the data is renamed away, the name belongs to whoever comes
+        // next, and nothing of theirs may be removed.
+        partial::remove_description(&self.tmp_dir, &self.tmp_name);
         self.tmp_dir.rename(OsStr::new(&self.tmp_name), &self.park_dir, OsStr::new(&name)).map_err(err)?;
-        partial::remove(&self.tmp_dir, &self.tmp_name);
         (self.tmp_dir, self.tmp_name, self.partial) = (self.park_dir.clone(), name, false);
         Ok(())
     }
