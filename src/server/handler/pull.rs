@@ -1,0 +1,125 @@
+//! A pull, on the server: the client's `OFFER`s kept within the protocol's
+//! bounds and the memory budget, then each `GET` answered by walking the
+//! tree and sending its files (only the rest of those the client holds in
+//! part, nothing of those it holds whole); and `LIST`.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::{Conn, SHUTTING_DOWN};
+use crate::auth::Perm;
+use crate::error::{Error, Result};
+use crate::meter::Meter;
+use crate::protocol::{ErrorCode, FileHeader, Frame, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, WirePath};
+use crate::transfer::{self, SendOutcome, blocking};
+use crate::walk::Item;
+
+/// Memory an offer holds besides its path (map entry, sizes, hash).
+const OFFER_OVERHEAD: usize = 160;
+
+impl Conn {
+    /// Keeps what a pulling client holds, within the protocol's bounds (a
+    /// client past them is cut off: it broke the protocol) and the server's
+    /// memory budget (past it, offers are ignored and those files are sent
+    /// whole, which the protocol allows).
+    pub(super) fn offer(&mut self, o: Offer) -> Result<()> {
+        self.offered.0 += 1;
+        self.offered.1 += o.body_len();
+        if self.offered.0 > MAX_OFFERS || self.offered.1 > MAX_OFFER_BYTES {
+            return Err(Error::protocol(
+                self.r.peer(),
+                format!("more than {MAX_OFFERS} OFFERs or {MAX_OFFER_BYTES} bytes of them on one connection"),
+            ));
+        }
+        let Some(charge) = self.shared.budget.try_charge(o.path.as_str().len() + OFFER_OVERHEAD) else {
+            return Ok(());
+        };
+        let have = Have { offset: o.offset, prefix: o.prefix, complete: None };
+        self.offers.insert(o.path, (transfer::Held { size: o.size, mtime: o.mtime, have }, charge));
+        Ok(())
+    }
+
+    /// Sends a file or a tree, then `Ok`.
+    pub(super) async fn get(&mut self, path: WirePath) -> Result<()> {
+        if let Err(e) = self.authorize(Perm::Read, &path) {
+            return self.answer(&path, "pull", Err(e)).await;
+        }
+        let root = self.shared.root.clone();
+        let p = path.clone();
+        let walk = match blocking(move || root.walk(&p)).await {
+            Ok(w) => w,
+            Err(e) => return self.answer(&path, "pull", Err(e)).await,
+        };
+        let mut items = transfer::spawn_walk(walk, self.shared.budget.clone());
+        let mut first = true;
+        while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
+            // The first item of a GET for one file is that file.
+            let single_file = std::mem::take(&mut first) && matches!(item, Item::File { .. });
+            if self.token.is_cancelled() {
+                // The file in flight has finished; the rest of the tree waits.
+                self.stopped_mid_response = true;
+                let message = SHUTTING_DOWN.to_owned();
+                return self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message }).await;
+            }
+            match item {
+                Item::Dir { rel, meta } => {
+                    self.w.send(&Frame::Dir { path: rel, mode: meta.mode, mtime: meta.mtime }).await?;
+                }
+                Item::File { rel, dir, name, ahead, .. } => {
+                    let started = Instant::now();
+                    // A copy the client holds, whole or in part: send the
+                    // rest (nothing, if it is whole and identical).
+                    let held = self.offers.get(&rel).map(|(held, _)| held.clone());
+                    let w = &mut self.w;
+                    match transfer::send_file(w, &rel, &dir, &name, &Meter::off(), held.as_ref(), ahead).await? {
+                        SendOutcome::Sent(s) => self.log_file("sent", &rel, s.size - s.offset, &s.blake3, started),
+                        // Offers carry no complete hash, so this cannot happen.
+                        SendOutcome::Same { .. } => {}
+                        SendOutcome::Aborted { reason, .. } => warn!(path = %rel, "pull of file abandoned: {reason}"),
+                        // A GET of just this file: refuse it outright, with
+                        // the cause's code (permission denied is exit 4).
+                        SendOutcome::NotStarted { code, reason } if single_file => {
+                            warn!(path = %rel, "pull refused: {reason}");
+                            return self.w.send(&Frame::Error { code, message: reason }).await;
+                        }
+                        SendOutcome::NotStarted { reason, .. } => self.send_failed(&rel, &reason).await?,
+                    }
+                }
+                // A name that cannot be sent is reported under a valid
+                // stand-in, so the client still learns of it.
+                Item::Skipped { rel, reason } => {
+                    self.w.send(&Frame::Skipped { path: WirePath::lossy(&rel), reason }).await?;
+                }
+                Item::Failed { rel, error } => self.send_failed(&WirePath::lossy(&rel), &error).await?,
+            }
+        }
+        self.w.send(&Frame::Ok).await
+    }
+
+    /// Tells a pulling client that one file of a tree could not be read: an
+    /// empty header and an `Abort`, so it is reported as failed, not skipped.
+    pub(super) async fn send_failed(&mut self, path: &WirePath, reason: &str) -> Result<()> {
+        warn!(path = %path, "cannot send: {reason}");
+        let h = FileHeader::new(path.clone(), 0, 0o600, Timestamp::default());
+        self.w.send(&Frame::File(h)).await?;
+        self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
+    }
+
+    pub(super) async fn list(&mut self, path: WirePath) -> Result<()> {
+        if let Err(e) = self.authorize(Perm::Read, &path) {
+            return self.answer(&path, "list", Err(e)).await;
+        }
+        let root = self.shared.root.clone();
+        let p = path.clone();
+        match blocking(move || root.list(&p)).await {
+            Ok(entries) => {
+                for e in entries {
+                    self.w.send(&Frame::Entry(e)).await?;
+                }
+                self.w.send(&Frame::Ok).await
+            }
+            Err(e) => self.answer(&path, "list", Err(e)).await,
+        }
+    }
+}
