@@ -1,0 +1,495 @@
+//! A pull, on the client: what the destination already holds is offered
+//! (only what the pull would overwrite), then each `GET`'s answer is
+//! checked (only what was asked, a file as the whole answer), received
+//! within `--max-size` and the disk's reserve, and installed by group
+//! commit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use tokio::io::ReadHalf;
+
+use super::{Client, Tls, greet, pipeline, refusal, refused_report, reply, unexpected};
+use crate::connection::FrameReader;
+use crate::error::{Class, Error, Result};
+use crate::meter::Meter;
+use crate::partial::{self, Partial, PartialId, RESUMABLE_MIN};
+use crate::progress::{FileReport, Reporter, human_bytes};
+use crate::protocol::{ErrorCode, FileHeader, Frame, MAX_OFFER_BYTES, MAX_OFFERS, Offer, WirePath};
+use crate::store::{self, GroupSize, Resume, Root, Verified};
+use crate::transfer::{self, FileOutcome, Target, blocking};
+use crate::walk::Item;
+
+impl Client {
+    /// Fetches files and folders into `out`: `x/b.txt` → `out/b.txt`,
+    /// `x/d` → `out/d/…`.
+    ///
+    /// What `out` already holds is offered first: partial copies an
+    /// interrupted pull from this server left (continued where they end),
+    /// and whole files (not sent again when the server's have the same
+    /// BLAKE3).
+    pub async fn pull(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
+        let root = Root::open_pull(out).map_err(|e| Error::io(format!("cannot create {}", out.display()), e))?;
+        // A pull of the whole root receives what the server's root holds:
+        // ask what that is first, so that only local files the pull would
+        // overwrite are offered (an offer tells the server a file's hash).
+        let top = match remotes.iter().any(WirePath::is_root) {
+            true => Some(self.top_names().await?),
+            false => None,
+        };
+        let greeted = top.is_some();
+        let (server, asked, root2) = (self.server.clone(), remotes.to_vec(), root.clone());
+        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked, top.as_ref())).await;
+        let Client { r, w, cfg, server } = self;
+        let offers: Vec<Offer> = held.offers.drain(..).collect();
+        let writer = async move {
+            for o in offers {
+                w.send(&Frame::Offer(o)).await?;
+            }
+            for p in remotes {
+                w.send(&Frame::Get { path: p.clone() }).await?;
+            }
+            w.flush().await
+        };
+        let reader = async {
+            if !greeted {
+                greet(r, cfg.timeouts.header).await?;
+            }
+            let mut ctx = PullCtx { root: &root, rep, held: &mut held, server, max_size: cfg.max_size };
+            for p in remotes {
+                pull_one(r, p, &mut ctx).await?;
+            }
+            Ok(())
+        };
+        let result = pipeline(writer, reader).await;
+        // Leave no staging folder behind but partial copies worth resuming.
+        drop(root);
+        self.conclude(result).await
+    }
+
+    /// The names at the top of the server's root (this connection's first
+    /// exchange: it reads the server's preamble). Empty when the server
+    /// refuses to list them; the pull that follows then reports why.
+    async fn top_names(&mut self) -> Result<HashSet<String>> {
+        self.w.send(&Frame::List { path: WirePath::root() }).await?;
+        self.w.flush().await?;
+        greet(&mut self.r, self.cfg.timeouts.header).await?;
+        let mut names = HashSet::new();
+        loop {
+            match reply(&mut self.r).await? {
+                Frame::Entry(e) => {
+                    names.extend(e.path.file_name().map(str::to_owned));
+                }
+                Frame::Ok | Frame::Error { .. } => return Ok(names),
+                other => return Err(unexpected(self.r.peer(), &other)),
+            }
+        }
+    }
+}
+
+/// What a pull's destination already holds, offered to the server before
+/// the `Get`s.
+#[derive(Default)]
+struct Holdings {
+    offers: Vec<Offer>,
+    /// Bytes of `OFFER` bodies so far: the protocol bounds them.
+    offer_bytes: usize,
+    /// Partial copies offered, claimed (locked) until their file arrives.
+    partials: HashMap<WirePath, Partial>,
+    /// Whole local files offered, with their BLAKE3.
+    whole: HashMap<WirePath, [u8; 32]>,
+}
+
+impl Holdings {
+    /// Looks in `root` for what the `asked` paths would write: partial
+    /// copies from `server` (after deleting expired ones), and the files
+    /// already there, hashed. Blocking. Best effort: what cannot be read is
+    /// simply not offered.
+    ///
+    /// An offer tells the server a local file's hash, so only files the
+    /// pull would overwrite are offered: below the asked paths, for the
+    /// root only below the names the server's root holds (`top`), and never
+    /// below a dot-name the user did not ask for (`.ssh`, `.env`).
+    fn gather(root: &Root, server: &str, asked: &[WirePath], top: Option<&HashSet<String>>) -> Holdings {
+        let mut held = Holdings::default();
+        let within =
+            |p: &WirePath| asked.iter().any(|a| a.file_name().is_none_or(|n| p.components().next() == Some(n)));
+        if let Ok(dir) = root.partial_dir() {
+            partial::expire(&dir, partial::DEFAULT_TTL);
+            for id in partial::list(&dir, server) {
+                let Ok(path) = WirePath::parse(&id.path) else { continue };
+                if !within(&path) || !held.has_room(&path) {
+                    continue;
+                }
+                if let Ok(Some(p)) = partial::claim(&dir, &id) {
+                    let prefix = p.prefix();
+                    held.push(Offer { path: path.clone(), size: id.size, mtime: id.mtime(), offset: p.offset, prefix });
+                    held.partials.insert(path, p);
+                }
+            }
+        }
+        for a in asked {
+            // `x/d` lands as `d`; the root's entries land as themselves.
+            let target = a.file_name().map_or(Ok(WirePath::root()), WirePath::parse);
+            let Some(walk) = target.ok().and_then(|t| root.walk(&t).ok()) else { continue };
+            for item in walk {
+                let Item::File { rel, dir, name, meta, .. } = item else { continue };
+                if !held.has_room(&rel) {
+                    return held;
+                }
+                if !would_receive(&rel, a.is_root(), top) {
+                    continue;
+                }
+                if held.partials.contains_key(&rel) {
+                    continue;
+                }
+                let Ok(mut f) = dir.open_file(&name) else { continue };
+                let mut hasher = blake3::Hasher::new();
+                if std::io::copy(&mut f, &mut hasher).ok() != Some(meta.size) {
+                    continue;
+                }
+                let prefix = *hasher.finalize().as_bytes();
+                held.push(Offer { path: rel.clone(), size: meta.size, mtime: meta.mtime, offset: meta.size, prefix });
+                held.whole.insert(rel, prefix);
+            }
+        }
+        held
+    }
+
+    /// True while one more offer for `path` stays within the protocol's
+    /// bounds on offers per connection (a server cuts off a client past
+    /// them).
+    fn has_room(&self, path: &WirePath) -> bool {
+        self.offers.len() < MAX_OFFERS && self.offer_bytes + Offer::body_len_for(path) <= MAX_OFFER_BYTES
+    }
+
+    fn push(&mut self, o: Offer) {
+        self.offer_bytes += o.body_len();
+        self.offers.push(o);
+    }
+}
+
+/// True when a pull of an asked path would write local file `rel` (named
+/// from the asked path's last component, or from the root's names): not
+/// under a dot-name below what was asked, and for the root, under a name
+/// the server has.
+fn would_receive(rel: &WirePath, asked_root: bool, top: Option<&HashSet<String>>) -> bool {
+    let mut parts = rel.components();
+    let first = parts.next().unwrap_or_default();
+    let first_ok = !asked_root || (!first.starts_with('.') && top.is_some_and(|t| t.contains(first)));
+    first_ok && !parts.any(|c| c.starts_with('.'))
+}
+
+/// What every file of a pull needs.
+struct PullCtx<'a> {
+    root: &'a Root,
+    rep: &'a mut Reporter,
+    held: &'a mut Holdings,
+    /// The server's name, which partial copies from it are filed under.
+    server: &'a str,
+    /// `--max-size`: files larger are refused.
+    max_size: Option<u64>,
+}
+
+/// Receives everything the server sends for one `Get`. Verified files are
+/// installed in groups ([`store::commit_group`]) and reported once durable;
+/// any other outcome waits for the group before it, so reports keep the
+/// order of the stream.
+async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, ctx: &mut PullCtx<'_>) -> Result<()> {
+    // Items are named from the parent of what was asked; reports name the
+    // remote path from the server's root.
+    let base = asked.parent().unwrap_or_default();
+    let remote = |p: &WirePath| base.join_path(p).map(|p| p.to_string()).unwrap_or_else(|_| p.to_string());
+    let meter = ctx.rep.meter().based(base.as_str());
+    let mut group = Group::default();
+    let result = pull_items(r, asked, ctx, &mut group, &remote, &meter).await;
+    // Files that arrived whole and verified are kept, even if the
+    // connection failed after them.
+    group.commit(ctx.rep, &remote).await;
+    result
+}
+
+async fn pull_items(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    asked: &WirePath,
+    ctx: &mut PullCtx<'_>,
+    group: &mut Group,
+    remote: &impl Fn(&WirePath) -> String,
+    meter: &Meter,
+) -> Result<()> {
+    let mut shape = Shape::default();
+    loop {
+        // Before waiting on the network, make what arrived durable.
+        if !r.has_frame() {
+            group.commit(ctx.rep, remote).await;
+        }
+        let frame = reply(r).await?;
+        match &frame {
+            Frame::Dir { path, .. } | Frame::Skipped { path, .. } => shape.check(r, asked, path, false)?,
+            Frame::File(h) => shape.check(r, asked, &h.path, true)?,
+            _ => {}
+        }
+        if !matches!(frame, Frame::File(_)) {
+            group.commit(ctx.rep, remote).await;
+        }
+        match frame {
+            Frame::Dir { path, .. } => {
+                check_within(r, asked, &path)?;
+                let (root, p) = (ctx.root.clone(), path.clone());
+                match blocking(move || root.mkdir(&p)).await {
+                    Ok(_) => ctx.rep.dir(&remote(&path)),
+                    Err(e) => ctx.rep.file(FileReport::failed(remote(&path), e.message, Class::Other)),
+                }
+            }
+            Frame::File(h) => {
+                check_within(r, asked, &h.path)?;
+                if h.offset > 0 && h.offset == h.size && ctx.held.whole.contains_key(&h.path) {
+                    let report = confirm_whole(r, &h, ctx.held, remote).await?;
+                    group.commit(ctx.rep, remote).await;
+                    ctx.rep.file(report);
+                    continue;
+                }
+                match pull_file(r, h, ctx, group, remote, meter).await? {
+                    Pulled::Grouped => {}
+                    Pulled::Failed(report) => {
+                        group.commit(ctx.rep, remote).await;
+                        ctx.rep.file(report);
+                    }
+                    Pulled::EndedResponse(report) => {
+                        group.commit(ctx.rep, remote).await;
+                        ctx.rep.file(report);
+                        return Ok(());
+                    }
+                }
+            }
+            Frame::Skipped { path, reason } => {
+                check_within(r, asked, &path)?;
+                ctx.rep.file(FileReport::skipped(remote(&path), reason));
+            }
+            Frame::Ok => return Ok(()),
+            Frame::Error { code, message } => {
+                ctx.rep.file(refused_report(asked, code, message)?);
+                return Ok(());
+            }
+            other => return Err(unexpected(r.peer(), &other)),
+        }
+    }
+}
+
+/// The server found our whole copy of `h.path` identical: it sends only
+/// `End` with the file's BLAKE3, which must be the one we offered.
+async fn confirm_whole(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    h: &FileHeader,
+    held: &mut Holdings,
+    remote: &impl Fn(&WirePath) -> String,
+) -> Result<FileReport> {
+    let ours = held.whole.remove(&h.path).expect("checked by the caller");
+    let path = remote(&h.path);
+    match reply(r).await? {
+        Frame::End { blake3 } if blake3 == ours => Ok(FileReport::unchanged(&path, h.size, &ours)),
+        Frame::End { .. } => Err(Error::protocol(r.peer(), format!("{path}: confirmed a copy we did not offer"))),
+        Frame::Abort { reason } => {
+            Ok(FileReport::failed(&path, format!("{path}: the server abandoned it: {reason}"), Class::Other))
+        }
+        other => Err(unexpected(r.peer(), &other)),
+    }
+}
+
+/// The most payload bytes (counted from 0, so including a resumed prefix)
+/// a file of a pull may have: `--max-size`, and what the destination's
+/// filesystem can take above its reserve. A file announced larger is
+/// refused before any of it is written.
+async fn receive_limit(ctx: &PullCtx<'_>, h: &FileHeader, path: &str) -> std::result::Result<u64, FileReport> {
+    let root = ctx.root.clone();
+    let room = blocking(move || root.room()).await.ok();
+    let max = ctx.max_size.unwrap_or(u64::MAX);
+    let usable = room.map_or(u64::MAX, |r| r.usable.saturating_add(h.offset));
+    let refuse = |message: String| FileReport::failed(path, message, Class::Refused);
+    match h.known_size() {
+        Some(size) if size > max => {
+            Err(refuse(format!("{path}: {} is larger than --max-size {}", human_bytes(size), human_bytes(max))))
+        }
+        Some(size) if size > usable => {
+            let r = room.expect("usable is bounded only with a room");
+            Err(refuse(format!(
+                "{path}: needs {} but only {} is free here above the {} kept in reserve (5% of the disk, at most 1 GiB)",
+                human_bytes(size - h.offset),
+                human_bytes(r.usable),
+                human_bytes(r.reserve)
+            )))
+        }
+        _ => Ok(max.min(usable)),
+    }
+}
+
+/// How one file of a pull went.
+enum Pulled {
+    /// Verified; it waits in the group for its commit and report.
+    Grouped,
+    /// Failed; to report once the group before it is committed.
+    Failed(FileReport),
+    /// The server's error in place of the file, which also ends the response.
+    EndedResponse(FileReport),
+}
+
+/// Receives one file of a pull, continuing the partial copy offered for
+/// it if the server chose to.
+async fn pull_file(
+    r: &mut FrameReader<ReadHalf<Tls>>,
+    h: FileHeader,
+    ctx: &mut PullCtx<'_>,
+    group: &mut Group,
+    remote: &impl Fn(&WirePath) -> String,
+    meter: &Meter,
+) -> Result<Pulled> {
+    let claim = ctx.held.partials.remove(&h.path);
+    let (resume, prefix) = match claim {
+        Some(c) if c.continued_by(&h) => {
+            let hasher = c.hasher.clone();
+            (Resume::From(Box::new(c)), hasher)
+        }
+        _ if h.offset > 0 => {
+            return Err(Error::protocol(
+                r.peer(),
+                format!("{}: sent from offset {}, which we did not offer", h.path, h.offset),
+            ));
+        }
+        claim => {
+            drop(claim); // the server starts over: release it before replacing it
+            let resume = match h.known_size() {
+                Some(size) if size >= RESUMABLE_MIN => {
+                    Resume::Fresh(PartialId::new(ctx.server, &h.path, size, h.mtime))
+                }
+                _ => Resume::No,
+            };
+            (resume, blake3::Hasher::new())
+        }
+    };
+    let (root, p, size) = (ctx.root.clone(), h.path.clone(), h.known_size());
+    let near = group.files.last().and_then(Verified::near);
+    let path = remote(&h.path);
+    // What a server may write here is bounded: --max-size, and the free
+    // space above the reserve (the payload starts at `h.offset`).
+    let limit = match receive_limit(ctx, &h, &path).await {
+        Ok(limit) => limit,
+        Err(report) => {
+            transfer::discard_payload(r, &h).await?;
+            return Ok(Pulled::Failed(FileReport { size: h.size, ..report }));
+        }
+    };
+    let (outcome, staged) = match Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await {
+        Ok(target) => transfer::receive_deferred(r, &h, target, limit, meter, prefix).await?,
+        Err(e) => {
+            // Read and drop the payload; the file cannot be written here.
+            let outcome = transfer::receive_file(r, &h, None, limit, meter).await?;
+            if let FileOutcome::Ok(got) = outcome {
+                let failed = FileReport::failed(&path, e.message, Class::Other);
+                return Ok(Pulled::Failed(FileReport { size: got.size, bytes: got.bytes, ..failed }));
+            }
+            (outcome, None)
+        }
+    };
+    Ok(Pulled::Failed(match (outcome, staged) {
+        (FileOutcome::Ok(got), Some(staged)) => {
+            group.push(staged, got.size, got.blake3, got.bytes, h.offset);
+            if group.full() {
+                group.commit(ctx.rep, remote).await;
+            }
+            return Ok(Pulled::Grouped);
+        }
+        (FileOutcome::PeerError { code, message }, _) => {
+            // The server gave up on this file and on the rest of this GET.
+            let e = refusal(&path, code, message);
+            let failed = FileReport::failed(&path, e.to_string(), e.class());
+            return Ok(Pulled::EndedResponse(FileReport { size: h.size, ..failed }));
+        }
+        (FileOutcome::Ok(got), None) => FileReport {
+            size: got.size,
+            bytes: got.bytes,
+            ..FileReport::failed(&path, "the received file was lost before it was installed".into(), Class::Other)
+        },
+        (FileOutcome::Failed { code, message, bytes }, _) => {
+            let class = if code == ErrorCode::Integrity { Class::Integrity } else { Class::Other };
+            FileReport { size: h.size, bytes, ..FileReport::failed(&path, message, class) }
+        }
+    }))
+}
+
+/// Received, verified files waiting to be made durable together.
+#[derive(Default)]
+struct Group {
+    files: Vec<Verified>,
+    /// Size, BLAKE3, payload bytes received and the offset resumed from.
+    facts: Vec<(u64, [u8; 32], u64, u64)>,
+    size: GroupSize,
+}
+
+impl Group {
+    fn push(&mut self, staged: Verified, size: u64, blake3: [u8; 32], bytes: u64, resumed_from: u64) {
+        self.size.add(&staged, bytes);
+        self.files.push(staged);
+        self.facts.push((size, blake3, bytes, resumed_from));
+    }
+
+    /// Bounds the group so reports, memory and descriptors never wait on
+    /// too much.
+    fn full(&self) -> bool {
+        self.size.full()
+    }
+
+    /// Installs the group durably and reports each file.
+    async fn commit(&mut self, rep: &mut Reporter, remote: &impl Fn(&WirePath) -> String) {
+        if self.files.is_empty() {
+            return;
+        }
+        let files = std::mem::take(&mut self.files);
+        let facts = std::mem::take(&mut self.facts);
+        self.size = GroupSize::default();
+        let (results, _) = blocking(move || store::commit_group(files, &[])).await;
+        for ((path, r), (size, blake3, bytes, resumed_from)) in results.into_iter().zip(facts) {
+            rep.file(match r {
+                Ok(()) => FileReport { bytes, resumed_from, ..FileReport::ok(remote(&path), size, &blake3) },
+                Err(e) => FileReport { size, bytes, ..FileReport::failed(remote(&path), e.message, Class::Other) },
+            });
+        }
+    }
+}
+
+/// What a `GET` response showed of the item asked for: it comes once, and
+/// a file is the whole answer (nothing may follow it, nothing below it).
+#[derive(Default)]
+struct Shape {
+    top_seen: bool,
+    top_is_file: bool,
+}
+
+impl Shape {
+    fn check(&mut self, r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath, file: bool) -> Result<()> {
+        let bad = |what: &str| Err(Error::protocol(r.peer(), format!("{what} in answer to a request for '{asked}'")));
+        if self.top_is_file {
+            return bad(&format!("sent '{got}' after the file"));
+        }
+        // The item itself: `Get x/d` names it `d` (the root has none).
+        if asked.file_name().is_some() && got.components().nth(1).is_none() {
+            if std::mem::replace(&mut self.top_seen, true) {
+                return bad(&format!("sent '{got}' twice"));
+            }
+            self.top_is_file = file;
+        }
+        Ok(())
+    }
+}
+
+/// A server may only send what was asked for: `Get x/d` yields `d/…`.
+fn check_within(r: &FrameReader<ReadHalf<Tls>>, asked: &WirePath, got: &WirePath) -> Result<()> {
+    let ok = match asked.file_name() {
+        None => !got.is_root(),
+        Some(name) => got.components().next() == Some(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::protocol(r.peer(), format!("sent '{got}' in answer to a request for '{asked}'")))
+    }
+}
