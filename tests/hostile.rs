@@ -45,38 +45,16 @@ fn names_with_control_characters_are_refused_and_never_stored() {
     assert!(!server.log().contains(ESC), "{}", server.log());
 }
 
-/// A fake server: a real TLS endpoint with the CA's `server` identity that
-/// answers the first request with `frames`, then closes.
-fn fake_server(pki: &Pki, frames: Vec<Frame>) -> (String, std::thread::JoinHandle<()>) {
-    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = acceptor.accept(tcp).await.unwrap();
-            let mut preamble = [0u8; 6];
-            tls.read_exact(&mut preamble).await.unwrap();
-            tls.write_all(&xfer::protocol::preamble()).await.unwrap();
-            tls.write_all(&encode(&frames)).await.unwrap();
-            tls.flush().await.unwrap();
-            let _ = tls.shutdown().await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        });
-    });
-    (addr, handle)
-}
-
 #[test]
 fn a_hostile_servers_words_reach_the_terminal_escaped() {
     let pki = Pki::new();
     let work = Dir::new();
     let forged = "\x1b]0;owned\x07\x1b[2J\rxfer: pushed 1 file (0.0 MiB), verified with BLAKE3\n";
-    let (addr, fake) = fake_server(&pki, vec![Frame::Error { code: ErrorCode::Denied, message: forged.into() }]);
+    let (addr, fake) = fake_server(&pki, move |(mut r, mut w)| async move {
+        let _ = r.read_frame().await;
+        w.write_all(&encode(&[Frame::Error { code: ErrorCode::Denied, message: forged.into() }])).await.unwrap();
+        w.flush().await.unwrap();
+    });
     let run = run_in(work.path(), &["ls", &addr, "--certs", &pki.certs().display().to_string()], &[]);
     fake.join().unwrap();
     assert_ne!(run.code(), 0, "{run}");
@@ -156,50 +134,34 @@ fn malformed_or_empty_secrets_are_never_printed() {
 /// `OFFER`, and answers each `GET` with an empty `OK`.
 fn offer_recorder(pki: &Pki, top: Vec<&'static str>) -> (String, std::thread::JoinHandle<Vec<String>>) {
     use xfer::protocol::{ListEntry, Timestamp};
-    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let tls = acceptor.accept(tcp).await.unwrap();
-            let (r, mut w) = tokio::io::split(tls);
-            let mut r = xfer::connection::FrameReader::new(r, "client", Duration::from_secs(10));
-            r.read_preamble(Duration::from_secs(10)).await.unwrap();
-            w.write_all(&xfer::protocol::preamble()).await.unwrap();
-            let mut offered = Vec::new();
-            while let Ok(Some(frame)) = r.read_frame().await {
-                let reply = match frame {
-                    Frame::List { .. } => {
-                        let mut frames: Vec<Frame> = top
-                            .iter()
-                            .map(|n| {
-                                let path = WirePath::parse(n).unwrap();
-                                Frame::Entry(ListEntry { path, size: 1, mtime: Timestamp::default(), is_dir: false })
-                            })
-                            .collect();
-                        frames.push(Frame::Ok);
-                        frames
-                    }
-                    Frame::Offer(o) => {
-                        offered.push(o.path.to_string());
-                        vec![]
-                    }
-                    Frame::Get { .. } => vec![Frame::Ok],
-                    _ => vec![],
-                };
-                w.write_all(&encode(&reply)).await.unwrap();
-                w.flush().await.unwrap();
-            }
-            offered.sort();
-            offered
-        })
-    });
-    (addr, handle)
+    fake_server(pki, move |(mut r, mut w)| async move {
+        let mut offered = Vec::new();
+        while let Ok(Some(frame)) = r.read_frame().await {
+            let reply = match frame {
+                Frame::List { .. } => {
+                    let mut frames: Vec<Frame> = top
+                        .iter()
+                        .map(|n| {
+                            let path = WirePath::parse(n).unwrap();
+                            Frame::Entry(ListEntry { path, size: 1, mtime: Timestamp::default(), is_dir: false })
+                        })
+                        .collect();
+                    frames.push(Frame::Ok);
+                    frames
+                }
+                Frame::Offer(o) => {
+                    offered.push(o.path.to_string());
+                    vec![]
+                }
+                Frame::Get { .. } => vec![Frame::Ok],
+                _ => vec![],
+            };
+            w.write_all(&encode(&reply)).await.unwrap();
+            w.flush().await.unwrap();
+        }
+        offered.sort();
+        offered
+    })
 }
 
 #[test]
@@ -234,33 +196,16 @@ fn a_pull_offers_only_files_it_would_overwrite_and_no_dot_files() {
 /// A server that answers the first `GET` with `answer` (raw bytes), then
 /// closes.
 fn answering(pki: &Pki, answer: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
-    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            listener.set_nonblocking(true).unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let (tcp, _) = listener.accept().await.unwrap();
-            let tls = acceptor.accept(tcp).await.unwrap();
-            let (r, mut w) = tokio::io::split(tls);
-            let mut r = xfer::connection::FrameReader::new(r, "client", Duration::from_secs(10));
-            r.read_preamble(Duration::from_secs(10)).await.unwrap();
-            w.write_all(&xfer::protocol::preamble()).await.unwrap();
-            while let Ok(Some(frame)) = r.read_frame().await {
-                if let Frame::Get { .. } = frame {
-                    // The client may stop reading (and close) early.
-                    let _ = w.write_all(&answer).await;
-                    let _ = w.flush().await;
-                    break;
-                }
+    fake_server(pki, move |(mut r, mut w)| async move {
+        while let Ok(Some(frame)) = r.read_frame().await {
+            if let Frame::Get { .. } = frame {
+                // The client may stop reading (and close) early.
+                let _ = w.write_all(&answer).await;
+                let _ = w.flush().await;
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        });
-    });
-    (addr, handle)
+        }
+    })
 }
 
 fn header(path: &str, size: u64) -> Frame {

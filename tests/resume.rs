@@ -355,26 +355,14 @@ fn partial_copies_nobody_resumes_expire_after_the_ttl() {
 /// own (no privileges needed where unprivileged user namespaces are on).
 #[test]
 fn a_full_disk_is_refused_up_front_or_cleaned_up_mid_write() {
-    if !Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: this machine cannot make a user namespace (unshare) for a small filesystem");
+    if !can_unshare("a small filesystem") {
         return;
     }
     let pki = Pki::new();
     let work = Dir::new();
     let root = work.join("root");
     std::fs::create_dir_all(&root).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=5m tmpfs '{root}' && exec '{XFER}' serve --listen 127.0.0.1:0 --root '{root}' {ids}",
-        root = root.display(),
-        ids = pki.id_args("server").join(" ")
-    );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]).env_remove("RUST_LOG");
-    let server = XferServer::spawn(cmd, &root);
+    let server = serve_unshared(&pki, &root, &format!("mount -t tmpfs -o size=5m tmpfs '{}'", root.display()));
     // The server's view of its root, through its own mount namespace.
     let seen = std::path::PathBuf::from(format!("/proc/{}/root{}", server.pid(), root.display()));
 

@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -134,26 +133,14 @@ fn quiet_servers_still_announce_their_port() {
 /// pushes like any other (staged on its own filesystem), big and small.
 #[test]
 fn a_push_into_a_mount_point_below_the_root_is_installed() {
-    if !Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: this machine cannot make a user namespace (unshare) for a mount point");
+    if !can_unshare("a mount point") {
         return;
     }
     let pki = Pki::new();
     let work = Dir::new();
     let root = work.join("root");
     std::fs::create_dir_all(root.join("mnt")).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=64m tmpfs '{root}/mnt' && exec '{XFER}' serve --listen 127.0.0.1:0 --root '{root}' {ids}",
-        root = root.display(),
-        ids = pki.id_args("server").join(" ")
-    );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]).env_remove("RUST_LOG");
-    let server = XferServer::spawn(cmd, &root);
+    let server = serve_unshared(&pki, &root, &format!("mount -t tmpfs -o size=64m tmpfs '{}/mnt'", root.display()));
     let seen = std::path::PathBuf::from(format!("/proc/{}/root{}", server.pid(), root.display()));
     let big = random_bytes(3 << 20, 70);
     work.write("up/big.bin", &big);

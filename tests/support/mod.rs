@@ -377,3 +377,69 @@ pub fn wait_for_staged_data(dir: &Path, min: u64) {
 pub fn partials(root: &Path) -> std::path::PathBuf {
     root.join(".xfer/partial")
 }
+
+/// The server half of a fake server's session: frames in, raw bytes out.
+pub type FakeTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+pub type FakeSession = (xfer::connection::FrameReader<tokio::io::ReadHalf<FakeTls>>, tokio::io::WriteHalf<FakeTls>);
+
+/// A fake server for playing a hostile one: a real TLS endpoint on
+/// 127.0.0.1:0 with the CA's `server` identity that takes one connection,
+/// exchanges preambles, and hands the session to `play`. Returns the
+/// address and a handle that yields what `play` returned.
+pub fn fake_server<T, F, Fut>(pki: &Pki, play: F) -> (String, std::thread::JoinHandle<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(FakeSession) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    use tokio::io::AsyncWriteExt;
+    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config().unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let (r, mut w) = tokio::io::split(tls);
+            let mut r = xfer::connection::FrameReader::new(r, "client", Duration::from_secs(10));
+            r.read_preamble(Duration::from_secs(10)).await.unwrap();
+            w.write_all(&xfer::protocol::preamble()).await.unwrap();
+            let out = play((r, w)).await;
+            // Let the client read to the end before the socket goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            out
+        })
+    });
+    (addr, handle)
+}
+
+/// Whether this machine lets an unprivileged process make a user and mount
+/// namespace (for a small or separate filesystem in a test); says so when
+/// it does not, so the skip is never silent.
+pub fn can_unshare(what: &str) -> bool {
+    let ok = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: this machine cannot make a user namespace (unshare) for {what}");
+    }
+    ok
+}
+
+/// A server started inside a user and mount namespace of its own, after
+/// `mount` (a shell command) ran there; `/proc/PID/root` shows its view.
+pub fn serve_unshared(pki: &Pki, root: &Path, mount: &str) -> XferServer {
+    let script = format!(
+        "{mount} && exec '{XFER}' serve --listen 127.0.0.1:0 --root '{root}' {ids}",
+        root = root.display(),
+        ids = pki.id_args("server").join(" ")
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]).env_remove("RUST_LOG");
+    XferServer::spawn(cmd, root)
+}
