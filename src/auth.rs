@@ -130,7 +130,7 @@ impl Policy {
         } else {
             format!("no policy rule grants it {perm}")
         };
-        Err(format!("peer '{peer}' may not {perm} '{path}': {why}"))
+        Err(format!("peer '{}' may not {perm} '{path}': {why}", crate::text::Safe(peer)))
     }
 }
 

@@ -23,12 +23,25 @@ pub struct Budget(Arc<Inner>);
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// A share of another budget: a charge takes from both.
+    parent: Option<Budget>,
 }
 
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Budget {
-        Budget(Arc::new(Inner { limit, used: AtomicUsize::new(0) }))
+        Budget(Arc::new(Inner { limit, used: AtomicUsize::new(0), parent: None }))
+    }
+
+    /// A share of this budget of at most `limit` bytes (one client's, so
+    /// that no client can hold all of it).
+    pub fn share(&self, limit: usize) -> Budget {
+        Budget(Arc::new(Inner { limit, used: AtomicUsize::new(0), parent: Some(self.clone()) }))
+    }
+
+    /// Handles on this budget besides the caller's (shares count too).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.0) - 1
     }
 
     /// No limit (clients, which hold only their own files).
@@ -36,16 +49,38 @@ impl Budget {
         Budget::new(usize::MAX)
     }
 
-    /// Takes `bytes` from the budget, or `None` when that would exceed it.
+    /// Takes `bytes` from the budget (and from the budget it is a share
+    /// of), or `None` when that would exceed either.
     pub fn try_charge(&self, bytes: usize) -> Option<Charge> {
+        self.take(bytes).then(|| Charge { budget: self.clone(), bytes })
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        if let Some(parent) = &self.0.parent {
+            if !parent.take(bytes) {
+                return false;
+            }
+        }
         let inner = &self.0;
         let mut used = inner.used.load(Ordering::Relaxed);
         loop {
-            let next = used.checked_add(bytes).filter(|n| *n <= inner.limit)?;
+            let Some(next) = used.checked_add(bytes).filter(|n| *n <= inner.limit) else {
+                if let Some(parent) = &self.0.parent {
+                    parent.give(bytes);
+                }
+                return false;
+            };
             match inner.used.compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(Charge { budget: self.clone(), bytes }),
+                Ok(_) => return true,
                 Err(now) => used = now,
             }
+        }
+    }
+
+    fn give(&self, bytes: usize) {
+        self.0.used.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(parent) = &self.0.parent {
+            parent.give(bytes);
         }
     }
 
@@ -80,20 +115,17 @@ impl Charge {
 
     /// Grows this charge by `more`, if the budget allows.
     pub fn grow(&mut self, more: usize) -> bool {
-        match self.budget.try_charge(more) {
-            Some(extra) => {
-                self.bytes += extra.bytes;
-                std::mem::forget(extra);
-                true
-            }
-            None => false,
+        let ok = self.budget.take(more);
+        if ok {
+            self.bytes += more;
         }
+        ok
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.0.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give(self.bytes);
     }
 }
 
@@ -121,5 +153,21 @@ mod tests {
         drop(c);
         assert_eq!(b.used(), 0);
         assert!(Budget::unlimited().try_charge(usize::MAX).is_some());
+    }
+
+    #[test]
+    fn a_share_takes_from_both_and_no_more_than_its_limit() {
+        let all = Budget::new(100);
+        let a = all.share(60);
+        let b = all.share(60);
+        let x = a.try_charge(50).unwrap();
+        assert!(a.try_charge(20).is_none(), "past a's share");
+        assert_eq!(all.used(), 50, "a refused charge gives the parent's part back");
+        let y = b.try_charge(50).unwrap();
+        assert!(b.try_charge(1).is_none(), "past the whole budget");
+        assert_eq!((all.used(), a.used(), b.used()), (100, 50, 50));
+        drop((x, y));
+        assert_eq!((all.used(), a.used(), b.used()), (0, 0, 0));
+        assert_eq!(all.holders(), 2);
     }
 }

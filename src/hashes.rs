@@ -81,6 +81,28 @@ impl Work {
     }
 }
 
+/// Hashes what is left of `f` into `hasher` within `work`'s allowance,
+/// checking between blocks whether the work was cancelled. Returns the
+/// bytes read, or `None` when cancelled, out of allowance or unreadable.
+pub fn read_into(f: &mut impl Read, hasher: &mut blake3::Hasher, work: &Work) -> Option<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        if work.is_cancelled() {
+            return None;
+        }
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(total);
+        }
+        if !work.take(n as u64) {
+            return None;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
 impl Hashes {
     /// The BLAKE3 of the open file `f` if it has exactly `size` bytes: from
     /// the cache, or by reading it within `work`'s allowance. `None` when it
@@ -95,22 +117,7 @@ impl Hashes {
             return Some(*h);
         }
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            if work.is_cancelled() {
-                return None;
-            }
-            let n = f.read(&mut buf).ok()?;
-            if n == 0 {
-                break;
-            }
-            if !work.take(n as u64) {
-                return None;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
+        let total = read_into(&mut f, &mut hasher, work)?;
         // A file written meanwhile is not this version: answer nothing.
         if total != size || Key::of(f)? != key {
             return None;

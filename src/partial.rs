@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::beneath::DirFd;
+use crate::hashes::Work;
 use crate::protocol::{FileHeader, Timestamp, WirePath};
 
 /// Smaller files are cheaper to send again than to track.
@@ -109,15 +110,16 @@ impl Partial {
 }
 
 /// Finds, claims and hashes the partial copy of `id` in `dir`, if there is
-/// one that nobody else holds. Blocking: it reads the whole prefix.
-pub fn claim(dir: &DirFd, id: &PartialId) -> io::Result<Option<Partial>> {
+/// one that nobody else holds. Blocking: it reads the whole prefix, within
+/// `work`'s allowance (`None` past it, or once the work is cancelled).
+pub fn claim(dir: &DirFd, id: &PartialId, work: &Work) -> io::Result<Option<Partial>> {
     let Some(mut file) = dir.open_locked(OsStr::new(&id.data_name()), false)? else { return Ok(None) };
     // The copy under this name may be of another version of the file.
     if read_meta(dir, &id.meta_name()).as_ref() != Some(id) {
         return Ok(None);
     }
     let mut hasher = blake3::Hasher::new();
-    let offset = io::copy(&mut file, &mut hasher)?;
+    let Some(offset) = crate::hashes::read_into(&mut file, &mut hasher, work) else { return Ok(None) };
     if offset == 0 || offset > id.size {
         return Ok(None);
     }
@@ -242,15 +244,18 @@ mod tests {
         f.write_all(b"hello").unwrap();
         assert!(create(&dir, &id("a/f")).unwrap().is_none(), "a second writer is kept out");
         drop(f);
-        let p = claim(&dir, &id("a/f")).unwrap().unwrap();
+        let p = claim(&dir, &id("a/f"), &Work::new(u64::MAX)).unwrap().unwrap();
         assert_eq!(p.offset, 5);
         assert_eq!(p.prefix(), *blake3::hash(b"hello").as_bytes());
-        assert!(claim(&dir, &id("a/f")).unwrap().is_none(), "claimed once at a time");
-        assert!(claim(&dir, &id("a/g")).unwrap().is_none(), "another path is another identity");
+        assert!(claim(&dir, &id("a/f"), &Work::new(u64::MAX)).unwrap().is_none(), "claimed once at a time");
+        assert!(claim(&dir, &id("a/g"), &Work::new(u64::MAX)).unwrap().is_none(), "another path is another identity");
         let other_version = PartialId { size: 11, ..id("a/f") };
-        assert!(claim(&dir, &other_version).unwrap().is_none(), "another version of the file is not resumed");
+        assert!(
+            claim(&dir, &other_version, &Work::new(u64::MAX)).unwrap().is_none(),
+            "another version of the file is not resumed"
+        );
         let other_peer = PartialId { peer: "runner-2".into(), ..id("a/f") };
-        assert!(claim(&dir, &other_peer).unwrap().is_none(), "another sender never gets it");
+        assert!(claim(&dir, &other_peer, &Work::new(u64::MAX)).unwrap().is_none(), "another sender never gets it");
         assert_eq!(list(&dir, "runner-1"), [id("a/f")]);
         assert!(list(&dir, "runner-2").is_empty());
         assert_eq!(expire(&dir, Duration::ZERO), 0, "a claimed partial is not expired");
@@ -270,8 +275,8 @@ mod tests {
         let v2 = PartialId { mtime_secs: 99, ..id("a/f") };
         create(&dir, &v2).unwrap().unwrap().write_all(b"two").unwrap();
         assert_eq!(list(&dir, "runner-1"), std::slice::from_ref(&v2));
-        assert!(claim(&dir, &v1).unwrap().is_none());
-        assert_eq!(claim(&dir, &v2).unwrap().unwrap().offset, 3);
+        assert!(claim(&dir, &v1, &Work::new(u64::MAX)).unwrap().is_none());
+        assert_eq!(claim(&dir, &v2, &Work::new(u64::MAX)).unwrap().unwrap().offset, 3);
         // The quota deletes the sender's oldest copies first.
         create(&dir, &id("b")).unwrap().unwrap().write_all(&[0; 100]).unwrap();
         assert!(make_room(&dir, "runner-1", 50, 160), "a/f (3) + b (100) + 50 fit 160");

@@ -299,7 +299,11 @@ impl ClientCertVerifier for NamingClientVerifier {
                 ) => WrongRole::of("client", end_entity).to_string(),
                 other => other.to_string(),
             };
-            tracing::warn!(certificate = %describe_cert(end_entity), ca = %self.ca, "client certificate refused: {why}");
+            preauth_warn(format_args!(
+                "client certificate refused: {why} (certificate {}, CA {})",
+                describe_cert(end_entity),
+                self.ca
+            ));
         })
     }
     fn verify_tls12_signature(
@@ -475,12 +479,44 @@ fn date(t: &UnixTime) -> String {
     crate::progress::iso8601(crate::protocol::Timestamp { secs, nanos: 0 })
 }
 
-/// `subject (issued by issuer)` of a certificate, for logs; escaped, since
-/// anyone can put anything in a subject, even without the CA's signature.
+/// `subject (issued by issuer)` of a certificate, for logs; escaped and
+/// cut short, since anyone can put anything in a subject, of any length,
+/// even without the CA's signature.
 fn describe_cert(der: &CertificateDer<'_>) -> String {
+    let short = |s: String| -> String {
+        let s = Safe(&s).to_string();
+        match s.char_indices().nth(120) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    };
     match x509_parser::parse_x509_certificate(der) {
-        Ok((_, c)) => format!("'{}' issued by '{}'", Safe(&c.subject().to_string()), Safe(&c.issuer().to_string())),
+        Ok((_, c)) => format!("'{}' issued by '{}'", short(c.subject().to_string()), short(c.issuer().to_string())),
         Err(_) => "(unparseable certificate)".to_owned(),
+    }
+}
+
+/// Logs why a peer that is not (yet) authenticated was refused. Anyone who
+/// can reach the port can cause these, so at most 10 lines a second are
+/// written, then one line counting those left out.
+pub fn preauth_warn(line: fmt::Arguments<'_>) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    const PER_SECOND: u32 = 10;
+    static WINDOW: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let (start, logged, dropped) = w.get_or_insert((Instant::now(), 0, 0));
+    if start.elapsed() >= Duration::from_secs(1) {
+        if *dropped > 0 {
+            tracing::warn!("{dropped} more refusals of unauthenticated peers were not logged (rate limit)");
+        }
+        (*start, *logged, *dropped) = (Instant::now(), 0, 0);
+    }
+    if *logged < PER_SECOND {
+        *logged += 1;
+        tracing::warn!("{line}");
+    } else {
+        *dropped += 1;
     }
 }
 

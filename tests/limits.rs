@@ -225,3 +225,128 @@ fn probes_hash_a_file_once_and_hashing_stops_when_the_client_leaves() {
     assert!(read < 2 << 30, "the server went on reading after the client left: {} MiB", read >> 20);
     client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
 }
+
+/// A raw OFFER frame with any path bytes (the library cannot build one with
+/// a bad path).
+fn raw_offer(path: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    body.extend_from_slice(path);
+    body.extend_from_slice(&[0; 8 + 12 + 8 + 32]);
+    let mut frame = vec![0x05];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[test]
+fn bad_offers_count_against_the_offer_bounds_and_are_logged_once() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(async {
+        let (mut r, mut w) = raw_connect(&pki, "client", &server).await;
+        w.write_all(&xfer::protocol::preamble()).await.unwrap();
+        let bad = raw_offer(&[b"x\x1b".repeat(2000).as_slice(), b"/y"].concat());
+        let batch: Vec<u8> = std::iter::repeat_n(bad.as_slice(), 256).flatten().copied().collect();
+        for _ in 0..64 {
+            if w.write_all(&batch).await.and(w.flush().await).is_err() {
+                break; // cut off, as it should be
+            }
+        }
+        let _ = r.read_preamble(Duration::from_secs(10)).await;
+        r.read_frame().await
+    });
+    match answer {
+        Ok(Some(Frame::Error { message, .. })) => assert!(message.contains("OFFERs"), "{message}"),
+        other => panic!("the bad offers must count: {other:?}"),
+    }
+    assert_eq!(server.log().matches("ignored an offer").count(), 1, "{}", server.log());
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
+}
+
+#[test]
+fn refusals_of_unauthenticated_peers_are_rate_limited_in_the_log() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    // Trusts the server's CA, presents a certificate of another CA.
+    let trusting = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "client")).unwrap();
+    let foreign = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&other.certs(), "client")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(trusting.roots.clone())
+        .with_client_auth_cert(foreign.chain.clone(), foreign.key.clone_key())
+        .unwrap();
+    cfg.alpn_protocols = vec![b"xfer/1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    rt.block_on(async {
+        for _ in 0..100 {
+            let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+            let sni = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            if let Ok(mut tls) = connector.connect(sni, tcp).await {
+                let _ = tls.write_all(&xfer::protocol::preamble()).await;
+                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 8]).await;
+            }
+        }
+    });
+    let secs = started.elapsed().as_secs() + 1;
+    client(&pki, "client", work.path(), "ls", &server, &[]).assert_code(0);
+    let refused = server.log().matches("client certificate refused").count() as u64;
+    assert!(refused > 0 && refused <= 10 * (secs + 1), "{refused} lines in {secs} s:\n{}", server.log());
+}
+
+#[test]
+fn probing_a_partial_copy_again_does_not_hash_it_again() {
+    const SIZE: usize = 48 << 20;
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["-q"]);
+    let data = random_bytes(SIZE, 5);
+    work.write("big", &data);
+    // Leave a partial copy of at least 32 MiB (the push is killed).
+    let mut push = std::process::Command::new(XFER)
+        .current_dir(work.path())
+        .args(["push", &server.addr, "big", "--retry", "0"])
+        .args(pki.id_args("client"))
+        .env("XFER_FAULT_SLOW_PAYLOAD", "20")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_staged_data(&partials(&work.join("root")), 32 << 20);
+    let _ = push.kill();
+    let _ = push.wait();
+    let mtime = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(work.join("big")).unwrap();
+        Timestamp { secs: m.mtime(), nanos: m.mtime_nsec() as u32 }
+    };
+    // 20 probes of it, each followed by a LIST so none share a batch: the
+    // copy is claimed and hashed once.
+    let before = bytes_read(server.pid());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut r, mut w) = raw_connect(&pki, "client", &server).await;
+        w.write_all(&xfer::protocol::preamble()).await.unwrap();
+        let probe = Frame::Probe { path: WirePath::parse("big").unwrap(), size: SIZE as u64, mtime };
+        r.read_preamble(Duration::from_secs(10)).await.unwrap();
+        for i in 0..20 {
+            w.write_all(&encode(&[probe.clone(), Frame::List { path: WirePath::root() }])).await.unwrap();
+            w.flush().await.unwrap();
+            match r.read_frame().await.unwrap() {
+                Some(Frame::Have(h)) => assert!(h.offset >= 32 << 20, "probe {i} offers the copy: {h:?}"),
+                other => panic!("probe {i}: {other:?}"),
+            }
+            while !matches!(r.read_frame().await.unwrap(), Some(Frame::Ok)) {}
+        }
+    });
+    let read = bytes_read(server.pid()) - before;
+    eprintln!("20 probes of a partial copy: server read {} MiB", read >> 20);
+    assert!(read < 2 * SIZE as u64, "the server read {} MiB for 20 probes", read >> 20);
+}

@@ -121,7 +121,8 @@ impl Holdings {
                 if !within(&path) || !held.has_room(&path) {
                     continue;
                 }
-                if let Ok(Some(p)) = partial::claim(&dir, &id) {
+                // The client's own copies, of files it asked for: no bound.
+                if let Ok(Some(p)) = partial::claim(&dir, &id, &crate::hashes::Work::new(u64::MAX)) {
                     let prefix = p.prefix();
                     held.push(Offer { path: path.clone(), size: id.size, mtime: id.mtime(), offset: p.offset, prefix });
                     held.partials.insert(path, p);

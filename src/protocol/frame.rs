@@ -266,7 +266,16 @@ pub enum FrameError {
     /// A well-formed frame whose path breaks a rule. The stream is still in
     /// sync, so a receiver can refuse just this request.
     #[error("refused path '{path}': {error}")]
-    BadPath { kind: u8, path: String, error: PathError },
+    BadPath { kind: u8, path: String, error: PathError, wire_len: usize },
+}
+
+/// A refused path as quoted in messages: escaped, at most 200 characters.
+fn shown(path: &str) -> String {
+    let escaped = crate::text::escape(path);
+    match escaped.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &escaped[..i]),
+        None => escaped.into_owned(),
+    }
 }
 
 impl FrameError {
@@ -279,6 +288,14 @@ impl FrameError {
     /// refusal.
     pub fn is_offer(&self) -> bool {
         matches!(self, FrameError::BadPath { kind, .. } if *kind == code::OFFER)
+    }
+
+    /// For a refused path, its length on the wire.
+    pub fn path_len(&self) -> usize {
+        match self {
+            FrameError::BadPath { wire_len, .. } => *wire_len,
+            _ => 0,
+        }
     }
 
     /// True when the frame was a `PROBE`, which a `HAVE` would answer.
@@ -588,9 +605,11 @@ impl<'a> Reader<'a> {
         let b = self.bytes16()?;
         WirePath::parse_bytes(b).map_err(|error| FrameError::BadPath {
             kind: self.kind,
-            // Quoted in replies and logs: escaped, since it broke the rules.
-            path: crate::text::escape(&String::from_utf8_lossy(&b[..b.len().min(MAX_PATH_LEN)])).into_owned(),
+            // Quoted in replies and logs: escaped, since it broke the rules,
+            // and cut short (a whole hostile path need not be repeated).
+            path: shown(&String::from_utf8_lossy(&b[..b.len().min(MAX_PATH_LEN)])),
             error,
+            wire_len: b.len(),
         })
     }
 }

@@ -24,7 +24,7 @@ pub enum PathError {
     Nul,
     #[error("backslashes are not allowed")]
     Backslash,
-    #[error("control characters are not allowed")]
+    #[error("control characters (and invisible or text-reordering ones) are not allowed")]
     Control,
     #[error("a component is longer than {MAX_COMPONENT_LEN} bytes")]
     ComponentTooLong,
@@ -87,7 +87,8 @@ impl WirePath {
     pub fn lossy(s: &str) -> WirePath {
         let mut out = WirePath::root();
         for c in s.split('/').filter(|c| !matches!(*c, "" | "." | "..")) {
-            let mut c: String = c.chars().map(|ch| if ch == '\\' || ch.is_control() { '_' } else { ch }).collect();
+            let mut c: String =
+                c.chars().map(|ch| if ch == '\\' || crate::text::is_unsafe(ch) { '_' } else { ch }).collect();
             while c.len() > MAX_COMPONENT_LEN {
                 c.pop();
             }
@@ -156,9 +157,10 @@ fn check_component(c: &str) -> Result<(), PathError> {
         _ if c.len() > MAX_COMPONENT_LEN => Err(PathError::ComponentTooLong),
         _ if c.contains('\0') => Err(PathError::Nul),
         _ if c.contains('\\') => Err(PathError::Backslash),
-        // C0 and C1 controls and DEL: a name a terminal or log would act
-        // on (escape sequences, forged lines) is no name to store.
-        _ if c.chars().any(char::is_control) => Err(PathError::Control),
+        // C0 and C1 controls, DEL, and the characters that reorder or hide
+        // text: a name a terminal or log would act on (escape sequences,
+        // forged lines, a name shown backwards) is no name to store.
+        _ if c.chars().any(crate::text::is_unsafe) => Err(PathError::Control),
         _ if c.contains('/') => Err(PathError::EmptyComponent),
         _ => Ok(()),
     }
@@ -200,6 +202,9 @@ mod tests {
             ("a\rb", PathError::Control),
             ("a\x7fb", PathError::Control),
             ("a\u{9b}2J", PathError::Control),
+            ("invoice\u{202e}fdp.exe", PathError::Control),
+            ("a\u{2028}b", PathError::Control),
+            ("zero\u{200b}width", PathError::Control),
         ];
         for (input, want) in cases {
             assert_eq!(WirePath::parse(input).unwrap_err(), want, "{input:?}");

@@ -62,9 +62,12 @@ impl Handshakes {
     }
 
     /// Admits a new handshake from `ip`, evicting the oldest stale one from
-    /// the same address when it is past its share, and the oldest of all
-    /// when every place is taken. Returns how many were evicted.
+    /// the same source when it is past its share, and, when every place is
+    /// taken, the oldest of the source that holds the most places (so a
+    /// flood from one source only ever pushes out its own handshakes).
+    /// Returns how many were evicted.
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> (Ticket, usize) {
+        let ip = source(ip);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut evicted = 0;
         if st.per_address.get(&ip).copied().unwrap_or(0) >= self.per_address {
@@ -77,7 +80,8 @@ impl Handshakes {
             evicted += stale.map_or(0, |id| st.evict(id));
         }
         if st.order.len() >= self.max {
-            let oldest = st.order.keys().next().copied();
+            let heaviest = st.per_address.iter().max_by_key(|(_, n)| **n).map(|(a, _)| *a);
+            let oldest = heaviest.and_then(|h| st.order.iter().find(|(_, (a, _, _))| *a == h).map(|(id, _)| *id));
             evicted += oldest.map_or(0, |id| st.evict(id));
         }
         let id = st.next;
@@ -92,6 +96,21 @@ impl Handshakes {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).order.len()
+    }
+}
+
+/// The source a handshake is counted under: the IPv4 address, or the /64
+/// of an IPv6 address (one host commonly holds a whole /64).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -152,8 +171,10 @@ pub(super) struct Slots {
     max: usize,
     per_peer: usize,
     peers: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Sessions waiting for a slot, bounded so waiting costs little too.
+    /// Sessions waiting for a slot, bounded so waiting costs little too:
+    /// at most `max` in all, and four times its share for one identity.
     waiting: AtomicUsize,
+    waiting_per_peer: Mutex<HashMap<String, usize>>,
 }
 
 /// A session's slot; dropping it frees the slot.
@@ -172,6 +193,7 @@ impl Slots {
             per_peer,
             peers: Mutex::default(),
             waiting: AtomicUsize::new(0),
+            waiting_per_peer: Mutex::default(),
         })
     }
 
@@ -190,19 +212,51 @@ impl Slots {
         self.slot_or_forget(peer, got)
     }
 
-    /// A slot for `peer`, waiting up to `within` for one. At most as many
-    /// sessions wait as can be served, and a peer's waiters are bounded by
-    /// four times its share.
-    pub async fn acquire(self: &Arc<Self>, peer: &str, within: Duration) -> Result<Slot, Busy> {
-        let first = match self.try_acquire(peer) {
-            Ok(slot) => return Ok(slot),
-            Err(busy) => busy,
-        };
+    /// A place in the line for a slot, taken as soon as the handshake tells
+    /// who the peer is and held until it has a slot: at most as many
+    /// sessions wait (or read their preamble) as can be served, and one
+    /// identity's by [`line_per_peer`](Self::line_per_peer), so connections
+    /// past the handshake always count against a bound.
+    pub fn queue(self: &Arc<Self>, peer: &str) -> Result<Queued, Busy> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(first);
+            return Err(Busy::Server(self.max));
         }
-        let _waiting = Waiting(&self.waiting);
+        let mut waiting = self.waiting_per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = waiting.entry(peer.to_owned()).or_default();
+        if *n >= self.line_per_peer() {
+            drop(waiting);
+            self.forget_waiter(peer);
+            return Err(Busy::Peer(self.per_peer));
+        }
+        *n += 1;
+        Ok(Queued { slots: self.clone(), peer: peer.to_owned() })
+    }
+
+    /// How many of one identity's sessions may wait in line: four times
+    /// its share, and at least half the line (a CI fan-out of one runner
+    /// identity queues rather than failing).
+    fn line_per_peer(&self) -> usize {
+        (4 * self.per_peer).max(self.max / 2)
+    }
+
+    fn forget_waiter(&self, peer: &str) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let mut waiting = self.waiting_per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = waiting.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(peer);
+            }
+        }
+    }
+
+    /// A slot for `peer`, waiting up to `within` for one (the caller holds
+    /// its place in the line, [`queue`](Self::queue)).
+    pub async fn acquire(self: &Arc<Self>, peer: &str, within: Duration) -> Result<Slot, Busy> {
+        if let Ok(slot) = self.try_acquire(peer) {
+            return Ok(slot);
+        }
         let deadline = (Instant::now() + within).into();
         let got = async {
             let mine = self.peer_semaphore(peer);
@@ -248,11 +302,15 @@ impl Slots {
     }
 }
 
-struct Waiting<'a>(&'a AtomicUsize);
+/// A session's place in the line for a slot (see [`Slots::queue`]).
+pub(super) struct Queued {
+    slots: Arc<Slots>,
+    peer: String,
+}
 
-impl Drop for Waiting<'_> {
+impl Drop for Queued {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.slots.forget_waiter(&self.peer);
     }
 }
 
@@ -288,13 +346,38 @@ mod tests {
     }
 
     #[test]
-    fn when_all_places_are_taken_the_oldest_of_all_goes_however_young() {
-        let gate = Handshakes::new(2, 2);
-        let ips: Vec<IpAddr> = (1..=3).map(|i| format!("127.0.0.{i}").parse().unwrap()).collect();
-        let tickets: Vec<Ticket> = ips.iter().map(|ip| gate.enter(*ip).0).collect();
-        assert!(tickets[0].evicted.is_cancelled());
-        assert!(!tickets[1].evicted.is_cancelled() && !tickets[2].evicted.is_cancelled());
-        assert_eq!(gate.len(), 2);
+    fn when_all_places_are_taken_the_heaviest_source_makes_room() {
+        let gate = Handshakes::new(4, 8);
+        let real: IpAddr = "127.0.0.1".parse().unwrap();
+        let flood: IpAddr = "127.0.0.2".parse().unwrap();
+        let (slow_client, _) = gate.enter(real);
+        // A flood from one source, however young, pushes out only its own.
+        let flooded: Vec<Ticket> = (0..50).map(|_| gate.enter(flood).0).collect();
+        assert!(!slow_client.evicted.is_cancelled());
+        assert_eq!(flooded.iter().filter(|t| !t.evicted.is_cancelled()).count(), 3);
+        assert_eq!(gate.len(), 4);
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source(a), source(b));
+        assert_ne!(source(a), source(c));
+        assert_eq!(source("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_line_is_bounded_in_all_and_per_identity() {
+        let slots = Slots::new(16, 2);
+        let a: Vec<Queued> = (0..8).map(|_| slots.queue("a").unwrap()).collect();
+        assert_eq!(slots.queue("a").err(), Some(Busy::Peer(2)), "half the line (more than four times a's share)");
+        let b: Vec<Queued> = (0..8).map(|_| slots.queue("b").unwrap()).collect();
+        assert_eq!(slots.queue("c").err(), Some(Busy::Server(16)), "as many as can be served");
+        drop((a, b));
+        assert!(slots.queue("c").is_ok());
+        assert!(slots.waiting_per_peer.lock().unwrap().len() <= 1);
     }
 
     #[tokio::test]

@@ -108,6 +108,8 @@ struct Shared {
     slots: Arc<Slots>,
     /// Memory for buffered peer state, shared by every connection.
     budget: Budget,
+    /// Each client identity's share of `budget`, while it is connected.
+    peer_budgets: std::sync::Mutex<std::collections::HashMap<String, Budget>>,
 }
 
 /// The reloadable part of the configuration. Sessions re-read it for every
@@ -123,6 +125,22 @@ struct Live {
 impl Shared {
     fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Client `peer`'s share of the memory budget: a quarter of it, so no
+    /// one identity (with all its connections) can hold it all.
+    fn budget_for(&self, peer: &str) -> Budget {
+        let mut shares = self.peer_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = (self.budget.limit() / 4).max(1 << 20);
+        shares.entry(peer.to_owned()).or_insert_with(|| self.budget.share(limit)).clone()
+    }
+
+    /// Forgets `peer`'s share once none of its connections holds it.
+    fn release_budget(&self, peer: &str) {
+        let mut shares = self.peer_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        if shares.get(peer).is_some_and(|b| b.holders() == 0) {
+            shares.remove(peer);
+        }
     }
 }
 
@@ -181,6 +199,7 @@ impl Server {
             timeouts: cfg.timeouts,
             slots: Slots::new(cfg.max_conns, cfg.max_conns_per_peer),
             budget: Budget::new(cfg.max_memory),
+            peer_budgets: Default::default(),
         };
         Ok(Server { listener, shared: Arc::new(shared), grace: cfg.grace, partial_ttl: cfg.partial_ttl })
     }

@@ -128,9 +128,9 @@ impl Root {
     }
 
     /// Claims the partial copy of `id`, if one exists that nobody holds.
-    pub fn claim_partial(&self, id: &PartialId) -> io::Result<Option<Partial>> {
+    pub fn claim_partial(&self, id: &PartialId, work: &Work) -> io::Result<Option<Partial>> {
         match self.dir.descend([STAGING_DIR, PARTIAL_DIR], false) {
-            Ok(dir) => partial::claim(&dir, id),
+            Ok(dir) => partial::claim(&dir, id, work),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

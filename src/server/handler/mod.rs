@@ -27,7 +27,7 @@ use self::push::{CancelOnDrop, Reply};
 use super::gate::{Slot, Ticket};
 use super::{Live, Shared};
 use crate::auth::Perm;
-use crate::budget::Charge;
+use crate::budget::{Budget, Charge};
 use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
 use crate::hashes::{HASH_ALLOWANCE, Work};
@@ -90,6 +90,9 @@ pub(super) async fn serve(
         let started = Instant::now();
         let (rd, wr) = tokio::io::split(tls);
         let work = Arc::new(Work::new(HASH_ALLOWANCE));
+        let key = names.first().cloned().unwrap_or_default();
+        let budget = shared.budget_for(&key);
+        let shared_after = shared.clone();
         let mut conn = Conn {
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
@@ -110,6 +113,8 @@ pub(super) async fn serve(
             claims: HashMap::new(),
             offers: HashMap::new(),
             offered: (0, 0),
+            bad_offer_logged: false,
+            budget,
         };
         let result = conn.run().await;
         let secs = started.elapsed().as_secs_f64();
@@ -117,6 +122,8 @@ pub(super) async fn serve(
             Ok(()) => info!(files = conn.files, bytes = conn.bytes, secs = format_args!("{secs:.3}"), "closed"),
             Err(e) => warn!(files = conn.files, bytes = conn.bytes, "closed with error: {}", describe(&e)),
         }
+        drop(conn);
+        shared_after.release_budget(&key);
     }
     .instrument(span)
     .await
@@ -126,24 +133,7 @@ pub(super) async fn serve(
 /// can cause these, so they are rate-limited: at most a few lines a second,
 /// then one line counting those not logged.
 fn preauth_warning(addr: SocketAddr, why: &str) {
-    use std::sync::Mutex;
-    use std::time::Duration;
-    const PER_SECOND: u32 = 10;
-    static WINDOW: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
-    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
-    let (start, logged, dropped) = w.get_or_insert((Instant::now(), 0, 0));
-    if start.elapsed() >= Duration::from_secs(1) {
-        if *dropped > 0 {
-            warn!("{dropped} more connections refused before TLS completed were not logged (rate limit)");
-        }
-        (*start, *logged, *dropped) = (Instant::now(), 0, 0);
-    }
-    if *logged < PER_SECOND {
-        *logged += 1;
-        warn!(%addr, "refused before TLS completed: {why}");
-    } else {
-        *dropped += 1;
-    }
+    tls::preauth_warn(format_args!("{addr}: refused before TLS completed: {why}"));
 }
 
 /// An error as one log line, with TLS failures explained.
@@ -195,6 +185,10 @@ struct Conn {
     offers: HashMap<WirePath, (transfer::Held, Charge)>,
     /// `OFFER` frames and bytes received, bounded by the protocol.
     offered: (usize, usize),
+    /// A bad `OFFER` was logged already (the rest are counted quietly).
+    bad_offer_logged: bool,
+    /// This client's share of the server's memory budget.
+    budget: Budget,
 }
 
 const SHUTTING_DOWN: &str = "the server is shutting down; run the command again";
@@ -217,6 +211,9 @@ impl Conn {
             Err(Error::Version { .. }) => Some((ErrorCode::Version, result.as_ref().unwrap_err().to_string())),
             Err(Error::NotAdmitted(m)) => Some((ErrorCode::NotAdmitted, m.clone())),
             Err(Error::Busy(m)) => Some((ErrorCode::Busy, m.clone())),
+            Err(Error::Refused { code: ErrorCode::ShuttingDown, message, .. }) => {
+                Some((ErrorCode::ShuttingDown, message.clone()))
+            }
             Err(_) => None,
         };
         let within = self.shared.timeouts.shutdown;
@@ -238,6 +235,16 @@ impl Conn {
     async fn session(&mut self) -> Result<()> {
         let names = &self.names;
         let t = self.shared.timeouts;
+        // A place in the line for a slot from the start: connections past
+        // the handshake always count against a bound.
+        let key = names.first().cloned().unwrap_or_default();
+        let queued = match self.shared.slots.queue(&key) {
+            Ok(q) => q,
+            Err(busy) => {
+                self.w.queue_preamble();
+                return Err(Error::Busy(busy.message(&crate::text::escape(&key))));
+            }
+        };
         let version = self.r.read_preamble(t.header).await?;
         self.w.queue_preamble();
         if version != VERSION {
@@ -253,6 +260,7 @@ impl Conn {
             )));
         }
         self.take_slot().await?;
+        drop(queued);
         let mut first = true;
         loop {
             // Received files are committed in groups and replies batched;
@@ -298,7 +306,7 @@ impl Conn {
                 Ok(None) => return self.commit_batch().await,
                 // An OFFER gets no reply, not even a refusal: answering
                 // would put the client's replies out of step.
-                Err(Error::Frame { error, .. }) if error.is_offer() => warn!("ignored an offer: {error}"),
+                Err(Error::Frame { error, .. }) if error.is_offer() => self.bad_offer(&error)?,
                 Err(Error::Frame { error: error @ FrameError::BadPath { .. }, .. }) => {
                     self.commit_batch().await?;
                     self.refuse_bad_path(error).await?
@@ -319,7 +327,15 @@ impl Conn {
             Ok(slot) => slot,
             Err(_) => {
                 self.w.flush().await?;
-                match slots.acquire(&peer, self.shared.timeouts.header * 3).await {
+                let token = self.token.clone();
+                let waited = tokio::select! {
+                    r = slots.acquire(&peer, self.shared.timeouts.header * 3) => r,
+                    _ = token.cancelled() => {
+                        let message = SHUTTING_DOWN.to_owned();
+                        return Err(Error::Refused { path: String::new(), code: ErrorCode::ShuttingDown, message });
+                    }
+                };
+                match waited {
                     Ok(slot) => slot,
                     Err(busy) => {
                         let message = busy.message(&crate::text::escape(&peer));

@@ -11,7 +11,9 @@ use super::{Conn, SHUTTING_DOWN};
 use crate::auth::Perm;
 use crate::error::{Error, Result};
 use crate::meter::Meter;
-use crate::protocol::{ErrorCode, FileHeader, Frame, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, WirePath};
+use crate::protocol::{
+    ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, WirePath,
+};
 use crate::transfer::{self, SendOutcome, blocking};
 use crate::walk::Item;
 
@@ -24,19 +26,36 @@ impl Conn {
     /// memory budget (past it, offers are ignored and those files are sent
     /// whole, which the protocol allows).
     pub(super) fn offer(&mut self, o: Offer) -> Result<()> {
+        self.count_offer(o.body_len())?;
+        let Some(charge) = self.budget.try_charge(o.path.as_str().len() + OFFER_OVERHEAD) else {
+            return Ok(());
+        };
+        let have = Have { offset: o.offset, prefix: o.prefix, complete: None };
+        self.offers.insert(o.path, (transfer::Held { size: o.size, mtime: o.mtime, have }, charge));
+        Ok(())
+    }
+
+    /// An `OFFER` whose path breaks the rules: ignored (it has no reply),
+    /// but counted like any other, and logged once per connection.
+    pub(super) fn bad_offer(&mut self, error: &FrameError) -> Result<()> {
+        self.count_offer(Offer::body_len_for(&WirePath::root()) + error.path_len())?;
+        if !std::mem::replace(&mut self.bad_offer_logged, true) {
+            warn!("ignored an offer (and will ignore more quietly): {error}");
+        }
+        Ok(())
+    }
+
+    /// Counts an `OFFER` of `body` bytes against the protocol's bounds: a
+    /// client past them broke the protocol and is cut off.
+    fn count_offer(&mut self, body: usize) -> Result<()> {
         self.offered.0 += 1;
-        self.offered.1 += o.body_len();
+        self.offered.1 += body;
         if self.offered.0 > MAX_OFFERS || self.offered.1 > MAX_OFFER_BYTES {
             return Err(Error::protocol(
                 self.r.peer(),
                 format!("more than {MAX_OFFERS} OFFERs or {MAX_OFFER_BYTES} bytes of them on one connection"),
             ));
         }
-        let Some(charge) = self.shared.budget.try_charge(o.path.as_str().len() + OFFER_OVERHEAD) else {
-            return Ok(());
-        };
-        let have = Have { offset: o.offset, prefix: o.prefix, complete: None };
-        self.offers.insert(o.path, (transfer::Held { size: o.size, mtime: o.mtime, have }, charge));
         Ok(())
     }
 
@@ -51,7 +70,7 @@ impl Conn {
             Ok(w) => w,
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
-        let mut items = transfer::spawn_walk(walk, self.shared.budget.clone());
+        let mut items = transfer::spawn_walk(walk, self.budget.clone());
         let mut first = true;
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
             // The first item of a GET for one file is that file.

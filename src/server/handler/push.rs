@@ -105,21 +105,27 @@ impl Conn {
         let peer = self.names.first().cloned().unwrap_or_default();
         let mut asks = Vec::with_capacity(probes.len());
         for (path, size, mtime) in probes {
-            self.claims.remove(&path);
+            let id = PartialId::new(&peer, &path, size, mtime);
+            // A copy this connection holds already for the same version is
+            // offered again as it is, not claimed and hashed again.
+            let held = self.claims.remove(&path).filter(|c| c.id == id);
             // A probe is answered as the push it announces would be: a
             // refusal for a path no push may write.
             let allowed = self.authorize(Perm::Write, &path).and_then(|()| self.shared.root.check_reserved(&path));
             let readable = self.authorize(Perm::Read, &path).is_ok();
-            let id = PartialId::new(&peer, &path, size, mtime);
-            asks.push((path, size, id, allowed, readable));
+            asks.push((path, size, id, allowed, readable, held));
         }
         let (root, work) = (self.shared.root.clone(), self.work.clone());
         let task = blocking(move || {
             asks.into_iter()
-                .map(|(path, size, id, allowed, readable)| {
+                .map(|(path, size, id, allowed, readable, held)| {
                     let found = allowed.map(|()| {
                         let complete = if readable { root.hash_if_size(&path, size, &work) } else { None };
-                        let partial = if size >= RESUMABLE_MIN { root.claim_partial(&id).ok().flatten() } else { None };
+                        let partial = match held {
+                            Some(p) => Some(p),
+                            None if size >= RESUMABLE_MIN => root.claim_partial(&id, &work).ok().flatten(),
+                            None => None,
+                        };
                         (complete, partial)
                     });
                     (path, found)
@@ -252,7 +258,7 @@ impl Conn {
         }
         match transfer::receive_deferred(&mut self.r, &h, target, max, &Meter::off(), prefix).await? {
             (FileOutcome::Ok(got), Some(staged)) => {
-                let (staged, charge) = match hold(self.shared.budget.clone(), staged).await {
+                let (staged, charge) = match hold(self.budget.clone(), staged).await {
                     Ok(held) => held,
                     Err(e) => {
                         warn!(path = %h.path, "push failed: {}", e.message);
