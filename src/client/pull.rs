@@ -80,7 +80,12 @@ impl Client {
                 Frame::Entry(e) => {
                     names.extend(e.path.file_name().map(str::to_owned));
                 }
-                Frame::Ok | Frame::Error { .. } => return Ok(names),
+                Frame::Ok => return Ok(names),
+                Frame::Error { code, message } => {
+                    // Busy, shutting down, not admitted: the pull cannot go on.
+                    let e = refusal("", code, message);
+                    return if e.class() == Class::Connection { Err(e) } else { Ok(names) };
+                }
                 other => return Err(unexpected(self.r.peer(), &other)),
             }
         }
