@@ -327,6 +327,7 @@ impl Root {
             io_mode: direct::Mode::default(),
             discarded: false,
             done: false,
+            _staging: self.pull_staging.clone(),
         };
         let partial = match resume {
             Resume::No => None,

@@ -44,6 +44,10 @@ pub struct Staged {
     /// Failed for good: delete even a partial copy.
     pub(super) discarded: bool,
     pub(super) done: bool,
+    /// A pull's staging folder, kept until its last file is gone: a file
+    /// dropped on a writer thread after the pull ended must still find it,
+    /// and the folder's own clean-up must come after the file's.
+    pub(super) _staging: Option<std::sync::Arc<super::PullStaging>>,
 }
 
 impl Staged {
