@@ -48,6 +48,10 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
 
+    /// Enrollment or renewal refused (the message says why and what next).
+    #[error("{0}")]
+    Enrollment(String),
+
     #[error("cannot load {what}: {message}")]
     Identity { what: String, message: String },
 
@@ -87,6 +91,7 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::Version { .. }
             | Error::NotAdmitted(_)
+            | Error::Enrollment(_)
             | Error::Busy(_) => Class::Connection,
             Error::Refused { code, .. } => match code {
                 ErrorCode::NotAdmitted | ErrorCode::Version | ErrorCode::ShuttingDown | ErrorCode::Busy => {

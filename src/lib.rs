@@ -67,6 +67,7 @@ pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod direct;
+pub mod enroll;
 pub mod error;
 pub mod hashes;
 pub mod meter;

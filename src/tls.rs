@@ -204,6 +204,11 @@ impl Identity {
         }
     }
 
+    /// True when `der` is one of the CA certificates this identity trusts.
+    pub fn roots_contain(&self, der: &CertificateDer<'_>) -> bool {
+        self.paths.ca.certs().is_ok_and(|cas| cas.iter().any(|c| c.as_ref() == der.as_ref()))
+    }
+
     /// The server side: TLS 1.3 only, client certificates required and
     /// verified against the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
@@ -238,6 +243,17 @@ impl Identity {
     /// (and its name against HOST), this identity presented.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
         self.check_role(Role::Client);
+        self.client_config_for(ALPN)
+    }
+
+    /// A client config for the enrollment exchange (`xfer renew`): this
+    /// identity presented whatever its role, since a server renews its own
+    /// certificate this way too.
+    pub fn renew_config(&self) -> Result<Arc<ClientConfig>> {
+        self.client_config_for(crate::protocol::enroll::ENROLL_ALPN)
+    }
+
+    fn client_config_for(&self, alpn: &[u8]) -> Result<Arc<ClientConfig>> {
         let provider = provider();
         let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .with_crls(self.crls.clone())
@@ -254,7 +270,7 @@ impl Identity {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| self.key_error(e))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -520,7 +536,7 @@ pub fn preauth_warn(line: fmt::Arguments<'_>) {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -600,7 +616,10 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
                  use a client identity (`xfer keygen NAME` issues one)"
             ),
             AlertDescription::CertificateExpired => {
-                format!("the server says this client's certificate {cert} has expired: renew it with `xfer keygen`")
+                format!(
+                    "the server says this client's certificate {cert} has expired: \
+                     ask the CA's machine for a new one (`xfer keygen --invite NAME`, then `xfer enroll`)"
+                )
             }
             AlertDescription::CertificateRevoked => {
                 format!("the server says this client's certificate {cert} is revoked")

@@ -148,12 +148,22 @@ impl CertInfo {
         if self.not_before > now {
             Some(format!("certificate {path} is not valid until {} (check this machine's clock)", self.not_before))
         } else if left.is_negative() {
-            Some(format!("certificate {path} expired on {date}: issue a new one with `xfer keygen`"))
+            let fix = if self.is_ca {
+                "issue a new one with `xfer keygen`".to_owned()
+            } else {
+                format!("ask the CA's machine for a new invite (`xfer keygen --invite {}`)", self.subject)
+            };
+            Some(format!("certificate {path} expired on {date}: {fix}"))
         } else if left.whole_days() < EXPIRY_WARNING_DAYS {
-            Some(format!(
-                "certificate {path} expires in {} days ({date}): renew it soon with `xfer keygen`",
-                left.whole_days()
-            ))
+            let how = if self.is_ca {
+                "`xfer keygen` (a new CA)".to_owned()
+            } else {
+                format!(
+                    "`xfer renew HOST --name {0}` (from this machine), or `xfer keygen --renew {0}` on the CA's machine",
+                    self.subject
+                )
+            };
+            Some(format!("certificate {path} expires in {} days ({date}): renew it soon with {how}", left.whole_days()))
         } else {
             None
         }

@@ -19,8 +19,11 @@ use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
 
+mod ca;
 mod crl;
 mod info;
+
+pub use ca::Ca;
 
 pub use crl::{Revocation, revoke};
 use crl::{add_to_crl, serial_of};
@@ -118,7 +121,8 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    fn generate(self) -> Result<KeyPair> {
+    /// A new key pair of this kind.
+    pub fn generate(self) -> Result<KeyPair> {
         let alg = match self {
             KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyType::Ed25519 => &rcgen::PKCS_ED25519,
@@ -208,7 +212,7 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
 }
 
 /// Names become file names and DNS names, so keep them to a safe alphabet.
-fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name != "ca"

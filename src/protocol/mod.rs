@@ -5,6 +5,7 @@
 //! `transfer`, `store`) builds on these types. PROTOCOL.md is the normative
 //! description; the constants below are the numbers it quotes.
 
+pub mod enroll;
 pub mod frame;
 pub mod path;
 

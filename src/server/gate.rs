@@ -101,7 +101,7 @@ impl Handshakes {
 
 /// The source a handshake is counted under: the IPv4 address, or the /64
 /// of an IPv6 address (one host commonly holds a whole /64).
-fn source(ip: IpAddr) -> IpAddr {
+pub(super) fn source(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -7,6 +7,7 @@
 //! is on, and the [`TaskTracker`] is awaited under the grace period; files
 //! still unfinished after that are dropped from staging, never installed.
 
+mod enroll;
 mod gate;
 mod handler;
 
@@ -17,7 +18,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -26,9 +26,11 @@ use self::gate::{Handshakes, Slots};
 use crate::auth::Policy;
 use crate::budget::Budget;
 use crate::connection::Timeouts;
+use crate::enroll::invites::Invites;
 use crate::error::{Error, Result};
+use crate::pki::Ca;
 use crate::store::Root;
-use crate::tls::{Identity, IdentityPaths};
+use crate::tls::{Identity, IdentityPaths, Pem};
 
 /// Default most connections served at once.
 pub const MAX_CONNS: usize = 256;
@@ -66,6 +68,9 @@ pub struct ServeConfig {
     pub partial_ttl: Duration,
     /// Bytes of partial copies one client may leave.
     pub partial_quota: u64,
+    /// Sign certificates for invites and renewals (`--enroll`): needs the
+    /// CA's key and invites file beside the CA certificate.
+    pub enroll: bool,
 }
 
 impl ServeConfig {
@@ -87,6 +92,7 @@ impl ServeConfig {
             grace: GRACE,
             partial_ttl: crate::partial::DEFAULT_TTL,
             partial_quota: crate::partial::DEFAULT_QUOTA,
+            enroll: false,
         }
     }
 }
@@ -110,21 +116,43 @@ struct Shared {
     budget: Budget,
     /// Each client identity's share of `budget`, while it is connected.
     peer_budgets: std::sync::Mutex<std::collections::HashMap<String, Budget>>,
+    /// The folder of the CA's certificate, key and invites (`--enroll`).
+    enroll_dir: Option<PathBuf>,
+    /// Failed enrollment attempts, per source address.
+    failures: enroll::Failures,
 }
 
 /// The reloadable part of the configuration. Sessions re-read it for every
 /// request, so a narrower policy or a new CRL applies to open connections
 /// too.
 struct Live {
-    acceptor: TlsAcceptor,
+    /// TLS for transfers (ALPN `xfer/1`).
+    config: Arc<rustls::ServerConfig>,
+    /// Enrollment (ALPN `xfer-enroll/1`), with `--enroll` only.
+    enroll: Option<Arc<EnrollLive>>,
     /// Re-checks an open session's client certificate after a reload.
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     policy: Option<Policy>,
 }
 
+/// What enrollment needs, reloaded with the rest.
+struct EnrollLive {
+    config: Arc<rustls::ServerConfig>,
+    ca: Ca,
+    invites: Invites,
+}
+
 impl Shared {
     fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads certificates, policy and CA; on any error the running
+    /// configuration stays.
+    fn reload(&self) -> Result<()> {
+        let live = load_live(&self.identity, self.policy_path.as_deref(), self.enroll_dir.as_deref())?;
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(())
     }
 
     /// Client `peer`'s share of the memory budget: a quarter of it, so no
@@ -144,14 +172,56 @@ impl Shared {
     }
 }
 
-/// Loads certificate, key, CA and policy; all or nothing.
-fn load_live(identity: &IdentityPaths, policy: Option<&Path>) -> Result<Live> {
+/// Loads certificate, key, CA and policy (and, for enrollment, the CA's
+/// key); all or nothing.
+fn load_live(identity: &IdentityPaths, policy: Option<&Path>, enroll_dir: Option<&Path>) -> Result<Live> {
     let identity = Identity::load(identity)?;
     identity.check_valid_now()?;
-    let acceptor = TlsAcceptor::from(identity.server_config()?);
+    let config = identity.server_config()?;
     let verifier = identity.client_verifier()?;
     let policy = policy.map(Policy::load).transpose()?;
-    Ok(Live { acceptor, verifier, policy })
+    let enroll = enroll_dir.map(|dir| load_enroll(&identity, dir)).transpose()?.map(Arc::new);
+    Ok(Live { config, enroll, verifier, policy })
+}
+
+/// The CA and invites `--enroll` signs with, refused with the fix when
+/// either is missing.
+fn load_enroll(identity: &Identity, dir: &Path) -> Result<EnrollLive> {
+    let key = dir.join("ca.key");
+    if !key.exists() {
+        return Err(Error::Identity {
+            what: key.display().to_string(),
+            message: "it does not exist, and --enroll signs certificates with the CA's key: \
+                      run `xfer serve --enroll` on the machine that ran `xfer keygen`, with --certs pointing at its folder"
+                .into(),
+        });
+    }
+    let invites = Invites::in_dir(dir);
+    if !invites.exists() {
+        return Err(Error::Identity {
+            what: invites.path().display().to_string(),
+            message: format!(
+                "it does not exist yet, and --enroll answers the invites recorded there: \
+                 create one first with `xfer keygen --invite NAME --dir {}`",
+                dir.display()
+            ),
+        });
+    }
+    let ca = Ca::load(dir)?;
+    let config = crate::enroll::tls::server_config(identity, ca.certs())?;
+    Ok(EnrollLive { config, ca, invites })
+}
+
+/// The folder of the CA files, for `--enroll`: beside the CA certificate,
+/// which must then be a file.
+fn enroll_dir(identity: &IdentityPaths) -> Result<PathBuf> {
+    match &identity.ca {
+        Pem::File(p) => Ok(p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)),
+        Pem::Env { var, .. } => Err(Error::Usage(format!(
+            "--enroll needs the CA's files (ca.pem, ca.key, invites.json in one folder), not ${var}: \
+             pass --certs DIR"
+        ))),
+    }
 }
 
 /// Reloads a running server's certificates and policy (on SIGHUP).
@@ -164,9 +234,7 @@ impl Reloader {
     /// Re-reads everything; on any error the running configuration stays
     /// and the error says what was wrong with the new files.
     pub fn reload(&self) -> Result<()> {
-        let live = load_live(&self.shared.identity, self.shared.policy_path.as_deref())?;
-        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-        Ok(())
+        self.shared.reload()
     }
 }
 
@@ -181,7 +249,8 @@ pub struct Server {
 impl Server {
     /// Loads the identity, opens the root and binds the listener.
     pub async fn bind(cfg: ServeConfig) -> Result<Server> {
-        let live = load_live(&cfg.identity, cfg.policy.as_deref())?;
+        let enroll_dir = cfg.enroll.then(|| enroll_dir(&cfg.identity)).transpose()?;
+        let live = load_live(&cfg.identity, cfg.policy.as_deref(), enroll_dir.as_deref())?;
         let mut root = Root::open_server(&cfg.root)
             .map_err(|e| Error::io(format!("cannot use {} as the root", cfg.root.display()), e))?;
         root.set_partial_quota(cfg.partial_quota);
@@ -200,6 +269,8 @@ impl Server {
             slots: Slots::new(cfg.max_conns, cfg.max_conns_per_peer),
             budget: Budget::new(cfg.max_memory),
             peer_budgets: Default::default(),
+            enroll_dir,
+            failures: Default::default(),
         };
         Ok(Server { listener, shared: Arc::new(shared), grace: cfg.grace, partial_ttl: cfg.partial_ttl })
     }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -32,12 +33,13 @@ use crate::connection::{FrameReader, FrameWriter, with_timeout};
 use crate::error::{Error, Result};
 use crate::hashes::{HASH_ALLOWANCE, Work};
 use crate::partial::Partial;
+use crate::protocol::enroll::ENROLL_ALPN;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::{GroupSize, StoreError};
 use crate::tls;
 use crate::transfer::{self, blocking};
 
-type Tls = TlsStream<TcpStream>;
+pub(super) type Tls = TlsStream<TcpStream>;
 
 /// Serves one accepted TCP connection to its end; logs, never fails.
 /// `ticket` is its place among the handshakes in progress.
@@ -54,9 +56,7 @@ pub(super) async fn serve(
     // if a reload swaps it meanwhile.
     let live = shared.live();
     let accepted = tokio::select! {
-        r = with_timeout("TLS handshake", t.handshake, async {
-            live.acceptor.accept(tcp).await.map_err(|source| Error::ConnectionLost { peer: addr.to_string(), source })
-        }) => r,
+        r = with_timeout("TLS handshake", t.handshake, accept(&live, tcp, addr)) => r,
         // A newer connection needed the place: the oldest unfinished
         // handshakes are the likeliest to be idle sockets of a flood.
         _ = ticket.evicted.cancelled() => {
@@ -64,7 +64,6 @@ pub(super) async fn serve(
             return;
         }
     };
-    drop(ticket);
     let tls = match accepted {
         Ok(s) => s,
         Err(e) => {
@@ -72,6 +71,11 @@ pub(super) async fn serve(
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(ENROLL_ALPN) {
+        // Still an unauthenticated peer to the limits: it keeps its ticket.
+        return super::enroll::serve(tls, addr, shared, live, ticket).await;
+    }
+    drop(ticket);
     // rustls lets a client that offers no ALPN at all through; xfer wants
     // proof that the peer means to speak this protocol.
     if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
@@ -127,6 +131,21 @@ pub(super) async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake, with the configuration the client's hello asks for:
+/// enrollment when it offers `xfer-enroll/1` and this server takes
+/// enrollments, transfers otherwise (a client offering only enrollment to
+/// a server without `--enroll` gets a `no_application_protocol` alert).
+async fn accept(live: &Live, tcp: TcpStream, addr: SocketAddr) -> Result<Tls> {
+    let lost = |source| Error::ConnectionLost { peer: addr.to_string(), source };
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await.map_err(lost)?;
+    let wants_enroll = start.client_hello().alpn().is_some_and(|mut ids| ids.any(|id| id == ENROLL_ALPN));
+    let config = match &live.enroll {
+        Some(en) if wants_enroll => en.config.clone(),
+        _ => live.config.clone(),
+    };
+    start.into_stream(config).await.map_err(lost)
 }
 
 /// Logs why a connection was refused before its peer was known. Anyone

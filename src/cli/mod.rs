@@ -16,7 +16,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use crate::client::{Client, ClientConfig, PushPlan};
 use crate::connection::Timeouts;
 use crate::error::Error;
-use crate::pki::{self, KeygenConfig};
 use crate::progress::{Op, Output, Reporter};
 use crate::protocol::WirePath;
 use crate::server::{self, Reloader, ServeConfig, Server};
@@ -50,12 +49,22 @@ pub enum LogFormat {
 /// What `--version` prints: the release and the wire protocol it speaks.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
+mod enroll;
+mod keygen;
+
+pub use enroll::{EnrollArgs, RenewArgs};
+pub use keygen::{KeyTypeArg, KeygenArgs};
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a CA (if missing) and peer certificates signed by it.
     Keygen(KeygenArgs),
     /// Receive and serve files under a root folder.
     Serve(ServeArgs),
+    /// Join with a one-time invite code: get a certificate, the key staying here.
+    Enroll(EnrollArgs),
+    /// Get a new certificate (and key) for the current one before it expires.
+    Renew(RenewArgs),
     /// Send files and folders to a server.
     Push(PushArgs),
     /// Fetch files and folders from a server.
@@ -85,70 +94,6 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `--key-type` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyTypeArg {
-    /// ECDSA P-256 (default).
-    P256,
-    /// Ed25519.
-    Ed25519,
-}
-
-impl From<KeyTypeArg> for pki::KeyType {
-    fn from(k: KeyTypeArg) -> pki::KeyType {
-        match k {
-            KeyTypeArg::P256 => pki::KeyType::P256,
-            KeyTypeArg::Ed25519 => pki::KeyType::Ed25519,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct KeygenArgs {
-    /// Peers to issue: client certificates, or server certificates with
-    /// --server (default: a server certificate `server` and a client
-    /// certificate `client`).
-    pub names: Vec<String>,
-    /// Folder for the CA and certificates.
-    #[arg(long, default_value = "certs")]
-    pub dir: PathBuf,
-    /// Issue server certificates (serverAuth; NAME, each --san and loopback
-    /// names); with --renew, the role for an older dual-use certificate.
-    #[arg(long, conflicts_with_all = ["client", "list", "revoke"])]
-    pub server: bool,
-    /// Issue client certificates (clientAuth; NAME only), the default for
-    /// NAMEs; with --renew, the role for an older dual-use certificate.
-    #[arg(long, conflicts_with_all = ["list", "revoke"])]
-    pub client: bool,
-    /// Extra DNS name or IP address for the server certificates (repeatable).
-    #[arg(long = "san", value_name = "HOST_OR_IP")]
-    pub sans: Vec<String>,
-    /// Validity of the peer certificates, in days.
-    #[arg(long, default_value_t = pki::PEER_DAYS)]
-    pub days: u32,
-    /// Validity of the CA, in days, when this run creates it.
-    #[arg(long, default_value_t = pki::CA_DAYS)]
-    pub ca_days: u32,
-    /// Kind of keys to generate.
-    #[arg(long, value_enum, default_value_t = KeyTypeArg::P256)]
-    pub key_type: KeyTypeArg,
-    /// Overwrite existing peer files.
-    #[arg(long)]
-    pub force: bool,
-    /// List the certificates in --dir (names, fingerprints, expiry) instead.
-    #[arg(long, conflicts_with_all = ["names", "sans", "force", "revoke"])]
-    pub list: bool,
-    /// Revoke peer NAME: add its certificate to DIR/ca.crl, signed by the CA.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "renew"])]
-    pub revoke: Option<String>,
-    /// Re-issue peer NAME with the same names, valid --days from now.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "list"])]
-    pub renew: Option<String>,
-    /// With --renew: keep the existing private key.
-    #[arg(long, requires = "renew")]
-    pub keep_key: bool,
-}
-
 /// Who this peer is and which CA it trusts.
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
@@ -176,7 +121,7 @@ pub struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    fn paths(&self, default_name: &str) -> Result<IdentityPaths, Error> {
+    pub(crate) fn paths(&self, default_name: &str) -> Result<IdentityPaths, Error> {
         let base = IdentityPaths::in_dir(&self.certs, self.name.as_deref().unwrap_or(default_name));
         Ok(IdentityPaths {
             cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
@@ -287,6 +232,10 @@ pub struct ServeArgs {
     /// Bytes of partial copies one client may leave; its oldest go first.
     #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
     pub partial_quota: u64,
+    /// Sign certificates for invites (`xfer keygen --invite`) and renewals
+    /// (`xfer renew`): needs ca.key and invites.json beside ca.pem.
+    #[arg(long)]
+    pub enroll: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }
@@ -411,7 +360,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen(a) => keygen(a),
+        Command::Keygen(a) => keygen::keygen(a),
+        Command::Enroll(a) => enroll::enroll(a).await,
+        Command::Renew(a) => enroll::renew(a).await,
         Command::Hash(a) => hash(&a.files),
         Command::Completions(a) => {
             let mut out = Vec::new();
@@ -639,101 +590,6 @@ fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
-    if a.list {
-        return list_certs(&a.dir);
-    }
-    if let Some(name) = &a.revoke {
-        let r = pki::revoke(&a.dir, name)?;
-        let what = if r.already { "was already revoked" } else { "revoked" };
-        println!("{name} (serial {}) {what}; {} now lists {} certificate(s)", r.serial, r.crl.display(), r.entries);
-        println!("servers and clients that use {} refuse it from their next start or SIGHUP", r.crl.display());
-        return Ok(());
-    }
-    let key_type = a.key_type.into();
-    let role = match (a.server, a.client) {
-        (true, _) => Some(pki::Role::Server),
-        (_, true) => Some(pki::Role::Client),
-        _ => None,
-    };
-    if let Some(name) = &a.renew {
-        let cfg = pki::RenewConfig { days: a.days, keep_key: a.keep_key, key_type, role };
-        print_written(pki::renew(&a.dir, name, cfg)?);
-        return Ok(());
-    }
-    let peers = match role {
-        _ if a.names.is_empty() && role.is_none() => {
-            vec![pki::PeerSpec::server("server"), pki::PeerSpec::client("client")]
-        }
-        Some(pki::Role::Server) if a.names.is_empty() => vec![pki::PeerSpec::server("server")],
-        Some(pki::Role::Client) if a.names.is_empty() => vec![pki::PeerSpec::client("client")],
-        Some(pki::Role::Server) => a.names.iter().map(|n| pki::PeerSpec::server(n)).collect(),
-        _ => a.names.iter().map(|n| pki::PeerSpec::client(n)).collect(),
-    };
-    if !a.sans.is_empty() && role != Some(pki::Role::Server) && !a.names.is_empty() {
-        return Err(Error::Usage(format!(
-            "--san applies to server certificates only, and {} would be client certificates: \
-             add --server to issue server certificates (`xfer keygen --server {} --san {}`)",
-            a.names.join(", "),
-            a.names.join(" "),
-            a.sans.join(" --san ")
-        ))
-        .into());
-    }
-    let cfg = KeygenConfig {
-        sans: a.sans,
-        days: a.days,
-        ca_days: a.ca_days,
-        key_type,
-        force: a.force,
-        ..KeygenConfig::new(a.dir, peers)
-    };
-    let ca = cfg.dir.join("ca.pem");
-    let reusing = ca.exists();
-    let written = pki::keygen(&cfg)?;
-    if reusing {
-        println!("signing with the existing CA in {}", ca.display());
-    }
-    print_written(written);
-    Ok(())
-}
-
-/// One line per file keygen wrote, with each certificate's fingerprint.
-fn print_written(written: Vec<pki::Written>) {
-    for w in written {
-        match w.cert {
-            Some(c) => println!(
-                "wrote {}  {} ({})  sha256 {}  expires {}",
-                w.path.display(),
-                c.subject,
-                c.role.map_or("CA", pki::Role::as_str),
-                c.sha256,
-                c.not_after.date()
-            ),
-            None => println!("wrote {}  ({})", w.path.display(), w.note),
-        }
-    }
-}
-
-/// `xfer keygen --list`.
-fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
-    for c in pki::list(dir)? {
-        let names = if c.names.is_empty() { String::new() } else { format!("  names {}", c.names.join(",")) };
-        println!(
-            "{}  {} ({}){names}  sha256 {}  expires {}",
-            c.source,
-            c.subject,
-            c.role.as_str(),
-            c.sha256,
-            c.not_after.date()
-        );
-        for w in [c.role_warning(), c.expiry_warning()].into_iter().flatten() {
-            println!("  warning: {w}");
-        }
-    }
-    Ok(())
-}
-
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
     cfg.allow = a.allow;
@@ -746,6 +602,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.grace = a.grace;
     cfg.partial_ttl = a.partial_ttl;
     cfg.partial_quota = a.partial_quota;
+    cfg.enroll = a.enroll;
+    let cfg_enroll = a.enroll;
     cfg.timeouts = Timeouts {
         handshake: a.handshake_timeout,
         header: a.header_timeout,
@@ -763,6 +621,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         root = %server.root().display(),
         read_only,
+        enroll = cfg_enroll,
         allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },
         "serving"
     );

@@ -1,0 +1,83 @@
+//! The CA as a signer for other processes than `keygen`: what `serve
+//! --enroll` loads to issue certificates for invites and renewals, without
+//! ever seeing the requester's private key.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{Issuer, KeyPair, PublicKeyData};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+
+use super::crl::add_to_crl;
+use super::{Revocation, Role, gen_error, load_ca, peer_params};
+use crate::error::{Error, Result};
+
+/// A CA certificate with its private key, ready to sign.
+pub struct Ca {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// Every certificate of `ca.pem`, the signing one first.
+    certs: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Loads `DIR/ca.pem` and `DIR/ca.key`.
+    pub fn load(dir: &Path) -> Result<Ca> {
+        let pem = dir.join("ca.pem");
+        let issuer = load_ca(&pem, &dir.join("ca.key"))?;
+        let certs = CertificateDer::pem_file_iter(&pem)
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| Error::Identity { what: pem.display().to_string(), message: format!("{e:?}") })?;
+        if certs.is_empty() {
+            return Err(Error::Identity { what: pem.display().to_string(), message: "no certificate in it".into() });
+        }
+        Ok(Ca { dir: dir.to_owned(), issuer, certs })
+    }
+
+    /// The folder of `ca.pem` and `ca.key`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The certificates clients should trust, the signing CA first.
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    /// Issues a certificate for `public_key` with exactly the name, role
+    /// and extra names given (whatever the request asked for).
+    pub fn issue(
+        &self,
+        name: &str,
+        role: Role,
+        sans: &[String],
+        days: u32,
+        public_key: &impl PublicKeyData,
+    ) -> Result<CertificateDer<'static>> {
+        let params = peer_params(name, role, sans, days)?;
+        let cert = params.signed_by(public_key, &self.issuer).map_err(gen_error)?;
+        Ok(cert.der().clone())
+    }
+
+    /// Adds `serial` to `DIR/ca.crl`.
+    pub fn revoke_serial(&self, serial: &[u8]) -> Result<Revocation> {
+        add_to_crl(&self.dir, &self.issuer, serial.to_vec())
+    }
+
+    /// The CA's current revocation list (DER), if it has one.
+    pub fn crl(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join("ca.crl");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let crl = CertificateRevocationListDer::from_pem_file(&path)
+            .map_err(|e| Error::Identity { what: path.display().to_string(), message: format!("{e:?}") })?;
+        Ok(Some(crl.to_vec()))
+    }
+}
