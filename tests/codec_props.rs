@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use xfer::protocol::enroll::{Refusal, Request, Response};
 use xfer::protocol::{ErrorCode, FileHeader, Frame, Have, ListEntry, Offer, Timestamp, WirePath};
 
 fn component() -> impl Strategy<Value = String> {
@@ -102,4 +103,59 @@ proptest! {
             prop_assert!(!p.as_str().starts_with('/'));
         }
     }
+
+    #[test]
+    fn any_enrollment_message_round_trips_exactly(
+        (req, resp) in (enroll_request(), enroll_response())
+    ) {
+        let bytes = req.encode();
+        prop_assert_eq!(Request::decode(&bytes).unwrap(), Some((req, bytes.len())));
+        let bytes = resp.encode();
+        prop_assert_eq!(Response::decode(&bytes).unwrap(), Some((resp, bytes.len())));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_enrollment_decoders(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        // Both directions, with a plausible header in front half the time.
+        for input in [bytes.clone(), [&[0x50u8, 0, 0, 0, bytes.len().min(255) as u8][..], &bytes].concat()] {
+            if let Ok(Some((req, used))) = Request::decode(&input) {
+                prop_assert!(used <= input.len());
+                prop_assert_eq!(&req.encode()[..], &input[..used]);
+            }
+            if let Ok(Some((resp, used))) = Response::decode(&input) {
+                prop_assert!(used <= input.len());
+                prop_assert_eq!(&resp.encode()[..], &input[..used]);
+            }
+        }
+    }
+}
+
+fn der() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 1..600)
+}
+
+fn enroll_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<[u8; 8]>(), prop::collection::vec(any::<u8>(), 64), der())
+            .prop_map(|(token_id, proof, csr)| { Request::Enroll { token_id, proof: proof.try_into().unwrap(), csr } }),
+        (any::<bool>(), der()).prop_map(|(revoke_old, csr)| Request::Renew { revoke_old, csr }),
+    ]
+}
+
+fn enroll_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (der(), prop::collection::vec(der(), 1..4), prop::option::of(der()))
+            .prop_map(|(cert, cas, crl)| Response::Issued { cert, cas, crl }),
+        (1u16..9, ".{0,100}").prop_map(|(code, message)| Response::Refused {
+            refusal: match code {
+                1 => Refusal::InvalidInvite,
+                2 => Refusal::RateLimited,
+                3 => Refusal::BadRequest,
+                4 => Refusal::NotRenewable,
+                5 => Refusal::Internal,
+                n => Refusal::Unknown(n),
+            },
+            message
+        }),
+    ]
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod ci_recipe;
 mod codec_props;
+mod enroll;
 mod hostile;
 mod keygen;
 mod kill_loop;

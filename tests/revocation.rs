@@ -40,7 +40,7 @@ fn a_revoked_server_is_refused_by_clients_that_have_the_crl() {
 
 /// Writes `certs/NAME.pem` and `.key` signed by the test CA, valid only
 /// between the two instants given.
-fn issue_with_validity(pki: &Pki, name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+pub(crate) fn issue_with_validity(pki: &Pki, name: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) {
     let certs = pki.certs();
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem")).unwrap(), ca_key).unwrap();

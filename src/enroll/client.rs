@@ -180,7 +180,17 @@ pub async fn renew(cfg: RenewConfig) -> Result<Outcome> {
     };
     let csr = csr(&old.subject, &key)?;
     let mut tls = connect(&cfg.target, cfg.server_name.as_deref(), id.renew_config()?, Some(&cfg.identity)).await?;
-    let issued = exchange(&mut tls, &cfg.target, Request::Renew { revoke_old: cfg.revoke_old, csr }).await?;
+    // In TLS 1.3 the server's verdict on this certificate (revoked,
+    // expired) arrives as an alert after the client's handshake is done.
+    let issued = exchange(&mut tls, &cfg.target, Request::Renew { revoke_old: cfg.revoke_old, csr }).await.map_err(
+        |e| match e {
+            Error::ConnectionLost { peer, source } => {
+                let host = cfg.server_name.clone().unwrap_or_else(|| peer.clone());
+                explain(&peer, &host, Some(&cfg.identity), source)
+            }
+            other => other,
+        },
+    )?;
     let ca = issued
         .cas
         .iter()
@@ -352,7 +362,8 @@ fn first_cert_sha256(path: &Path) -> Option<[u8; 32]> {
 }
 
 fn pem_of(tag: &str, ders: &[impl AsRef<[u8]>]) -> String {
-    ders.iter().map(|d| pem::encode(&pem::Pem::new(tag, d.as_ref().to_vec()))).collect()
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    ders.iter().map(|d| pem::encode_config(&pem::Pem::new(tag, d.as_ref().to_vec()), lf)).collect()
 }
 
 /// Writes every file to a temporary name beside it, then renames them all
