@@ -1,5 +1,5 @@
 //! Runs README.md's "Using xfer in CI" recipe, as written, on loopback: the
-//! shell blocks tagged `ci-keygen`, `ci-serve`, `ci-build` and `ci-deploy`,
+//! shell blocks tagged `ci-keygen`, `ci-serve`, `ci-enroll`, `ci-build` and `ci-deploy`,
 //! with only the host name and the server's root replaced.
 
 use std::path::Path;
@@ -42,16 +42,22 @@ fn run(cmd: &mut Command, what: &str) -> std::process::Output {
 #[test]
 fn the_readme_ci_recipe_works_as_written() {
     let work = Dir::new();
-    let trusted = work.join("trusted");
-    std::fs::create_dir_all(&trusted).unwrap();
-    run(&mut shell(&readme_block("ci-keygen"), &trusted), "ci-keygen");
-
-    // The artifact host: same command, a local root and a free port.
+    // The artifact host: CA, its certificate and the invite; then the
+    // same serve command, with a local root and a free port.
     let host = work.join("host");
     std::fs::create_dir_all(&host).unwrap();
-    copy(&trusted.join("ci-pki"), &host.join("ci-pki"), &["ca.pem", "artifacts.pem", "artifacts.key"]);
+    let keygen = run(&mut shell(&readme_block("ci-keygen"), &host), "ci-keygen");
+    let code = String::from_utf8_lossy(&keygen.stdout).lines().last().unwrap_or_default().to_owned();
+    assert!(code.starts_with("xfer1-") && code.ends_with("-ci-runner"), "{code}");
     let serve = readme_block("ci-serve").trim().replace("/srv/artifacts", "srv") + " --listen 127.0.0.1:0";
     let server = XferServer::spawn(shell(&format!("exec {serve}"), &host), &host.join("srv"));
+
+    // The machine that holds the CI settings enrolls with the code.
+    let trusted = work.join("trusted");
+    std::fs::create_dir_all(&trusted).unwrap();
+    let script = readme_block("ci-enroll").replace("artifacts.example.org", &server.addr);
+    run(shell(&script, &trusted).env("CODE", &code), "ci-enroll");
+    assert!(!host.join("ci-pki/ci-runner.key").exists(), "the runners' key was made on the host");
 
     // The CI secrets: PEM text in XFER_CA / XFER_CERT / XFER_KEY.
     let secret = |f: &str| std::fs::read_to_string(trusted.join("ci-pki").join(f)).unwrap();
@@ -117,11 +123,4 @@ fn the_readme_ci_recipe_works_as_written() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("artifact failed its integrity check"));
-}
-
-fn copy(from: &Path, to: &Path, names: &[&str]) {
-    std::fs::create_dir_all(to).unwrap();
-    for n in names {
-        std::fs::copy(from.join(n), to.join(n)).unwrap();
-    }
 }
