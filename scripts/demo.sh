@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on loopback: build xfer, make a CA and two peers,
-# start a server, push a sample tree, list it, pull it back, check every file
-# byte for byte (and its executable bit), remove a file, and stop the server.
+# The main job, end to end on loopback: build xfer, make a CA and a server
+# certificate, invite a second machine, start a server, enroll that machine
+# with the one-time code (its key made there), push a sample tree, list it,
+# pull it back, check every file byte for byte (and its executable bit),
+# remove a file, and stop the server.
 # Everything lands in ./demo-out (git-ignored); run it again at will.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,10 @@ xfer="$PWD/target/release/xfer"
 echo "== xfer keygen: a CA, a server and a client certificate"
 "$xfer" keygen --dir "$out/certs"
 
+echo "== xfer keygen --invite runner-7: a one-time code for another machine"
+code=$("$xfer" keygen --dir "$out/certs" --invite runner-7)
+echo "$code"
+
 echo "== a sample tree: nested folders, an executable, 20 MiB of random bytes, an empty folder, a symlink"
 src="$out/src"
 mkdir -p "$src/dist/bin" "$src/dist/docs/api" "$src/dist/empty"
@@ -29,7 +35,7 @@ ln -s /etc/hostname "$src/dist/link-to-elsewhere"
 echo "build log line" > "$src/build.log"
 
 echo "== xfer serve on 127.0.0.1 (a free port)"
-"$xfer" serve --listen 127.0.0.1:0 --root "$out/server-root" --certs "$out/certs" 2> "$out/serve.log" &
+"$xfer" serve --listen 127.0.0.1:0 --root "$out/server-root" --certs "$out/certs" --enroll 2> "$out/serve.log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 port=""
@@ -44,7 +50,16 @@ if [ -z "$port" ]; then
     exit 1
 fi
 host="127.0.0.1:$port"
-id=(--certs "$out/certs")
+
+echo "== xfer enroll $host CODE: the second machine (its own folder) gets its certificate"
+"$xfer" enroll "$host" "$code" --dir "$out/runner-certs"
+[ ! -e "$out/certs/runner-7.key" ] || { echo "the key was made on the CA's machine" >&2; exit 1; }
+echo "== the same code again is refused (single use)"
+if "$xfer" enroll "$host" "$code" --dir "$out/again" 2>&1; then
+    echo "a used code was accepted" >&2
+    exit 1
+fi
+id=(--certs "$out/runner-certs" --name runner-7)
 
 echo "== xfer push $host dist/ build.log --to artifacts"
 "$xfer" push "$host" "$src/dist/" "$src/build.log" --to artifacts "${id[@]}"
