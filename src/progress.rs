@@ -4,6 +4,28 @@
 //! never prints.
 
 use std::collections::{HashMap, HashSet};
+
+/// A set of paths kept as 128-bit BLAKE3 digests: a transfer of millions of
+/// files (or a hostile server naming millions of paths) costs 16 bytes a
+/// path here, not the path itself.
+#[derive(Debug, Clone, Default)]
+pub struct PathSet(HashSet<u128>);
+
+impl PathSet {
+    fn key(path: &str) -> u128 {
+        let hash = blake3::hash(path.as_bytes());
+        u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+    }
+
+    /// True when `path` was not in the set.
+    pub fn insert(&mut self, path: &str) -> bool {
+        self.0.insert(PathSet::key(path))
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.0.contains(&PathSet::key(path))
+    }
+}
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -159,9 +181,9 @@ pub struct Reporter {
     /// Paths reported by this attempt and earlier ones, the part of them
     /// earlier attempts reported (a retry does not report those again),
     /// and folders already counted.
-    done: HashSet<String>,
-    earlier: HashSet<String>,
-    dirs: HashSet<String>,
+    done: PathSet,
+    earlier: PathSet,
+    dirs: PathSet,
     /// Payload bytes that earlier, failed attempts moved for files not yet
     /// reported.
     carry: HashMap<String, u64>,
@@ -178,9 +200,9 @@ impl Reporter {
             worst: None,
             meter,
             display,
-            done: HashSet::new(),
-            earlier: HashSet::new(),
-            dirs: HashSet::new(),
+            done: PathSet::default(),
+            earlier: PathSet::default(),
+            dirs: PathSet::default(),
             carry: HashMap::new(),
         }
     }
@@ -201,7 +223,7 @@ impl Reporter {
     }
 
     /// Paths reported so far, which a retry need not send again.
-    pub fn done_paths(&self) -> HashSet<String> {
+    pub fn done_paths(&self) -> PathSet {
         self.done.clone()
     }
 
@@ -236,7 +258,7 @@ impl Reporter {
         if self.earlier.contains(&r.path) {
             return;
         }
-        self.done.insert(r.path.clone());
+        self.done.insert(&r.path);
         let carried = self.carry.remove(&r.path).unwrap_or(0);
         r.bytes += carried;
         // Found identical by a retry because an earlier attempt sent it
@@ -298,7 +320,7 @@ impl Reporter {
 
     /// Records a folder created or sent (once, however many attempts).
     pub fn dir(&mut self, path: &str) {
-        if self.dirs.insert(path.to_owned()) {
+        if self.dirs.insert(path) {
             self.sum.dirs += 1;
         }
     }
@@ -405,17 +427,47 @@ pub fn iso8601(t: Timestamp) -> String {
 }
 
 fn json_line(v: &serde_json::Value) {
+    let line = inert_json(v.to_string());
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) is not worth failing a transfer for.
-    if serde_json::to_writer(&mut out, v).is_ok() {
-        let _ = writeln!(out);
-    }
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// JSON text with every character a terminal may act on (DEL, C1
+/// controls, bidi and invisible formatting; serde_json escapes only C0)
+/// written as a `\u` escape: the same string to a JSON reader, inert bytes
+/// to a terminal or log viewer. Such characters can only occur inside
+/// strings, so escaping them never changes the document's structure.
+fn inert_json(s: String) -> String {
+    if !s.chars().any(crate::text::is_unsafe) {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if crate::text::is_unsafe(c) {
+            for unit in c.encode_utf16(&mut [0u16; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_carry_the_same_text_in_inert_bytes() {
+        let text = "a\u{9b}2J\u{7f}\u{202e}b\u{e0041}\u{1b}";
+        let line = inert_json(serde_json::json!({ "error": text }).to_string());
+        assert!(!line.chars().any(|c| crate::text::is_unsafe(c) || c.is_control()), "{line}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["error"], text);
+    }
 
     #[test]
     fn byte_counts_and_times_read_well() {

@@ -20,8 +20,15 @@ pub fn is_unsafe(c: char) -> bool {
             '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
             | '\u{2028}' | '\u{2029}' // line and paragraph separators
             | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
-            | '\u{2066}'..='\u{2069}' // bidi isolates
-            | '\u{FEFF}')
+            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, bidi isolates, deprecated formats
+            | '\u{FEFF}'
+            // Other characters that display as nothing (Unicode's default
+            // ignorables and fillers), so two names may look the same. The
+            // emoji variation selectors U+FE00..FE0F stay: names use them.
+            | '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+            | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{3164}' | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// `s` with every unsafe character written as `\n`, `\t`, `\r`, `\xHH` or
@@ -73,6 +80,11 @@ mod tests {
         assert_eq!(escape("\x7f"), "\\x7f");
         assert_eq!(escape("\u{9b}31m"), "\\x9b31m"); // C1 CSI
         assert_eq!(escape("\u{202e}gpj.exe"), "\\u{202e}gpj.exe");
+        // Characters that display as nothing, so two names look alike.
+        for c in ['\u{2060}', '\u{061c}', '\u{00ad}', '\u{3164}', '\u{e0041}'] {
+            assert!(escape(&format!("report{c}.txt")).contains("\\"), "{c:?}");
+        }
+        assert_eq!(escape("❤\u{fe0f}.txt"), "❤\u{fe0f}.txt"); // emoji presentation stays
         // Once escaping, a literal backslash is doubled so the output is
         // unambiguous.
         assert_eq!(escape("\\x1b\x1b"), "\\\\x1b\\x1b");

@@ -1,6 +1,7 @@
 //! Text a hostile peer controls never reaches a terminal or a log raw, and
 //! secrets never reach either, whatever is wrong with them.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,15 +173,18 @@ fn a_pull_offers_only_files_it_would_overwrite_and_no_dot_files() {
     home.write(".env", b"TOKEN=hunter2");
     home.write("notes.txt", b"mine alone");
     home.write("shared.txt", b"both have it");
+    home.write("big.bin", &random_bytes(64 * 1024, 1));
     home.write("dist/app.bin", b"app");
     home.write("dist/.git/config", b"[core]");
     let certs = pki.certs().display().to_string();
 
-    // `pull HOST .` into a home folder: only names the server's root holds.
-    let (addr, fake) = offer_recorder(&pki, vec!["shared.txt", "dist", ".env"]);
+    // `pull HOST .` into a home folder: only names the server's root
+    // holds, and of those only files too large for their hash to be
+    // matched against guesses (the server chose the names).
+    let (addr, fake) = offer_recorder(&pki, vec!["shared.txt", "dist", ".env", "big.bin"]);
     let run = run_in(home.path(), &["pull", &addr, ".", "--certs", &certs, "--retry", "0"], &[]);
     let offered = fake.join().unwrap();
-    assert_eq!(offered, ["dist/app.bin", "shared.txt"], "{run}");
+    assert_eq!(offered, ["big.bin"], "{run}");
 
     // `pull HOST dist`: only below dist, and not below its dot-folders.
     let (addr, fake) = offer_recorder(&pki, vec![]);
@@ -290,4 +294,50 @@ fn a_hostile_server_cannot_fill_the_clients_disk_or_leave_litter() {
     assert_ne!(run.code(), 0, "{run}");
     assert!(run.stderr().contains("after the file"), "{run}");
     assert!(!work.join("got/d.txt").is_dir(), "{:?}", work.listing("got"));
+}
+
+#[test]
+fn a_hostile_server_cannot_fill_the_disk_with_folders_past_the_reserve() {
+    if !can_unshare("a small filesystem for the pull") {
+        return;
+    }
+    let pki = Pki::new();
+    let work = Dir::new();
+    let certs = pki.certs().display().to_string();
+    // Folders deep enough that, all new, they need more than is left
+    // above the reserve; then an empty file under new parents; then a
+    // folder that already exists, which needs nothing.
+    let deep: String = (0..40).map(|i| format!("f{i}")).collect::<Vec<_>>().join("/");
+    let dir = |p: &str| Frame::Dir { path: WirePath::parse(p).unwrap(), mode: 0o755, mtime: Default::default() };
+    let answer = encode(&[
+        dir(&format!("d/{deep}")),
+        header(&format!("d/{deep}/empty"), 0),
+        Frame::End { blake3: *blake3::hash(b"").as_bytes() },
+        dir("d"),
+        Frame::Ok,
+    ]);
+    let (addr, fake) = answering(&pki, answer);
+    // A 2 MiB filesystem (reserve: 5%, about 102 KiB), filled to 40 KiB
+    // above the reserve: less than 41 new folders would need.
+    let out = work.join("small");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=2m tmpfs '{out}' && mkdir '{out}/got' && mkdir '{out}/got/d' \
+         && head -c $((2048*1024 - 102*1024 - 40*1024)) /dev/zero > '{out}/filler' \
+         && '{XFER}' pull {addr} d --out '{out}/got' --certs '{certs}' --retry 0 --json; \
+         echo \"rc=$?\"; ls -R '{out}/got'",
+        out = out.display()
+    );
+    let run = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    fake.join().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stdout.contains("rc=4"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("no room for its folders"), "{stdout}\n{stderr}");
+    let listing = stdout.split("rc=4").nth(1).unwrap_or_default();
+    assert!(listing.contains('d') && !listing.contains("f0"), "folders were created: {stdout}");
 }

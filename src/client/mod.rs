@@ -7,7 +7,7 @@
 //! through a bounded channel, which also bounds how far ahead the writer may
 //! run. Outcomes go to a [`Reporter`]; nothing here prints.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -465,7 +465,7 @@ struct Probed {
     /// Files among them whose probe is out.
     probes: usize,
     /// Paths an earlier attempt already reported.
-    done: HashSet<String>,
+    done: crate::progress::PathSet,
     /// The reader's `Have`s, in probe order (`None`: the probe was refused).
     have_rx: mpsc::UnboundedReceiver<Option<Have>>,
 }

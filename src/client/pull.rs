@@ -55,7 +55,8 @@ impl Client {
             if !greeted {
                 greet(r, cfg.timeouts.header).await?;
             }
-            let mut ctx = PullCtx { root: &root, rep, held: &mut held, server, max_size: cfg.max_size };
+            let mut ctx =
+                PullCtx { root: &root, rep, held: &mut held, server, max_size: cfg.max_size, known_dirs: None };
             for p in remotes {
                 pull_one(r, p, &mut ctx).await?;
             }
@@ -77,9 +78,12 @@ impl Client {
         let mut names = HashSet::new();
         loop {
             match reply(&mut self.r).await? {
-                Frame::Entry(e) => {
+                // Names past the offer bound would never be offered under:
+                // not kept, however many a server sends.
+                Frame::Entry(e) if names.len() < MAX_OFFERS => {
                     names.extend(e.path.file_name().map(str::to_owned));
                 }
+                Frame::Entry(_) => {}
                 Frame::Ok => return Ok(names),
                 Frame::Error { code, message } => {
                     // Busy, shutting down, not admitted: the pull cannot go on.
@@ -91,6 +95,9 @@ impl Client {
         }
     }
 }
+
+/// Smallest local file a pull of the server's root offers as already held.
+pub const MIN_ROOT_OFFER: u64 = 64 * 1024;
 
 /// What a pull's destination already holds, offered to the server before
 /// the `Get`s.
@@ -114,7 +121,11 @@ impl Holdings {
     /// An offer tells the server a local file's hash, so only files the
     /// pull would overwrite are offered: below the asked paths, for the
     /// root only below the names the server's root holds (`top`), and never
-    /// below a dot-name the user did not ask for (`.ssh`, `.env`).
+    /// below a dot-name the user did not ask for (`.ssh`, `.env`). For the
+    /// root, whose names the server chooses, only files of at least
+    /// [`MIN_ROOT_OFFER`] bytes: the hash of a short file (a password, a
+    /// token) could be matched against guesses, so such files are simply
+    /// sent again.
     fn gather(root: &Root, server: &str, asked: &[WirePath], top: Option<&HashSet<String>>) -> Holdings {
         let mut held = Holdings::default();
         let within =
@@ -146,7 +157,7 @@ impl Holdings {
                 if !would_receive(&rel, a.is_root(), top) {
                     continue;
                 }
-                if held.partials.contains_key(&rel) {
+                if held.partials.contains_key(&rel) || (a.is_root() && meta.size < MIN_ROOT_OFFER) {
                     continue;
                 }
                 let Ok(mut f) = dir.open_file(&name) else { continue };
@@ -195,6 +206,8 @@ struct PullCtx<'a> {
     server: &'a str,
     /// `--max-size`: files larger are refused.
     max_size: Option<u64>,
+    /// A path whose folders were last found to exist.
+    known_dirs: Option<WirePath>,
 }
 
 /// Receives everything the server sends for one `Get`. Verified files are
@@ -241,6 +254,10 @@ async fn pull_items(
         match frame {
             Frame::Dir { path, .. } => {
                 check_within(r, asked, &path)?;
+                if let Err(report) = room_for_folders(ctx, &path, path.components().count(), &remote(&path)).await {
+                    ctx.rep.file(report);
+                    continue;
+                }
                 let (root, p) = (ctx.root.clone(), path.clone());
                 match blocking(move || root.mkdir(&p)).await {
                     Ok(_) => ctx.rep.dir(&remote(&path)),
@@ -306,7 +323,9 @@ async fn confirm_whole(
 /// a file of a pull may have: `--max-size`, and what the destination's
 /// filesystem can take above its reserve. A file announced larger is
 /// refused before any of it is written.
-async fn receive_limit(ctx: &PullCtx<'_>, h: &FileHeader, path: &str) -> std::result::Result<u64, FileReport> {
+async fn receive_limit(ctx: &mut PullCtx<'_>, h: &FileHeader, path: &str) -> std::result::Result<u64, FileReport> {
+    let parents = h.path.components().count().saturating_sub(1);
+    room_for_folders(ctx, &h.path, parents, path).await?;
     let root = ctx.root.clone();
     let room = blocking(move || root.room()).await.ok();
     let max = ctx.max_size.unwrap_or(u64::MAX);
@@ -326,6 +345,48 @@ async fn receive_limit(ctx: &PullCtx<'_>, h: &FileHeader, path: &str) -> std::re
             )))
         }
         _ => Ok(max.min(usable)),
+    }
+}
+
+/// Disk a new folder may take: one block (of the common 4 KiB).
+const FOLDER_COST: u64 = 4096;
+
+/// Refuses to create `folders` folders for `p` unless the space above the
+/// reserve could hold them all new: otherwise a server could fill the disk
+/// with folders (or empty files under deep new parents), which no file
+/// size bounds.
+async fn room_for_folders(
+    ctx: &mut PullCtx<'_>,
+    p: &WirePath,
+    folders: usize,
+    path: &str,
+) -> std::result::Result<(), FileReport> {
+    let need = folders as u64 * FOLDER_COST;
+    // Only new folders take space: when they all exist (the common case,
+    // files after the first in a folder), nothing to check.
+    let parent: Vec<&str> = p.components().take(folders).collect();
+    if folders == 0 || ctx.known_dirs.as_ref().is_some_and(|k| k.components().take(folders).eq(parent.iter().copied()))
+    {
+        return Ok(());
+    }
+    let (root, at) = (ctx.root.clone(), p.clone());
+    if blocking(move || root.has_dirs(&at, folders)).await {
+        ctx.known_dirs = Some(p.clone());
+        return Ok(());
+    }
+    let root = ctx.root.clone();
+    match blocking(move || root.room()).await {
+        Ok(room) if room.usable < need => Err(FileReport::failed(
+            path,
+            format!(
+                "{path}: no room for its folders: only {} is free here above the {} kept in reserve \
+                 (5% of the disk, at most 1 GiB)",
+                human_bytes(room.usable),
+                human_bytes(room.reserve)
+            ),
+            Class::Refused,
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -259,6 +259,12 @@ impl Root {
         Ok(Found { parent, name: Some((*name).to_owned()), entry })
     }
 
+    /// True when the first `n` components of `p` exist, as folders
+    /// (no symbolic link followed).
+    pub fn has_dirs(&self, p: &WirePath, n: usize) -> bool {
+        self.dir.descend(p.components().take(n), false).is_ok()
+    }
+
     /// Creates a folder and its parents (like `mkdir -p`).
     /// Returns the folder, for the caller to make its creation durable
     /// ([`commit_group`]) before saying it exists.
