@@ -248,6 +248,27 @@ fn a_hostile_server_cannot_fill_the_clients_disk_or_leave_litter() {
     assert!(largest_in("got") <= 9 << 20, "the client wrote past --max-size: {:?}", work.listing("got"));
     assert!(!work.join("got/a.txt").exists());
 
+    // Past --max-size, the rest of an endless stream is read only so far,
+    // then the connection is given up.
+    let (addr, fake) = fake_server(&pki, |(mut r, mut w)| async move {
+        while let Ok(Some(frame)) = r.read_frame().await {
+            if let Frame::Get { .. } = frame {
+                let _ = w.write_all(&encode(&[header("e.bin", xfer::protocol::UNKNOWN_SIZE)])).await;
+                let chunk = mib_of_data(8);
+                for _ in 0..(2 * xfer::transfer::MAX_DRAIN >> 23) {
+                    if w.write_all(&chunk).await.is_err() {
+                        return true; // the client hung up
+                    }
+                }
+                return false;
+            }
+        }
+        false
+    });
+    let run = pull(&addr, "e.bin", &["--max-size", "1M"]);
+    assert!(fake.join().unwrap(), "the client read the endless stream to its end: {run}");
+    assert!(run.stderr().contains("stopped reading a refused file"), "{run}");
+
     // A file announced just under the free space: refused before a byte
     // is written, the reserve named.
     let free = {

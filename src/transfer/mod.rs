@@ -12,7 +12,8 @@ mod send;
 pub use disk::Target;
 
 pub use receive::{
-    Destination, FileOutcome, Received, WriterSink, discard_payload, receive_deferred, receive_file, receive_into,
+    Destination, FileOutcome, MAX_DRAIN, Received, WriterSink, discard_payload, receive_deferred, receive_file,
+    receive_into,
 };
 pub use send::{Held, SendOutcome, Sent, next_item, send_file, send_stream, spawn_walk, stdin_chunks};
 

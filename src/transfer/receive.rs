@@ -99,6 +99,10 @@ pub async fn receive_deferred<R: AsyncRead + Unpin>(
     Ok((outcome, rx.await.ok()))
 }
 
+/// Bytes of a refused file's payload read past its limit, to stay in step
+/// with the stream, before the connection is given up instead.
+pub const MAX_DRAIN: u64 = 1 << 30;
+
 /// Receives the payload that follows `h` into any [`Destination`]. The
 /// payload starts at `h.offset`; `hasher` has hashed the bytes before it.
 pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
@@ -139,7 +143,18 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                         format!("{}: more payload than the {} bytes announced", h.path, h.size),
                     ));
                 }
-                hasher.update(&d);
+                // A file that already failed is read only to stay in step
+                // with the stream, and only so far: a peer that goes on and
+                // on (a stream with no end) is cut off.
+                if sink.is_none() && got > limit.saturating_add(MAX_DRAIN) {
+                    return Err(Error::protocol(
+                        r.peer(),
+                        format!("{}: stopped reading a refused file after {} more", h.path, human_bytes(MAX_DRAIN)),
+                    ));
+                }
+                if failure.is_none() {
+                    hasher.update(&d); // a failed file's hash is never used
+                }
                 meter.bytes(d.len() as u64);
                 if got > limit && failure.is_none() {
                     let message = format!("{}: larger than the receiver's limit of {}", h.path, human_bytes(limit));
@@ -226,7 +241,7 @@ async fn finish<D: Destination>(
 
 /// Reads and drops the payload of a file refused at its header.
 pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut FrameReader<R>, h: &FileHeader) -> Result<()> {
-    match receive_into::<R, Sink>(r, h, None, u64::MAX, &Meter::off(), blake3::Hasher::new()).await? {
+    match receive_into::<R, Sink>(r, h, None, 0, &Meter::off(), blake3::Hasher::new()).await? {
         FileOutcome::PeerError { message, .. } => Err(Error::protocol(r.peer(), message)),
         _ => Ok(()),
     }
