@@ -195,8 +195,22 @@ impl Root {
         let tmp = root.dir.descend([STAGING_DIR, "tmp"], true)?;
         for name in tmp.names()? {
             // A folder whose lock nobody holds belongs to a pull that died.
-            let lock = tmp.open_dir(&name).and_then(|d| d.open_locked(OsStr::new(LOCK_FILE), false));
-            if let Ok(Some(_unused)) = lock {
+            // (A pull takes its lock before the lock file gets its name, so
+            // a lock file is never seen unlocked while its pull lives; a
+            // folder with no lock file at all is dead once it is a minute
+            // old.)
+            let Ok(dir) = tmp.open_dir(&name) else { continue };
+            let dead = match dir.open_locked(OsStr::new(LOCK_FILE), false) {
+                Ok(Some(_unused)) => true,
+                Ok(None) if dir.stat(OsStr::new(LOCK_FILE)).ok().flatten().is_none() => {
+                    tmp.stat(&name).ok().flatten().is_some_and(|e| {
+                        let age = SystemTime::now().duration_since(to_system_time(e.meta.mtime));
+                        age.is_ok_and(|a| a > Duration::from_secs(60))
+                    })
+                }
+                _ => false,
+            };
+            if dead {
                 let _ = tmp.remove_tree(&name);
             }
         }
@@ -209,7 +223,9 @@ impl Root {
                 _ => continue,
             }
         };
-        let lock = own.open_locked(OsStr::new(LOCK_FILE), true)?.ok_or_else(|| io::Error::other("lock taken"))?;
+        let (lock, tmp_name) = own.create_temp(".lock-")?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        own.rename(OsStr::new(&tmp_name), &own, OsStr::new(LOCK_FILE))?;
         root.staging = Some(own);
         root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));
         Ok(root)
