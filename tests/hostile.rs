@@ -255,7 +255,7 @@ fn a_hostile_server_cannot_fill_the_clients_disk_or_leave_litter() {
             if let Frame::Get { .. } = frame {
                 let _ = w.write_all(&encode(&[header("e.bin", xfer::protocol::UNKNOWN_SIZE)])).await;
                 let chunk = mib_of_data(8);
-                for _ in 0..(2 * xfer::transfer::MAX_DRAIN >> 23) {
+                for _ in 0..((2 * xfer::transfer::MAX_DRAIN) >> 23) {
                     if w.write_all(&chunk).await.is_err() {
                         return true; // the client hung up
                     }

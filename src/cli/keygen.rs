@@ -241,7 +241,7 @@ fn list_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     let now = invites::now();
     for i in Invites::in_dir(dir).list()? {
-        println!("invite {}  {} ({})  token {}  {}", i.name, i.name, i.role, i.id, i.state(now));
+        println!("invite {} ({})  token {}  {}", i.name, i.role, i.id, i.state(now));
     }
     Ok(())
 }

@@ -3,23 +3,14 @@
 //! [`KeygenConfig`]). This is the only module that knows clap, and with
 //! `main.rs` the only one that prints outside [`crate::progress`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::io::IsTerminal;
-
-use anyhow::Context;
-use clap::builder::TypedValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::client::{Client, ClientConfig, PushPlan};
-use crate::connection::Timeouts;
+use crate::client::PushPlan;
 use crate::error::Error;
-use crate::progress::{Op, Output, Reporter};
-use crate::protocol::WirePath;
-use crate::server::{self, Reloader, ServeConfig, Server};
-use crate::tls::{Crl, IdentityPaths, Pem};
+use crate::progress::{Op, Output};
 
 /// Move files between machines over mutual TLS 1.3, every byte verified
 /// with BLAKE3.
@@ -50,10 +41,16 @@ pub enum LogFormat {
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
 mod enroll;
+mod identity;
 mod keygen;
+mod serve;
+mod session;
 
 pub use enroll::{EnrollArgs, RenewArgs};
+pub use identity::IdentityArgs;
 pub use keygen::{KeyTypeArg, KeygenArgs};
+pub use serve::{ServeArgs, shutdown_signal};
+use session::{Limits, output, remote_path, with_client, with_client_limited};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -92,152 +89,6 @@ pub struct HashArgs {
 pub struct CompletionsArgs {
     /// The shell to complete for.
     pub shell: clap_complete::Shell,
-}
-
-/// Who this peer is and which CA it trusts.
-#[derive(Debug, Args)]
-pub struct IdentityArgs {
-    /// Folder holding ca.pem, NAME.pem and NAME.key.
-    #[arg(long, env = "XFER_CERTS", default_value = "certs", value_name = "DIR")]
-    pub certs: PathBuf,
-    /// Which identity in --certs to use [default: server for serve, client otherwise].
-    #[arg(long, env = "XFER_NAME")]
-    pub name: Option<String>,
-    /// Certificate file (overrides --certs/--name); $XFER_CERT may hold the PEM text itself.
-    #[arg(long, env = "XFER_CERT", value_name = "FILE", hide_env_values = true, value_parser = any_path())]
-    pub cert: Option<PathBuf>,
-    /// Private key file (overrides --certs/--name); $XFER_KEY may hold the PEM text itself.
-    #[arg(long, env = "XFER_KEY", value_name = "FILE", hide_env_values = true, value_parser = any_path())]
-    pub key: Option<PathBuf>,
-    /// CA certificate file (overrides --certs); $XFER_CA may hold the PEM text itself.
-    #[arg(long, env = "XFER_CA", value_name = "FILE", hide_env_values = true, value_parser = any_path())]
-    pub ca: Option<PathBuf>,
-    /// Revocation list to refuse revoked peers [default: DIR/ca.crl when it exists].
-    #[arg(long, env = "XFER_CRL", value_name = "FILE", hide_env_values = true, value_parser = any_path())]
-    pub crl: Option<PathBuf>,
-    /// Refuse a private key file that other users can read (default: warn).
-    #[arg(long)]
-    pub strict: bool,
-}
-
-impl IdentityArgs {
-    pub(crate) fn paths(&self, default_name: &str) -> Result<IdentityPaths, Error> {
-        let base = IdentityPaths::in_dir(&self.certs, self.name.as_deref().unwrap_or(default_name));
-        Ok(IdentityPaths {
-            cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
-            key: pem_arg(self.key.as_ref(), "XFER_KEY", base.key)?,
-            ca: pem_arg(self.ca.as_ref(), "XFER_CA", base.ca)?,
-            crl: match (&self.crl, &self.ca) {
-                (Some(path), _) => Some(Crl { path: path.clone(), required: true }),
-                // Beside the CA actually in use, when it is a file.
-                (None, Some(ca)) if !ca.to_string_lossy().trim_start().starts_with("-----BEGIN") => {
-                    Some(Crl { path: ca.with_file_name("ca.crl"), required: false })
-                }
-                (None, _) => base.crl,
-            },
-            strict: self.strict,
-        })
-    }
-}
-
-/// Paths as typed, the empty one included (so an empty `$XFER_KEY` is
-/// reported by [`pem_arg`] in words, not as a clap error).
-fn any_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
-    clap::builder::OsStringValueParser::new().map(PathBuf::from)
-}
-
-/// A file path, or, when the value is PEM text, that text; but PEM text is
-/// accepted only from the environment variable `var`: on the command line
-/// every user of the machine could read it (`ps`). A value that may be a
-/// secret is never repeated in a message, however malformed it is.
-fn pem_arg(value: Option<&PathBuf>, var: &'static str, default: Pem) -> Result<Pem, Error> {
-    let Some(value) = value else { return Ok(default) };
-    let text = value.to_string_lossy();
-    let from_env = std::env::var_os(var).is_some_and(|env| env == value.as_os_str());
-    let flag = var.trim_start_matches("XFER_").to_ascii_lowercase();
-    if text.trim().is_empty() {
-        return Err(Error::Usage(if from_env {
-            format!(
-                "{var} is set but empty (CI systems give secrets no value in jobs that may not see them, such as \
-                 pull requests from forks): set it to the PEM text or a file's path, or unset it"
-            )
-        } else {
-            format!("--{flag} is empty: give a file's path")
-        }));
-    }
-    // Anything with PEM armour, several lines or the length of a key is
-    // text, not a file name (a file name is printed in errors; a key must
-    // never be).
-    // From the environment, a value naming no file is taken as (broken)
-    // text too: it may be a key without its armour.
-    let looks_like_text = text.contains("-----")
-        || text.contains('\n')
-        || text.len() > 1024
-        || (from_env && std::fs::symlink_metadata(value).is_err());
-    match (looks_like_text, from_env) {
-        (false, _) => Ok(Pem::File(value.clone())),
-        (true, true) => Ok(Pem::Env { var, text: text.into_owned() }),
-        (true, false) => Err(Error::Usage(format!(
-            "--{flag} holds PEM text, which on the command line is readable by every user of this machine: \
-             pass it in ${var} instead"
-        ))),
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "0.0.0.0:5001")]
-    pub listen: SocketAddr,
-    /// Folder to receive into and serve from (created if missing).
-    #[arg(long, default_value = "received")]
-    pub root: PathBuf,
-    /// Admit only clients whose certificate has this name (CN or DNS SAN); repeatable.
-    #[arg(long, value_name = "NAME")]
-    pub allow: Vec<String>,
-    /// Refuse push and rm.
-    #[arg(long)]
-    pub read_only: bool,
-    /// Grant read/write/delete per peer name and path prefix (TOML; see README).
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
-    /// Largest file accepted: bytes, or with a K, M, G or T suffix (powers of 1024).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_size: Option<u64>,
-    /// Most connections served at once.
-    #[arg(long, default_value_t = server::MAX_CONNS)]
-    pub max_conns: usize,
-    /// Most connections served at once for one client identity.
-    #[arg(long, default_value_t = server::MAX_CONNS_PER_PEER)]
-    pub max_conns_per_peer: usize,
-    /// Memory the server may use, over all connections, to buffer peers'
-    /// small files, offers and read-ahead (K, M, G suffixes).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    pub max_memory: u64,
-    /// Time in-flight transfers get to finish on SIGINT/SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub grace: Duration,
-    /// Deadline for the TLS handshake.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-    /// Deadline from the handshake to the client's first request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub header_timeout: Duration,
-    /// Longest a transfer may stall (per read or write).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-    /// Delete partial copies of interrupted uploads not resumed for this long.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub partial_ttl: Duration,
-    /// Bytes of partial copies one client may leave; its oldest go first.
-    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
-    pub partial_quota: u64,
-    /// Sign certificates for invites (`xfer keygen --invite`) and renewals
-    /// (`xfer renew`): needs ca.key and invites.json beside ca.pem.
-    #[arg(long)]
-    pub enroll: bool,
-    #[command(flatten)]
-    pub identity: IdentityArgs,
 }
 
 /// Options shared by the commands that talk to a server.
@@ -374,7 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             print_all(&out)
         }
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve::serve(a).await,
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
             // Local mistakes are reported before anything touches the network.
@@ -456,105 +307,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn output(args: &ClientArgs, quiet: bool) -> Output {
-    match (args.json, quiet) {
-        (true, _) => Output::Json,
-        (false, true) => Output::Quiet,
-        (false, false) => Output::Human,
-    }
-}
-
-/// A remote path as typed: cleaned, but never allowed out of the root.
-fn remote_path(s: &str) -> Result<WirePath, Error> {
-    WirePath::from_user(s).map_err(|error| Error::BadPath { path: s.to_owned(), error })
-}
-
-type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
-
-/// What a client accepts from the server, for commands that receive.
-#[derive(Debug, Clone, Copy, Default)]
-struct Limits {
-    max_size: Option<u64>,
-}
-
-/// [`with_client_limited`] with no limits beyond the defaults.
-async fn with_client<F>(host: &str, args: &ClientArgs, op: Op, output: Output, retries: u32, f: F) -> anyhow::Result<()>
-where
-    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
-{
-    with_client_limited(host, args, op, output, retries, Limits::default(), f).await
-}
-
-/// Connects, runs one operation, closes, and always prints the summary.
-/// A transient failure (refused, cut or stalled connection, server
-/// restarting) is retried `retries` times with backoff; each attempt
-/// resumes where the last left off, and files already reported are not
-/// reported again.
-async fn with_client_limited<F>(
-    host: &str,
-    args: &ClientArgs,
-    op: Op,
-    output: Output,
-    retries: u32,
-    limits: Limits,
-    mut f: F,
-) -> anyhow::Result<()>
-where
-    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
-{
-    let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
-    cfg.server_name = args.server_name.clone();
-    cfg.max_size = limits.max_size;
-    cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
-    // Bars only for people watching a terminal, and only while bytes move.
-    let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
-    let mut rep = if bars { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
-    let attempts = retries.saturating_add(1);
-    let mut attempt = 1;
-    let result = loop {
-        // On Ctrl-C the operation is dropped, which deletes any ordinary
-        // staged file; partial copies of large files stay for a resume.
-        let result = tokio::select! {
-            r = attempt_once(&cfg, &mut rep, &mut f) => r,
-            _ = shutdown_signal() => Err(Error::Interrupted),
-        };
-        match result {
-            Err(e) if e.is_transient() && attempt < attempts => {
-                let delay = backoff(attempt);
-                rep.retrying(&e, attempt, attempts, delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown_signal() => break Err(Error::Interrupted),
-                }
-                attempt += 1;
-            }
-            other => break other,
-        }
-    };
-    let summary = rep.finish();
-    result?;
-    summary?;
-    Ok(())
-}
-
-/// One attempt: connect, run, close cleanly.
-async fn attempt_once<F>(cfg: &ClientConfig, rep: &mut Reporter, f: &mut F) -> Result<(), Error>
-where
-    F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
-{
-    let mut client = Client::connect(cfg.clone()).await?;
-    f(&mut client, rep).await?;
-    client.close().await
-}
-
-/// Wait before attempt `n + 1`: 0.5 s, 1 s, 2 s … up to 10 s, with some
-/// jitter so clients cut off together do not return together.
-fn backoff(n: u32) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1 << n.saturating_sub(1).min(5)).min(Duration::from_secs(10));
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    base + base.mul_f64(f64::from(nanos % 250) / 1000.0)
-}
-
 /// Writes generated text to stdout; a reader that stops early
 /// (`xfer man | head`) is not an error.
 fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
@@ -588,75 +340,6 @@ fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
         anyhow::bail!("{failed} of {} files could not be read", files.len());
     }
     Ok(())
-}
-
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
-    cfg.allow = a.allow;
-    cfg.read_only = a.read_only;
-    cfg.policy = a.policy;
-    cfg.max_size = a.max_size;
-    cfg.max_conns = a.max_conns;
-    cfg.max_conns_per_peer = a.max_conns_per_peer;
-    cfg.max_memory = usize::try_from(a.max_memory).unwrap_or(usize::MAX);
-    cfg.grace = a.grace;
-    cfg.partial_ttl = a.partial_ttl;
-    cfg.partial_quota = a.partial_quota;
-    cfg.enroll = a.enroll;
-    let cfg_enroll = a.enroll;
-    cfg.timeouts = Timeouts {
-        handshake: a.handshake_timeout,
-        header: a.header_timeout,
-        idle: a.idle_timeout,
-        ..Timeouts::default()
-    };
-    let allow = cfg.allow.clone();
-    let read_only = cfg.read_only;
-    let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
-    let addr = server.local_addr()?;
-    spawn_reload_on_sighup(server.reloader());
-    // Scripts wait for this exact line to learn the port, whatever the log
-    // level, so it does not go through the logger.
-    eprintln!("xfer: listening on {addr}");
-    tracing::info!(
-        root = %server.root().display(),
-        read_only,
-        enroll = cfg_enroll,
-        allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },
-        "serving"
-    );
-    server.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// Reloads certificates, key, CA and policy on each SIGHUP; a broken new
-/// file is refused with a log line and the running configuration stays.
-fn spawn_reload_on_sighup(reloader: Reloader) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("SIGHUP reload unavailable: cannot install the signal handler");
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match reloader.reload() {
-                Ok(()) => tracing::info!("reloaded certificates and policy (SIGHUP)"),
-                Err(e) => tracing::warn!("reload refused, the previous configuration stays: {e}"),
-            }
-        }
-    });
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => return std::future::pending().await, // no signal support: never fire
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
 }
 
 #[cfg(test)]

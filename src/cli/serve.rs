@@ -1,0 +1,138 @@
+//! `xfer serve`: its flags, start-up, SIGHUP reloads and shutdown signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{IdentityArgs, parse_duration, parse_size};
+use crate::connection::Timeouts;
+use crate::server::{self, Reloader, ServeConfig, Server};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:5001")]
+    pub listen: SocketAddr,
+    /// Folder to receive into and serve from (created if missing).
+    #[arg(long, default_value = "received")]
+    pub root: PathBuf,
+    /// Admit only clients whose certificate has this name (CN or DNS SAN); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow: Vec<String>,
+    /// Refuse push and rm.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Grant read/write/delete per peer name and path prefix (TOML; see README).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Largest file accepted: bytes, or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = server::MAX_CONNS)]
+    pub max_conns: usize,
+    /// Most connections served at once for one client identity.
+    #[arg(long, default_value_t = server::MAX_CONNS_PER_PEER)]
+    pub max_conns_per_peer: usize,
+    /// Memory the server may use, over all connections, to buffer peers'
+    /// small files, offers and read-ahead (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub max_memory: u64,
+    /// Time in-flight transfers get to finish on SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Deadline for the TLS handshake.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Deadline from the handshake to the client's first request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest a transfer may stall (per read or write).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Delete partial copies of interrupted uploads not resumed for this long.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub partial_ttl: Duration,
+    /// Bytes of partial copies one client may leave; its oldest go first.
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub partial_quota: u64,
+    /// Sign certificates for invites (`xfer keygen --invite`) and renewals
+    /// (`xfer renew`): needs ca.key and invites.json beside ca.pem.
+    #[arg(long)]
+    pub enroll: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// `xfer serve`.
+pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
+    cfg.allow = a.allow;
+    cfg.read_only = a.read_only;
+    cfg.policy = a.policy;
+    cfg.max_size = a.max_size;
+    cfg.max_conns = a.max_conns;
+    cfg.max_conns_per_peer = a.max_conns_per_peer;
+    cfg.max_memory = usize::try_from(a.max_memory).unwrap_or(usize::MAX);
+    cfg.grace = a.grace;
+    cfg.partial_ttl = a.partial_ttl;
+    cfg.partial_quota = a.partial_quota;
+    cfg.enroll = a.enroll;
+    let cfg_enroll = a.enroll;
+    cfg.timeouts = Timeouts {
+        handshake: a.handshake_timeout,
+        header: a.header_timeout,
+        idle: a.idle_timeout,
+        ..Timeouts::default()
+    };
+    let allow = cfg.allow.clone();
+    let read_only = cfg.read_only;
+    let server = Server::bind(cfg).await.with_context(|| "cannot start the server".to_owned())?;
+    let addr = server.local_addr()?;
+    spawn_reload_on_sighup(server.reloader());
+    // Scripts wait for this exact line to learn the port, whatever the log
+    // level, so it does not go through the logger.
+    eprintln!("xfer: listening on {addr}");
+    tracing::info!(
+        root = %server.root().display(),
+        read_only,
+        enroll = cfg_enroll,
+        allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },
+        "serving"
+    );
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Reloads certificates, key, CA and policy on each SIGHUP; a broken new
+/// file is refused with a log line and the running configuration stays.
+fn spawn_reload_on_sighup(reloader: Reloader) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP reload unavailable: cannot install the signal handler");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(()) => tracing::info!("reloaded certificates and policy (SIGHUP)"),
+                Err(e) => tracing::warn!("reload refused, the previous configuration stays: {e}"),
+            }
+        }
+    });
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await, // no signal support: never fire
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
