@@ -11,21 +11,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
 use crate::error::{Error, Result};
 use crate::pki::{CertInfo, CertRole, Role};
 use crate::protocol::ALPN;
 use crate::text::Safe;
+
+mod explain;
+mod verify;
+
+pub use explain::{explain_for_client, explain_for_server};
+pub use verify::WrongRole;
+use verify::{NamingClientVerifier, RoleNamingServerVerifier};
 
 /// Where an identity's three PEM items come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,69 +286,6 @@ impl Identity {
     }
 }
 
-/// Verifies client certificates exactly as WebPKI does, and logs which
-/// certificate was refused against which CA: the handshake error that
-/// reaches the connection handler names neither.
-#[derive(Debug)]
-struct NamingClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    ca: String,
-}
-
-impl ClientCertVerifier for NamingClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|e| {
-            let why = match e {
-                rustls::Error::InvalidCertificate(
-                    CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
-                ) => WrongRole::of("client", end_entity).to_string(),
-                other => other.to_string(),
-            };
-            preauth_warn(format_args!(
-                "client certificate refused: {why} (certificate {}, CA {})",
-                describe_cert(end_entity),
-                self.ca
-            ));
-        })
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Refuses a revocation list that no CA in use signed: it would revoke
-/// nothing, silently. (That the signature is good is checked by WebPKI each
-/// time a peer's certificate is checked against it.)
 fn check_crl_issuers(
     crls: &[CertificateRevocationListDer<'_>],
     cas: &[CertificateDer<'_>],
@@ -371,85 +311,6 @@ fn check_crl_issuers(
         }
     }
     Ok(())
-}
-
-/// A peer presented a certificate valid under the CA but for another role:
-/// "the server presented a client certificate (runner-7)".
-#[derive(Debug)]
-pub struct WrongRole {
-    /// "server" or "client": the side that presented it.
-    pub side: &'static str,
-    pub role: CertRole,
-    /// The certificate's common name, escaped.
-    pub name: String,
-}
-
-impl WrongRole {
-    fn of(side: &'static str, der: &CertificateDer<'_>) -> WrongRole {
-        match x509_parser::parse_x509_certificate(der) {
-            Ok((_, c)) => {
-                let name = c.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect::<Vec<_>>();
-                WrongRole { side, role: CertRole::of(&c), name: Safe(&name.join(",")).to_string() }
-            }
-            Err(_) => WrongRole { side, role: CertRole::Other, name: "unreadable".into() },
-        }
-    }
-}
-
-impl fmt::Display for WrongRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the {} presented a {} certificate ({})", self.side, self.role.as_str(), self.name)
-    }
-}
-
-impl std::error::Error for WrongRole {}
-
-/// WebPKI's server verifier (chain, CRL, extended key usage, then the
-/// name), with a refusal for the wrong role turned into a [`WrongRole`]
-/// that names the certificate: a runner's certificate posing as the
-/// server is the mistake (or attack) most worth explaining.
-#[derive(Debug)]
-struct RoleNamingServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for RoleNamingServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(|e| match e {
-            rustls::Error::InvalidCertificate(
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
-            ) => rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(WrongRole::of(
-                "server", end_entity,
-            ))))),
-            other => other,
-        })
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// Logs a warning once per process: a client retrying, or a server
@@ -490,7 +351,7 @@ fn check_key_mode(key: &Pem, strict: bool) -> Result<()> {
 }
 
 /// A certificate time as an ISO 8601 instant (UTC).
-fn date(t: &UnixTime) -> String {
+pub(super) fn date(t: &UnixTime) -> String {
     let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     crate::progress::iso8601(crate::protocol::Timestamp { secs, nanos: 0 })
 }
@@ -498,7 +359,7 @@ fn date(t: &UnixTime) -> String {
 /// `subject (issued by issuer)` of a certificate, for logs; escaped and
 /// cut short, since anyone can put anything in a subject, of any length,
 /// even without the CA's signature.
-fn describe_cert(der: &CertificateDer<'_>) -> String {
+pub(super) fn describe_cert(der: &CertificateDer<'_>) -> String {
     let short = |s: String| -> String {
         let s = Safe(&s).to_string();
         match s.char_indices().nth(120) {
@@ -580,91 +441,4 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
 /// Finds the rustls error inside an I/O error from tokio-rustls, if any.
 pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
-}
-
-/// Explains a failed TLS session from the client's point of view.
-pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) -> String {
-    let (ca, cert) = (&ids.ca, &ids.cert);
-    match e {
-        rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
-                "the server's certificate does not name '{host}': pass --server-name with a name it has, or re-issue it with `xfer keygen --san {host}`"
-            ),
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "the server's certificate is not signed by the CA in {ca}: both sides must use certificates from the same `xfer keygen` CA"
-            ),
-            CertificateError::Revoked => "the server's certificate is revoked (it is listed in the CRL)".to_owned(),
-            CertificateError::Other(o) if o.0.downcast_ref::<WrongRole>().is_some() => format!(
-                "{}: it cannot act as a server, so this is not the server you meant to reach (or someone is posing as it)",
-                o.0
-            ),
-            CertificateError::Expired
-            | CertificateError::ExpiredContext { .. }
-            | CertificateError::NotValidYet
-            | CertificateError::NotValidYetContext { .. } => {
-                format!("the server's certificate is {}", describe_cert_error(ce))
-            }
-            other => format!("the server's certificate was rejected: {}", describe_cert_error(other)),
-        },
-        rustls::Error::AlertReceived(alert) => match alert {
-            AlertDescription::UnknownCA | AlertDescription::BadCertificate | AlertDescription::DecryptError => format!(
-                "the server rejected this client's certificate {cert}: it is not signed by the CA the server trusts"
-            ),
-            AlertDescription::CertificateRequired => "the server requires a client certificate".to_owned(),
-            AlertDescription::UnsupportedCertificate => format!(
-                "the server refused this client's certificate {cert}: it is not a client certificate; \
-                 use a client identity (`xfer keygen NAME` issues one)"
-            ),
-            AlertDescription::CertificateExpired => {
-                format!(
-                    "the server says this client's certificate {cert} has expired: \
-                     ask the CA's machine for a new one (`xfer keygen --invite NAME`, then `xfer enroll`)"
-                )
-            }
-            AlertDescription::CertificateRevoked => {
-                format!("the server says this client's certificate {cert} is revoked")
-            }
-            AlertDescription::NoApplicationProtocol => {
-                "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
-            }
-            other => format!("the server ended the handshake with alert {other:?}"),
-        },
-        rustls::Error::NoApplicationProtocol => {
-            "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Explains a failed TLS session from the server's point of view (for logs).
-pub fn explain_for_server(e: &rustls::Error) -> String {
-    match e {
-        rustls::Error::NoCertificatesPresented => "the client presented no certificate".to_owned(),
-        rustls::Error::InvalidCertificate(
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
-        ) => "the client's certificate was rejected: it is not a client certificate".to_owned(),
-        rustls::Error::InvalidCertificate(ce) => {
-            format!("the client's certificate was rejected: {}", describe_cert_error(ce))
-        }
-        rustls::Error::NoApplicationProtocol => "the client does not speak the xfer protocol (no xfer ALPN)".to_owned(),
-        rustls::Error::InvalidMessage(m) => format!("not a TLS 1.3 client ({m:?})"),
-        rustls::Error::PeerIncompatible(p) => format!("incompatible TLS client: {p:?}"),
-        other => other.to_string(),
-    }
-}
-
-fn describe_cert_error(e: &CertificateError) -> String {
-    match e {
-        CertificateError::UnknownIssuer | CertificateError::BadSignature => "not signed by the configured CA".into(),
-        CertificateError::Revoked => "revoked (it is listed in the CRL)".into(),
-        CertificateError::ExpiredContext { time, not_after } => {
-            format!("expired on {} (it is now {})", date(not_after), date(time))
-        }
-        CertificateError::NotValidYetContext { time, not_before } => {
-            format!("not valid until {} (it is now {})", date(not_before), date(time))
-        }
-        CertificateError::Expired => "expired".into(),
-        CertificateError::NotValidYet => "not valid yet".into(),
-        other => format!("{other:?}"),
-    }
 }
