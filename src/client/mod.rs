@@ -7,29 +7,30 @@
 //! through a bounded channel, which also bounds how far ahead the writer may
 //! run. Outcomes go to a [`Reporter`]; nothing here prints.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::beneath::DirFd;
 use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
-use crate::meter::Meter;
 use crate::progress::{FileReport, Reporter};
-use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, Have, VERSION, WirePath};
+use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
 use crate::tls::{self, Identity, IdentityPaths};
-use crate::transfer::{self, FileOutcome, Held, SendOutcome};
-use crate::walk::{Item, Walk};
+use crate::transfer::{self, FileOutcome};
 
+mod offers;
 mod pull;
+mod push;
+
+pub use offers::MIN_ROOT_OFFER;
+pub use push::PushPlan;
+use push::{Expect, hand_over, read_outcomes};
 
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
@@ -93,105 +94,6 @@ pub struct Client {
     server: String,
 }
 
-/// Files whose answer to `Probe` a push may wait for at once: enough to
-/// hide a long round trip, few enough to bound memory.
-const PROBE_AHEAD: usize = 1024;
-
-/// The sources of a push, checked before connecting: each exists, can be
-/// read, and has a name to give it on the server. Files and folders are
-/// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
-pub struct PushPlan {
-    walks: Vec<Walk>,
-    /// Where each walk starts, so the tree can be counted for progress.
-    starts: Vec<(DirFd, std::ffi::OsString, WirePath)>,
-    /// Standard input, sent as this remote file (`xfer push HOST - --to NAME`).
-    stdin: Option<WirePath>,
-}
-
-impl PushPlan {
-    /// Standard input, of unknown length, sent as the remote file `to`.
-    pub fn stdin(to: WirePath) -> Result<PushPlan> {
-        if to.is_root() {
-            return Err(Error::Usage("pushing standard input needs --to NAME, the remote file to write".into()));
-        }
-        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to) })
-    }
-
-    /// Checks `sources` and names them under the remote folder `to`.
-    pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
-        let (mut walks, mut starts) = (Vec::new(), Vec::new());
-        for src in sources {
-            let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
-            let rel = to
-                .join(&source_name(src)?)
-                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
-            // A source named on the command line is followed if it is a
-            // link (the user chose it); links inside a tree never are.
-            let real = src.canonicalize().map_err(cannot)?;
-            let (Some(parent), Some(name)) = (real.parent(), real.file_name()) else {
-                return Err(Error::Usage(format!(
-                    "cannot push {}: it has no name to give it on the server",
-                    src.display()
-                )));
-            };
-            let dir = DirFd::open_path(parent).map_err(cannot)?;
-            walks.push(Walk::entry(&dir, name, rel.clone()).map_err(cannot)?);
-            starts.push((dir, name.to_owned(), rel));
-        }
-        Ok(PushPlan { walks, starts, stdin: None })
-    }
-
-    /// Counts the files and bytes to send on a thread of its own, feeding
-    /// `meter` as it goes, so a progress display can show totals and an ETA
-    /// while the transfer has already started.
-    fn count(&self, meter: &Meter) {
-        let starts: Vec<_> = self.starts.iter().map(|(d, n, r)| (d.clone(), n.clone(), r.clone())).collect();
-        let meter = meter.clone();
-        std::thread::spawn(move || {
-            let (mut files, mut bytes) = (0u64, 0u64);
-            let walks = starts.iter().filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok());
-            for item in walks.flatten() {
-                // Everything but folders gets an outcome, so everything
-                // but folders counts towards the total the bars show.
-                if let Item::Dir { .. } = item {
-                    continue;
-                }
-                files += 1;
-                if let Item::File { meta, .. } = item {
-                    bytes += meta.size;
-                }
-                if files % 512 == 0 {
-                    if !meter.is_on() {
-                        return; // the command is over
-                    }
-                    meter.counted(files, bytes, false);
-                }
-            }
-            meter.counted(files, bytes, true);
-        });
-    }
-}
-
-/// What the reader must do for the next thing the writer sent.
-enum Expect {
-    /// A `Have` (or `Error`) answering a `Probe`, to pass to the writer.
-    Have(WirePath),
-    Dir(WirePath),
-    File {
-        path: WirePath,
-        outcome: SendOutcome,
-    },
-    Skipped {
-        path: String,
-        reason: String,
-    },
-    LocalFailure {
-        path: String,
-        error: String,
-    },
-    Removed(WirePath),
-}
-
 impl Client {
     /// Connects, completes the TLS handshake and queues the preamble.
     pub async fn connect(cfg: ClientConfig) -> Result<Client> {
@@ -231,54 +133,6 @@ impl Client {
         let mut w = FrameWriter::new(wr, addr.clone(), t.idle);
         w.queue_preamble();
         Ok(Client { r: FrameReader::new(rd, addr, t.idle), w, cfg, server })
-    }
-
-    /// Sends what `plan` names (see [`PushPlan`]). Each file is probed
-    /// first, pipelined ahead of the payloads: the server's answer lets an
-    /// identical file be skipped and a partial copy be continued. Paths
-    /// `rep` has already reported (an earlier attempt) are left out.
-    pub async fn push(&mut self, plan: PushPlan, rep: &mut Reporter) -> Result<()> {
-        if rep.meter().is_on() {
-            plan.count(rep.meter());
-        }
-        let done = rep.done_paths();
-        let items = transfer::spawn_walk(plan.walks.into_iter().flatten(), crate::budget::Budget::unlimited());
-        let (tx, mut rx) = mpsc::channel::<Expect>(4096);
-        let (have_tx, have_rx) = mpsc::unbounded_channel();
-        let Client { r, w, cfg, .. } = self;
-        let stdin = plan.stdin;
-        let meter = rep.meter().clone();
-        let writer = async move {
-            if let Some(path) = stdin {
-                let outcome = transfer::send_stream(w, &path, transfer::stdin_chunks(), &meter).await?;
-                hand_over(&tx, w, Expect::File { path, outcome }).await?;
-            }
-            let mut queue = Probed { items, queue: VecDeque::new(), probes: 0, done, have_rx };
-            while let Some((item, have)) = queue.next(w, &tx).await? {
-                let expect = match item {
-                    Item::Dir { rel, meta } => {
-                        w.send(&Frame::Dir { path: rel.clone(), mode: meta.mode, mtime: meta.mtime }).await?;
-                        Expect::Dir(rel)
-                    }
-                    // The probe was refused; the reader reported why.
-                    Item::File { .. } if have.is_none() => continue,
-                    Item::File { rel, dir, name, meta, ahead } => {
-                        let held = have.map(|have| Held { size: meta.size, mtime: meta.mtime, have });
-                        let outcome = transfer::send_file(w, &rel, &dir, &name, &meter, held.as_ref(), ahead).await?;
-                        Expect::File { path: rel, outcome }
-                    }
-                    Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
-                    Item::Failed { rel, error } => Expect::LocalFailure { path: rel, error },
-                };
-                if !hand_over(&tx, w, expect).await? {
-                    break; // the reader failed; its error is the one to report
-                }
-            }
-            w.flush().await
-        };
-        let reader = read_outcomes(r, &mut rx, cfg.timeouts.header, rep, Some(&have_tx));
-        let result = pipeline(writer, reader).await;
-        self.conclude(result).await
     }
 
     /// Fetches one remote file and writes it to `out` (standard output) as it
@@ -437,113 +291,6 @@ async fn pipeline<T>(writer: impl Future<Output = Result<()>>, reader: impl Futu
     }
 }
 
-/// Hands the reader what to expect next. When the reader is behind, flush
-/// before waiting for it: the replies it waits for may answer requests that
-/// still sit in our buffer. `false` means the reader has stopped.
-async fn hand_over<W: AsyncWrite + Unpin>(
-    tx: &mpsc::Sender<Expect>,
-    w: &mut FrameWriter<W>,
-    e: Expect,
-) -> Result<bool> {
-    match tx.try_send(e) {
-        Ok(()) => Ok(true),
-        Err(mpsc::error::TrySendError::Full(e)) => {
-            w.flush().await?;
-            Ok(tx.send(e).await.is_ok())
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
-    }
-}
-
-/// The writer's side of probing: walk items with the server's answers to
-/// the probes of their files, probing up to [`PROBE_AHEAD`] files ahead of
-/// the one being sent so no file waits a round trip.
-struct Probed {
-    items: mpsc::Receiver<Item>,
-    /// Items taken from the walk, in order, not yet sent.
-    queue: VecDeque<Item>,
-    /// Files among them whose probe is out.
-    probes: usize,
-    /// Paths an earlier attempt already reported.
-    done: crate::progress::PathSet,
-    /// The reader's `Have`s, in probe order (`None`: the probe was refused).
-    have_rx: mpsc::UnboundedReceiver<Option<Have>>,
-}
-
-impl Probed {
-    /// The next item to send and, for a file, what the server holds of it.
-    /// `Ok(None)` at the end of the walk or if the reader stopped.
-    async fn next<W: AsyncWrite + Unpin>(
-        &mut self,
-        w: &mut FrameWriter<W>,
-        tx: &mpsc::Sender<Expect>,
-    ) -> Result<Option<(Item, Option<Have>)>> {
-        // Probes go out in bursts, topped up once half the window is used,
-        // so the server can answer many with one look at its disk.
-        let refill = self.probes <= PROBE_AHEAD / 2;
-        while refill && self.probes < PROBE_AHEAD {
-            // Wait on the walk only when nothing else is ready to send.
-            let item = if self.queue.is_empty() {
-                match transfer::next_item(&mut self.items, w).await? {
-                    Some(item) => item,
-                    None => break,
-                }
-            } else {
-                match self.items.try_recv() {
-                    Ok(item) => item,
-                    Err(_) => break,
-                }
-            };
-            let rel = match &item {
-                Item::Dir { rel, .. } | Item::File { rel, .. } => rel.as_str(),
-                Item::Skipped { rel, .. } | Item::Failed { rel, .. } => rel.as_str(),
-            };
-            if self.done.contains(rel) {
-                continue;
-            }
-            if let Item::File { rel, meta, .. } = &item {
-                w.send(&Frame::Probe { path: rel.clone(), size: meta.size, mtime: meta.mtime }).await?;
-                if !hand_over(tx, w, Expect::Have(rel.clone())).await? {
-                    return Ok(None);
-                }
-                self.probes += 1;
-            }
-            self.queue.push_back(item);
-        }
-        let Some(item) = self.queue.pop_front() else { return Ok(None) };
-        if !matches!(item, Item::File { .. }) {
-            return Ok(Some((item, None)));
-        }
-        self.probes -= 1;
-        let have = match self.have_rx.try_recv() {
-            Ok(h) => Some(h),
-            Err(_) => {
-                // The probe may still sit in our buffer.
-                w.flush().await?;
-                self.have_rx.recv().await
-            }
-        };
-        Ok(have.map(|h| (item, h)))
-    }
-}
-
-/// The reader half of push and rm: the server's preamble, then one answer
-/// per thing the writer sent, in order. Answers to probes go back to the
-/// writer through `haves`.
-async fn read_outcomes(
-    r: &mut FrameReader<ReadHalf<Tls>>,
-    rx: &mut mpsc::Receiver<Expect>,
-    header: Duration,
-    rep: &mut Reporter,
-    haves: Option<&mpsc::UnboundedSender<Option<Have>>>,
-) -> Result<()> {
-    greet(r, header).await?;
-    while let Some(expect) = rx.recv().await {
-        read_outcome(r, expect, rep, haves).await?;
-    }
-    Ok(())
-}
-
 /// Reads the server's preamble.
 async fn greet(r: &mut FrameReader<ReadHalf<Tls>>, within: Duration) -> Result<()> {
     let theirs = r.read_preamble(within).await?;
@@ -562,89 +309,6 @@ async fn reply(r: &mut FrameReader<ReadHalf<Tls>>) -> Result<Frame> {
             "the server closed the connection before answering",
         ),
     })
-}
-
-/// Reads the server's answer to one pushed item, probe or removal and
-/// reports it (or, for a probe, hands it to the writer).
-async fn read_outcome(
-    r: &mut FrameReader<ReadHalf<Tls>>,
-    expect: Expect,
-    rep: &mut Reporter,
-    haves: Option<&mpsc::UnboundedSender<Option<Have>>>,
-) -> Result<()> {
-    match expect {
-        Expect::Skipped { path, reason } => rep.file(FileReport::skipped(path, reason)),
-        Expect::LocalFailure { path, error } => rep.file(FileReport::failed(path, error, Class::Other)),
-        Expect::File { path, outcome } => read_stored(r, path, outcome, rep).await?,
-        Expect::Have(path) => {
-            let have = match reply(r).await? {
-                Frame::Have(h) => Some(h),
-                Frame::Error { code, message } => {
-                    rep.file(refused_report(&path, code, message)?);
-                    None
-                }
-                other => return Err(unexpected(r.peer(), &other)),
-            };
-            if let Some(tx) = haves {
-                let _ = tx.send(have);
-            }
-        }
-        Expect::Dir(path) => match reply(r).await? {
-            Frame::Ok => rep.dir(path.as_str()),
-            Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
-            other => return Err(unexpected(r.peer(), &other)),
-        },
-        Expect::Removed(path) => match reply(r).await? {
-            Frame::Ok => rep.file(FileReport::done(&path)),
-            Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
-            other => return Err(unexpected(r.peer(), &other)),
-        },
-    }
-    Ok(())
-}
-
-/// Reads the server's answer to one pushed file: `STORED` with the hash we
-/// sent, or an `ERROR`.
-async fn read_stored(
-    r: &mut FrameReader<ReadHalf<Tls>>,
-    path: WirePath,
-    outcome: SendOutcome,
-    rep: &mut Reporter,
-) -> Result<()> {
-    let (size, bytes, sent) = match outcome {
-        SendOutcome::NotStarted { reason: error, .. } => {
-            rep.file(FileReport::failed(&path, error, Class::Other));
-            return Ok(());
-        }
-        SendOutcome::Same { size, blake3 } => {
-            rep.file(FileReport::unchanged(&path, size, &blake3));
-            return Ok(());
-        }
-        SendOutcome::Aborted { size, sent, reason } => (size, sent, Err(reason)),
-        SendOutcome::Sent(s) => (s.size, s.size - s.offset, Ok(s)),
-    };
-    let report = match (reply(r).await?, sent) {
-        (Frame::Stored { size: got, blake3 }, Ok(s)) if got == s.size && blake3 == s.blake3 => {
-            FileReport { bytes, resumed_from: s.offset, ..FileReport::ok(&path, s.size, &s.blake3) }
-        }
-        (Frame::Stored { size: got, blake3 }, Ok(s)) => {
-            let (theirs, ours) = (transfer::hex(&blake3), transfer::hex(&s.blake3));
-            let msg = format!(
-                "{path}: the server stored {got} bytes with BLAKE3 {theirs}, but {size} bytes with {ours} were sent"
-            );
-            FileReport { size, bytes, blake3: Some(ours), ..FileReport::failed(&path, msg, Class::Integrity) }
-        }
-        (Frame::Error { code: ErrorCode::Aborted, .. }, Err(reason)) => {
-            FileReport { size, bytes, ..FileReport::failed(&path, format!("{path}: not sent: {reason}"), Class::Other) }
-        }
-        (Frame::Error { code, message }, sent) => {
-            let blake3 = sent.ok().map(|s| transfer::hex(&s.blake3));
-            FileReport { size, bytes, blake3, ..refused_report(&path, code, message)? }
-        }
-        (other, _) => return Err(unexpected(r.peer(), &other)),
-    };
-    rep.file(report);
-    Ok(())
 }
 
 /// A server's `ERROR` about one item, as that item's failure; the classes
@@ -674,19 +338,6 @@ fn unexpected(peer: &str, f: &Frame) -> Error {
     Error::protocol(peer, format!("unexpected {} frame", f.name()))
 }
 
-/// The name a pushed source gets on the server: its last component, or for
-/// `.` and `..` the name of the folder they stand for.
-fn source_name(src: &Path) -> Result<String> {
-    let name = match src.file_name() {
-        Some(n) => n.to_owned(),
-        None => src.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).ok_or_else(|| {
-            Error::Usage(format!("cannot push {}: it has no name to give it on the server", src.display()))
-        })?,
-    };
-    name.into_string()
-        .map_err(|n| Error::Usage(format!("cannot push {}: the name is not valid UTF-8", n.to_string_lossy())))
-}
-
 /// Replaces a bare I/O error that carries a TLS alert or certificate error
 /// with a sentence saying what is wrong and how to fix it.
 fn explain(cfg: &ClientConfig, e: Error) -> Error {
@@ -705,6 +356,8 @@ fn explain(cfg: &ClientConfig, e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use push::source_name;
+    use std::path::Path;
 
     #[test]
     fn targets_parse_with_and_without_ports() {
