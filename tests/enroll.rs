@@ -328,3 +328,42 @@ fn enroll_checks_its_files_and_the_code_before_sending_anything() {
     assert!(out.status.success(), "{out:?}");
     assert_ne!(std::fs::read(joiner.join("certs/runner-7.pem")).unwrap(), b"mine");
 }
+
+#[test]
+fn a_peer_without_a_certificate_can_only_send_one_small_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let work = Dir::new();
+    let code = invite(&pki, "runner-7", &[]);
+    let server = enroll_server(&pki, &work);
+    let code = xfer::enroll::code::InviteCode::parse(&code).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = server.addr.clone();
+    let connect = || {
+        let config = xfer::enroll::tls::pinned_client_config(code.ca_sha256).unwrap();
+        let addr = addr.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+        }
+    };
+    rt.block_on(async {
+        // A header announcing a 4 MiB answer (the largest message type) is
+        // refused from the header alone, and the connection closed.
+        let mut tls = connect().await;
+        tls.write_all(&[0x58, 0, 0x40, 0, 0]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        // A transfer request on this ALPN is not one of its messages.
+        let mut tls = connect().await;
+        tls.write_all(&xfer::protocol::preamble()).await.unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    });
+    assert!(server.wait_for_log("other direction"), "{}", server.log());
+    // The server goes on: the code still works.
+    let joiner = Dir::new();
+    enroll(joiner.path(), &server, &code.reveal(), "certs").assert_code(0);
+}

@@ -31,7 +31,7 @@ use crate::client::parse_target;
 use crate::connection::with_timeout;
 use crate::error::{Error, Result};
 use crate::pki::{CertInfo, CertRole, KeyType};
-use crate::protocol::enroll::{ENROLL_ALPN, EXPORTER_LABEL, EXPORTER_LEN, Refusal, Request, Response, check};
+use crate::protocol::enroll::{ENROLL_ALPN, EXPORTER_LABEL, EXPORTER_LEN, Refusal, Request, Response, check_response};
 use crate::protocol::frame::HEADER_LEN;
 use crate::tls::{self, Identity, IdentityPaths, Pem};
 
@@ -284,7 +284,7 @@ async fn exchange(tls: &mut TlsStream<TcpStream>, target: &str, req: Request) ->
         tls.flush().await.map_err(lost)?;
         let mut header = [0u8; HEADER_LEN];
         tls.read_exact(&mut header).await.map_err(lost)?;
-        let total = check(&header).map_err(|e| protocol(target, e.to_string()))?.expect("a whole header");
+        let total = check_response(&header).map_err(|e| protocol(target, e.to_string()))?.expect("a whole header");
         let mut buf = vec![0u8; total];
         buf[..HEADER_LEN].copy_from_slice(&header);
         tls.read_exact(&mut buf[HEADER_LEN..]).await.map_err(lost)?;
@@ -375,10 +375,11 @@ fn write_all_or_none(files: Vec<(PathBuf, String, bool)>) -> Result<Vec<PathBuf>
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let tmp = path.with_file_name(format!(".{name}.tmp"));
             let ctx = || format!("cannot write {}", path.display());
+            // Never through a link someone left at the temporary name.
+            let _ = fs::remove_file(&tmp);
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(if *private { 0o600 } else { 0o644 })
                 .open(&tmp)
                 .map_err(|e| Error::io(ctx(), e))?;

@@ -141,8 +141,29 @@ fn max_body(kind: u8) -> Result<usize> {
 /// checking the type and bounding the length (before anything is
 /// allocated). `Ok(None)` when fewer than 5 bytes are given.
 pub fn check(src: &[u8]) -> Result<Option<usize>> {
+    check_kinds(src, &[code::ENROLL, code::RENEW, code::ISSUED, code::REFUSED])
+}
+
+/// [`check`] for what a server reads: a request, never a (large) answer,
+/// so a peer cannot make it set aside more than a request's bound.
+pub fn check_request(src: &[u8]) -> Result<Option<usize>> {
+    check_kinds(src, &[code::ENROLL, code::RENEW])
+}
+
+/// [`check`] for what a client reads: an answer.
+pub fn check_response(src: &[u8]) -> Result<Option<usize>> {
+    check_kinds(src, &[code::ISSUED, code::REFUSED])
+}
+
+fn check_kinds(src: &[u8], allowed: &[u8]) -> Result<Option<usize>> {
     let Some(h) = src.get(..HEADER_LEN) else { return Ok(None) };
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    if !allowed.contains(&h[0]) {
+        return Err(match max_body(h[0]) {
+            Ok(_) => EnrollFrameError::Malformed("a message of the other direction"),
+            Err(e) => e,
+        });
+    }
     let max = max_body(h[0])?;
     if len > max {
         return Err(EnrollFrameError::TooLong { len, max });
@@ -173,7 +194,7 @@ impl Request {
     /// Decodes one request from the start of `src`: `Ok(None)` if more
     /// bytes are needed, else the request and the bytes it used.
     pub fn decode(src: &[u8]) -> Result<Option<(Request, usize)>> {
-        let Some(total) = check(src)? else { return Ok(None) };
+        let Some(total) = check_request(src)? else { return Ok(None) };
         let Some(body) = src.get(HEADER_LEN..total) else { return Ok(None) };
         let mut r = Reader(body);
         let req = match src[0] {
@@ -229,7 +250,7 @@ impl Response {
 
     /// Decodes one response, like [`Request::decode`].
     pub fn decode(src: &[u8]) -> Result<Option<(Response, usize)>> {
-        let Some(total) = check(src)? else { return Ok(None) };
+        let Some(total) = check_response(src)? else { return Ok(None) };
         let Some(body) = src.get(HEADER_LEN..total) else { return Ok(None) };
         let mut r = Reader(body);
         let resp = match src[0] {
@@ -351,6 +372,11 @@ mod tests {
         assert!(matches!(check(&huge), Err(EnrollFrameError::TooLong { .. })));
         assert_eq!(check(&[0x01, 0, 0, 0, 0]), Err(EnrollFrameError::UnknownType(0x01)));
         assert_eq!(check(&[code::RENEW, 0, 0]), Ok(None));
+        // A server never sets aside an answer's bound for what a client sends.
+        let big_answer = [code::ISSUED, 0, 0x40, 0, 0];
+        assert!(check(&big_answer).unwrap().is_some());
+        assert!(check_request(&big_answer).is_err());
+        assert!(check_response(&[code::ENROLL, 0, 0, 0, 9]).is_err());
     }
 
     #[test]

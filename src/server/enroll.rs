@@ -25,7 +25,7 @@ use super::{EnrollLive, Live, Shared};
 use crate::enroll::code::{check_proof, hex, unhex};
 use crate::enroll::invites::Redeemed;
 use crate::pki::{CertInfo, CertRole, LOOPBACK_SANS, Role};
-use crate::protocol::enroll::{EXPORTER_LABEL, EXPORTER_LEN, Refusal, Request, Response, check};
+use crate::protocol::enroll::{EXPORTER_LABEL, EXPORTER_LEN, Refusal, Request, Response, check_request};
 use crate::protocol::frame::HEADER_LEN;
 use crate::tls;
 use crate::transfer::blocking;
@@ -87,7 +87,7 @@ async fn exchange(tls: &mut Tls, addr: SocketAddr, shared: &Arc<Shared>, en: Arc
 async fn read_request(tls: &mut Tls) -> Result<Request, String> {
     let mut header = [0u8; HEADER_LEN];
     tls.read_exact(&mut header).await.map_err(|e| format!("no request: {e}"))?;
-    let total = check(&header).map_err(|e| e.to_string())?.expect("a whole header");
+    let total = check_request(&header).map_err(|e| e.to_string())?.expect("a whole header");
     let mut buf = vec![0u8; total];
     buf[..HEADER_LEN].copy_from_slice(&header);
     tls.read_exact(&mut buf[HEADER_LEN..]).await.map_err(|e| format!("incomplete request: {e}"))?;
