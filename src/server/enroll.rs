@@ -147,7 +147,7 @@ fn enroll(shared: &Shared, en: &EnrollLive, addr: SocketAddr, p: Proof, csr: &[u
     };
     match issued(en, &invite.name, invite.role(), &invite.sans, invite.days, &params) {
         Ok(response) => {
-            info!(%addr, token = %id, name = %invite.name, role = invite.role().as_str(), "enrollment: certificate issued");
+            info!(%addr, token = %id, name = %invite.name, role = %invite.role().as_str(), "enrollment: certificate issued");
             response
         }
         Err(e) => {
@@ -225,7 +225,7 @@ fn renew(
             *crl = new;
         }
     }
-    info!(%addr, %name, role = role.as_str(), revoked_old = revoke_old, "renewal: certificate issued");
+    info!(%addr, %name, role = %role.as_str(), revoked_old = revoke_old, "renewal: certificate issued");
     response
 }
 
