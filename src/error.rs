@@ -1,6 +1,6 @@
 //! The crate's one error type, grouped by the class of failure a user (or a
-//! CI job) must tell apart. `main.rs` turns a [`Class`] into an exit code;
-//! nothing else knows exit codes.
+//! CI job) must tell apart. [`Class::exit_code`] is the one place that
+//! turns a class into an exit code.
 
 use std::io;
 use std::time::Duration;
@@ -20,6 +20,35 @@ pub enum Class {
     Refused,
     /// A payload's BLAKE3 did not match.
     Integrity,
+    /// Stopped by Ctrl-C (SIGINT) or SIGTERM.
+    Interrupted,
+}
+
+impl Class {
+    /// The exit code of this class (README.md, "Exit codes"); the one
+    /// place exit codes are defined.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Class::Other => 1,
+            Class::Usage => 2,
+            Class::Connection => 3,
+            Class::Refused => 4,
+            Class::Integrity => 5,
+            Class::Interrupted => 130,
+        }
+    }
+
+    /// A lower-case name, for JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Other => "other",
+            Class::Usage => "usage",
+            Class::Connection => "connection",
+            Class::Refused => "refused",
+            Class::Integrity => "integrity",
+            Class::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// Every failure xfer reports. Messages are lower-case, name the file, peer
@@ -103,11 +132,8 @@ impl Error {
             },
             Error::BadPath { .. } => Class::Refused,
             Error::Integrity { .. } => Class::Integrity,
-            Error::Identity { .. }
-            | Error::Protocol { .. }
-            | Error::Frame { .. }
-            | Error::Io { .. }
-            | Error::Interrupted => Class::Other,
+            Error::Identity { .. } | Error::Protocol { .. } | Error::Frame { .. } | Error::Io { .. } => Class::Other,
+            Error::Interrupted => Class::Interrupted,
             Error::Failed { class, .. } => *class,
         }
     }

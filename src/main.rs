@@ -1,6 +1,6 @@
 //! The `xfer` binary: parse arguments, set up logging, run the command, and
-//! turn its error into one line on stderr and an exit code. Exit codes live
-//! here and nowhere else (README.md, "Exit codes").
+//! turn its error into one line on stderr and an exit code
+//! ([`Class::exit_code`], README.md "Exit codes").
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             // Messages may quote the peer (an ERROR frame's text): never
             // let its control characters reach the terminal.
             eprintln!("xfer: {}", xfer::text::escape(&one_line(&e)));
-            ExitCode::from(exit_code(class))
+            ExitCode::from(class.exit_code())
         }
     }
 }
@@ -58,17 +58,6 @@ fn raise_open_file_limit() {
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
         let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
-    }
-}
-
-/// README.md, "Exit codes".
-fn exit_code(class: Class) -> u8 {
-    match class {
-        Class::Other => 1,
-        Class::Usage => 2,
-        Class::Connection => 3,
-        Class::Refused => 4,
-        Class::Integrity => 5,
     }
 }
 

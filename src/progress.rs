@@ -41,6 +41,8 @@ use crate::protocol::{ListEntry, Timestamp};
 pub enum Output {
     /// Summary and problems on stderr; listings on stdout.
     Human,
+    /// As `Human`, with a line for each file found unchanged too (`-v`).
+    Verbose,
     /// JSON Lines on stdout.
     Json,
     /// Only failures, on stderr (`--quiet`, and pulls to stdout).
@@ -210,7 +212,7 @@ impl Reporter {
     /// The same, drawing live progress bars on stderr (human output only).
     pub fn with_bars(output: Output, op: Op) -> Reporter {
         let mut r = Reporter::new(output, op);
-        if output == Output::Human {
+        if matches!(output, Output::Human | Output::Verbose) {
             let (meter, display) = Meter::bars();
             (r.meter, r.display) = (meter, Some(display));
         }
@@ -240,7 +242,7 @@ impl Reporter {
                 "type": "retry", "attempt": attempt + 1, "attempts": attempts, "delay_seconds": secs,
                 "error": e.to_string(),
             })),
-            Output::Human | Output::Quiet => {
+            Output::Human | Output::Verbose | Output::Quiet => {
                 let line = format!("xfer: {e}; retrying in {secs:.1} s (attempt {} of {attempts})", attempt + 1);
                 // Errors carry the server's words: escaped for the terminal.
                 let line = crate::text::escape(&line).into_owned();
@@ -297,10 +299,16 @@ impl Reporter {
                 }
                 json_line(&v);
             }
-            Output::Human | Output::Quiet => {
+            Output::Human | Output::Verbose | Output::Quiet => {
+                // A file found unchanged (same BLAKE3) is the common case
+                // of a re-run: counted, listed only with -v. Other skips
+                // (a link not followed) are worth a line.
+                let unchanged = r.blake3.is_some();
                 let line = match r.status {
                     Status::Ok => None,
-                    Status::Skipped if self.output == Output::Human => {
+                    Status::Skipped
+                        if self.output == Output::Verbose || (self.output == Output::Human && !unchanged) =>
+                    {
                         Some(format!("xfer: skipped {}: {}", r.path, r.error.unwrap_or_default()))
                     }
                     Status::Skipped => None,
@@ -333,7 +341,7 @@ impl Reporter {
                 "type": "entry", "path": e.path.as_str(), "size": e.size,
                 "mtime": iso8601(e.mtime), "dir": e.is_dir,
             })),
-            Output::Human => {
+            Output::Human | Output::Verbose => {
                 let name = e.path.file_name().unwrap_or(".");
                 let slash = if e.is_dir { "/" } else { "" };
                 // A closed stdout (`xfer ls host | head`) is not an error.
@@ -344,20 +352,41 @@ impl Reporter {
     }
 
     /// Prints the summary; fails with the worst class if anything failed.
-    pub fn finish(mut self) -> Result<Summary> {
+    pub fn finish(self) -> Result<Summary> {
+        self.finish_after(None)
+    }
+
+    /// Prints the summary of a command that may have ended with `error`
+    /// (the connection lost, Ctrl-C): a JSON summary then carries it, and
+    /// the summary line says what was done before it, never more.
+    pub fn finish_after(mut self, error: Option<&Error>) -> Result<Summary> {
         if let Some(display) = self.display.take() {
             display.finish();
         }
         self.sum.seconds = self.started.elapsed().as_secs_f64();
         let s = &self.sum;
         match self.output {
-            Output::Json => json_line(&serde_json::json!({
-                "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
-                "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
-                "failed": s.failed, "failures": s.failed, "resumed": s.resumed, "dirs": s.dirs, "bytes": s.bytes,
-                "seconds": s.seconds,
-            })),
-            Output::Human if self.op != Op::List => eprintln!("{}", self.human_summary()),
+            Output::Json => {
+                let mut v = serde_json::json!({
+                    "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
+                    "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
+                    "failed": s.failed, "resumed": s.resumed, "dirs": s.dirs, "bytes": s.bytes,
+                    "seconds": s.seconds,
+                });
+                let class = error.map(Error::class).or(self.worst);
+                if let Some(class) = class {
+                    let message = match error {
+                        Some(e) => e.to_string(),
+                        None => format!("{} of {} items failed", s.failed, s.ok + s.skipped + s.failed),
+                    };
+                    v["error"] = serde_json::json!({
+                        "message": crate::text::escape(&message), "class": class.name(),
+                        "exit_code": class.exit_code(),
+                    });
+                }
+                json_line(&v);
+            }
+            Output::Human | Output::Verbose if self.op != Op::List => eprintln!("{}", self.human_summary(error)),
             _ => {}
         }
         match self.worst {
@@ -366,7 +395,10 @@ impl Reporter {
         }
     }
 
-    fn human_summary(&self) -> String {
+    /// One line: what was done, verified, skipped and failed. After an
+    /// error that ended the command it says the command stopped, and
+    /// claims verification only for the files that were verified.
+    fn human_summary(&self, error: Option<&Error>) -> String {
         let s = &self.sum;
         let (verb, noun) = match self.op {
             Op::Push => ("pushed", "file"),
@@ -374,14 +406,19 @@ impl Reporter {
             Op::Remove => ("removed", "path"),
             Op::List => ("listed", "entry"),
         };
-        let mut line = format!("{verb} {} {noun}{}", s.ok, if s.ok == 1 { "" } else { "s" });
-        if self.op != Op::Remove {
+        let plural = if s.ok == 1 { "" } else { "s" };
+        let mut line = match (error, s.ok) {
+            (Some(_), 0) => format!("{} stopped before any {noun} was {verb}", self.op_name()),
+            (Some(_), n) => format!("{} stopped: {n} {noun}{plural} {verb} before that", self.op_name()),
+            (None, n) => format!("{verb} {n} {noun}{plural}"),
+        };
+        if self.op != Op::Remove && s.ok > 0 {
             let mib = s.bytes as f64 / (1024.0 * 1024.0);
             let rate = if s.seconds > 0.0 { mib / s.seconds } else { 0.0 };
             line += &format!(" ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3", s.seconds);
         }
         if s.skipped > 0 {
-            line += &format!("; {} skipped", s.skipped);
+            line += &format!("; {} unchanged or skipped", s.skipped);
         }
         if s.resumed > 0 {
             line += &format!("; {} resumed", s.resumed);
@@ -390,6 +427,15 @@ impl Reporter {
             line += &format!("; {} FAILED", s.failed);
         }
         line
+    }
+
+    fn op_name(&self) -> &'static str {
+        match self.op {
+            Op::Push => "push",
+            Op::Pull => "pull",
+            Op::Remove => "rm",
+            Op::List => "ls",
+        }
     }
 }
 

@@ -105,8 +105,13 @@ fn json_logs_give_one_object_per_line_with_the_file_fields() {
     client(&pki, "client", work.path(), "push", &server, &["f.txt"]).assert_code(0);
     assert!(server.wait_for_log("\"closed\""), "{}", server.log());
     let mut received = None;
-    for line in server.log().lines().filter(|l| !l.starts_with("xfer: listening on")) {
+    // Every line, the one announcing the port included.
+    for (n, line) in server.log().lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if n == 0 {
+            assert_eq!(v["listening"], server.addr.as_str(), "{v}");
+            assert_eq!(v["message"], format!("listening on {}", server.addr), "{v}");
+        }
         if v["message"] == "received" {
             received = Some(v);
         }

@@ -270,7 +270,7 @@ fn ctrl_c_during_a_pull_keeps_only_a_partial_copy_which_the_next_pull_resumes() 
     wait_for_staged_data(&work.join("got/.xfer/partial"), 1 << 20);
     std::process::Command::new("kill").args(["-INT", &pull.id().to_string()]).status().unwrap();
     let status = pull.wait().unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130, as shells expect");
     let left = work.listing("got");
     assert!(!left.contains(&"big".to_owned()), "nothing under the final name: {left:?}");
     assert_eq!(left.len(), 4, "the staging folder with one partial copy and its description: {left:?}");
@@ -316,6 +316,45 @@ fn json_output_ends_with_a_summary_even_when_the_connection_fails() {
     let summary = run.json().pop().expect("a summary line");
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["ok"], 0);
+    assert_eq!(summary["error"]["class"], "connection", "{run}");
+    assert_eq!(summary["error"]["exit_code"], 3, "{run}");
+    assert!(summary["error"]["message"].as_str().unwrap().contains("cannot connect"), "{run}");
+    assert!(summary.get("failures").is_none(), "one name for one count: {run}");
+    // Without --json, the summary line claims nothing it did not do.
+    let plain: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
+    let run = run_in(work.path(), &plain, &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains("push stopped before any file was pushed"), "{run}");
+    assert!(!run.stderr().contains("verified"), "{run}");
+}
+
+#[test]
+fn unchanged_files_are_counted_and_listed_only_with_v() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    for i in 0..20 {
+        work.write(&format!("d/f{i}"), b"same");
+    }
+    client(&pki, "client", work.path(), "push", &server, &["d"]).assert_code(0);
+    let again = client(&pki, "client", work.path(), "push", &server, &["d"]);
+    again.assert_code(0);
+    assert_eq!(again.stderr().lines().count(), 1, "only the summary: {again}");
+    assert!(again.stderr().contains("pushed 0 files; 20 unchanged or skipped"), "{again}");
+    let verbose = client(&pki, "client", work.path(), "push", &server, &["d", "-v"]);
+    verbose.assert_code(0);
+    assert_eq!(verbose.stderr().matches("already there with the same BLAKE3").count(), 20, "{verbose}");
+}
+
+#[test]
+fn a_stream_cannot_be_pushed_to_a_folder_name() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let run = client(&pki, "client", work.path(), "push", &server, &["-", "--to", "backups/"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("names a folder") && run.stderr().contains("--to backups/stdin.bin"), "{run}");
+    assert!(!work.join("root/backups").exists());
 }
 
 #[test]

@@ -225,13 +225,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_mangen::Man::new(Cli::command()).render(&mut out)?;
             print_all(&out)
         }
-        Command::Serve(a) => serve::serve(a).await,
+        Command::Serve(a) => serve::serve(a, cli.log_format).await,
         Command::Push(a) => {
             let to = remote_path(&a.to)?;
             // Local mistakes are reported before anything touches the network.
-            let output = output(&a.client, cli.quiet);
+            let output = output(&a.client, cli.quiet, cli.verbose);
             match &a.paths[..] {
                 [only] if only.as_os_str() == "-" => {
+                    // `--to backups/` names a folder: a stream needs a file.
+                    if a.to.ends_with('/') && !to.is_root() {
+                        return Err(Error::Usage(format!(
+                            "--to {} ends with '/', so it names a folder, but standard input is one file: \
+                             name the file to write, e.g. --to {}stdin.bin",
+                            a.to, a.to
+                        ))
+                        .into());
+                    }
                     // Standard input cannot be read twice: no retries.
                     let mut plan = Some(PushPlan::stdin(to)?);
                     with_client(&a.host, &a.client, Op::Push, output, 0, |c, rep| {
@@ -276,7 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pull(a) => {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
-            let output = output(&a.client, cli.quiet);
+            let output = output(&a.client, cli.quiet, cli.verbose);
             let out = a.out.clone();
             let limits = Limits { max_size: a.max_size };
             with_client_limited(&a.host, &a.client, Op::Pull, output, a.retry, limits, |c, rep| {
@@ -296,7 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rm(a) => {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
-            let output = output(&a.client, cli.quiet);
+            let output = output(&a.client, cli.quiet, cli.verbose);
             let recursive = a.recursive;
             with_client(&a.host, &a.client, Op::Remove, output, 0, |c, rep| {
                 let remotes = remotes.clone();

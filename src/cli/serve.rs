@@ -68,7 +68,7 @@ pub struct ServeArgs {
 }
 
 /// `xfer serve`.
-pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
@@ -95,7 +95,22 @@ pub(super) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     spawn_reload_on_sighup(server.reloader());
     // Scripts wait for this exact line to learn the port, whatever the log
     // level, so it does not go through the logger.
-    eprintln!("xfer: listening on {addr}");
+    match log_format {
+        super::LogFormat::Text => eprintln!("xfer: listening on {addr}"),
+        // One JSON object like every other line, with the address both in
+        // the message (for scripts that search it) and as a field.
+        super::LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                "level": "INFO",
+                "message": format!("listening on {addr}"),
+                "listening": addr.to_string(),
+            })
+        ),
+    }
     tracing::info!(
         root = %server.root().display(),
         read_only,

@@ -13,10 +13,11 @@ use crate::progress::{Op, Output, Reporter};
 use crate::protocol::WirePath;
 
 /// How output goes for `args`: JSON lines, quiet, or for people.
-pub(super) fn output(args: &ClientArgs, quiet: bool) -> Output {
+pub(super) fn output(args: &ClientArgs, quiet: bool, verbose: u8) -> Output {
     match (args.json, quiet) {
         (true, _) => Output::Json,
         (false, true) => Output::Quiet,
+        (false, false) if verbose > 0 => Output::Verbose,
         (false, false) => Output::Human,
     }
 }
@@ -95,7 +96,7 @@ where
             other => break other,
         }
     };
-    let summary = rep.finish();
+    let summary = rep.finish_after(result.as_ref().err());
     result?;
     summary?;
     Ok(())

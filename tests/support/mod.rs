@@ -156,7 +156,8 @@ impl XferServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(i) = line.find("listening on ") {
-                    let addr = line[i + 13..].split_whitespace().next().unwrap_or("").to_owned();
+                    let addr = line[i + 13..].split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or("");
+                    let addr = addr.to_owned();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
