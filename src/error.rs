@@ -63,6 +63,9 @@ pub enum Error {
     Connect { addr: String, source: io::Error },
     #[error("TLS with {peer} failed: {message}")]
     Tls { peer: String, message: String },
+    /// Something answered at that address, but not an xfer server.
+    #[error("the server at {addr} does not speak xfer ({why})")]
+    NotXfer { addr: String, why: &'static str },
     #[error("{phase} timed out after {}s", after.as_secs_f32())]
     Timeout { phase: &'static str, after: Duration },
     #[error("connection to {peer} lost: {source}")]
@@ -116,6 +119,7 @@ impl Error {
             Error::Usage(_) => Class::Usage,
             Error::Connect { .. }
             | Error::Tls { .. }
+            | Error::NotXfer { .. }
             | Error::Timeout { .. }
             | Error::ConnectionLost { .. }
             | Error::Version { .. }

@@ -6,6 +6,7 @@ mod support;
 mod ci_recipe;
 mod codec_props;
 mod enroll;
+mod habits;
 mod hostile;
 mod keygen;
 mod kill_loop;

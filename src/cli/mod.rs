@@ -122,7 +122,40 @@ pub struct PushArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retry: u32,
     #[command(flatten)]
+    pub habits: Habits,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Flags scp and rsync users type out of habit, accepted where what they
+/// ask for is what xfer always does (hidden from --help).
+#[derive(Debug, Args)]
+pub struct Habits {
+    /// Recursive: folders are always copied whole.
+    #[arg(short = 'r', short_alias = 'R', action = clap::ArgAction::Count, hide = true)]
+    pub recursive: u8,
+    /// Preserve times and modes: mtime and the executable bit always are.
+    #[arg(short = 'p', action = clap::ArgAction::Count, hide = true)]
+    pub preserve: u8,
+    /// Archive mode: what xfer keeps, it always keeps.
+    #[arg(short = 'a', action = clap::ArgAction::Count, hide = true)]
+    pub archive: u8,
+    /// Compress: xfer does not (see [`Habits::note`]).
+    #[arg(short = 'z', action = clap::ArgAction::Count, hide = true)]
+    pub compress: u8,
+}
+
+impl Habits {
+    /// The one of these flags that does not mean what it says here.
+    fn note(&self) {
+        if self.compress > 0 {
+            eprintln!(
+                "xfer: -z ignored: xfer does not compress. Build artifacts are mostly compressed already, \
+                 compressing costs more CPU than it saves on fast links, and compression inside an encrypted \
+                 channel can leak secrets (CRIME, BREACH); compress beforehand (tar --zstd) where it pays"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +179,8 @@ pub struct PullArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retry: u32,
     #[command(flatten)]
+    pub habits: Habits,
+    #[command(flatten)]
     pub client: ClientArgs,
 }
 
@@ -168,7 +203,7 @@ pub struct RmArgs {
     #[arg(required = true)]
     pub remotes: Vec<String>,
     /// Remove folders and everything in them.
-    #[arg(short, long)]
+    #[arg(short, long, short_alias = 'R')]
     pub recursive: bool,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -227,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(a) => serve::serve(a, cli.log_format).await,
         Command::Push(a) => {
+            a.habits.note();
             let to = remote_path(&a.to)?;
             // Local mistakes are reported before anything touches the network.
             let output = output(&a.client, cli.quiet, cli.verbose);
@@ -263,6 +299,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Pull(a) if a.remotes.last().is_some_and(|r| r == "-") => {
+            a.habits.note();
             let [remote, _] = &a.remotes[..] else {
                 return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
             };
@@ -284,6 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Pull(a) => {
+            a.habits.note();
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet, cli.verbose);
             let out = a.out.clone();

@@ -124,8 +124,8 @@ impl Client {
         })
         .await?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-            let message = "the server did not negotiate the xfer/1 protocol (ALPN): is it an xfer server?".to_owned();
-            return Err(Error::Tls { peer: addr, message });
+            let why = "a TLS service for another protocol: it did not agree to the xfer/1 ALPN";
+            return Err(Error::NotXfer { addr, why });
         }
         let certs = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
         let server = certs.map(|c| tls::cert_names(&c)).and_then(|n| n.into_iter().next()).unwrap_or(name);
@@ -343,6 +343,9 @@ fn unexpected(peer: &str, f: &Frame) -> Error {
 fn explain(cfg: &ClientConfig, e: Error) -> Error {
     match e {
         Error::ConnectionLost { peer, source } => match tls::rustls_error(&source) {
+            Some(te) if tls::not_xfer(te).is_some() => {
+                Error::NotXfer { addr: peer, why: tls::not_xfer(te).unwrap_or_default() }
+            }
             Some(te) => Error::Tls {
                 peer,
                 message: tls::explain_for_client(te, cfg.server_name.as_deref().unwrap_or(&cfg.host), &cfg.identity),

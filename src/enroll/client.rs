@@ -260,6 +260,14 @@ fn explain(addr: &str, host: &str, identity: Option<&IdentityPaths>, e: std::io:
     let Some(r) = tls::rustls_error(&e) else {
         return Error::ConnectionLost { peer: addr.to_owned(), source: e };
     };
+    let no_alpn = matches!(
+        r,
+        rustls::Error::NoApplicationProtocol
+            | rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+    );
+    if let (Some(why), false) = (tls::not_xfer(r), no_alpn) {
+        return Error::NotXfer { addr: addr.to_owned(), why };
+    }
     let message = match r {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))
             if o.0.downcast_ref::<PinMismatch>().is_some() =>

@@ -47,15 +47,29 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
             AlertDescription::CertificateRevoked => {
                 format!("the server says this client's certificate {cert} is revoked")
             }
-            AlertDescription::NoApplicationProtocol => {
-                "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
-            }
             other => format!("the server ended the handshake with alert {other:?}"),
         },
-        rustls::Error::NoApplicationProtocol => {
-            "the server does not speak the xfer protocol (ALPN mismatch)".to_owned()
-        }
+        e if not_xfer(e).is_some() => format!("the server does not speak xfer ({})", not_xfer(e).unwrap_or_default()),
         other => other.to_string(),
+    }
+}
+
+/// Why a handshake shows the peer is not an xfer server at all, if it
+/// does: it answered with something other than TLS (an HTTP server, SSH),
+/// with older TLS, or with TLS for another protocol.
+pub fn not_xfer(e: &rustls::Error) -> Option<&'static str> {
+    match e {
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            Some("it answered with something other than TLS 1.3: is this the right port?")
+        }
+        rustls::Error::PeerIncompatible(_) | rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+            Some("its TLS is not 1.3, which xfer requires")
+        }
+        rustls::Error::NoApplicationProtocol
+        | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+            Some("a TLS service for another protocol: it does not offer the xfer/1 ALPN")
+        }
+        _ => None,
     }
 }
 

@@ -26,7 +26,7 @@ use crate::text::Safe;
 mod explain;
 mod verify;
 
-pub use explain::{explain_for_client, explain_for_server};
+pub use explain::{explain_for_client, explain_for_server, not_xfer};
 pub use verify::WrongRole;
 use verify::{NamingClientVerifier, RoleNamingServerVerifier};
 

@@ -1,0 +1,55 @@
+//! What scp and rsync users type, and what they are told: reflex flags
+//! accepted, and a port that is not an xfer server named as such.
+
+use std::io::{Read, Write};
+
+use crate::support::*;
+
+#[test]
+fn scp_and_rsync_reflex_flags_are_accepted_and_z_is_explained() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("d/a.txt", b"a");
+    for flags in [&["-r"][..], &["-R"], &["-rp"], &["-a"], &["-a", "-v", "-r"]] {
+        let mut rest = flags.to_vec();
+        rest.push("d");
+        let run = client(&pki, "client", work.path(), "push", &server, &rest);
+        run.assert_code(0);
+        assert!(!run.stderr().contains("use '--"), "{run}");
+    }
+    let run = client(&pki, "client", work.path(), "pull", &server, &["-rpa", "d", "--out", "got"]);
+    run.assert_code(0);
+    assert_eq!(std::fs::read(work.join("got/d/a.txt")).unwrap(), b"a");
+    let run = client(&pki, "client", work.path(), "push", &server, &["-z", "d"]);
+    run.assert_code(0);
+    assert!(run.stderr().contains("-z ignored: xfer does not compress"), "{run}");
+    let run = client(&pki, "client", work.path(), "rm", &server, &["-R", "d"]);
+    run.assert_code(0);
+    assert!(!work.join("root/d").exists());
+}
+
+#[test]
+fn a_port_where_something_else_listens_is_named_as_not_xfer() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    // An HTTP server: it answers the TLS hello with plain text.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let http = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let mut args = vec!["ls", &addr];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    http.join().unwrap();
+    run.assert_code(3);
+    assert!(run.stderr().contains(&format!("the server at {addr} does not speak xfer")), "{run}");
+    assert!(run.stderr().contains("right port"), "{run}");
+    assert!(!run.stderr().contains("InvalidContentType"), "{run}");
+}
