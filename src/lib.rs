@@ -16,6 +16,9 @@
 //! - [`budget`]: one server-wide memory budget for buffered peer state.
 //! - [`auth`]: the policy file: which peer may read, write or delete where.
 //! - [`pki`]: `xfer keygen`, a local CA and the peers it signs.
+//! - [`enroll`]: invite codes, `xfer enroll` and `xfer renew` (the server's
+//!   side is `server::enroll`).
+//! - [`throttle`]: `--bwlimit`, a rate-limited byte stream under TLS.
 //! - [`client`]: connect and push, pull, list, remove, pipelined.
 //! - [`server`]: accept loop, per-connection handlers, graceful shutdown.
 //! - [`progress`]: what client commands tell their user (human or JSON).
@@ -78,6 +81,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod text;
+pub mod throttle;
 pub mod tls;
 pub mod transfer;
 pub mod walk;

@@ -53,3 +53,42 @@ fn a_port_where_something_else_listens_is_named_as_not_xfer() {
     assert!(run.stderr().contains("right port"), "{run}");
     assert!(!run.stderr().contains("InvalidContentType"), "{run}");
 }
+
+/// The rate a `--json` push or pull reports in its summary, in MiB/s.
+fn summary_rate(run: &Run) -> f64 {
+    let summary = run.json().pop().expect("a summary");
+    let bytes = summary["bytes"].as_f64().unwrap();
+    bytes / summary["seconds"].as_f64().unwrap() / f64::from(1 << 20)
+}
+
+#[test]
+fn bwlimit_holds_a_transfer_to_the_rate_asked_on_either_side() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    // 32 MiB at 16 MiB/s: two seconds a transfer, with room for a busy
+    // machine to keep up with the rate.
+    work.write("big.bin", &random_bytes(32 << 20, 3));
+    let within = |rate: f64, what: &str, run: &Run| {
+        assert!((16.0 * 0.85..=16.0 * 1.15).contains(&rate), "{what}: {rate:.1} MiB/s for --bwlimit 16M\n{run}");
+    };
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let push = client(&pki, "client", work.path(), "push", &server, &["big.bin", "--bwlimit", "16M", "--json"]);
+    push.assert_code(0);
+    within(summary_rate(&push), "push", &push);
+    let pull = client(
+        &pki,
+        "client",
+        work.path(),
+        "pull",
+        &server,
+        &["big.bin", "--out", "got", "--bwlimit", "16M", "--json"],
+    );
+    pull.assert_code(0);
+    within(summary_rate(&pull), "pull", &pull);
+    assert_eq!(std::fs::read(work.join("got/big.bin")).unwrap(), std::fs::read(work.join("big.bin")).unwrap());
+    // The server's own limit, per connection.
+    let limited = XferServer::start(&pki, &work.join("root2"), &["--bwlimit", "16M"]);
+    let push = client(&pki, "client", work.path(), "push", &limited, &["big.bin", "--json"]);
+    push.assert_code(0);
+    within(summary_rate(&push), "serve --bwlimit", &push);
+}

@@ -103,6 +103,9 @@ pub struct ClientArgs {
     /// Longest a transfer may stall (per read or write).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Most bytes a second each way, e.g. 10M (10 MiB/s) or 500K.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Bytes of partial copies one client may leave; its oldest go first.
     #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
     pub partial_quota: u64,
+    /// Most bytes a second each way, per connection, e.g. 10M (10 MiB/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub bwlimit: Option<u64>,
     /// Sign certificates for invites (`xfer keygen --invite`) and renewals
     /// (`xfer renew`): needs ca.key and invites.json beside ca.pem.
     #[arg(long)]
@@ -81,6 +84,7 @@ pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow:
     cfg.partial_ttl = a.partial_ttl;
     cfg.partial_quota = a.partial_quota;
     cfg.enroll = a.enroll;
+    cfg.bwlimit = a.bwlimit;
     let cfg_enroll = a.enroll;
     cfg.timeouts = Timeouts {
         handshake: a.handshake_timeout,

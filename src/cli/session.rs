@@ -70,6 +70,7 @@ where
     let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
     cfg.server_name = args.server_name.clone();
     cfg.max_size = limits.max_size;
+    cfg.bwlimit = args.bwlimit;
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     // Bars only for people watching a terminal, and only while bytes move.
     let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();

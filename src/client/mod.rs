@@ -21,6 +21,7 @@ use crate::connection::{FrameReader, FrameWriter, Timeouts, with_timeout};
 use crate::error::{Class, Error, Result};
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ALPN, DEFAULT_PORT, ErrorCode, Frame, VERSION, WirePath};
+use crate::throttle::Throttled;
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome};
 
@@ -44,13 +45,23 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// Largest file a pull accepts (besides the free-space reserve).
     pub max_size: Option<u64>,
+    /// Most bytes a second each way (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 impl ClientConfig {
     /// A config for `HOST[:PORT]` (IPv6 as `[::1]:5001` or a bare `::1`).
     pub fn new(target: &str, identity: IdentityPaths) -> Result<ClientConfig> {
         let (host, port) = parse_target(target)?;
-        Ok(ClientConfig { host, port, server_name: None, identity, timeouts: Timeouts::default(), max_size: None })
+        Ok(ClientConfig {
+            host,
+            port,
+            server_name: None,
+            identity,
+            timeouts: Timeouts::default(),
+            max_size: None,
+            bwlimit: None,
+        })
     }
 }
 
@@ -82,7 +93,7 @@ pub fn parse_target(s: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-type Tls = TlsStream<TcpStream>;
+type Tls = TlsStream<Throttled<TcpStream>>;
 
 /// An open connection to a server.
 pub struct Client {
@@ -116,6 +127,7 @@ impl Client {
         .await?;
         // Requests are batched by FrameWriter; Nagle would only add delay.
         let _ = tcp.set_nodelay(true);
+        let tcp = Throttled::new(tcp, cfg.bwlimit);
         let tls = with_timeout("TLS handshake", t.handshake, async {
             connector
                 .connect(server_name, tcp)

@@ -71,6 +71,8 @@ pub struct ServeConfig {
     /// Sign certificates for invites and renewals (`--enroll`): needs the
     /// CA's key and invites file beside the CA certificate.
     pub enroll: bool,
+    /// Most bytes a second each way, per connection (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 impl ServeConfig {
@@ -93,6 +95,7 @@ impl ServeConfig {
             partial_ttl: crate::partial::DEFAULT_TTL,
             partial_quota: crate::partial::DEFAULT_QUOTA,
             enroll: false,
+            bwlimit: None,
         }
     }
 }
@@ -120,6 +123,8 @@ struct Shared {
     enroll_dir: Option<PathBuf>,
     /// Failed enrollment attempts, per source address.
     failures: enroll::Failures,
+    /// Most bytes a second each way, per connection.
+    bwlimit: Option<u64>,
 }
 
 /// The reloadable part of the configuration. Sessions re-read it for every
@@ -271,6 +276,7 @@ impl Server {
             peer_budgets: Default::default(),
             enroll_dir,
             failures: Default::default(),
+            bwlimit: cfg.bwlimit,
         };
         Ok(Server { listener, shared: Arc::new(shared), grace: cfg.grace, partial_ttl: cfg.partial_ttl })
     }

@@ -36,10 +36,11 @@ use crate::partial::Partial;
 use crate::protocol::enroll::ENROLL_ALPN;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
 use crate::store::{GroupSize, StoreError};
+use crate::throttle::Throttled;
 use crate::tls;
 use crate::transfer::{self, blocking};
 
-pub(super) type Tls = TlsStream<TcpStream>;
+pub(super) type Tls = TlsStream<Throttled<TcpStream>>;
 
 /// Serves one accepted TCP connection to its end; logs, never fails.
 /// `ticket` is its place among the handshakes in progress.
@@ -56,7 +57,7 @@ pub(super) async fn serve(
     // if a reload swaps it meanwhile.
     let live = shared.live();
     let accepted = tokio::select! {
-        r = with_timeout("TLS handshake", t.handshake, accept(&live, tcp, addr)) => r,
+        r = with_timeout("TLS handshake", t.handshake, accept(&live, Throttled::new(tcp, shared.bwlimit), addr)) => r,
         // A newer connection needed the place: the oldest unfinished
         // handshakes are the likeliest to be idle sockets of a flood.
         _ = ticket.evicted.cancelled() => {
@@ -137,7 +138,7 @@ pub(super) async fn serve(
 /// enrollment when it offers `xfer-enroll/1` and this server takes
 /// enrollments, transfers otherwise (a client offering only enrollment to
 /// a server without `--enroll` gets a `no_application_protocol` alert).
-async fn accept(live: &Live, tcp: TcpStream, addr: SocketAddr) -> Result<Tls> {
+async fn accept(live: &Live, tcp: Throttled<TcpStream>, addr: SocketAddr) -> Result<Tls> {
     let lost = |source| Error::ConnectionLost { peer: addr.to_string(), source };
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await.map_err(lost)?;
     let wants_enroll = start.client_hello().alpn().is_some_and(|mut ids| ids.any(|id| id == ENROLL_ALPN));
