@@ -367,3 +367,180 @@ fn a_peer_without_a_certificate_can_only_send_one_small_request() {
     let joiner = Dir::new();
     enroll(joiner.path(), &server, &code.reveal(), "certs").assert_code(0);
 }
+
+#[test]
+fn every_certificate_enrollment_and_renewal_issued_is_revoked_by_name() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let code = invite(&pki, "runner-7", &[]);
+    let mut server = enroll_server(&pki, &work);
+    let joiner = Dir::new();
+    enroll(joiner.path(), &server, &code, "certs").assert_code(0);
+    // Renewed twice without --revoke-old: three valid certificates, each
+    // kept in its own folder, none of them in the CA's folder.
+    let keep = |n: usize| {
+        let to = joiner.join(&format!("copy{n}"));
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["ca.pem", "runner-7.pem", "runner-7.key"] {
+            std::fs::copy(joiner.join("certs").join(f), to.join(f)).unwrap();
+        }
+    };
+    keep(0);
+    for n in 1..3 {
+        let run = run_in(joiner.path(), &["renew", &server.addr, "--certs", "certs", "--name", "runner-7"], &[]);
+        run.assert_code(0);
+        keep(n);
+    }
+    assert!(!pki.certs().join("runner-7.pem").exists());
+    let list = listing(&pki);
+    assert_eq!(list.matches("runner-7 (client)  names runner-7").count(), 3, "{list}");
+
+    let run = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "runner-7"], &[]);
+    run.assert_code(0);
+    assert!(run.stdout().contains("revoked 3 certificate(s)"), "{run}");
+    // Renewal is refused at once, before any reload...
+    let run = run_in(joiner.path(), &["renew", &server.addr, "--certs", "copy2", "--name", "runner-7"], &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains("revoked"), "{run}");
+    // ...and after a restart every copy is refused.
+    server.terminate();
+    let server = enroll_server(&pki, &work);
+    for n in 0..3 {
+        let dir = format!("copy{n}");
+        let run = run_in(joiner.path(), &["ls", &server.addr, "--certs", &dir, "--name", "runner-7"], &[]);
+        run.assert_code(3);
+    }
+}
+
+#[test]
+fn concurrent_revocations_all_land_in_the_list() {
+    let pki = Pki::new();
+    let names: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
+    pki.issue(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            Command::new(env!("CARGO_BIN_EXE_xfer"))
+                .current_dir(pki.dir.path())
+                .args(["keygen", "--dir", "certs", "--revoke", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let run = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "client"], &[]);
+    assert!(run.stdout().contains("now lists 13 certificate(s)"), "{run}");
+}
+
+#[test]
+fn only_this_cas_own_certificates_are_renewed_and_not_without_end() {
+    let pki = Pki::new();
+    invite(&pki, "someone", &[]);
+    // Another CA, trusted through a bundle (a rotation, a partner).
+    let other = Pki::new();
+    other.issue(&["partner"]);
+    let bundle = [pki.certs().join("ca.pem"), other.certs().join("ca.pem")]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    std::fs::write(pki.certs().join("ca.pem.both"), &bundle).unwrap();
+    let work = Dir::new();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xfer"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--enroll", "--root"]).arg(work.join("root"));
+    cmd.args(pki.id_args("server")).arg("--ca").arg(pki.certs().join("ca.pem.both"));
+    // --ca points at the bundle; ca.key and invites.json stay beside it.
+    let server = XferServer::spawn(cmd, &work.join("root"));
+    std::fs::write(other.certs().join("ca.pem"), &bundle).unwrap();
+    let run = run_in(other.dir.path(), &["renew", &server.addr, "--certs", "certs", "--name", "partner"], &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains("issued by another CA"), "{run}");
+
+    // This CA's own client: renewed, up to the hourly limit.
+    for _ in 0..10 {
+        run_in(pki.dir.path(), &["renew", &server.addr, "--certs", "certs", "--keep-key"], &[]).assert_code(0);
+    }
+    let run = run_in(pki.dir.path(), &["renew", &server.addr, "--certs", "certs", "--keep-key"], &[]);
+    run.assert_code(3);
+    assert!(run.stderr().contains("renewals an hour"), "{run}");
+}
+
+/// A hostile renewal server with a valid server certificate of the same
+/// CA: answers one renewal with `answer(client_cert, csr)`.
+fn hostile_renewer(
+    pki: &Pki,
+    answer: impl FnOnce(Vec<u8>, Vec<u8>) -> xfer::protocol::enroll::Response + Send + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let id = xfer::tls::Identity::load(&xfer::IdentityPaths::in_dir(&pki.certs(), "server")).unwrap();
+    let cas = vec![id.chain[0].clone()];
+    let config = xfer::enroll::tls::server_config(&id, &cas).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let ca_pem = std::fs::read(pki.certs().join("ca.pem")).unwrap();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            let req = loop {
+                n += tls.read(&mut buf[n..]).await.unwrap();
+                if let Some((req, _)) = xfer::protocol::enroll::Request::decode(&buf[..n]).unwrap() {
+                    break req;
+                }
+            };
+            let xfer::protocol::enroll::Request::Renew { csr, .. } = req else { panic!("{req:?}") };
+            let client_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            let mut response = answer(client_cert, csr);
+            if let xfer::protocol::enroll::Response::Issued { cas, .. } = &mut response {
+                use rustls_pki_types::pem::PemObject;
+                *cas = vec![rustls_pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap().to_vec()];
+            }
+            tls.write_all(&response.encode()).await.unwrap();
+            let _ = tls.shutdown().await;
+        });
+    });
+    (addr, handle)
+}
+
+#[test]
+fn renew_checks_the_answer_of_a_hostile_server_before_writing() {
+    use xfer::protocol::enroll::Response;
+    let pki = Pki::new();
+    let certs = pki.certs();
+    let before = std::fs::read(certs.join("client.pem")).unwrap();
+    // The current certificate sent back, as if renewed.
+    let (addr, fake) = hostile_renewer(&pki, |cert, _| Response::Issued { cert, cas: vec![], crl: None });
+    let run = run_in(pki.dir.path(), &["renew", &addr, "--certs", "certs", "--keep-key"], &[]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(run.stderr().contains("the current certificate"), "{run}");
+    // A real new certificate (the test holds the CA key), with a list
+    // that is not the CA's: nothing is written.
+    let ca_dir = certs.clone();
+    let (addr, fake) = hostile_renewer(&pki, move |_, csr| {
+        use rcgen::{CertificateSigningRequestParams, Issuer, KeyPair};
+        let key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap(), key).unwrap();
+        let req = CertificateSigningRequestParams::from_der(&csr.into()).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["client".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "client");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&req.public_key, &issuer).unwrap();
+        Response::Issued { cert: cert.der().to_vec(), cas: vec![], crl: Some(b"not a revocation list".to_vec()) }
+    });
+    let run = run_in(pki.dir.path(), &["renew", &addr, "--certs", "certs", "--keep-key"], &[]);
+    fake.join().unwrap();
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(run.stderr().contains("revocation list in the answer"), "{run}");
+    assert!(!certs.join("ca.crl").exists());
+    assert_eq!(std::fs::read(certs.join("client.pem")).unwrap(), before, "nothing was written");
+}

@@ -106,8 +106,13 @@ pub(super) fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     }
     if let Some(name) = &a.revoke {
         let r = pki::revoke(&a.dir, name)?;
-        let what = if r.already { "was already revoked" } else { "revoked" };
-        println!("{name} (serial {}) {what}; {} now lists {} certificate(s)", r.serial, r.crl.display(), r.entries);
+        if !r.serials.is_empty() {
+            println!("{name}: revoked {} certificate(s), serial {}", r.serials.len(), r.serials.join(", "));
+        }
+        if r.already > 0 {
+            println!("{name}: {} certificate(s) were already revoked", r.already);
+        }
+        println!("{} now lists {} certificate(s)", r.crl.display(), r.entries);
         println!("servers and clients that use {} refuse it from their next start or SIGHUP", r.crl.display());
         return Ok(());
     }
@@ -215,7 +220,8 @@ fn invite(a: &KeygenArgs, name: &str) -> anyhow::Result<()> {
     println!("{}", code.reveal());
     eprintln!(
         "one-time code for {name} ({} certificate), valid until {}: on the new machine run \
-         `xfer enroll HOST:PORT CODE`, against `xfer serve --enroll --certs {}` on this one",
+         `xfer enroll HOST:PORT -` and paste it (or give it as CODE, or in $XFER_INVITE), \
+         against `xfer serve --enroll --certs {}` on this one",
         role.as_str(),
         invites::date(expires),
         a.dir.display()

@@ -123,7 +123,10 @@ pub async fn enroll(cfg: EnrollConfig) -> Result<Outcome> {
         files.push((ca_path, pem_of("CERTIFICATE", &issued.cas), false));
     }
     if let Some(crl) = &issued.crl {
-        files.push((cfg.dir.join("ca.crl"), pem_of("X509 CRL", std::slice::from_ref(crl)), false));
+        let path = cfg.dir.join("ca.crl");
+        if fresh_crl(&cfg.target, crl, ca, &path)? {
+            files.push((path, pem_of("X509 CRL", std::slice::from_ref(crl)), false));
+        }
     }
     files.push((key_path, key.serialize_pem(), true));
     files.push((cert_path, pem_of("CERTIFICATE", std::slice::from_ref(&issued.cert)), false));
@@ -196,13 +199,19 @@ pub async fn renew(cfg: RenewConfig) -> Result<Outcome> {
         .iter()
         .find(|c| id.roots_contain(c))
         .ok_or_else(|| protocol(&cfg.target, "the answer's CA is not one this identity trusts".into()))?;
+    if issued.cert.as_ref() == id.chain[0].as_ref() {
+        // Only a server that could not sign would send the same one back.
+        return Err(protocol(&cfg.target, "the answer is the current certificate, not a new one".into()));
+    }
     let info = check_issued(&cfg.target, &issued.cert, &key, ca, &old.subject)?;
     if info.role != old.role {
         return Err(protocol(&cfg.target, format!("the renewed certificate is a {} one", info.role.as_str())));
     }
     let mut files = Vec::new();
     if let (Some(crl), Some(path)) = (&issued.crl, cfg.identity.crl.as_ref().map(|c| c.path.clone())) {
-        files.push((path, pem_of("X509 CRL", std::slice::from_ref(crl)), false));
+        if fresh_crl(&cfg.target, crl, ca, &path)? {
+            files.push((path, pem_of("X509 CRL", std::slice::from_ref(crl)), false));
+        }
     }
     if !cfg.keep_key {
         files.push((key_path.clone(), key.serialize_pem(), true));
@@ -357,6 +366,19 @@ fn check_issued(
     };
     checked.map_err(|why| protocol(target, format!("the issued certificate does not check: {why}")))?;
     Ok(info)
+}
+
+/// Whether to write the revocation list an answer carries: only if the
+/// CA signed it (an error otherwise), and only if it is not older than the
+/// one already at `path` (an older list would bring revoked peers back).
+fn fresh_crl(target: &str, crl: &[u8], ca: &CertificateDer<'_>, path: &Path) -> Result<bool> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let bad = |why: String| protocol(target, format!("the revocation list in the answer {why}"));
+    let (_, ca) = x509_parser::parse_x509_certificate(ca).map_err(|e| bad(e.to_string()))?;
+    let (_, new) = x509_parser::parse_x509_crl(crl).map_err(|e| bad(format!("does not parse: {e}")))?;
+    new.verify_signature(ca.public_key()).map_err(|_| bad("is not signed by the CA".into()))?;
+    let Ok(old) = CertificateRevocationListDer::from_pem_file(path) else { return Ok(true) };
+    Ok(x509_parser::parse_x509_crl(&old).map_or(true, |(_, old)| new.last_update() >= old.last_update()))
 }
 
 fn protocol(target: &str, message: String) -> Error {

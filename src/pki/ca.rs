@@ -8,8 +8,8 @@ use rcgen::{Issuer, KeyPair, PublicKeyData};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 
-use super::crl::add_to_crl;
-use super::{Revocation, Role, gen_error, load_ca, peer_params};
+use super::crl::{add_to_crl, lock_ca};
+use super::{ISSUED_DIR, Revocation, Role, gen_error, hex, load_ca, peer_params, replace_pem};
 use crate::error::{Error, Result};
 
 /// A CA certificate with its private key, ready to sign.
@@ -51,7 +51,9 @@ impl Ca {
     }
 
     /// Issues a certificate for `public_key` with exactly the name, role
-    /// and extra names given (whatever the request asked for).
+    /// and extra names given (whatever the request asked for), and keeps a
+    /// copy in `DIR/issued/NAME.SERIAL.pem` first, so that `keygen --revoke
+    /// NAME` reaches it: no certificate leaves that the CA cannot revoke.
     pub fn issue(
         &self,
         name: &str,
@@ -62,12 +64,36 @@ impl Ca {
     ) -> Result<CertificateDer<'static>> {
         let params = peer_params(name, role, sans, days)?;
         let cert = params.signed_by(public_key, &self.issuer).map_err(gen_error)?;
+        let serial = params.serial_number.as_ref().map(|s| hex(&s.to_bytes())).unwrap_or_default();
+        let _lock = lock_ca(&self.dir)?;
+        let issued = self.dir.join(ISSUED_DIR);
+        std::fs::create_dir_all(&issued).map_err(|e| Error::io(format!("cannot create {}", issued.display()), e))?;
+        replace_pem(&issued.join(format!("{name}.{serial}.pem")), &cert.pem(), false)?;
         Ok(cert.der().clone())
     }
 
     /// Adds `serial` to `DIR/ca.crl`.
     pub fn revoke_serial(&self, serial: &[u8]) -> Result<Revocation> {
-        add_to_crl(&self.dir, &self.issuer, serial.to_vec())
+        add_to_crl(&self.dir, &self.issuer, vec![serial.to_vec()])
+    }
+
+    /// True when `cert` was signed by this CA's key (not by another CA of
+    /// a bundle).
+    pub fn signed(&self, cert: &[u8]) -> bool {
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&self.certs[0]) else { return false };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert) else { return false };
+        cert.verify_signature(Some(ca.public_key())).is_ok()
+    }
+
+    /// True when `DIR/ca.crl` as it is now lists `serial` (revocations
+    /// made since the server last loaded its CRL count).
+    pub fn lists_revoked(&self, serial: &[u8]) -> Result<bool> {
+        let Some(der) = self.crl()? else { return Ok(false) };
+        let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| Error::Identity {
+            what: self.dir.join("ca.crl").display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(crl.iter_revoked_certificates().any(|r| r.raw_serial() == serial))
     }
 
     /// The CA's current revocation list (DER), if it has one.

@@ -189,6 +189,10 @@ pub fn list(dir: &Path) -> Result<Vec<CertInfo>> {
             out.push(CertInfo::read(&path)?);
         }
     }
+    // Then what enrollment and renewal issued, kept for revocation.
+    for path in super::issued_files(dir, None) {
+        out.push(CertInfo::read(&path)?);
+    }
     out.sort_by(|a, b| (!a.is_ca, &a.source).cmp(&(!b.is_ca, &b.source)));
     Ok(out)
 }

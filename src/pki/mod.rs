@@ -25,7 +25,7 @@ mod info;
 
 pub use ca::Ca;
 
-pub use crl::{Revocation, revoke};
+pub use crl::{ISSUED_DIR, Revocation, issued_files, revoke};
 use crl::{add_to_crl, serial_of};
 pub use info::{CertInfo, CertRole, EXPIRY_WARNING_DAYS, fingerprint, list};
 
@@ -386,7 +386,7 @@ pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
     if !keep_key {
         // A new key usually means the old one is not to be trusted any
         // more (or soon will not be): its certificate goes on the CRL.
-        let r = add_to_crl(dir, &issuer, old_serial)?;
+        let r = add_to_crl(dir, &issuer, vec![old_serial])?;
         written.push(Written { path: r.crl, cert: None, note: "revocation list: the replaced certificate is revoked" });
     }
     Ok(written)
@@ -418,7 +418,11 @@ fn renewed_role(old: &CertInfo, name: &str, asked: Option<Role>) -> Result<Role>
 /// `DIR/.NAME.tmp` for `DIR/NAME`: distinct for each file, hidden.
 fn tmp_beside(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    // Unique, so two writers (a keygen and a serving --enroll) never share
+    // one temporary file.
+    let mut random = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut random).expect("system randomness");
+    path.with_file_name(format!(".{name}.{}.tmp", hex(&random)))
 }
 
 /// Writes a PEM file through a temporary name and a rename, so readers

@@ -196,6 +196,32 @@ fn renew(
     if crate::pki::check_name(&name).is_err() {
         return refused(Refusal::NotRenewable, "the presented certificate's name cannot be used for a file name");
     }
+    // Only this CA's own certificates: renewing one from another CA of a
+    // bundle (a retired or a partner CA) would mint its names under this one.
+    if !en.ca.signed(leaf) {
+        return refused(
+            Refusal::NotRenewable,
+            "the certificate was issued by another CA than the one this server signs with: \
+             it cannot be renewed here; ask for a new invite (`xfer keygen --invite NAME`)",
+        );
+    }
+    // The CRL as it is now, not as last loaded: a revocation made since
+    // (keygen --revoke, before the SIGHUP) already stops renewals.
+    let serial = x509_parser::parse_x509_certificate(leaf).map(|(_, c)| c.raw_serial().to_vec()).unwrap_or_default();
+    match en.ca.lists_revoked(&serial) {
+        Ok(false) => {}
+        Ok(true) => return refused(Refusal::NotRenewable, "this certificate is revoked: ask for a new invite"),
+        Err(e) => {
+            error!(%addr, %name, "renewal: cannot read the CRL: {e}");
+            return refused(Refusal::Internal, "the server could not check the revocation list");
+        }
+    }
+    if !shared.renewals.allow(&name) {
+        return refused(
+            Refusal::RateLimited,
+            format!("{} renewals an hour at most for one name: try again later", MAX_RENEWALS),
+        );
+    }
     let Ok(params) = CertificateSigningRequestParams::from_der(&csr.to_vec().into()) else {
         return refused(Refusal::BadRequest, "the certificate request does not parse or its signature does not verify");
     };
@@ -210,9 +236,7 @@ fn renew(
         }
     };
     if revoke_old {
-        let revoked = x509_parser::parse_x509_certificate(leaf)
-            .map_err(|e| e.to_string())
-            .and_then(|(_, c)| en.ca.revoke_serial(c.raw_serial()).map_err(|e| e.to_string()));
+        let revoked = en.ca.revoke_serial(&serial).map_err(|e| e.to_string());
         if let Err(e) = revoked {
             error!(%addr, %name, "renewal: could not revoke the old certificate: {e}");
             return refused(Refusal::Internal, "the server could not revoke the old certificate: nothing was issued");
@@ -240,6 +264,28 @@ fn issued(
     let cert = en.ca.issue(name, role, sans, days, &csr.public_key)?;
     let cas = en.ca.certs().iter().take(crate::protocol::enroll::MAX_CAS).map(|c| c.to_vec()).collect();
     Ok(Response::Issued { cert: cert.to_vec(), cas, crl: en.ca.crl()? })
+}
+
+/// Renewals one name may make per hour: a year's certificate needs one;
+/// an enrolled peer looping on renew would mint certificates (and CRL
+/// entries) without end.
+pub const MAX_RENEWALS: u32 = 10;
+
+/// Renewals per certificate name in the last hour.
+#[derive(Debug, Default)]
+pub struct Renewals {
+    by_name: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl Renewals {
+    /// Counts a renewal for `name`, if it is within the limit.
+    pub fn allow(&self, name: &str) -> bool {
+        let mut map = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, since)| since.elapsed() < Duration::from_secs(3600));
+        let entry = map.entry(name.to_owned()).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.0 <= MAX_RENEWALS
+    }
 }
 
 /// Failed enrollment attempts per source (an IPv4 address or an IPv6 /64).

@@ -123,6 +123,8 @@ struct Shared {
     enroll_dir: Option<PathBuf>,
     /// Failed enrollment attempts, per source address.
     failures: enroll::Failures,
+    /// Renewals, per certificate name.
+    renewals: enroll::Renewals,
     /// Most bytes a second each way, per connection.
     bwlimit: Option<u64>,
 }
@@ -276,6 +278,7 @@ impl Server {
             peer_budgets: Default::default(),
             enroll_dir,
             failures: Default::default(),
+            renewals: Default::default(),
             bwlimit: cfg.bwlimit,
         };
         Ok(Server { listener, shared: Arc::new(shared), grace: cfg.grace, partial_ttl: cfg.partial_ttl })
