@@ -336,6 +336,9 @@ impl Reporter {
     /// Prints one `ls` entry.
     pub fn entry(&mut self, e: &ListEntry) {
         self.sum.ok += 1;
+        if e.is_dir {
+            self.sum.dirs += 1;
+        }
         match self.output {
             Output::Json => json_line(&serde_json::json!({
                 "type": "entry", "path": e.path.as_str(), "size": e.size,

@@ -92,3 +92,17 @@ fn bwlimit_holds_a_transfer_to_the_rate_asked_on_either_side() {
     push.assert_code(0);
     within(summary_rate(&push), "serve --bwlimit", &push);
 }
+
+#[test]
+fn ls_json_summary_counts_the_folders_listed() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/a/x", b"1");
+    work.write("root/b/y", b"2");
+    work.write("root/c.txt", b"3");
+    let run = client(&pki, "client", work.path(), "ls", &server, &["--json"]);
+    run.assert_code(0);
+    let summary = run.json().pop().unwrap();
+    assert_eq!((summary["ok"].as_u64(), summary["dirs"].as_u64()), (Some(3), Some(2)), "{run}");
+}

@@ -36,3 +36,29 @@ fn completions_and_man_page_are_generated() {
     let version = run_in(work.path(), &["--version"], &[]);
     assert!(version.stdout().contains(&format!("(protocol {})", xfer::protocol::VERSION)), "{version}");
 }
+
+#[test]
+fn hash_check_verifies_b3sum_lines_and_man_writes_a_page_per_command() {
+    let work = Dir::new();
+    work.write("a.txt", b"alpha");
+    work.write("b c.txt", b"beta");
+    let sums = run_in(work.path(), &["hash", "a.txt", "b c.txt"], &[]);
+    sums.assert_code(0);
+    work.write("SUMS", sums.stdout().as_bytes());
+    let ok = run_in(work.path(), &["hash", "--check", "SUMS"], &[]);
+    ok.assert_code(0);
+    assert_eq!(ok.stdout(), "a.txt: OK\nb c.txt: OK\n", "{ok}");
+    work.write("b c.txt", b"changed");
+    let bad = run_in(work.path(), &["hash", "-c", "SUMS"], &[]);
+    bad.assert_code(1);
+    assert!(bad.stdout().contains("b c.txt: FAILED"), "{bad}");
+
+    let man = run_in(work.path(), &["man", "--dir", "man1"], &[]);
+    man.assert_code(0);
+    for page in ["xfer.1", "xfer-push.1", "xfer-enroll.1", "xfer-serve.1"] {
+        let text = std::fs::read_to_string(work.join(&format!("man1/{page}"))).unwrap();
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let push = std::fs::read_to_string(work.join("man1/xfer-push.1")).unwrap();
+    assert!(push.contains("bwlimit") && push.contains(".TH xfer-push"), "{push}");
+}

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::client::PushPlan;
@@ -41,12 +42,14 @@ pub enum LogFormat {
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
 mod enroll;
+mod hash;
 mod identity;
 mod keygen;
 mod serve;
 mod session;
 
 pub use enroll::{EnrollArgs, RenewArgs};
+pub use hash::HashArgs;
 pub use identity::IdentityArgs;
 pub use keygen::{KeyTypeArg, KeygenArgs};
 pub use serve::{ServeArgs, shutdown_signal};
@@ -74,15 +77,9 @@ pub enum Command {
     Hash(HashArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
-    /// Print the manual page (roff), e.g. `xfer man > xfer.1`.
-    Man,
-}
-
-#[derive(Debug, Args)]
-pub struct HashArgs {
-    /// Files to hash; `-` reads standard input.
-    #[arg(required = true)]
-    pub files: Vec<PathBuf>,
+    /// Print the manual page (roff), e.g. `xfer man > xfer.1`; with --dir,
+    /// write a page per command there.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -252,17 +249,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen(a) => keygen::keygen(a),
         Command::Enroll(a) => enroll::enroll(a).await,
         Command::Renew(a) => enroll::renew(a).await,
-        Command::Hash(a) => hash(&a.files),
+        Command::Hash(a) => hash::run(&a),
         Command::Completions(a) => {
             let mut out = Vec::new();
             clap_complete::generate(a.shell, &mut Cli::command(), "xfer", &mut out);
             print_all(&out)
         }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-            print_all(&out)
-        }
+        Command::Man(a) => man(a.dir.as_deref()),
         Command::Serve(a) => serve::serve(a, cli.log_format).await,
         Command::Push(a) => {
             a.habits.note();
@@ -357,6 +350,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write xfer.1 and one page per command (xfer-push.1, …) to DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `xfer man`: the top page on stdout, or every page into a folder.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        return print_all(&out);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = cmd;
+    // Building names each subcommand `xfer-NAME`, the pages' titles.
+    cmd.build();
+    let mut pages = vec![("xfer".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        pages.push((format!("xfer-{}", sub.get_name()), sub.clone()));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        // A closed stdout (`| head`) stops the report, not the pages.
+        let _ = writeln!(std::io::stdout(), "wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Writes generated text to stdout; a reader that stops early
 /// (`xfer man | head`) is not an error.
 fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
@@ -365,31 +393,6 @@ fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-/// `xfer hash`: the same lines as `b3sum`, so a user can check a file by
-/// hand against what xfer reported. Every file is tried; any failure fails.
-fn hash(files: &[PathBuf]) -> anyhow::Result<()> {
-    let mut failed = 0;
-    for f in files {
-        let mut hasher = blake3::Hasher::new();
-        let read = if f.as_os_str() == "-" {
-            hasher.update_reader(std::io::stdin().lock()).map(drop)
-        } else {
-            std::fs::File::open(f).and_then(|file| hasher.update_reader(file).map(drop))
-        };
-        match read {
-            Ok(()) => println!("{}  {}", hasher.finalize().to_hex(), f.display()),
-            Err(e) => {
-                eprintln!("xfer: {}: {e}", f.display());
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} files could not be read", files.len());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
