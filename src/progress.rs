@@ -87,6 +87,8 @@ pub struct FileReport {
     pub error: Option<String>,
     /// For failures: the class that decides the exit code.
     pub class: Class,
+    /// For a pull: where the file is on this machine.
+    pub local: Option<String>,
 }
 
 impl FileReport {
@@ -102,6 +104,7 @@ impl FileReport {
             status: Status::Ok,
             error: None,
             class: Class::Other,
+            local: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl FileReport {
             status: Status::Ok,
             error: None,
             class: Class::Other,
+            local: None,
         }
     }
 
@@ -137,6 +141,7 @@ impl FileReport {
             status: Status::Skipped,
             error: Some(reason),
             class: Class::Other,
+            local: None,
         }
     }
 
@@ -152,6 +157,7 @@ impl FileReport {
             status: Status::Failed,
             error: Some(error),
             class,
+            local: None,
         }
     }
 }
@@ -294,6 +300,9 @@ impl Reporter {
                     "status": r.status, "resumed_from": r.resumed_from,
                 });
                 v[bytes_key] = r.bytes.into();
+                if let Some(local) = &r.local {
+                    v["local"] = local.clone().into();
+                }
                 if let Some(e) = &r.error {
                     v["error"] = e.clone().into();
                 }

@@ -106,3 +106,25 @@ fn ls_json_summary_counts_the_folders_listed() {
     let summary = run.json().pop().unwrap();
     assert_eq!((summary["ok"].as_u64(), summary["dirs"].as_u64()), (Some(3), Some(2)), "{run}");
 }
+
+#[test]
+fn pull_json_names_where_each_file_was_written() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/x/d/a.txt", b"a");
+    work.write("root/x/d/e/b.txt", b"b");
+    for round in 0..2 {
+        // The second time the files are there already: still named.
+        let run = client(&pki, "client", work.path(), "pull", &server, &["x/d", "--out", "got", "--json"]);
+        run.assert_code(0);
+        let files: Vec<_> = run.json().into_iter().filter(|l| l["type"] == "file").collect();
+        assert_eq!(files.len(), 2, "{run}");
+        for f in files {
+            let local = std::path::PathBuf::from(f["local"].as_str().unwrap_or_else(|| panic!("round {round}: {f}")));
+            let remote = f["path"].as_str().unwrap();
+            assert!(local.ends_with(remote.trim_start_matches("x/")), "{local:?} for {remote}");
+            assert_eq!(std::fs::read(&local).unwrap(), std::fs::read(work.join(&format!("root/{remote}"))).unwrap());
+        }
+    }
+}

@@ -123,7 +123,7 @@ async fn pull_one(r: &mut FrameReader<ReadHalf<Tls>>, asked: &WirePath, ctx: &mu
     let result = pull_items(r, asked, ctx, &mut group, &remote, &meter).await;
     // Files that arrived whole and verified are kept, even if the
     // connection failed after them.
-    group.commit(ctx.rep, &remote).await;
+    group.commit(ctx.rep, ctx.root.dir(), &remote).await;
     result
 }
 
@@ -139,7 +139,7 @@ async fn pull_items(
     loop {
         // Before waiting on the network, make what arrived durable.
         if !r.has_frame() {
-            group.commit(ctx.rep, remote).await;
+            group.commit(ctx.rep, ctx.root.dir(), remote).await;
         }
         let frame = reply(r).await?;
         match &frame {
@@ -148,7 +148,7 @@ async fn pull_items(
             _ => {}
         }
         if !matches!(frame, Frame::File(_)) {
-            group.commit(ctx.rep, remote).await;
+            group.commit(ctx.rep, ctx.root.dir(), remote).await;
         }
         match frame {
             Frame::Dir { path, .. } => {
@@ -166,19 +166,19 @@ async fn pull_items(
             Frame::File(h) => {
                 check_within(r, asked, &h.path)?;
                 if h.offset > 0 && h.offset == h.size && ctx.held.whole.contains_key(&h.path) {
-                    let report = confirm_whole(r, &h, ctx.held, remote).await?;
-                    group.commit(ctx.rep, remote).await;
+                    let report = confirm_whole(r, &h, ctx.held, ctx.root.dir(), remote).await?;
+                    group.commit(ctx.rep, ctx.root.dir(), remote).await;
                     ctx.rep.file(report);
                     continue;
                 }
                 match pull_file(r, h, ctx, group, remote, meter).await? {
                     Pulled::Grouped => {}
                     Pulled::Failed(report) => {
-                        group.commit(ctx.rep, remote).await;
+                        group.commit(ctx.rep, ctx.root.dir(), remote).await;
                         ctx.rep.file(report);
                     }
                     Pulled::EndedResponse(report) => {
-                        group.commit(ctx.rep, remote).await;
+                        group.commit(ctx.rep, ctx.root.dir(), remote).await;
                         ctx.rep.file(report);
                         return Ok(());
                     }
@@ -204,12 +204,16 @@ async fn confirm_whole(
     r: &mut FrameReader<ReadHalf<Tls>>,
     h: &FileHeader,
     held: &mut Holdings,
+    out: &Path,
     remote: &impl Fn(&WirePath) -> String,
 ) -> Result<FileReport> {
     let ours = held.whole.remove(&h.path).expect("checked by the caller");
     let path = remote(&h.path);
     match reply(r).await? {
-        Frame::End { blake3 } if blake3 == ours => Ok(FileReport::unchanged(&path, h.size, &ours)),
+        Frame::End { blake3 } if blake3 == ours => Ok(FileReport {
+            local: Some(out.join(h.path.as_str()).display().to_string()),
+            ..FileReport::unchanged(&path, h.size, &ours)
+        }),
         Frame::End { .. } => Err(Error::protocol(r.peer(), format!("{path}: confirmed a copy we did not offer"))),
         Frame::Abort { reason } => {
             Ok(FileReport::failed(&path, format!("{path}: the server abandoned it: {reason}"), Class::Other))
@@ -360,7 +364,7 @@ async fn pull_file(
         (FileOutcome::Ok(got), Some(staged)) => {
             group.push(staged, got.size, got.blake3, got.bytes, h.offset);
             if group.full() {
-                group.commit(ctx.rep, remote).await;
+                group.commit(ctx.rep, ctx.root.dir(), remote).await;
             }
             return Ok(Pulled::Grouped);
         }
@@ -405,7 +409,7 @@ impl Group {
     }
 
     /// Installs the group durably and reports each file.
-    async fn commit(&mut self, rep: &mut Reporter, remote: &impl Fn(&WirePath) -> String) {
+    async fn commit(&mut self, rep: &mut Reporter, out: &Path, remote: &impl Fn(&WirePath) -> String) {
         if self.files.is_empty() {
             return;
         }
@@ -415,7 +419,12 @@ impl Group {
         let (results, _) = blocking(move || store::commit_group(files, &[])).await;
         for ((path, r), (size, blake3, bytes, resumed_from)) in results.into_iter().zip(facts) {
             rep.file(match r {
-                Ok(()) => FileReport { bytes, resumed_from, ..FileReport::ok(remote(&path), size, &blake3) },
+                Ok(()) => FileReport {
+                    bytes,
+                    resumed_from,
+                    local: Some(out.join(path.as_str()).display().to_string()),
+                    ..FileReport::ok(remote(&path), size, &blake3)
+                },
                 Err(e) => FileReport { size, bytes, ..FileReport::failed(remote(&path), e.message, Class::Other) },
             });
         }
