@@ -70,10 +70,53 @@ pub struct Ahead {
     pub charge: Option<crate::budget::Charge>,
 }
 
+/// What a sender leaves out: gitignore-style patterns (`--exclude`,
+/// `--exclude-from`, and `--include` as their `!` exceptions), matched
+/// against each path as the user named it (`dist/app.js` for `push dist`).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    rules: std::sync::Arc<ignore::gitignore::Gitignore>,
+}
+
+impl Filter {
+    /// The patterns of each file in `from` (one per line, as in a
+    /// `.gitignore`), then each of `exclude`, then each of `include` as an
+    /// exception (`!PATTERN`): as in gitignore, a later line wins. `None`
+    /// when there are no patterns at all.
+    pub fn new(exclude: &[String], include: &[String], from: &[std::path::PathBuf]) -> Result<Option<Filter>, String> {
+        if exclude.is_empty() && include.is_empty() && from.is_empty() {
+            return Ok(None);
+        }
+        let mut b = ignore::gitignore::GitignoreBuilder::new("/");
+        for f in from {
+            if let Some(e) = b.add(f) {
+                return Err(format!("--exclude-from {}: {e}", f.display()));
+            }
+        }
+        for p in exclude {
+            b.add_line(None, p).map_err(|e| format!("--exclude '{p}': {e}"))?;
+        }
+        for p in include {
+            b.add_line(None, &format!("!{p}")).map_err(|e| format!("--include '{p}': {e}"))?;
+        }
+        let rules = b.build().map_err(|e| e.to_string())?;
+        Ok(Some(Filter { rules: std::sync::Arc::new(rules) }))
+    }
+
+    /// True when `path` (as the user named it, `/`-separated) is left out.
+    pub fn excludes(&self, path: &str, is_dir: bool) -> bool {
+        self.rules.matched(std::path::Path::new("/").join(path), is_dir).is_ignore()
+    }
+}
+
 /// Iterator over the items below (and including) a starting point.
 pub struct Walk {
     first: Option<Item>,
     stack: Vec<Level>,
+    /// Patterns to leave out, and how many leading components of an
+    /// item's name are the destination folder rather than what the user
+    /// named.
+    filter: Option<(Filter, usize)>,
 }
 
 struct Level {
@@ -90,7 +133,7 @@ impl Walk {
         let found = parent
             .stat(name)?
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"))?;
-        let mut walk = Walk { first: None, stack: Vec::new() };
+        let mut walk = Walk { first: None, stack: Vec::new(), filter: None };
         match found.kind {
             Kind::Dir => {
                 let dir = parent.open_dir(name)?;
@@ -110,7 +153,35 @@ impl Walk {
         let mut names = dir.names()?;
         // Compared without case, like the reservation it serves.
         names.retain(|n| hide.is_none_or(|h| !n.to_str().is_some_and(|n| n.eq_ignore_ascii_case(h))));
-        Ok(Walk { first: None, stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }] })
+        Ok(Walk {
+            first: None,
+            stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }],
+            filter: None,
+        })
+    }
+}
+
+impl Walk {
+    /// Leaves out what `filter` excludes, matching each item's name less
+    /// its first `strip` components (the destination folder).
+    pub fn filtered(mut self, filter: Option<Filter>, strip: usize) -> Walk {
+        self.filter = filter.map(|f| (f, strip));
+        if let Some(first) = &self.first {
+            let (rel, is_dir) = match first {
+                Item::Dir { rel, .. } => (rel.as_str().to_owned(), true),
+                Item::File { rel, .. } => (rel.as_str().to_owned(), false),
+                _ => return self,
+            };
+            if self.excluded(&rel, is_dir) {
+                self.first = None;
+                self.stack.clear();
+            }
+        }
+        self
+    }
+
+    fn excluded(&self, rel: &str, is_dir: bool) -> bool {
+        excluded(self.filter.as_ref(), rel, is_dir)
     }
 }
 
@@ -139,6 +210,10 @@ impl Iterator for Walk {
                 Ok(None) => continue, // removed while walking: nothing to send
                 Err(e) => return Some(Item::Failed { rel: rel.to_string(), error: e.to_string() }),
             };
+            // Left out on purpose: not sent, not reported, not walked into.
+            if excluded(self.filter.as_ref(), rel.as_str(), found.kind == Kind::Dir) {
+                continue;
+            }
             if found.kind == Kind::Dir {
                 let opened = level.dir.open_dir(&name).and_then(|d| Ok((d.names()?, d)));
                 return Some(match opened {
@@ -152,6 +227,12 @@ impl Iterator for Walk {
             return Some(classify(found.kind, level.dir.clone(), name, rel, found.meta));
         }
     }
+}
+
+fn excluded(filter: Option<&(Filter, usize)>, rel: &str, is_dir: bool) -> bool {
+    let Some((filter, strip)) = filter else { return false };
+    let named: Vec<&str> = rel.split('/').skip(*strip).collect();
+    !named.is_empty() && filter.excludes(&named.join("/"), is_dir)
 }
 
 fn classify(kind: Kind, dir: DirFd, name: OsString, rel: WirePath, meta: Meta) -> Item {
@@ -200,6 +281,27 @@ mod tests {
                 "D to/d/sub/empty"
             ]
         );
+    }
+
+    #[test]
+    fn filters_leave_out_what_gitignore_lines_exclude() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("dist");
+        fs::create_dir_all(d.join("node_modules/x")).unwrap();
+        fs::create_dir_all(d.join("maps")).unwrap();
+        fs::write(d.join("app.js"), b"1").unwrap();
+        fs::write(d.join("app.js.map"), b"2").unwrap();
+        fs::write(d.join("keep.map"), b"3").unwrap();
+        fs::write(d.join("node_modules/x/y.js"), b"4").unwrap();
+        fs::write(d.join("maps/z"), b"5").unwrap();
+        let filter =
+            Filter::new(&["*.map".into(), "node_modules/".into(), "/dist/maps".into()], &["keep.map".into()], &[])
+                .unwrap();
+        let parent = DirFd::open_path(t.path()).unwrap();
+        let walk = Walk::entry(&parent, "dist".as_ref(), WirePath::parse("to/dist").unwrap()).unwrap();
+        let got: Vec<String> = walk.filtered(filter, 1).map(show).collect();
+        assert_eq!(got, ["D to/dist", "F to/dist/app.js 1", "F to/dist/keep.map 1"]);
+        assert!(Filter::new(&[], &[], &[]).unwrap().is_none());
     }
 
     #[test]

@@ -128,3 +128,35 @@ fn pull_json_names_where_each_file_was_written() {
         }
     }
 }
+
+#[test]
+fn exclude_include_and_exclude_from_leave_out_what_they_match() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    for f in
+        ["dist/app.js", "dist/app.js.map", "dist/keep.map", "dist/node_modules/x/y.js", "dist/tmp/t", "dist/sub/tmp/u"]
+    {
+        work.write(f, b"x");
+    }
+    work.write("ignore-list", b"# build litter\nnode_modules/\n/dist/tmp\n");
+    let run = client(
+        &pki,
+        "client",
+        work.path(),
+        "push",
+        &server,
+        &["dist", "--to", "out", "--exclude", "*.map", "--include", "keep.map", "--exclude-from", "ignore-list"],
+    );
+    run.assert_code(0);
+    let mut got = work.listing("root/out");
+    got.sort();
+    assert_eq!(
+        got,
+        ["dist", "dist/app.js", "dist/keep.map", "dist/sub", "dist/sub/tmp", "dist/sub/tmp/u"],
+        "anchored /dist/tmp leaves dist/sub/tmp alone: {run}"
+    );
+    let run = client(&pki, "client", work.path(), "push", &server, &["dist", "--exclude-from", "missing"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("--exclude-from missing"), "{run}");
+}

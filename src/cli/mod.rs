@@ -122,9 +122,33 @@ pub struct PushArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retry: u32,
     #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
     pub habits: Habits,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// What a push leaves out.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Leave out paths matching PATTERN (gitignore syntax: `*.map`,
+    /// `node_modules/`, `/dist/tmp`); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Send paths matching PATTERN even if an --exclude matches them
+    /// (gitignore's `!PATTERN`); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Read --exclude patterns from FILE, one per line, as in a .gitignore.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+}
+
+impl FilterArgs {
+    fn build(&self) -> Result<Option<crate::walk::Filter>, Error> {
+        crate::walk::Filter::new(&self.exclude, &self.include, &self.exclude_from).map_err(Error::Usage)
+    }
 }
 
 /// Flags scp and rsync users type out of habit, accepted where what they
@@ -285,9 +309,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(Error::Usage("'-' (standard input) must be the only source".into()).into())
                 }
                 paths => {
-                    PushPlan::new(paths, &to)?;
+                    let filter = a.filter.build()?;
+                    PushPlan::filtered(paths, &to, filter.clone())?;
                     with_client(&a.host, &a.client, Op::Push, output, a.retry, |c, rep| {
-                        let plan = PushPlan::new(paths, &to);
+                        let plan = PushPlan::filtered(paths, &to, filter.clone());
                         Box::pin(async move { c.push(plan?, rep).await })
                     })
                     .await

@@ -17,7 +17,7 @@ use crate::meter::Meter;
 use crate::progress::{FileReport, Reporter};
 use crate::protocol::{ErrorCode, Frame, Have, WirePath};
 use crate::transfer::{self, Held, SendOutcome};
-use crate::walk::{Item, Walk};
+use crate::walk::{Filter, Item, Walk};
 
 impl Client {
     /// Sends what `plan` names (see [`PushPlan`]). Each file is probed
@@ -82,6 +82,10 @@ pub struct PushPlan {
     starts: Vec<(DirFd, std::ffi::OsString, WirePath)>,
     /// Standard input, sent as this remote file (`xfer push HOST - --to NAME`).
     stdin: Option<WirePath>,
+    /// What `--exclude`/`--include` leave out, and the components of the
+    /// destination folder before what the user named.
+    filter: Option<Filter>,
+    strip: usize,
 }
 
 impl PushPlan {
@@ -90,11 +94,18 @@ impl PushPlan {
         if to.is_root() {
             return Err(Error::Usage("pushing standard input needs --to NAME, the remote file to write".into()));
         }
-        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to) })
+        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to), filter: None, strip: 0 })
     }
 
     /// Checks `sources` and names them under the remote folder `to`.
     pub fn new(sources: &[PathBuf], to: &WirePath) -> Result<PushPlan> {
+        PushPlan::filtered(sources, to, None)
+    }
+
+    /// [`PushPlan::new`], leaving out what `filter` excludes (matched
+    /// against each path as named below `to`: `dist/app.js` for `dist`).
+    pub fn filtered(sources: &[PathBuf], to: &WirePath, filter: Option<Filter>) -> Result<PushPlan> {
+        let strip = to.components().count();
         let (mut walks, mut starts) = (Vec::new(), Vec::new());
         for src in sources {
             let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
@@ -111,10 +122,10 @@ impl PushPlan {
                 )));
             };
             let dir = DirFd::open_path(parent).map_err(cannot)?;
-            walks.push(Walk::entry(&dir, name, rel.clone()).map_err(cannot)?);
+            walks.push(Walk::entry(&dir, name, rel.clone()).map_err(cannot)?.filtered(filter.clone(), strip));
             starts.push((dir, name.to_owned(), rel));
         }
-        Ok(PushPlan { walks, starts, stdin: None })
+        Ok(PushPlan { walks, starts, stdin: None, filter, strip })
     }
 
     /// Counts the files and bytes to send on a thread of its own, feeding
@@ -122,10 +133,13 @@ impl PushPlan {
     /// while the transfer has already started.
     fn count(&self, meter: &Meter) {
         let starts: Vec<_> = self.starts.iter().map(|(d, n, r)| (d.clone(), n.clone(), r.clone())).collect();
-        let meter = meter.clone();
+        let (meter, filter, strip) = (meter.clone(), self.filter.clone(), self.strip);
         std::thread::spawn(move || {
             let (mut files, mut bytes) = (0u64, 0u64);
-            let walks = starts.iter().filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok());
+            let walks = starts
+                .iter()
+                .filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok())
+                .map(|w| w.filtered(filter.clone(), strip));
             for item in walks.flatten() {
                 // Everything but folders gets an outcome, so everything
                 // but folders counts towards the total the bars show.
