@@ -160,3 +160,57 @@ fn exclude_include_and_exclude_from_leave_out_what_they_match() {
     run.assert_code(2);
     assert!(run.stderr().contains("--exclude-from missing"), "{run}");
 }
+
+#[test]
+fn cp_copies_scp_style_either_way_with_or_without_a_new_name() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let at = |path: &str| format!("{}:{path}", server.addr); // HOST:PORT:PATH
+    let cp = |args: &[&str]| {
+        let mut all = vec!["cp"];
+        all.extend_from_slice(args);
+        let ids = pki.id_args("client");
+        all.extend(ids.iter().map(String::as_str));
+        run_in(work.path(), &all, &[])
+    };
+    work.write("dist/app.bin", b"app");
+    work.write("dist/lib/x.so", b"lib");
+    work.write("build.log", b"log");
+
+    // Into a folder: a trailing slash, or several sources.
+    cp(&["dist/", "build.log", &at("artifacts/")]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/artifacts/dist/lib/x.so")).unwrap(), b"lib");
+    assert_eq!(std::fs::read(work.join("root/artifacts/build.log")).unwrap(), b"log");
+    // One file to a name without a slash: that name.
+    cp(&["build.log", &at("logs/today.log")]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/logs/today.log")).unwrap(), b"log");
+
+    // Back: into an existing folder, or to a new name (file or folder).
+    std::fs::create_dir_all(work.join("got")).unwrap();
+    cp(&[&at("artifacts/dist/app.bin"), "got"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("got/app.bin")).unwrap(), b"app");
+    cp(&[&at("artifacts/build.log"), "got/renamed.log"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("got/renamed.log")).unwrap(), b"log");
+    cp(&[&at("artifacts/dist"), "copy-of-dist"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("copy-of-dist/lib/x.so")).unwrap(), b"lib");
+    let mut left = work.listing("got");
+    left.sort();
+    assert_eq!(left, ["app.bin", "renamed.log"], "no temporary folder left");
+    assert!(!work.listing("").iter().any(|n| n.starts_with(".xfer-cp")), "{:?}", work.listing(""));
+
+    // Mistakes say what was meant.
+    let run = cp(&["build.log", "got/"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("neither side is remote") && run.stderr().contains("HOST:PATH"), "{run}");
+    let run = cp(&[&at("a"), &at("b")]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("both sides are remote"), "{run}");
+    let wrong = at("backups/");
+    let mut args = vec!["push", "build.log", &wrong];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("looks like HOST:PATH") && run.stderr().contains("xfer cp"), "{run}");
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::client::PushPlan;
 use crate::error::Error;
 use crate::progress::{Op, Output};
 
@@ -41,19 +40,21 @@ pub enum LogFormat {
 /// What `--version` prints: the release and the wire protocol it speaks.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
+mod cp;
 mod enroll;
 mod hash;
 mod identity;
 mod keygen;
 mod serve;
 mod session;
+mod transfer;
 
 pub use enroll::{EnrollArgs, RenewArgs};
 pub use hash::HashArgs;
 pub use identity::IdentityArgs;
 pub use keygen::{KeyTypeArg, KeygenArgs};
 pub use serve::{ServeArgs, shutdown_signal};
-use session::{Limits, output, remote_path, with_client, with_client_limited};
+use session::{Limits, output, remote_path, with_client};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -69,6 +70,8 @@ pub enum Command {
     Push(PushArgs),
     /// Fetch files and folders from a server.
     Pull(PullArgs),
+    /// Copy scp style: `xfer cp dist/ HOST:artifacts/`, `xfer cp HOST:a/b.tar.gz .`
+    Cp(cp::CpArgs),
     /// List a folder on a server.
     Ls(LsArgs),
     /// Remove files (and folders, with -r) on a server.
@@ -283,75 +286,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::serve(a, cli.log_format).await,
         Command::Push(a) => {
             a.habits.note();
-            let to = remote_path(&a.to)?;
-            // Local mistakes are reported before anything touches the network.
             let output = output(&a.client, cli.quiet, cli.verbose);
-            match &a.paths[..] {
-                [only] if only.as_os_str() == "-" => {
-                    // `--to backups/` names a folder: a stream needs a file.
-                    if a.to.ends_with('/') && !to.is_root() {
-                        return Err(Error::Usage(format!(
-                            "--to {} ends with '/', so it names a folder, but standard input is one file: \
-                             name the file to write, e.g. --to {}stdin.bin",
-                            a.to, a.to
-                        ))
-                        .into());
-                    }
-                    // Standard input cannot be read twice: no retries.
-                    let mut plan = Some(PushPlan::stdin(to)?);
-                    with_client(&a.host, &a.client, Op::Push, output, 0, |c, rep| {
-                        let plan = plan.take();
-                        Box::pin(async move { c.push(plan.expect("one attempt"), rep).await })
-                    })
-                    .await
-                }
-                paths if paths.iter().any(|p| p.as_os_str() == "-") => {
-                    Err(Error::Usage("'-' (standard input) must be the only source".into()).into())
-                }
-                paths => {
-                    let filter = a.filter.build()?;
-                    PushPlan::filtered(paths, &to, filter.clone())?;
-                    with_client(&a.host, &a.client, Op::Push, output, a.retry, |c, rep| {
-                        let plan = PushPlan::filtered(paths, &to, filter.clone());
-                        Box::pin(async move { c.push(plan?, rep).await })
-                    })
-                    .await
-                }
-            }
-        }
-        Command::Pull(a) if a.remotes.last().is_some_and(|r| r == "-") => {
-            a.habits.note();
-            let [remote, _] = &a.remotes[..] else {
-                return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
-            };
-            if remote_path(remote)?.is_root() {
-                return Err(
-                    Error::Usage("the root is a folder: only a file can be written to standard output".into()).into()
-                );
-            }
-            if a.client.json {
-                return Err(Error::Usage("--json cannot share standard output with the file".into()).into());
-            }
-            let remote = remote_path(remote)?;
-            // Only errors on stderr: the data owns stdout. Bytes written
-            // there cannot be taken back, so no retries.
-            with_client(&a.host, &a.client, Op::Pull, Output::Quiet, 0, |c, rep| {
-                let remote = remote.clone();
-                Box::pin(async move { c.pull_to(&remote, tokio::io::stdout(), rep).await })
-            })
-            .await
+            let filter = a.filter.build()?;
+            transfer::push(&a.host, &a.paths, &a.to, filter, a.retry, &a.client, output).await
         }
         Command::Pull(a) => {
             a.habits.note();
-            let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet, cli.verbose);
-            let out = a.out.clone();
             let limits = Limits { max_size: a.max_size };
-            with_client_limited(&a.host, &a.client, Op::Pull, output, a.retry, limits, |c, rep| {
-                let (remotes, out) = (remotes.clone(), out.clone());
-                Box::pin(async move { c.pull(&remotes, &out, rep).await })
-            })
-            .await
+            transfer::pull(&a.host, &a.remotes, &a.out, limits, a.retry, &a.client, output).await
+        }
+        Command::Cp(a) => {
+            a.habits.note();
+            let output = output(&a.client, cli.quiet, cli.verbose);
+            cp::cp(&a, output).await
         }
         Command::Ls(a) => {
             let path = remote_path(&a.remote)?;

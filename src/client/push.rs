@@ -105,13 +105,29 @@ impl PushPlan {
     /// [`PushPlan::new`], leaving out what `filter` excludes (matched
     /// against each path as named below `to`: `dist/app.js` for `dist`).
     pub fn filtered(sources: &[PathBuf], to: &WirePath, filter: Option<Filter>) -> Result<PushPlan> {
-        let strip = to.components().count();
-        let (mut walks, mut starts) = (Vec::new(), Vec::new());
+        let mut named = Vec::new();
         for src in sources {
-            let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
             let rel = to
                 .join(&source_name(src)?)
                 .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
+            named.push((src.clone(), rel));
+        }
+        PushPlan::named(named, filter, to.components().count())
+    }
+
+    /// One file sent as the remote file `target` (`xfer cp a.txt host:b.txt`).
+    pub fn file_as(src: &Path, target: WirePath) -> Result<PushPlan> {
+        if !src.is_file() {
+            return Err(Error::Usage(format!("cannot push {} as a file: it is not one", src.display())));
+        }
+        PushPlan::named(vec![(src.to_owned(), target)], None, 0)
+    }
+
+    /// Each source sent under the remote name given with it.
+    fn named(named: Vec<(PathBuf, WirePath)>, filter: Option<Filter>, strip: usize) -> Result<PushPlan> {
+        let (mut walks, mut starts) = (Vec::new(), Vec::new());
+        for (src, rel) in named {
+            let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
             // A source named on the command line is followed if it is a
             // link (the user chose it); links inside a tree never are.
             let real = src.canonicalize().map_err(cannot)?;
