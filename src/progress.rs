@@ -60,6 +60,23 @@ pub enum Op {
     Remove,
 }
 
+/// Whether a JSON summary was written by this process.
+static SUMMARY_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For a `--json` command that failed before it had a summary to give (a
+/// usage error, a missing local file): one summary line that carries the
+/// error, so every `--json` run ends with one.
+pub fn json_failure(op: &str, class: Class, message: &str) {
+    if SUMMARY_WRITTEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    json_line(&serde_json::json!({
+        "type": "summary", "operation": op, "files": 0, "ok": 0, "skipped": 0, "failed": 0,
+        "resumed": 0, "dirs": 0, "bytes": 0, "seconds": 0.0,
+        "error": { "message": crate::text::escape(message), "class": class.name(), "exit_code": class.exit_code() },
+    }));
+}
+
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -379,6 +396,7 @@ impl Reporter {
         let s = &self.sum;
         match self.output {
             Output::Json => {
+                SUMMARY_WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
                 let mut v = serde_json::json!({
                     "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
                     "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,

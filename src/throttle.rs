@@ -37,8 +37,11 @@ impl Bucket {
         Bucket { rate, tokens: burst(rate) as f64, updated: Instant::now(), wait: None }
     }
 
-    /// How many bytes may move now (at least 1), or Pending until some may.
-    fn poll_allowance(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+    /// How many bytes may move now, or Pending until enough may: `want`,
+    /// or a quarter of the burst if that is less. Handing out whatever
+    /// trickled in since the last call would mean a stream of tiny writes
+    /// (one TCP segment each) and a busy core at modest rates.
+    fn poll_allowance(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         loop {
             if let Some(wait) = self.wait.as_mut() {
                 ready!(wait.as_mut().poll(cx));
@@ -48,12 +51,11 @@ impl Bucket {
             let cap = burst(self.rate) as f64;
             self.tokens = (self.tokens + now.duration_since(self.updated).as_secs_f64() * self.rate as f64).min(cap);
             self.updated = now;
-            if self.tokens >= 1.0 {
+            let enough = (want.max(1) as f64).min(cap / 4.0).max(1.0);
+            if self.tokens >= enough {
                 return Poll::Ready(self.tokens as usize);
             }
-            // Wait for a record's worth, not a single byte.
-            let need = (cap / 4.0).max(1.0) - self.tokens;
-            let after = Duration::from_secs_f64(need / self.rate as f64);
+            let after = Duration::from_secs_f64((enough - self.tokens) / self.rate as f64);
             self.wait = Some(Box::pin(tokio::time::sleep(after)));
         }
     }
@@ -90,7 +92,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let Some(bucket) = this.read.as_mut() else { return Pin::new(&mut this.inner).poll_read(cx, buf) };
-        let allowed = ready!(bucket.poll_allowance(cx)).min(buf.remaining());
+        let allowed = ready!(bucket.poll_allowance(cx, buf.remaining())).min(buf.remaining());
         // Read at most `allowed` through a scratch buffer (only throttled
         // streams pay for the copy).
         this.scratch.resize(allowed, 0);
@@ -107,7 +109,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let Some(bucket) = this.write.as_mut() else { return Pin::new(&mut this.inner).poll_write(cx, data) };
-        let allowed = ready!(bucket.poll_allowance(cx)).min(data.len());
+        let allowed = ready!(bucket.poll_allowance(cx, data.len())).min(data.len());
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &data[..allowed]))?;
         bucket.spend(n);
         Poll::Ready(Ok(n))
@@ -146,6 +148,33 @@ mod tests {
         // (paused, so exact) tokio time.
         let took = start.elapsed().as_secs_f64();
         assert!((3.8..4.2).contains(&took), "{took}");
+    }
+
+    /// Counts the writes that reach the inner stream.
+    struct Counting(usize);
+
+    impl AsyncWrite for Counting {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+            self.0 += 1;
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_rate_moves_in_chunks_not_a_trickle() {
+        // 700 KiB/s: 16 KiB bursts, so a quarter of one (4 KiB) a write at
+        // least: 1 MiB in no more than 256 writes plus the first.
+        let mut w = Throttled::new(Counting(0), Some(700 * 1024));
+        for _ in 0..64 {
+            w.write_all(&[0u8; 16 * 1024]).await.unwrap();
+        }
+        assert!(w.get_ref().0 <= 260, "{} writes for 1 MiB", w.get_ref().0);
     }
 
     #[tokio::test]

@@ -207,3 +207,25 @@ fn renewing_with_a_new_key_revokes_the_old_certificate() {
     let stale = Pki { dir: old };
     client(&stale, "runner-3", work.path(), "ls", &server, &[]).assert_code(3);
 }
+
+#[test]
+fn a_certificate_replaced_with_keep_key_is_still_revoked_by_name() {
+    let pki = Pki::new();
+    pki.issue(&["bob"]);
+    let certs = pki.certs();
+    std::fs::create_dir_all(certs.join("old")).unwrap();
+    for f in ["bob.pem", "bob.key"] {
+        std::fs::copy(certs.join(f), certs.join("old").join(f)).unwrap();
+    }
+    std::fs::copy(certs.join("ca.pem"), certs.join("old/ca.pem")).unwrap();
+    run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--renew", "bob", "--keep-key"], &[]).assert_code(0);
+    let run = run_in(pki.dir.path(), &["keygen", "--dir", "certs", "--revoke", "bob"], &[]);
+    run.assert_code(0);
+    assert!(run.stdout().contains("revoked 2 certificate(s)"), "{run}");
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    std::fs::copy(certs.join("ca.crl"), certs.join("old/ca.crl")).unwrap();
+    let old = certs.join("old").display().to_string();
+    let run = run_in(work.path(), &["ls", &server.addr, "--certs", &old, "--name", "bob"], &[]);
+    run.assert_code(3);
+}

@@ -53,6 +53,18 @@ fn hash_check_verifies_b3sum_lines_and_man_writes_a_page_per_command() {
     bad.assert_code(1);
     assert!(bad.stdout().contains("b c.txt: FAILED"), "{bad}");
 
+    // A list naming `-`, and a line that is not UTF-8: neither stops the
+    // check, nor hangs it on standard input.
+    let mut list = format!("{}  -\n", blake3::hash(b"").to_hex()).into_bytes();
+    list.extend_from_slice(b"\xff\xfe  x\n");
+    list.extend_from_slice(sums.stdout().lines().next().unwrap().as_bytes());
+    list.push(b'\n');
+    work.write("ODD", &list);
+    let odd = run_in(work.path(), &["hash", "--check", "ODD"], &[]);
+    assert_eq!(odd.code(), 1, "{odd}");
+    assert!(odd.stdout().contains("-: FAILED") && odd.stdout().contains("a.txt: OK"), "{odd}");
+    assert!(odd.stderr().contains("1 line(s) are not"), "{odd}");
+
     let man = run_in(work.path(), &["man", "--dir", "man1"], &[]);
     man.assert_code(0);
     for page in ["xfer.1", "xfer-push.1", "xfer-enroll.1", "xfer-serve.1"] {

@@ -320,6 +320,13 @@ fn json_output_ends_with_a_summary_even_when_the_connection_fails() {
     assert_eq!(summary["error"]["exit_code"], 3, "{run}");
     assert!(summary["error"]["message"].as_str().unwrap().contains("cannot connect"), "{run}");
     assert!(summary.get("failures").is_none(), "one name for one count: {run}");
+    // A failure before any connection (a usage error) ends with one too.
+    let mut missing = vec!["push", "127.0.0.1:9", "no-such-file", "--json"];
+    missing.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &missing, &[]);
+    run.assert_code(2);
+    let summary = run.json().pop().expect("a summary line");
+    assert_eq!((summary["error"]["class"].as_str(), summary["error"]["exit_code"].as_u64()), (Some("usage"), Some(2)));
     // Without --json, the summary line claims nothing it did not do.
     let plain: Vec<&str> = args.iter().copied().filter(|a| *a != "--json").collect();
     let run = run_in(work.path(), &plain, &[]);

@@ -2,7 +2,7 @@
 //! files against such lines (from `xfer hash`, `b3sum`, or the hashes a
 //! push reported).
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -95,6 +95,9 @@ fn unescape(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// Longest line of a check list.
+const MAX_LINE: usize = 64 * 1024;
+
 /// `xfer hash --check`: `PATH: OK` or `PATH: FAILED` per line, as b3sum.
 fn check(lists: &[PathBuf]) -> anyhow::Result<()> {
     let (mut checked, mut failed, mut malformed) = (0usize, 0usize, 0usize);
@@ -107,18 +110,40 @@ fn check(lists: &[PathBuf]) -> anyhow::Result<()> {
             })?;
             Box::new(std::io::BufReader::new(file))
         };
-        for text in reader.lines() {
-            let text = text?;
+        let mut reader = reader;
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            // A line is bounded (a hostile list cannot fill memory), and
+            // one that is not UTF-8 is counted, not the end of the check.
+            let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut raw)?;
+            if n == 0 {
+                break;
+            }
+            let complete = raw.ends_with(b"\n") || n <= MAX_LINE;
+            if !complete {
+                // Skip the rest of an over-long line.
+                let mut rest = Vec::new();
+                reader.read_until(b'\n', &mut rest)?;
+            }
+            let parsed = std::str::from_utf8(&raw).ok().filter(|_| complete).map(|t| t.trim_end_matches(['\n', '\r']));
+            let Some(text) = parsed else {
+                malformed += 1;
+                continue;
+            };
             if text.trim().is_empty() {
                 continue;
             }
-            let Some((want, name)) = parse(&text) else {
+            let Some((want, name)) = parse(text) else {
                 malformed += 1;
                 continue;
             };
             checked += 1;
             let shown = crate::text::escape(&name).into_owned();
-            match hash_of(Path::new(&name)) {
+            // A list names files: `-` is one named so, never the input the
+            // list itself may be coming from.
+            let path = if name == "-" { Path::new("./-") } else { Path::new(&name) };
+            match hash_of(path) {
                 Ok(got) if got == want => println!("{shown}: OK"),
                 Ok(_) => {
                     println!("{shown}: FAILED");

@@ -103,8 +103,9 @@ pub struct ClientArgs {
     /// Longest a transfer may stall (per read or write).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Most bytes a second each way, e.g. 10M (10 MiB/s) or 500K.
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    /// Most bytes a second each way: 10M (10 MiB/s), 500K, or a bare
+    /// number of KiB/s as rsync reads it.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
     #[command(flatten)]
     pub identity: IdentityArgs,
@@ -270,8 +271,38 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("size '{s}' is too large"))
 }
 
-/// Runs the parsed command.
+/// Parses a `--bwlimit`: like a size, but a bare number is KiB/s (as
+/// rsync reads it), and anything under 1 KiB/s is refused: it could not
+/// keep a connection within its idle timeout.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bare = !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit());
+    let rate = if bare { parse_size(&format!("{}K", s.trim()))? } else { parse_size(s)? };
+    if rate < 1024 {
+        return Err(format!("--bwlimit {s} is below the least xfer takes, 1K (1 KiB/s)"));
+    }
+    Ok(rate)
+}
+
+/// Runs the parsed command; a client command with `--json` ends with a
+/// summary line even when it fails before reaching the server.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_op = match &cli.command {
+        Command::Push(a) if a.client.json => Some("push"),
+        Command::Pull(a) if a.client.json => Some("pull"),
+        Command::Cp(a) if a.client.json => Some("cp"),
+        Command::Ls(a) if a.client.json => Some("list"),
+        Command::Rm(a) if a.client.json => Some("remove"),
+        _ => None,
+    };
+    let result = run_command(cli).await;
+    if let (Some(op), Err(e)) = (json_op, &result) {
+        let class = e.downcast_ref::<Error>().map_or(crate::error::Class::Other, Error::class);
+        crate::progress::json_failure(op, class, &format!("{e:#}"));
+    }
+    result
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen(a) => keygen::keygen(a),
         Command::Enroll(a) => enroll::enroll(a).await,
@@ -387,6 +418,14 @@ mod tests {
         assert!(parse_size("1.5G").is_err());
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn rates_parse_with_bare_numbers_in_kib() {
+        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("500").unwrap(), 500 << 10);
+        assert!(parse_rate("100B").is_err());
+        assert!(parse_rate("0").is_err());
     }
 
     #[test]

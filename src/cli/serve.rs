@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
     pub partial_quota: u64,
     /// Most bytes a second each way, per connection, e.g. 10M (10 MiB/s).
-    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    #[arg(long, value_name = "RATE", value_parser = super::parse_rate)]
     pub bwlimit: Option<u64>,
     /// Sign certificates for invites (`xfer keygen --invite`) and renewals
     /// (`xfer renew`): needs ca.key and invites.json beside ca.pem.

@@ -62,10 +62,41 @@ impl Ca {
         days: u32,
         public_key: &impl PublicKeyData,
     ) -> Result<CertificateDer<'static>> {
+        let _lock = lock_ca(&self.dir)?;
+        self.issue_locked(name, role, sans, days, public_key)
+    }
+
+    /// Renews the certificate with serial `old` (see [`Ca::issue`]) unless
+    /// the CRL lists it: checked and issued under the CA lock, so a
+    /// concurrent `keygen --revoke` either sees the new certificate or
+    /// refuses it. `None` when `old` is revoked.
+    pub fn renew(
+        &self,
+        old: &[u8],
+        name: &str,
+        role: Role,
+        sans: &[String],
+        days: u32,
+        public_key: &impl PublicKeyData,
+    ) -> Result<Option<CertificateDer<'static>>> {
+        let _lock = lock_ca(&self.dir)?;
+        if self.lists_revoked(old)? {
+            return Ok(None);
+        }
+        self.issue_locked(name, role, sans, days, public_key).map(Some)
+    }
+
+    fn issue_locked(
+        &self,
+        name: &str,
+        role: Role,
+        sans: &[String],
+        days: u32,
+        public_key: &impl PublicKeyData,
+    ) -> Result<CertificateDer<'static>> {
         let params = peer_params(name, role, sans, days)?;
         let cert = params.signed_by(public_key, &self.issuer).map_err(gen_error)?;
         let serial = params.serial_number.as_ref().map(|s| hex(&s.to_bytes())).unwrap_or_default();
-        let _lock = lock_ca(&self.dir)?;
         let issued = self.dir.join(ISSUED_DIR);
         std::fs::create_dir_all(&issued).map_err(|e| Error::io(format!("cannot create {}", issued.display()), e))?;
         replace_pem(&issued.join(format!("{name}.{serial}.pem")), &cert.pem(), false)?;

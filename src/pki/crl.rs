@@ -32,6 +32,9 @@ pub struct Revocation {
 pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
     check_name(name)?;
     let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+    // Listed under the lock: a renewal cannot slip a certificate in
+    // between the listing and the new list.
+    let _lock = lock_ca(dir)?;
     let mut serials = Vec::new();
     let own = dir.join(format!("{name}.pem"));
     if own.exists() {
@@ -47,7 +50,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<Revocation> {
             dir.join(ISSUED_DIR).display()
         )));
     }
-    add_to_crl(dir, &issuer, serials)
+    add_to_crl_locked(dir, &issuer, serials)
 }
 
 /// Where the CA's machine keeps a copy of each certificate enrollment and
@@ -103,9 +106,18 @@ pub(super) fn serial_of(cert_path: &Path) -> Result<Vec<u8>> {
 /// CA lock (concurrent revocations all land). Entries for certificates on
 /// record that expired over a day ago are dropped: they are refused anyway.
 pub(super) fn add_to_crl(dir: &Path, issuer: &Issuer<'static, KeyPair>, serials: Vec<Vec<u8>>) -> Result<Revocation> {
+    let _lock = lock_ca(dir)?;
+    add_to_crl_locked(dir, issuer, serials)
+}
+
+/// [`add_to_crl`] for a caller that holds the CA lock.
+pub(super) fn add_to_crl_locked(
+    dir: &Path,
+    issuer: &Issuer<'static, KeyPair>,
+    serials: Vec<Vec<u8>>,
+) -> Result<Revocation> {
     use rustls_pki_types::CertificateRevocationListDer;
     use rustls_pki_types::pem::PemObject;
-    let _lock = lock_ca(dir)?;
     let bad = |path: &Path, message: String| Error::Identity { what: path.display().to_string(), message };
     let crl_path = dir.join("ca.crl");
     let expired = expired_serials(dir);

@@ -25,8 +25,8 @@ mod info;
 
 pub use ca::Ca;
 
+use crl::serial_of;
 pub use crl::{ISSUED_DIR, Revocation, issued_files, revoke};
-use crl::{add_to_crl, serial_of};
 pub use info::{CertInfo, CertRole, EXPIRY_WARNING_DAYS, fingerprint, list};
 
 /// Validity of a CA created by keygen.
@@ -356,7 +356,15 @@ pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
     let old = CertInfo::read(&cert_path)?;
     let role = renewed_role(&old, name, cfg.role)?;
     let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
+    let _lock = crl::lock_ca(dir)?;
     let old_serial = serial_of(&cert_path)?;
+    // The certificate replaced stays on record, so `--revoke NAME` still
+    // reaches it (with --keep-key it is not revoked now, and shares the key).
+    let issued = dir.join(ISSUED_DIR);
+    fs::create_dir_all(&issued).map_err(|e| Error::io(format!("cannot create {}", issued.display()), e))?;
+    let old_pem =
+        fs::read_to_string(&cert_path).map_err(|e| Error::io(format!("cannot read {}", cert_path.display()), e))?;
+    replace_pem(&issued.join(format!("{name}.{}.pem", hex(&old_serial))), &old_pem, false)?;
     let key = if keep_key {
         let pem =
             fs::read_to_string(&key_path).map_err(|e| Error::io(format!("cannot read {}", key_path.display()), e))?;
@@ -386,7 +394,7 @@ pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
     if !keep_key {
         // A new key usually means the old one is not to be trusted any
         // more (or soon will not be): its certificate goes on the CRL.
-        let r = add_to_crl(dir, &issuer, vec![old_serial])?;
+        let r = crl::add_to_crl_locked(dir, &issuer, vec![old_serial])?;
         written.push(Written { path: r.crl, cert: None, note: "revocation list: the replaced certificate is revoked" });
     }
     Ok(written)

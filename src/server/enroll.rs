@@ -205,17 +205,7 @@ fn renew(
              it cannot be renewed here; ask for a new invite (`xfer keygen --invite NAME`)",
         );
     }
-    // The CRL as it is now, not as last loaded: a revocation made since
-    // (keygen --revoke, before the SIGHUP) already stops renewals.
     let serial = x509_parser::parse_x509_certificate(leaf).map(|(_, c)| c.raw_serial().to_vec()).unwrap_or_default();
-    match en.ca.lists_revoked(&serial) {
-        Ok(false) => {}
-        Ok(true) => return refused(Refusal::NotRenewable, "this certificate is revoked: ask for a new invite"),
-        Err(e) => {
-            error!(%addr, %name, "renewal: cannot read the CRL: {e}");
-            return refused(Refusal::Internal, "the server could not check the revocation list");
-        }
-    }
     if !shared.renewals.allow(&name) {
         return refused(
             Refusal::RateLimited,
@@ -228,11 +218,23 @@ fn renew(
     let sans: Vec<String> =
         old.names.iter().filter(|n| **n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
     let days = u32::try_from((old.not_after - old.not_before).whole_days()).unwrap_or(1).max(1);
-    let mut response = match issued(en, &name, role, &sans, days, &params) {
-        Ok(r) => r,
+    // The CRL as it is now, not as last loaded, checked under the CA lock
+    // with the issuing: a revocation made since (keygen --revoke, before
+    // any reload) stops the renewal, and one made during it sees the new
+    // certificate.
+    let cert = match en.ca.renew(&serial, &name, role, &sans, days, &params.public_key) {
+        Ok(Some(cert)) => cert,
+        Ok(None) => return refused(Refusal::NotRenewable, "this certificate is revoked: ask for a new invite"),
         Err(e) => {
             error!(%addr, %name, "renewal failed: {e}");
             return refused(Refusal::Internal, "the server could not sign the certificate");
+        }
+    };
+    let mut response = match answer(en, cert) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(%addr, %name, "renewal failed: {e}");
+            return refused(Refusal::Internal, "the server could not read its CA files");
         }
     };
     if revoke_old {
@@ -262,6 +264,11 @@ fn issued(
     csr: &CertificateSigningRequestParams,
 ) -> crate::error::Result<Response> {
     let cert = en.ca.issue(name, role, sans, days, &csr.public_key)?;
+    answer(en, cert)
+}
+
+/// The `ISSUED` answer for `cert`: it, the CA certificates, the CRL.
+fn answer(en: &EnrollLive, cert: CertificateDer<'static>) -> crate::error::Result<Response> {
     let cas = en.ca.certs().iter().take(crate::protocol::enroll::MAX_CAS).map(|c| c.to_vec()).collect();
     Ok(Response::Issued { cert: cert.to_vec(), cas, crl: en.ca.crl()? })
 }

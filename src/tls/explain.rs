@@ -63,7 +63,7 @@ pub fn not_xfer(e: &rustls::Error) -> Option<&'static str> {
             Some("it answered with something other than TLS 1.3: is this the right port?")
         }
         rustls::Error::PeerIncompatible(_) | rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => {
-            Some("its TLS is not 1.3, which xfer requires")
+            Some("its TLS does not match xfer's: TLS 1.3 with the usual algorithms")
         }
         rustls::Error::NoApplicationProtocol
         | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
