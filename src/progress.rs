@@ -84,6 +84,9 @@ pub enum Status {
     Ok,
     Skipped,
     Failed,
+    /// What a `--dry-run` would do (send, resume, remove); nothing was.
+    #[serde(rename = "would")]
+    Would,
 }
 
 /// One file's outcome.
@@ -212,6 +215,8 @@ pub struct Reporter {
     /// Payload bytes that earlier, failed attempts moved for files not yet
     /// reported.
     carry: HashMap<String, u64>,
+    /// A `--dry-run`: the summary says what would be done.
+    dry_run: bool,
 }
 
 impl Reporter {
@@ -229,7 +234,13 @@ impl Reporter {
             earlier: PathSet::default(),
             dirs: PathSet::default(),
             carry: HashMap::new(),
+            dry_run: false,
         }
+    }
+
+    /// Marks this as a `--dry-run`'s report.
+    pub fn set_dry_run(&mut self, on: bool) {
+        self.dry_run = on;
     }
 
     /// The same, drawing live progress bars on stderr (human output only).
@@ -302,6 +313,10 @@ impl Reporter {
                 }
             }
             Status::Skipped => self.sum.skipped += 1,
+            Status::Would => {
+                self.sum.ok += 1;
+                self.sum.bytes += r.bytes;
+            }
             // The summary's bytes are verified bytes only; a failed file's
             // bytes still show on its own JSON line.
             Status::Failed => {
@@ -332,6 +347,12 @@ impl Reporter {
                 let unchanged = r.blake3.is_some();
                 let line = match r.status {
                     Status::Ok => None,
+                    Status::Would if self.output == Output::Quiet => None,
+                    Status::Would => Some(match (self.op, r.resumed_from) {
+                        (Op::Remove, _) => format!("would remove {}", r.path),
+                        (_, 0) => format!("would send {} ({})", r.path, human_bytes(r.size)),
+                        (_, at) => format!("would resume {} at {} of {}", r.path, human_bytes(at), human_bytes(r.size)),
+                    }),
                     Status::Skipped
                         if self.output == Output::Verbose || (self.output == Output::Human && !unchanged) =>
                     {
@@ -403,6 +424,9 @@ impl Reporter {
                     "failed": s.failed, "resumed": s.resumed, "dirs": s.dirs, "bytes": s.bytes,
                     "seconds": s.seconds,
                 });
+                if self.dry_run {
+                    v["dry_run"] = true.into();
+                }
                 let class = error.map(Error::class).or(self.worst);
                 if let Some(class) = class {
                     let message = match error {
@@ -437,6 +461,20 @@ impl Reporter {
             Op::List => ("listed", "entry"),
         };
         let plural = if s.ok == 1 { "" } else { "s" };
+        if self.dry_run {
+            let verb = if self.op == Op::Remove { "remove" } else { self.op_name() };
+            let mut line = format!("dry run: would {verb} {} {noun}{plural}", s.ok);
+            if self.op != Op::Remove {
+                line += &format!(" ({})", human_bytes(s.bytes));
+            }
+            if s.skipped > 0 {
+                line += &format!("; {} unchanged or skipped", s.skipped);
+            }
+            if s.failed > 0 {
+                line += &format!("; {} FAILED", s.failed);
+            }
+            return line + "; nothing was changed";
+        }
         let mut line = match (error, s.ok) {
             (Some(_), 0) => format!("{} stopped before any {noun} was {verb}", self.op_name()),
             (Some(_), n) => format!("{} stopped: {n} {noun}{plural} {verb} before that", self.op_name()),

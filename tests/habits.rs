@@ -214,3 +214,43 @@ fn cp_copies_scp_style_either_way_with_or_without_a_new_name() {
     run.assert_code(2);
     assert!(run.stderr().contains("looks like HOST:PATH") && run.stderr().contains("xfer cp"), "{run}");
 }
+
+#[test]
+fn dry_run_lists_what_push_and_rm_would_do_and_changes_nothing() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("dist/a.txt", b"a");
+    work.write("dist/sub/b.txt", b"b");
+    let run = client(&pki, "client", work.path(), "push", &server, &["dist", "-n"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr().contains("would send dist/a.txt") && run.stderr().contains("would send dist/sub/b.txt"),
+        "{run}"
+    );
+    assert!(
+        run.stderr().contains("dry run: would push 2 files") && run.stderr().contains("nothing was changed"),
+        "{run}"
+    );
+    // (The server's own staging area, .xfer, is not the user's.)
+    let written: Vec<String> = work.listing("root").into_iter().filter(|p| !p.starts_with(".xfer")).collect();
+    assert!(written.is_empty(), "a dry run wrote: {written:?}");
+
+    client(&pki, "client", work.path(), "push", &server, &["dist"]).assert_code(0);
+    work.write("dist/a.txt", b"changed");
+    let run = client(&pki, "client", work.path(), "push", &server, &["dist", "--dry-run", "--json"]);
+    run.assert_code(0);
+    let lines = run.json();
+    let status = |p: &str| lines.iter().find(|l| l["path"] == p).map(|l| l["status"].clone()).unwrap();
+    assert_eq!((status("dist/a.txt"), status("dist/sub/b.txt")), ("would".into(), "skipped".into()), "{run}");
+    assert_eq!(lines.last().unwrap()["dry_run"], true);
+    assert_eq!(std::fs::read(work.join("root/dist/a.txt")).unwrap(), b"a", "the dry run sent nothing");
+
+    let run = client(&pki, "client", work.path(), "rm", &server, &["dist", "-r", "-n"]);
+    run.assert_code(0);
+    assert!(run.stderr().contains("would remove dist"), "{run}");
+    assert!(work.join("root/dist/sub/b.txt").exists());
+    let run = client(&pki, "client", work.path(), "pull", &server, &["dist", "-n"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("--dry-run works with push"), "{run}");
+}

@@ -103,6 +103,10 @@ pub struct ClientArgs {
     /// Longest a transfer may stall (per read or write).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Show what would be sent or removed, changing nothing on either side
+    /// (push, cp to a server, rm).
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     /// Most bytes a second each way: 10M (10 MiB/s), 500K, or a bare
     /// number of KiB/s as rsync reads it.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -345,9 +349,16 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let remotes = a.remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
             let output = output(&a.client, cli.quiet, cli.verbose);
             let recursive = a.recursive;
+            let dry_run = a.client.dry_run;
             with_client(&a.host, &a.client, Op::Remove, output, 0, |c, rep| {
                 let remotes = remotes.clone();
-                Box::pin(async move { c.remove(&remotes, recursive, rep).await })
+                Box::pin(async move {
+                    if dry_run {
+                        c.remove_dry_run(&remotes, recursive, rep).await
+                    } else {
+                        c.remove(&remotes, recursive, rep).await
+                    }
+                })
             })
             .await
         }

@@ -74,7 +74,8 @@ where
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     // Bars only for people watching a terminal, and only while bytes move.
     let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
-    let mut rep = if bars { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
+    let mut rep = if bars && !args.dry_run { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
+    rep.set_dry_run(args.dry_run);
     let attempts = retries.saturating_add(1);
     let mut attempt = 1;
     let result = loop {

@@ -60,9 +60,12 @@ pub(super) async fn push(
         }
         paths => {
             PushPlan::filtered(paths, &to, filter.clone())?;
+            let dry_run = client.dry_run;
             with_client(host, client, Op::Push, output, retry, |c, rep| {
                 let plan = PushPlan::filtered(paths, &to, filter.clone());
-                Box::pin(async move { c.push(plan?, rep).await })
+                Box::pin(
+                    async move { if dry_run { c.push_dry_run(plan?, rep).await } else { c.push(plan?, rep).await } },
+                )
             })
             .await
         }
@@ -80,9 +83,10 @@ pub(super) async fn push_as(
 ) -> anyhow::Result<()> {
     let target = remote_path(target)?;
     PushPlan::file_as(source, target.clone())?;
+    let dry_run = client.dry_run;
     with_client(host, client, Op::Push, output, retry, |c, rep| {
         let plan = PushPlan::file_as(source, target.clone());
-        Box::pin(async move { c.push(plan?, rep).await })
+        Box::pin(async move { if dry_run { c.push_dry_run(plan?, rep).await } else { c.push(plan?, rep).await } })
     })
     .await
 }
@@ -99,6 +103,12 @@ pub(super) async fn pull(
     output: Output,
 ) -> anyhow::Result<()> {
     check_host(host, "pull")?;
+    if client.dry_run {
+        return Err(Error::Usage(
+            "--dry-run works with push, cp to a server and rm so far; a pull's is not there yet".into(),
+        )
+        .into());
+    }
     if remotes.last().is_some_and(|r| r == "-") {
         let [remote, _] = remotes else {
             return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());

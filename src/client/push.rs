@@ -77,11 +77,11 @@ const PROBE_AHEAD: usize = 1024;
 /// read, and has a name to give it on the server. Files and folders are
 /// placed as scp places them: `a/b.txt` → `to/b.txt`, `dist/` → `to/dist/…`.
 pub struct PushPlan {
-    walks: Vec<Walk>,
+    pub(super) walks: Vec<Walk>,
     /// Where each walk starts, so the tree can be counted for progress.
     starts: Vec<(DirFd, std::ffi::OsString, WirePath)>,
     /// Standard input, sent as this remote file (`xfer push HOST - --to NAME`).
-    stdin: Option<WirePath>,
+    pub(super) stdin: Option<WirePath>,
     /// What `--exclude`/`--include` leave out, and the components of the
     /// destination folder before what the user named.
     filter: Option<Filter>,
