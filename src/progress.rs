@@ -344,12 +344,13 @@ impl Reporter {
                 // A file found unchanged (same BLAKE3) is the common case
                 // of a re-run: counted, listed only with -v. Other skips
                 // (a link not followed) are worth a line.
-                let unchanged = r.blake3.is_some();
+                let unchanged = r.blake3.is_some() || r.error.as_deref().is_some_and(|e| e.starts_with("already "));
                 let line = match r.status {
                     Status::Ok => None,
                     Status::Would if self.output == Output::Quiet => None,
                     Status::Would => Some(match (self.op, r.resumed_from) {
                         (Op::Remove, _) => format!("would remove {}", r.path),
+                        (Op::Pull, 0) => format!("would receive {} ({})", r.path, human_bytes(r.size)),
                         (_, 0) => format!("would send {} ({})", r.path, human_bytes(r.size)),
                         (_, at) => format!("would resume {} at {} of {}", r.path, human_bytes(at), human_bytes(r.size)),
                     }),

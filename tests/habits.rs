@@ -216,7 +216,7 @@ fn cp_copies_scp_style_either_way_with_or_without_a_new_name() {
 }
 
 #[test]
-fn dry_run_lists_what_push_and_rm_would_do_and_changes_nothing() {
+fn dry_run_lists_what_push_pull_and_rm_would_do_and_change_nothing() {
     let pki = Pki::new();
     let work = Dir::new();
     let server = XferServer::start(&pki, &work.join("root"), &[]);
@@ -250,7 +250,14 @@ fn dry_run_lists_what_push_and_rm_would_do_and_changes_nothing() {
     run.assert_code(0);
     assert!(run.stderr().contains("would remove dist"), "{run}");
     assert!(work.join("root/dist/sub/b.txt").exists());
-    let run = client(&pki, "client", work.path(), "pull", &server, &["dist", "-n"]);
-    run.assert_code(2);
-    assert!(run.stderr().contains("--dry-run works with push"), "{run}");
+    // A pull's dry run compares with what --out holds, and writes nothing.
+    work.write("got/dist/sub/b.txt", b"b");
+    let same = std::fs::metadata(work.join("root/dist/sub/b.txt")).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(work.join("got/dist/sub/b.txt")).unwrap().set_modified(same).unwrap();
+    let run = client(&pki, "client", work.path(), "pull", &server, &["dist", "--out", "got", "-n"]);
+    run.assert_code(0);
+    assert!(run.stderr().contains("would receive dist/a.txt (1 B)"), "{run}");
+    assert!(!run.stderr().contains("sub/b.txt"), "same size and mtime: counted, not listed: {run}");
+    assert!(run.stderr().contains("dry run: would pull 1 file") && run.stderr().contains("1 unchanged"), "{run}");
+    assert!(!work.join("got/dist/a.txt").exists());
 }

@@ -103,8 +103,8 @@ pub struct ClientArgs {
     /// Longest a transfer may stall (per read or write).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Show what would be sent or removed, changing nothing on either side
-    /// (push, cp to a server, rm).
+    /// Show what would be sent, received or removed, changing nothing on
+    /// either side (push, pull, cp, rm).
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Most bytes a second each way: 10M (10 MiB/s), 500K, or a bare

@@ -103,12 +103,6 @@ pub(super) async fn pull(
     output: Output,
 ) -> anyhow::Result<()> {
     check_host(host, "pull")?;
-    if client.dry_run {
-        return Err(Error::Usage(
-            "--dry-run works with push, cp to a server and rm so far; a pull's is not there yet".into(),
-        )
-        .into());
-    }
     if remotes.last().is_some_and(|r| r == "-") {
         let [remote, _] = remotes else {
             return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
@@ -132,9 +126,12 @@ pub(super) async fn pull(
     }
     let remotes = remotes.iter().map(|r| remote_path(r)).collect::<Result<Vec<_>, _>>()?;
     let out = out.to_owned();
+    let dry_run = client.dry_run;
     with_client_limited(host, client, Op::Pull, output, retry, limits, |c, rep| {
         let (remotes, out) = (remotes.clone(), out.clone());
-        Box::pin(async move { c.pull(&remotes, &out, rep).await })
+        Box::pin(async move {
+            if dry_run { c.pull_dry_run(&remotes, &out, rep).await } else { c.pull(&remotes, &out, rep).await }
+        })
     })
     .await
 }

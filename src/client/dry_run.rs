@@ -5,7 +5,11 @@
 //! before a file) and reads the answers: a file the server holds whole with
 //! the same BLAKE3 is unchanged, one it holds in part would be resumed, any
 //! other would be sent. No `FILE` or `DIR` is ever sent. An rm's dry run
-//! lists each path instead of removing it.
+//! lists each path instead of removing it. A pull's lists the asked paths
+//! (folders by folder) and compares each file with what `--out` holds by
+//! size and mtime, as rsync's quick check does: no `GET` is sent.
+
+use std::path::Path;
 
 use tokio::sync::mpsc;
 
@@ -139,6 +143,78 @@ impl Client {
         };
         let result = pipeline(writer, reader).await;
         self.conclude(result).await
+    }
+}
+
+impl Client {
+    /// Reports what pulling `remotes` into `out` would receive.
+    pub async fn pull_dry_run(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
+        let Client { r, w, cfg, .. } = self;
+        greet_after_list(w, r, cfg.timeouts.header).await?;
+        for asked in remotes {
+            // Items land named from the asked path's parent, as in a pull.
+            let base = asked.parent().unwrap_or_default();
+            let mut folders = vec![asked.clone()];
+            while let Some(folder) = folders.pop() {
+                let entries = match list_one(w, r, &folder).await? {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
+                        continue;
+                    }
+                };
+                for e in entries {
+                    if e.is_dir {
+                        folders.push(e.path.clone());
+                        continue;
+                    }
+                    let rel = e.path.as_str().strip_prefix(base.as_str()).unwrap_or(e.path.as_str());
+                    let local = out.join(rel.trim_start_matches('/'));
+                    let same = std::fs::symlink_metadata(&local).is_ok_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.is_file() && m.len() == e.size && m.mtime() == e.mtime.secs
+                    });
+                    rep.file(if same {
+                        let why = "already here with the same size and mtime; nothing received".to_owned();
+                        FileReport { size: e.size, ..FileReport::skipped(e.path.as_str(), why) }
+                    } else {
+                        FileReport { local: Some(local.display().to_string()), ..would_send(&e.path, e.size, 0) }
+                    });
+                }
+            }
+        }
+        let result = Ok(());
+        self.conclude(result).await
+    }
+}
+
+/// Sends the preamble's answer check with nothing queued: the first LIST
+/// goes with it.
+async fn greet_after_list(
+    w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
+    r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
+    within: std::time::Duration,
+) -> Result<()> {
+    w.flush().await?;
+    greet(r, within).await
+}
+
+/// One `LIST` and its answer: the entries, or the server's refusal.
+async fn list_one(
+    w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
+    r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
+    path: &WirePath,
+) -> Result<std::result::Result<Vec<crate::protocol::ListEntry>, Error>> {
+    w.send(&Frame::List { path: path.clone() }).await?;
+    w.flush().await?;
+    let mut entries = Vec::new();
+    loop {
+        match reply(r).await? {
+            Frame::Entry(e) => entries.push(e),
+            Frame::Ok => return Ok(Ok(entries)),
+            Frame::Error { code, message } => return Ok(Err(refusal(path.as_str(), code, message))),
+            other => return Err(unexpected(r.peer(), &other)),
+        }
     }
 }
 
