@@ -186,10 +186,19 @@ fn draw(rx: mpsc::Receiver<Event>) {
                 bar.set_message(path);
             }
             Event::Resumed(offset) => {
+                // The bar starts where the copy is; its rate and ETA count
+                // only what moves now, not the resumed prefix.
                 if let Some(bar) = &file {
                     bar.set_position(offset);
+                    bar.reset_eta();
+                    let _ = multi.println(format!(
+                        "xfer: resuming {} at {}",
+                        crate::text::escape(&bar.message()),
+                        crate::progress::human_bytes(offset)
+                    ));
                 }
                 total.inc(offset);
+                total.reset_eta();
             }
             Event::Bytes(n) => {
                 if let Some(bar) = &file {

@@ -346,6 +346,10 @@ impl Reporter {
                 // (a link not followed) are worth a line.
                 let unchanged = r.blake3.is_some() || r.error.as_deref().is_some_and(|e| e.starts_with("already "));
                 let line = match r.status {
+                    // Said as it happened when bars are drawn; else now.
+                    Status::Ok if r.resumed_from > 0 && self.display.is_none() && self.output != Output::Quiet => {
+                        Some(format!("xfer: resumed {} at {}", r.path, human_bytes(r.resumed_from)))
+                    }
                     Status::Ok => None,
                     Status::Would if self.output == Output::Quiet => None,
                     Status::Would => Some(match (self.op, r.resumed_from) {

@@ -234,6 +234,12 @@ fn a_connection_cut_mid_payload_is_reported_and_retry_completes_the_push_and_the
     assert!(u(&line["bytes_received"]) < 2 * b.len() as u64, "{run}");
     assert_eq!(std::fs::read(work.join("got/b.bin")).unwrap(), b);
     assert_eq!(work.listing("got"), ["b.bin"]);
+
+    // Without --json, the resumed file says where it resumed.
+    let proxy = CuttingProxy::new(&server.addr, 3 * MIB as u64, true);
+    let run = finish(spawn_client(&pki, work.path(), "pull", &proxy.addr, &["b.bin", "--out", "got2"], &[]));
+    run.assert_code(0);
+    assert!(run.stderr().contains("resumed b.bin at"), "{run}");
 }
 
 #[test]
