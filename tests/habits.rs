@@ -261,3 +261,78 @@ fn dry_run_lists_what_push_pull_and_rm_would_do_and_change_nothing() {
     assert!(run.stderr().contains("dry run: would pull 1 file") && run.stderr().contains("1 unchanged"), "{run}");
     assert!(!work.join("got/dist/a.txt").exists());
 }
+
+#[test]
+fn sync_makes_a_folder_match_either_way_and_deletes_only_after_success() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let at = |path: &str| format!("{}:{path}", server.addr);
+    let sync = |args: &[&str]| {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        let ids = pki.id_args("client");
+        all.extend(ids.iter().map(String::as_str));
+        run_in(work.path(), &all, &[])
+    };
+    work.write("site/index.html", b"v1");
+    work.write("site/css/a.css", b"a");
+    sync(&["site", &at("www")]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/www/css/a.css")).unwrap(), b"a");
+
+    // Gone from the source: removed with --delete (a dry run first only
+    // says so); what --exclude matches is left alone.
+    std::fs::remove_dir_all(work.join("site/css")).unwrap();
+    work.write("root/www/old.html", b"old");
+    work.write("root/www/cache.tmp", b"keep me");
+    let run = sync(&["site", &at("www"), "--delete", "--exclude", "*.tmp", "-n"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr().contains("would remove www/css") && run.stderr().contains("would remove www/old.html"),
+        "{run}"
+    );
+    assert!(work.join("root/www/css/a.css").exists(), "a dry run removed something");
+    sync(&["site", &at("www"), "--delete", "--exclude", "*.tmp"]).assert_code(0);
+    let mut left = work.listing("root/www");
+    left.sort();
+    assert_eq!(left, ["cache.tmp", "index.html"]);
+
+    // From the server: the local folder is made to match.
+    work.write("mirror/stale.txt", b"stale");
+    sync(&[&at("www"), "mirror", "--delete"]).assert_code(0);
+    let mut left = work.listing("mirror");
+    left.sort();
+    assert_eq!(left, ["cache.tmp", "index.html"]);
+
+    // A failed transfer: nothing is removed.
+    work.write("root/www/extra.html", b"x");
+    work.write("site/big.bin", &[1; 4096]);
+    let limited = XferServer::start(&pki, &work.join("root"), &["--max-size", "1K"]);
+    let mut all = vec!["sync", "site"];
+    let www = format!("{}:www", limited.addr);
+    all.extend(["--delete", &www]);
+    let ids = pki.id_args("client");
+    all.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &all, &[]);
+    run.assert_code(4);
+    assert!(work.join("root/www/extra.html").exists(), "deleted after a failed transfer: {run}");
+}
+
+#[test]
+fn sync_delete_without_delete_permission_is_refused_clearly() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    work.write("policy.toml", b"[[rule]]\npeer = \"client\"\nallow = [\"read\", \"write\"]\n");
+    let policy = work.join("policy.toml").display().to_string();
+    let server = XferServer::start(&pki, &work.join("root"), &["--policy", &policy]);
+    work.write("site/a.txt", b"a");
+    work.write("root/www/old.txt", b"old");
+    let www = format!("{}:www", server.addr);
+    let mut args = vec!["sync", "site", &www, "--delete"];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    run.assert_code(4);
+    assert!(run.stderr().contains("may not delete"), "{run}");
+    assert!(work.join("root/www/old.txt").exists() && work.join("root/www/a.txt").exists());
+}

@@ -47,6 +47,7 @@ mod identity;
 mod keygen;
 mod serve;
 mod session;
+mod sync;
 mod transfer;
 
 pub use enroll::{EnrollArgs, RenewArgs};
@@ -72,6 +73,8 @@ pub enum Command {
     Pull(PullArgs),
     /// Copy scp style: `xfer cp dist/ HOST:artifacts/`, `xfer cp HOST:a/b.tar.gz .`
     Cp(cp::CpArgs),
+    /// Make a folder match another, rsync style: `xfer sync dist HOST:dist [--delete]`
+    Sync(sync::SyncArgs),
     /// List a folder on a server.
     Ls(LsArgs),
     /// Remove files (and folders, with -r) on a server.
@@ -294,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) if a.client.json => Some("push"),
         Command::Pull(a) if a.client.json => Some("pull"),
         Command::Cp(a) if a.client.json => Some("cp"),
+        Command::Sync(a) if a.client.json => Some("sync"),
         Command::Ls(a) if a.client.json => Some("list"),
         Command::Rm(a) if a.client.json => Some("remove"),
         _ => None,
@@ -335,6 +339,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             a.habits.note();
             let output = output(&a.client, cli.quiet, cli.verbose);
             cp::cp(&a, output).await
+        }
+        Command::Sync(a) => {
+            a.habits.note();
+            let output = output(&a.client, cli.quiet, cli.verbose);
+            sync::sync(&a, output).await
         }
         Command::Ls(a) => {
             let path = remote_path(&a.remote)?;

@@ -190,7 +190,7 @@ impl Client {
 
 /// Sends the preamble's answer check with nothing queued: the first LIST
 /// goes with it.
-async fn greet_after_list(
+pub(super) async fn greet_after_list(
     w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
     r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
     within: std::time::Duration,
@@ -200,7 +200,7 @@ async fn greet_after_list(
 }
 
 /// One `LIST` and its answer: the entries, or the server's refusal.
-async fn list_one(
+pub(super) async fn list_one(
     w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
     r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
     path: &WirePath,

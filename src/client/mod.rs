@@ -29,6 +29,9 @@ mod dry_run;
 mod offers;
 mod pull;
 mod push;
+mod sync;
+
+pub use sync::extra as extra_paths;
 
 pub use offers::MIN_ROOT_OFFER;
 pub use push::PushPlan;

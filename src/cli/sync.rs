@@ -1,0 +1,179 @@
+//! `xfer sync SOURCE DEST`: make a folder on one side match a folder on the
+//! other, rsync `-a` style. Only what differs moves (the push or pull
+//! underneath skips files already there with the same BLAKE3); with
+//! `--delete`, what the source lacks is removed from the destination, and
+//! only once every transfer succeeded.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clap::Args;
+
+use super::cp::{Remote, parse_remote};
+use super::session::{Limits, remote_path, with_client};
+use super::{ClientArgs, FilterArgs, Habits, parse_size, transfer};
+use crate::beneath::DirFd;
+use crate::error::{Class, Error};
+use crate::progress::{FileReport, Op, Output, Reporter, Status};
+use crate::store::STAGING_DIR;
+use crate::walk::{Filter, Item, Walk};
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The source folder; it or DEST is on a server, written HOST:DIR
+    /// (HOST:PORT:DIR, [v6addr]:PORT:DIR).
+    pub source: String,
+    /// The folder made to match SOURCE.
+    pub dest: String,
+    /// Also remove from DEST what SOURCE does not have (not what --exclude
+    /// matches), and only if every transfer succeeded.
+    #[arg(long)]
+    pub delete: bool,
+    /// Largest file a sync from a server accepts (K, M, G, T suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// On a refused, cut or stalled connection, reconnect and resume up to N
+    /// times, with backoff (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retry: u32,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub habits: Habits,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Runs `xfer sync`.
+pub(super) async fn sync(a: &SyncArgs, output: Output) -> anyhow::Result<()> {
+    let (source, dest) = (&a.source, &a.dest);
+    match (parse_remote(source), parse_remote(dest)) {
+        (None, Some(to)) => up(a, Path::new(source), &to, output).await,
+        (Some(from), None) => down(a, &from, Path::new(dest), output).await,
+        (Some(_), Some(_)) => {
+            Err(Error::Usage("both sides are remote: sync works between this machine and a server".into()).into())
+        }
+        (None, None) => Err(Error::Usage(
+            "neither side is remote: write the server's side as HOST:DIR, e.g. `xfer sync dist files.example.org:dist`"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+/// A local folder to a server's: push its contents into the remote folder,
+/// then remove what the remote folder has beyond them.
+async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::Result<()> {
+    if !local.is_dir() {
+        return Err(Error::Usage(format!(
+            "sync makes a folder match another: {} is not a folder here (`xfer cp` copies files)",
+            local.display()
+        ))
+        .into());
+    }
+    let filter = a.filter.build()?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(local)
+        .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    if !entries.is_empty() {
+        // An error here (any file failed) ends the sync before any removal.
+        transfer::push(&to.target, &entries, &to.path, filter.clone(), a.retry, &a.client, output).await?;
+    }
+    if !a.delete {
+        return Ok(());
+    }
+    let keep = local_tree(local, filter.as_ref())?.into_iter().map(|(rel, _)| rel).collect::<HashSet<_>>();
+    let dir = remote_path(&to.path)?;
+    let dry_run = a.client.dry_run;
+    with_client(&to.target, &a.client, Op::Remove, output, 0, |c, rep| {
+        let (dir, keep, filter) = (dir.clone(), keep.clone(), filter.clone());
+        Box::pin(async move { c.delete_extra(&dir, &keep, filter.as_ref(), dry_run, rep).await })
+    })
+    .await
+}
+
+/// A server's folder to a local one: pull what the remote folder holds
+/// into it, then remove what the local folder has beyond that.
+async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyhow::Result<()> {
+    if a.filter.build()?.is_some() {
+        return Err(Error::Usage(
+            "--exclude and --include apply where files are sent from, and a server cannot take them yet: \
+             sync from a server copies the whole folder"
+                .into(),
+        )
+        .into());
+    }
+    let dir = remote_path(&from.path)?;
+    let tree = Arc::new(Mutex::new(Vec::new()));
+    let got = tree.clone();
+    with_client(&from.target, &a.client, Op::List, Output::Silent, a.retry, |c, rep| {
+        let (dir, got) = (dir.clone(), got.clone());
+        Box::pin(async move {
+            let listed = c.list_tree(&dir, rep).await?;
+            *got.lock().unwrap_or_else(|e| e.into_inner()) = listed;
+            Ok(())
+        })
+    })
+    .await?;
+    let tree: Vec<(String, bool)> = std::mem::take(&mut *tree.lock().unwrap_or_else(|e| e.into_inner()));
+    if !a.client.dry_run {
+        std::fs::create_dir_all(local).map_err(|e| Error::io(format!("cannot create {}", local.display()), e))?;
+    }
+    let top: Vec<String> = tree
+        .iter()
+        .filter(|(rel, _)| !rel.contains('/'))
+        .map(|(rel, _)| if dir.is_root() { rel.clone() } else { format!("{dir}/{rel}") })
+        .collect();
+    if !top.is_empty() {
+        let limits = Limits { max_size: a.max_size };
+        transfer::pull(&from.target, &top, local, limits, a.retry, &a.client, output).await?;
+    }
+    if !a.delete || !local.is_dir() {
+        return Ok(());
+    }
+    let keep: HashSet<String> = tree.into_iter().map(|(rel, _)| rel).collect();
+    let extra = crate::client::extra_paths(&local_tree(local, None)?, &keep, None);
+    remove_local(local, &extra, a.client.dry_run, output)
+}
+
+/// Every entry below `local` (links and other non-files included, as
+/// themselves), relative to it, with whether it is a folder; the pull
+/// staging area left out.
+fn local_tree(local: &Path, filter: Option<&Filter>) -> Result<Vec<(String, bool)>, Error> {
+    let dir = DirFd::open_path(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
+    let walk = Walk::contents(dir, Some(STAGING_DIR))
+        .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?
+        .filtered(filter.cloned(), 0);
+    Ok(walk
+        .map(|item| match item {
+            Item::Dir { rel, .. } => (rel.to_string(), true),
+            Item::File { rel, .. } => (rel.to_string(), false),
+            Item::Skipped { rel, .. } | Item::Failed { rel, .. } => (rel, false),
+        })
+        .collect())
+}
+
+/// Removes `extra` (relative to `local`; folders with what they hold,
+/// links as links), or with `dry_run` only names them.
+fn remove_local(local: &Path, extra: &[(String, bool)], dry_run: bool, output: Output) -> anyhow::Result<()> {
+    let mut rep = Reporter::new(output, Op::Remove);
+    rep.set_dry_run(dry_run);
+    for (rel, is_dir) in extra {
+        let path = local.join(rel);
+        if dry_run {
+            rep.file(FileReport { status: Status::Would, ..FileReport::done(rel) });
+            continue;
+        }
+        // remove_dir_all removes a link as a link; it never follows one.
+        let removed = if *is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        rep.file(match removed {
+            Ok(()) => FileReport::done(rel),
+            Err(e) => FileReport::failed(rel, format!("cannot remove {}: {e}", path.display()), Class::Other),
+        });
+    }
+    rep.finish()?;
+    Ok(())
+}

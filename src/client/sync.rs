@@ -1,0 +1,132 @@
+//! `xfer sync --delete`, on the client: what a server folder holds that the
+//! source does not, found by listing it folder by folder, and removed (or,
+//! with `--dry-run`, only named). The caller runs this only after every
+//! transfer of the sync succeeded.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::dry_run::{greet_after_list, list_one};
+use super::{Client, refusal, reply, unexpected};
+use crate::error::Result;
+use crate::progress::{FileReport, Reporter, Status};
+use crate::protocol::{Frame, WirePath};
+use crate::walk::Filter;
+
+impl Client {
+    /// Every file and folder below `dir` on the server, named relative to
+    /// `dir` (`a`, `a/b.txt`), with whether it is a folder. A folder that
+    /// cannot be listed is reported and left out.
+    pub async fn list_tree(&mut self, dir: &WirePath, rep: &mut Reporter) -> Result<Vec<(String, bool)>> {
+        let Client { r, w, cfg, .. } = self;
+        greet_after_list(w, r, cfg.timeouts.header).await?;
+        let mut out = Vec::new();
+        let mut folders = vec![dir.clone()];
+        while let Some(folder) = folders.pop() {
+            let entries = match list_one(w, r, &folder).await? {
+                Ok(entries) => entries,
+                Err(e) => {
+                    rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
+                    continue;
+                }
+            };
+            for e in entries {
+                let Some(rel) = relative(dir, &e.path) else { continue };
+                if e.is_dir {
+                    folders.push(e.path.clone());
+                }
+                out.push((rel, e.is_dir));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes from the server folder `dir` what `keep` (paths relative to
+    /// `dir`) does not hold, except what `filter` excludes (left alone, as
+    /// rsync does): the topmost such paths, folders with what they hold.
+    /// With `dry_run`, only reports them.
+    pub async fn delete_extra(
+        &mut self,
+        dir: &WirePath,
+        keep: &HashSet<String>,
+        filter: Option<&Filter>,
+        dry_run: bool,
+        rep: &mut Reporter,
+    ) -> Result<()> {
+        let tree = self.list_tree(dir, rep).await?;
+        let extra = extra(&tree, keep, filter);
+        for (rel, is_dir) in extra {
+            let path = WirePath::parse(&rel)
+                .and_then(|p| dir.join_path(&p))
+                .map_err(|e| crate::error::Error::protocol(self.r.peer(), e))?;
+            if dry_run {
+                rep.file(FileReport { status: Status::Would, ..FileReport::done(&path) });
+                continue;
+            }
+            self.w.send(&Frame::Remove { path: path.clone(), recursive: is_dir }).await?;
+            self.w.flush().await?;
+            match reply(&mut self.r).await? {
+                Frame::Ok => rep.file(FileReport::done(&path)),
+                Frame::Error { code, message } => {
+                    let e = refusal(path.as_str(), code, message);
+                    rep.file(FileReport::failed(path.as_str(), e.to_string(), e.class()));
+                }
+                other => return Err(unexpected(self.r.peer(), &other)),
+            }
+        }
+        let result = Ok(());
+        self.conclude(result).await
+    }
+}
+
+/// `path` relative to `dir`, if it is below it.
+fn relative(dir: &WirePath, path: &WirePath) -> Option<String> {
+    if dir.is_root() {
+        return Some(path.to_string());
+    }
+    let rest = path.as_str().strip_prefix(dir.as_str())?.strip_prefix('/')?;
+    (!rest.is_empty()).then(|| rest.to_owned())
+}
+
+/// The topmost paths of `tree` that `keep` lacks and `filter` does not
+/// protect, in order.
+pub fn extra(tree: &[(String, bool)], keep: &HashSet<String>, filter: Option<&Filter>) -> Vec<(String, bool)> {
+    let sorted: BTreeSet<(String, bool)> = tree.iter().cloned().collect();
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for (rel, is_dir) in sorted {
+        // Below a folder already on the list: it goes with it.
+        if out.iter().any(|(d, dir)| *dir && rel.starts_with(&format!("{d}/"))) {
+            continue;
+        }
+        if keep.contains(&rel) || filter.is_some_and(|f| f.excludes(&rel, is_dir)) {
+            continue;
+        }
+        out.push((rel, is_dir));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_paths_are_the_topmost_the_source_lacks_and_excludes_protect() {
+        let tree: Vec<(String, bool)> = [
+            ("a", false),
+            ("old", true),
+            ("old/x", false),
+            ("old/y", true),
+            ("old/y/z", false),
+            ("keep", true),
+            ("keep/gone", false),
+            ("cache.tmp", false),
+        ]
+        .iter()
+        .map(|(p, d)| (p.to_string(), *d))
+        .collect();
+        let keep: HashSet<String> = ["a", "keep"].iter().map(|s| s.to_string()).collect();
+        let filter = Filter::new(&["*.tmp".into()], &[], &[]).unwrap();
+        let got = extra(&tree, &keep, filter.as_ref());
+        assert_eq!(got, [("keep/gone".to_string(), false), ("old".to_string(), true)]);
+    }
+}
