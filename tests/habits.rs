@@ -250,6 +250,11 @@ fn dry_run_lists_what_push_pull_and_rm_would_do_and_change_nothing() {
     run.assert_code(0);
     assert!(run.stderr().contains("would remove dist"), "{run}");
     assert!(work.join("root/dist/sub/b.txt").exists());
+    // Standard input cannot be dry-run: refused, nothing sent.
+    let run = client(&pki, "client", work.path(), "push", &server, &["-", "--to", "dist/a.txt", "-n"]);
+    run.assert_code(2);
+    assert_eq!(std::fs::read(work.join("root/dist/a.txt")).unwrap(), b"a");
+
     // A pull's dry run compares with what --out holds, and writes nothing.
     work.write("got/dist/sub/b.txt", b"b");
     let same = std::fs::metadata(work.join("root/dist/sub/b.txt")).unwrap().modified().unwrap();

@@ -105,6 +105,11 @@ async fn push(a: &CpArgs, sources: &[String], to: &Remote, output: Output) -> an
         && !to.path.ends_with('/')
         && !to.path.ends_with("/.");
     if renames {
+        // The one file, unless a pattern leaves it out.
+        let name = paths[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if a.filter.build()?.is_some_and(|f| f.excludes(&name, false)) {
+            return Ok(());
+        }
         transfer::push_as(&to.target, &paths[0], &to.path, a.retry, &a.client, output).await
     } else {
         let filter = a.filter.build()?;
@@ -118,6 +123,14 @@ async fn pull(a: &CpArgs, remotes: &[Remote], dest: &str, output: Output) -> any
     let target = &remotes[0].target;
     if remotes.iter().any(|r| &r.target != target) {
         return Err(Error::Usage("the sources are on different servers: copy from one at a time".into()).into());
+    }
+    if a.filter.build()?.is_some() {
+        return Err(Error::Usage(
+            "--exclude and --include apply where files are sent from, and a server cannot take them yet: \
+             a copy from a server copies what it names"
+                .into(),
+        )
+        .into());
     }
     let mut paths: Vec<String> = remotes.iter().map(|r| r.path.clone()).collect();
     let limits = Limits { max_size: a.max_size };
@@ -150,6 +163,10 @@ async fn pull_as(
     let mut random = [0u8; 6];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     let tmp = parent.join(format!(".xfer-cp-{}", crate::enroll::code::hex(&random)));
+    if a.client.dry_run {
+        // Nothing is written, so nothing is renamed: what would arrive.
+        return transfer::pull(target, &[remote.to_owned()], &tmp, limits, 0, &a.client, output).await;
+    }
     let result = transfer::pull(target, &[remote.to_owned()], &tmp, limits, a.retry, &a.client, output).await;
     let moved = result.and_then(|()| {
         // What the pull wrote: the remote item's own name, or for the

@@ -39,6 +39,12 @@ pub(super) async fn push(
     // Local mistakes are reported before anything touches the network.
     match paths {
         [only] if only.as_os_str() == "-" => {
+            if client.dry_run {
+                return Err(Error::Usage(
+                    "--dry-run cannot tell what standard input would send: it sends nothing from it".into(),
+                )
+                .into());
+            }
             // `--to backups/` names a folder: a stream needs a file.
             if to_text.ends_with('/') && !to.is_root() {
                 return Err(Error::Usage(format!(
@@ -114,6 +120,9 @@ pub(super) async fn pull(
         }
         if client.json {
             return Err(Error::Usage("--json cannot share standard output with the file".into()).into());
+        }
+        if client.dry_run {
+            return Err(Error::Usage("--dry-run with standard output: pull it with --out DIR -n instead".into()).into());
         }
         let remote = remote_path(remote)?;
         // Only errors on stderr: the data owns stdout. Bytes written

@@ -155,7 +155,13 @@ impl Client {
             // Items land named from the asked path's parent, as in a pull.
             let base = asked.parent().unwrap_or_default();
             let mut folders = vec![asked.clone()];
+            let mut seen = std::collections::HashSet::new();
             while let Some(folder) = folders.pop() {
+                // Each folder once: a server answering with a folder it
+                // already named cannot keep the client listing forever.
+                if !seen.insert(folder.clone()) {
+                    continue;
+                }
                 let entries = match list_one(w, r, &folder).await? {
                     Ok(entries) => entries,
                     Err(e) => {
@@ -164,8 +170,16 @@ impl Client {
                     }
                 };
                 for e in entries {
+                    // Only what is below the folder listed (or the file
+                    // asked for itself) counts; anything else is the
+                    // server's invention.
+                    if !(e.path == folder || super::sync::is_child(&folder, &e.path)) {
+                        continue;
+                    }
                     if e.is_dir {
-                        folders.push(e.path.clone());
+                        if e.path != folder {
+                            folders.push(e.path.clone());
+                        }
                         continue;
                     }
                     let rel = e.path.as_str().strip_prefix(base.as_str()).unwrap_or(e.path.as_str());

@@ -21,7 +21,12 @@ impl Client {
         greet_after_list(w, r, cfg.timeouts.header).await?;
         let mut out = Vec::new();
         let mut folders = vec![dir.clone()];
+        let mut seen = HashSet::new();
         while let Some(folder) = folders.pop() {
+            // Each folder once, whatever a server answers.
+            if !seen.insert(folder.clone()) {
+                continue;
+            }
             let entries = match list_one(w, r, &folder).await? {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -30,6 +35,10 @@ impl Client {
                 }
             };
             for e in entries {
+                // Only the listed folder's own children count.
+                if !is_child(&folder, &e.path) {
+                    continue;
+                }
                 let Some(rel) = relative(dir, &e.path) else { continue };
                 if e.is_dir {
                     folders.push(e.path.clone());
@@ -76,6 +85,11 @@ impl Client {
         let result = Ok(());
         self.conclude(result).await
     }
+}
+
+/// True when `path` is directly inside `folder`.
+pub(super) fn is_child(folder: &WirePath, path: &WirePath) -> bool {
+    path.parent().is_some_and(|p| p == *folder)
 }
 
 /// `path` relative to `dir`, if it is below it.
