@@ -105,7 +105,9 @@ impl Filter {
 
     /// True when `path` (as the user named it, `/`-separated) is left out.
     pub fn excludes(&self, path: &str, is_dir: bool) -> bool {
-        self.rules.matched(std::path::Path::new("/").join(path), is_dir).is_ignore()
+        // A path inside an excluded folder is excluded too (`cache/` covers
+        // `cache/a`): a walk never goes in, and a sync must not delete there.
+        self.rules.matched_path_or_any_parents(std::path::Path::new("/").join(path), is_dir).is_ignore()
     }
 }
 

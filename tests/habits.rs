@@ -309,6 +309,27 @@ fn sync_makes_a_folder_match_either_way_and_deletes_only_after_success() {
     left.sort();
     assert_eq!(left, ["cache.tmp", "index.html"]);
 
+    // A link at the top of the source is not followed, as deeper ones are not.
+    work.write("outside/secret.txt", b"secret");
+    std::os::unix::fs::symlink(work.join("outside"), work.join("site/link")).unwrap();
+    let run = sync(&["site", &at("www")]);
+    run.assert_code(0);
+    assert!(!work.join("root/www/link").exists() && run.stderr().contains("links are not followed"), "{run}");
+    std::fs::remove_file(work.join("site/link")).unwrap();
+
+    // A file where a folder is expected is refused, and nothing local goes.
+    work.write("root/report.txt", b"r");
+    work.write("mine/precious", b"p");
+    let run = sync(&[&at("report.txt"), "mine", "--delete"]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("is a file on the server"), "{run}");
+    assert!(work.join("mine/precious").exists());
+
+    // What an excluded folder holds is protected too.
+    work.write("root/www/cache/deep/c1", b"c");
+    sync(&["site", &at("www"), "--delete", "--exclude", "cache/", "--exclude", "*.tmp"]).assert_code(0);
+    assert!(work.join("root/www/cache/deep/c1").exists(), "{:?}", work.listing("root/www"));
+
     // A failed transfer: nothing is removed.
     work.write("root/www/extra.html", b"x");
     work.write("site/big.bin", &[1; 4096]);

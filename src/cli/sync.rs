@@ -73,10 +73,24 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
         .into());
     }
     let filter = a.filter.build()?;
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(local)
-        .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    // The folder's own entries, as a walk inside it sees them: a link is
+    // not followed (it is reported, as deeper ones are), and the staging
+    // area's name is left out.
+    let mut entries: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))? {
+        let e = e.map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(STAGING_DIR)) {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() || t.is_file() => entries.push(e.path()),
+            _ => eprintln!(
+                "xfer: skipped {}: not a regular file or folder (links are not followed)",
+                crate::text::escape(&e.path().display().to_string())
+            ),
+        }
+    }
     entries.sort();
     if !entries.is_empty() {
         // An error here (any file failed) ends the sync before any removal.
@@ -135,7 +149,11 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
         return Ok(());
     }
     let keep: HashSet<String> = tree.into_iter().map(|(rel, _)| rel).collect();
-    let extra = crate::client::extra_paths(&local_tree(local, None)?, &keep, None);
+    // A name the walk could not carry exactly (not UTF-8) is never a
+    // candidate: its lossy spelling might be another file's name.
+    let exact: Vec<(String, bool)> =
+        local_tree(local, None)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
+    let extra = crate::client::extra_paths(&exact, &keep, None);
     remove_local(local, &extra, a.client.dry_run, output)
 }
 
@@ -161,14 +179,22 @@ fn local_tree(local: &Path, filter: Option<&Filter>) -> Result<Vec<(String, bool
 fn remove_local(local: &Path, extra: &[(String, bool)], dry_run: bool, output: Output) -> anyhow::Result<()> {
     let mut rep = Reporter::new(output, Op::Remove);
     rep.set_dry_run(dry_run);
+    let top = DirFd::open_path(local).map_err(|e| Error::io(format!("cannot open {}", local.display()), e))?;
     for (rel, is_dir) in extra {
         let path = local.join(rel);
         if dry_run {
             rep.file(FileReport { status: Status::Would, ..FileReport::done(rel) });
             continue;
         }
-        // remove_dir_all removes a link as a link; it never follows one.
-        let removed = if *is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        // Through open folders, refusing links on the way (one swapped in
+        // meanwhile cannot lead outside DEST); the last name is removed as
+        // what it is, a link as a link.
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (name, parents) = parts.split_last().expect("split gives one part at least");
+        let removed = top.descend(parents.iter().copied(), false).and_then(|dir| {
+            let name = std::ffi::OsStr::new(name);
+            if *is_dir { dir.remove_tree(name) } else { dir.unlink(name) }
+        });
         rep.file(match removed {
             Ok(()) => FileReport::done(rel),
             Err(e) => FileReport::failed(rel, format!("cannot remove {}: {e}", path.display()), Class::Other),

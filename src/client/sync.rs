@@ -34,6 +34,12 @@ impl Client {
                     continue;
                 }
             };
+            // A file answers a LIST with itself: not a folder to match.
+            if entries.iter().any(|e| e.path == folder && !e.is_dir) {
+                return Err(crate::error::Error::Usage(format!(
+                    "{folder} is a file on the server, not a folder: sync makes folders match (`xfer cp` copies files)"
+                )));
+            }
             for e in entries {
                 // Only the listed folder's own children count.
                 if !is_child(&folder, &e.path) {
