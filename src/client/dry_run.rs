@@ -156,6 +156,7 @@ impl Client {
             let base = asked.parent().unwrap_or_default();
             let mut folders = vec![asked.clone()];
             let mut seen = std::collections::HashSet::new();
+            let mut listed = 0usize;
             while let Some(folder) = folders.pop() {
                 // Each folder once: a server answering with a folder it
                 // already named cannot keep the client listing forever.
@@ -169,6 +170,13 @@ impl Client {
                         continue;
                     }
                 };
+                listed += entries.len();
+                if listed > super::sync::MAX_LISTED {
+                    return Err(Error::protocol(
+                        r.peer(),
+                        format!("{asked}: more than {} entries listed", super::sync::MAX_LISTED),
+                    ));
+                }
                 for e in entries {
                     // Only what is below the folder listed (or the file
                     // asked for itself) counts; anything else is the

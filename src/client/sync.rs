@@ -12,6 +12,10 @@ use crate::progress::{FileReport, Reporter, Status};
 use crate::protocol::{Frame, WirePath};
 use crate::walk::Filter;
 
+/// Most entries a listing of a server folder keeps: a server naming
+/// entries without end cannot grow the client's memory without end.
+pub const MAX_LISTED: usize = 4_000_000;
+
 impl Client {
     /// Every file and folder below `dir` on the server, named relative to
     /// `dir` (`a`, `a/b.txt`), with whether it is a folder. A folder that
@@ -39,6 +43,12 @@ impl Client {
                 return Err(crate::error::Error::Usage(format!(
                     "{folder} is a file on the server, not a folder: sync makes folders match (`xfer cp` copies files)"
                 )));
+            }
+            if out.len() + entries.len() > MAX_LISTED {
+                return Err(crate::error::Error::protocol(
+                    r.peer(),
+                    format!("{dir}: more than {MAX_LISTED} entries listed; a sync this large is refused"),
+                ));
             }
             for e in entries {
                 // Only the listed folder's own children count.
