@@ -36,11 +36,15 @@ done
 tmux new-session -d -s "$session" -x 120 -y 12 \
     "'$xfer' push 127.0.0.1:$port '$work/big.bin' --certs '$work/certs'; echo EXIT=\$?; sleep 60"
 during=""
+first=""
 after=""
 for _ in $(seq 1 1200); do   # at most 60 s
     screen=$(tmux capture-pane -p -t "$session")
+    # The overall bar appears first (while the file is hashed and probed);
+    # keep looking until a screen also shows the file's own bar.
     if [ -z "$during" ] && grep -q "ETA" <<< "$screen"; then
-        during=$screen
+        first=$screen
+        grep -q "big.bin" <<< "$screen" && during=$screen
     fi
     if grep -q "EXIT=" <<< "$screen"; then
         after=$screen
@@ -49,6 +53,7 @@ for _ in $(seq 1 1200); do   # at most 60 s
     sleep 0.05
 done
 
+during=${during:-${first:-}}
 echo "--- screen during the push ---"
 echo "$during"
 echo "--- screen after the push ---"
