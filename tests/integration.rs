@@ -8,6 +8,7 @@ mod codec_props;
 mod enroll;
 mod habits;
 mod hostile;
+mod identities;
 mod keygen;
 mod kill_loop;
 mod limits;

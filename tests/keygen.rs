@@ -8,6 +8,7 @@ use crate::support::*;
 #[test]
 fn keygen_writes_ca_and_peers_with_private_keys_0600() {
     let work = Dir::new();
+    fs::create_dir(work.join("certs")).unwrap();
     let run = run_in(work.path(), &["keygen", "--san", "files.example.org", "--days", "30"], &[]);
     run.assert_code(0);
     for f in ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"] {
@@ -15,7 +16,7 @@ fn keygen_writes_ca_and_peers_with_private_keys_0600() {
         if f.ends_with(".key") {
             assert_eq!(mode, 0o600, "{f}");
         }
-        assert!(run.stdout().contains(&format!("certs/{f}")), "{run}");
+        assert!(run.stdout().contains(&format!("wrote certs/{f}")), "{run}");
     }
     assert!(run.stdout().contains("sha256 ") && run.stdout().contains("expires "), "{run}");
 
@@ -28,6 +29,7 @@ fn keygen_writes_ca_and_peers_with_private_keys_0600() {
 #[test]
 fn keygen_refuses_to_overwrite_and_then_writes_nothing() {
     let work = Dir::new();
+    fs::create_dir(work.join("certs")).unwrap();
     run_in(work.path(), &["keygen"], &[]).assert_code(0);
     let before = fs::read(work.join("certs/client.key")).unwrap();
     // runner-1 is new, but client exists: nothing at all may be written.
@@ -132,6 +134,7 @@ fn renew_keeps_names_changes_the_key_unless_asked_and_the_peer_still_connects() 
 #[test]
 fn ca_days_and_ed25519_keys() {
     let work = Dir::new();
+    fs::create_dir(work.join("certs")).unwrap();
     run_in(work.path(), &["keygen", "--ca-days", "100", "--key-type", "ed25519"], &[]).assert_code(0);
     let list = run_in(work.path(), &["keygen", "--list"], &[]);
     let ca_line = list.stdout().lines().next().unwrap().to_owned();

@@ -9,6 +9,7 @@ use xfer::pki::{CertInfo, CertRole};
 #[test]
 fn keygen_gives_each_certificate_one_role_and_only_servers_extra_names() {
     let work = Dir::new();
+    std::fs::create_dir(work.join("certs")).unwrap();
     run_in(work.path(), &["keygen", "--san", "files.example.org"], &[]).assert_code(0);
     run_in(work.path(), &["keygen", "runner-7"], &[]).assert_code(0);
     run_in(work.path(), &["keygen", "--server", "edge", "--san", "10.1.2.3"], &[]).assert_code(0);
@@ -37,8 +38,10 @@ fn keygen_gives_each_certificate_one_role_and_only_servers_extra_names() {
 #[test]
 fn san_with_client_names_is_a_usage_error_that_writes_nothing() {
     let work = Dir::new();
+    std::fs::create_dir(work.join("certs")).unwrap();
     run_in(work.path(), &["keygen"], &[]).assert_code(0);
     let before = work.listing("certs");
+    assert!(before.len() >= 6, "{before:?}");
     let run = run_in(work.path(), &["keygen", "runner-1", "--san", "r1.example.org"], &[]);
     run.assert_code(2);
     assert!(run.stderr().contains("--san applies to server certificates only") && run.stderr().contains("--server"));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::IdentityArgs;
+use super::config::{self, resolve_host};
 use super::keygen::KeyTypeArg;
 use crate::enroll::client::{self, EnrollConfig, Outcome, RenewConfig};
 use crate::enroll::code::InviteCode;
@@ -19,9 +20,11 @@ pub struct EnrollArgs {
     /// input, and without it $XFER_INVITE is used (neither shows in `ps`).
     #[arg(env = "XFER_INVITE", hide_env_values = true)]
     pub code: String,
-    /// Folder to write ca.pem, NAME.pem and NAME.key to.
-    #[arg(long, default_value = "certs")]
-    pub dir: PathBuf,
+    /// Folder to write ca.pem, NAME.pem and NAME.key to [default: ./certs
+    /// when it exists, else the per-user folder, ~/.config/xfer/certs on
+    /// Linux, where every command looks].
+    #[arg(long, env = "XFER_CERTS", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Replace existing files for this name (and a ca.pem of another CA).
     #[arg(long)]
     pub force: bool,
@@ -62,20 +65,26 @@ pub(super) async fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
         a.code.clone()
     };
     let code = InviteCode::parse(&text)?;
-    let dir = a.dir.display().to_string();
+    let target = resolve_host(&a.host)?;
+    let alias = target.alias.as_ref();
+    let alias_certs = alias.and_then(|x| x.certs.clone());
+    // Where later commands look without being told needs no --certs in the hint.
+    let found_anyway = a.dir.is_none() || a.dir == alias_certs || a.dir == Some(config::default_certs());
+    let dir = a.dir.or(alias_certs).unwrap_or_else(config::default_certs);
+    let certs_flag = if found_anyway { String::new() } else { format!(" --certs {}", dir.display()) };
     let cfg = EnrollConfig {
-        target: a.host.clone(),
-        server_name: a.server_name,
+        target: target.address.clone(),
+        server_name: a.server_name.or_else(|| alias.and_then(|x| x.server_name.clone())),
         code,
-        dir: a.dir,
+        dir,
         force: a.force,
         key_type: a.key_type.into(),
     };
     let done = client::enroll(cfg).await?;
     print_outcome(&done);
     let next = match done.role {
-        CertRole::Server => format!("xfer serve --certs {dir} --name {}", done.name),
-        _ => format!("xfer push {} FILES --certs {dir} --name {}", a.host, done.name),
+        CertRole::Server => format!("xfer serve{certs_flag} --name {}", done.name),
+        _ => format!("xfer push {} FILES{certs_flag} --name {}", a.host, done.name),
     };
     println!(
         "enrolled as {} ({} certificate, expires {}); next: {next}",
@@ -87,10 +96,12 @@ pub(super) async fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn renew(a: RenewArgs) -> anyhow::Result<()> {
+    let target = resolve_host(&a.host)?;
+    let alias = target.alias.as_ref();
     let cfg = RenewConfig {
-        target: a.host,
-        server_name: a.server_name,
-        identity: a.identity.paths("client")?,
+        server_name: a.server_name.or_else(|| alias.and_then(|x| x.server_name.clone())),
+        identity: a.identity.paths("client", alias)?,
+        target: target.address,
         keep_key: a.keep_key,
         revoke_old: a.revoke_old,
         key_type: a.key_type.into(),

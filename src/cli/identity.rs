@@ -6,15 +6,17 @@ use std::path::PathBuf;
 use clap::Args;
 use clap::builder::TypedValueParser;
 
+use super::config::{self, HostAlias};
 use crate::error::Error;
 use crate::tls::{Crl, IdentityPaths, Pem};
 
 /// Who this peer is and which CA it trusts.
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
-    /// Folder holding ca.pem, NAME.pem and NAME.key.
-    #[arg(long, env = "XFER_CERTS", default_value = "certs", value_name = "DIR")]
-    pub certs: PathBuf,
+    /// Folder holding ca.pem, NAME.pem and NAME.key [default: ./certs when
+    /// it exists, else the per-user folder, ~/.config/xfer/certs on Linux].
+    #[arg(long, env = "XFER_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
     /// Which identity in --certs to use [default: server for serve, client otherwise].
     #[arg(long, env = "XFER_NAME")]
     pub name: Option<String>,
@@ -36,8 +38,25 @@ pub struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    pub(crate) fn paths(&self, default_name: &str) -> Result<IdentityPaths, Error> {
-        let base = IdentityPaths::in_dir(&self.certs, self.name.as_deref().unwrap_or(default_name));
+    /// The identity's files: flags and their variables first, then what a
+    /// host alias of the config file says, then the defaults.
+    pub(crate) fn paths(&self, default_name: &str, alias: Option<&HostAlias>) -> Result<IdentityPaths, Error> {
+        let alias_certs = alias.and_then(|a| a.certs.clone());
+        let dir = self.certs.clone().or(alias_certs).unwrap_or_else(config::default_certs);
+        let name = self.name.as_deref().or(alias.and_then(|a| a.name.as_deref())).unwrap_or(default_name);
+        let base = IdentityPaths::in_dir(&dir, name);
+        if !dir.exists() && (self.cert.is_none() || self.key.is_none() || self.ca.is_none()) {
+            let looked = match (&self.certs, alias.and_then(|a| a.certs.as_ref())) {
+                (Some(_), _) | (_, Some(_)) => format!("{} does not exist", dir.display()),
+                (None, None) => format!("none in {} (nor --certs or $XFER_CERTS)", config::certs_lookup_words()),
+            };
+            return Err(Error::Identity {
+                what: "certificates".into(),
+                message: format!(
+                    "{looked}; run `xfer keygen` (or `xfer enroll HOST CODE`) to create them, or pass --certs DIR"
+                ),
+            });
+        }
         Ok(IdentityPaths {
             cert: pem_arg(self.cert.as_ref(), "XFER_CERT", base.cert)?,
             key: pem_arg(self.key.as_ref(), "XFER_KEY", base.key)?,

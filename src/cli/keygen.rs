@@ -34,8 +34,13 @@ pub struct KeygenArgs {
     /// --server (default: a server certificate `server` and a client
     /// certificate `client`).
     pub names: Vec<String>,
-    /// Folder for the CA and certificates.
-    #[arg(long, default_value = "certs")]
+    /// Folder for the CA and certificates [default: ./certs when it exists,
+    /// else the per-user folder, ~/.config/xfer/certs on Linux, where every
+    /// command looks].
+    #[arg(long = "dir", env = "XFER_CERTS", value_name = "DIR")]
+    pub dir_arg: Option<PathBuf>,
+    /// `--dir`, or where it defaults to.
+    #[arg(skip)]
     pub dir: PathBuf,
     /// Issue server certificates (serverAuth; NAME, each --san and loopback
     /// names); with --renew, the role for an older dual-use certificate.
@@ -86,7 +91,8 @@ pub struct KeygenArgs {
 }
 
 /// `xfer keygen`.
-pub(super) fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+pub(super) fn keygen(mut a: KeygenArgs) -> anyhow::Result<()> {
+    a.dir = a.dir_arg.clone().unwrap_or_else(super::config::default_certs);
     if a.list {
         return list_certs(&a.dir);
     }

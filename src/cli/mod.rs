@@ -40,6 +40,7 @@ pub enum LogFormat {
 /// What `--version` prints: the release and the wire protocol it speaks.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
 
+mod config;
 mod cp;
 mod enroll;
 mod hash;

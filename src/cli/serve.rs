@@ -72,7 +72,7 @@ pub struct ServeArgs {
 
 /// `xfer serve`.
 pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<()> {
-    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server")?);
+    let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server", None)?);
     cfg.allow = a.allow;
     cfg.read_only = a.read_only;
     cfg.policy = a.policy;

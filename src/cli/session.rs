@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use super::config::resolve_host;
 use super::{ClientArgs, shutdown_signal};
 use crate::client::{Client, ClientConfig};
 use crate::connection::Timeouts;
@@ -67,8 +68,10 @@ pub(super) async fn with_client_limited<F>(
 where
     F: for<'a> FnMut(&'a mut Client, &'a mut Reporter) -> OpFuture<'a>,
 {
-    let mut cfg = ClientConfig::new(host, args.identity.paths("client")?)?;
-    cfg.server_name = args.server_name.clone();
+    let target = resolve_host(host)?;
+    let alias = target.alias.as_ref();
+    let mut cfg = ClientConfig::new(&target.address, args.identity.paths("client", alias)?)?;
+    cfg.server_name = args.server_name.clone().or_else(|| alias.and_then(|a| a.server_name.clone()));
     cfg.max_size = limits.max_size;
     cfg.bwlimit = args.bwlimit;
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };

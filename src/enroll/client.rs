@@ -130,7 +130,7 @@ pub async fn enroll(cfg: EnrollConfig) -> Result<Outcome> {
     }
     files.push((key_path, key.serialize_pem(), true));
     files.push((cert_path, pem_of("CERTIFICATE", std::slice::from_ref(&issued.cert)), false));
-    fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+    crate::pki::create_private_dir(&cfg.dir)?;
     let written = write_all_or_none(files)?;
     Ok(Outcome { name, role: info.role, not_after: info.not_after, written })
 }

@@ -201,7 +201,7 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
             return Err(refuse_overwrite(&taken));
         }
     }
-    fs::create_dir_all(&cfg.dir).map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+    create_private_dir(&cfg.dir)?;
     let mut written = Vec::new();
     for (path, pem, cert) in files {
         write_pem(&path, &pem, cert.is_none())?;
@@ -212,6 +212,17 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
 }
 
 /// Names become file names and DNS names, so keep them to a safe alphabet.
+/// Creates a folder for keys, and any missing parent, readable by this
+/// user only (an existing folder keeps its mode: it is the user's choice).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
+}
+
 pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63

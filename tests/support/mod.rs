@@ -269,9 +269,12 @@ impl std::fmt::Display for Run {
 pub fn run_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(XFER);
     cmd.current_dir(cwd).args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    for k in ["XFER_CERTS", "XFER_NAME", "XFER_CERT", "XFER_KEY", "XFER_CA"] {
+    for k in ["XFER_CERTS", "XFER_NAME", "XFER_CERT", "XFER_KEY", "XFER_CA", "XFER_CONFIG"] {
         cmd.env_remove(k);
     }
+    // The per-user config folder (certs/, config.toml) is the test's own,
+    // never the developer's.
+    cmd.env("XDG_CONFIG_HOME", cwd.join(".config"));
     cmd.envs(env.iter().copied());
     let out = cmd.output().expect("run xfer");
     Run { cmd: format!("(cd {}) xfer {}", cwd.display(), args.join(" ")), out }
