@@ -63,7 +63,25 @@ fn a_server_certificate_that_does_not_name_host_is_refused() {
     client(&pki, "client", work.path(), "ls", &server, &["--server-name", "server"]).assert_code(0);
     let run = client(&pki, "client", work.path(), "ls", &server, &["--server-name", "files.example.org"]);
     run.assert_code(3);
-    assert!(run.stderr().contains("does not name 'files.example.org'") && run.stderr().contains("--san"), "{run}");
+    let err = run.stderr();
+    assert!(err.contains("does not name 'files.example.org' (it names server, localhost, 127.0.0.1, ::1)"), "{run}");
+
+    // Both hints work when followed: --server-name with a name it has ...
+    assert!(err.contains("--server-name server"), "{run}");
+    client(&pki, "client", work.path(), "ls", &server, &["--server-name", "server"]).assert_code(0);
+    // ... and the command printed, run on the CA's machine, then SIGHUP.
+    let hint = err.split('`').nth(1).expect("a command in backticks");
+    assert_eq!(hint, "xfer keygen --renew server --keep-key --san files.example.org", "{run}");
+    let args: Vec<&str> = hint.split(' ').skip(1).collect();
+    run_in(pki.dir.path(), &args, &[]).assert_code(0);
+    std::process::Command::new("kill").args(["-HUP", &server.pid().to_string()]).status().unwrap();
+    assert!(server.wait_for_log("reloaded"), "{}", server.log());
+    let run = client(&pki, "client", work.path(), "ls", &server, &["--server-name", "files.example.org"]);
+    run.assert_code(0);
+    // A client certificate takes no --san, renewed or not.
+    let run = run_in(pki.dir.path(), &["keygen", "--renew", "client", "--san", "x.example.org"], &[]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("--san applies to server certificates only"), "{run}");
 }
 
 #[test]

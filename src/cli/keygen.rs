@@ -50,7 +50,8 @@ pub struct KeygenArgs {
     /// NAMEs; with --renew, the role for an older dual-use certificate.
     #[arg(long, conflicts_with_all = ["list", "revoke"])]
     pub client: bool,
-    /// Extra DNS name or IP address for the server certificates (repeatable).
+    /// Extra DNS name or IP address for the server certificates (repeatable);
+    /// with --renew, added to the names the server certificate has.
     #[arg(long = "san", value_name = "HOST_OR_IP")]
     pub sans: Vec<String>,
     /// Validity of the peer certificates, in days.
@@ -72,7 +73,7 @@ pub struct KeygenArgs {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "renew"])]
     pub revoke: Option<String>,
     /// Re-issue peer NAME with the same names, valid --days from now.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "sans", "force", "list"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["names", "force", "list"])]
     pub renew: Option<String>,
     /// With --renew: keep the existing private key.
     #[arg(long, requires = "renew")]
@@ -129,7 +130,7 @@ pub(super) fn keygen(mut a: KeygenArgs) -> anyhow::Result<()> {
         _ => None,
     };
     if let Some(name) = &a.renew {
-        let cfg = pki::RenewConfig { days: a.days, keep_key: a.keep_key, key_type, role };
+        let cfg = pki::RenewConfig { days: a.days, keep_key: a.keep_key, key_type, role, add_sans: a.sans.clone() };
         print_written(pki::renew(&a.dir, name, cfg)?);
         return Ok(());
     }

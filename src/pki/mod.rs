@@ -345,7 +345,7 @@ fn ca_subject(params: &CertificateParams) -> String {
 }
 
 /// How `keygen --renew` re-issues a certificate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RenewConfig {
     pub days: u32,
     pub keep_key: bool,
@@ -353,10 +353,12 @@ pub struct RenewConfig {
     /// The role the user asked for: needed only for certificates made
     /// before roles existed (valid for both); otherwise it must match.
     pub role: Option<Role>,
+    /// Names to add to a server certificate's (`--renew NAME --san HOST`).
+    pub add_sans: Vec<String>,
 }
 
 /// Re-issues peer NAME in DIR with the same name, role and (for servers)
-/// subject alternative names, valid `days` from now, signed by the same CA;
+/// subject alternative names, plus any `add_sans`, valid `days` from now, signed by the same CA;
 /// with a new key unless `keep_key`. Replaces NAME.pem (and NAME.key)
 /// atomically.
 pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
@@ -366,6 +368,23 @@ pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
     let key_path = dir.join(format!("{name}.key"));
     let old = CertInfo::read(&cert_path)?;
     let role = renewed_role(&old, name, cfg.role)?;
+    if role == Role::Client && !cfg.add_sans.is_empty() {
+        return Err(Error::Usage(format!(
+            "--san applies to server certificates only: {} is a client certificate, which names only {name}",
+            old.source
+        )));
+    }
+    // Same names: the old SANs minus the defaults peer_params adds back
+    // (a client keeps only its own name).
+    let mut extra: Vec<String> =
+        old.names.iter().filter(|n| *n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
+    for san in &cfg.add_sans {
+        if !extra.contains(san) && san != name && !LOOPBACK_SANS.contains(&san.as_str()) {
+            extra.push(san.clone());
+        }
+    }
+    // Built first, so a bad --san is refused before anything is written.
+    let params = peer_params(name, role, &extra, days)?;
     let issuer = load_ca(&dir.join("ca.pem"), &dir.join("ca.key"))?;
     let _lock = crl::lock_ca(dir)?;
     let old_serial = serial_of(&cert_path)?;
@@ -384,11 +403,6 @@ pub fn renew(dir: &Path, name: &str, cfg: RenewConfig) -> Result<Vec<Written>> {
     } else {
         key_type.generate()?
     };
-    // Same names: the old SANs minus the defaults peer_params adds back
-    // (a client keeps only its own name).
-    let extra: Vec<String> =
-        old.names.iter().filter(|n| *n != name && !LOOPBACK_SANS.contains(&n.as_str())).cloned().collect();
-    let params = peer_params(name, role, &extra, days)?;
     let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
     // Both new files are written before either replaces its old one, so
     // the key and certificate on disk always match.

@@ -2,7 +2,7 @@
 
 use rustls::{AlertDescription, CertificateError};
 
-use super::verify::WrongRole;
+use super::verify::{WrongName, WrongRole};
 use super::{IdentityPaths, date};
 
 /// Explains a failed TLS session from the client's point of view.
@@ -11,8 +11,19 @@ pub fn explain_for_client(e: &rustls::Error, host: &str, ids: &IdentityPaths) ->
     match e {
         rustls::Error::InvalidCertificate(ce) => match ce {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
-                "the server's certificate does not name '{host}': pass --server-name with a name it has, or re-issue it with `xfer keygen --san {host}`"
+                "the server's certificate does not name '{host}': pass --server-name with a name it has, or on the \
+                 CA's machine add the name (`xfer keygen --renew NAME --keep-key --san {host}`, then SIGHUP the server)"
             ),
+            CertificateError::Other(o) if o.0.downcast_ref::<WrongName>().is_some() => {
+                let w = o.0.downcast_ref::<WrongName>().expect("checked");
+                let pick = w.names.first().map_or("NAME", String::as_str);
+                format!(
+                    "the server's certificate does not name '{host}' ({w}): connect with one of those, or add \
+                     --server-name {pick}, or on the CA's machine add the name with `xfer keygen --renew {} --keep-key --san {host}` \
+                     and send the server SIGHUP",
+                    w.subject
+                )
+            }
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
                 "the server's certificate is not signed by the CA in {ca}: both sides must use certificates from the same `xfer keygen` CA"
             ),

@@ -108,8 +108,39 @@ impl fmt::Display for WrongRole {
 
 impl std::error::Error for WrongRole {}
 
+/// A server certificate of the CA that does not carry the name asked for,
+/// with the names it does carry (escaped: a certificate's text is not
+/// trusted to be printable), so the message can say what would work.
+#[derive(Debug)]
+pub struct WrongName {
+    /// The certificate's common name: the NAME `xfer keygen` issued it as.
+    pub subject: String,
+    pub names: Vec<String>,
+}
+
+impl WrongName {
+    fn of(der: &CertificateDer<'_>) -> WrongName {
+        match crate::pki::CertInfo::from_der(String::new(), der) {
+            Ok(info) => WrongName {
+                subject: Safe(&info.subject).to_string(),
+                names: info.names.iter().map(|n| Safe(n).to_string()).collect(),
+            },
+            Err(_) => WrongName { subject: "unreadable".into(), names: Vec::new() },
+        }
+    }
+}
+
+impl fmt::Display for WrongName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "it names {}", if self.names.is_empty() { "nothing".to_owned() } else { self.names.join(", ") })
+    }
+}
+
+impl std::error::Error for WrongName {}
+
 /// WebPKI's server verifier (chain, CRL, extended key usage, then the
-/// name), with a refusal for the wrong role turned into a [`WrongRole`]
+/// name), with a refusal for a missing name turned into a [`WrongName`]
+/// and one for the wrong role into a [`WrongRole`]
 /// that names the certificate: a runner's certificate posing as the
 /// server is the mistake (or attack) most worth explaining.
 #[derive(Debug)]
@@ -131,6 +162,11 @@ impl ServerCertVerifier for RoleNamingServerVerifier {
                 CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
             ) => rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(WrongRole::of(
                 "server", end_entity,
+            ))))),
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(WrongName::of(
+                end_entity,
             ))))),
             other => other,
         })
