@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 use xfer::cli::{self, Cli, Command, LogFormat};
 use xfer::error::{Class, Error};
 
@@ -76,7 +79,36 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // A server's log is read later, line by line: timestamps help.
+        LogFormat::Text if base == 2 => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // A client speaks to the person who ran it, in the style of its
+        // other lines: `xfer: warning: …`.
+        LogFormat::Text => logs.with_ansi(false).event_format(ClientLines).init(),
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// Client log lines: `xfer: warning: MESSAGE fields`, no timestamp.
+struct ClientLines;
+
+impl<S, N> FormatEvent<S, N> for ClientLines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            _ => "",
+        };
+        write!(w, "xfer: {level}")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
     }
 }

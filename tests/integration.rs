@@ -7,6 +7,7 @@ mod ci_recipe;
 mod codec_props;
 mod enroll;
 mod habits;
+mod hints;
 mod hostile;
 mod identities;
 mod keygen;

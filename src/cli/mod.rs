@@ -124,7 +124,8 @@ pub struct PushArgs {
     /// Server, as HOST or HOST:PORT (default port 5001).
     pub host: String,
     /// Files and folders to send; `-` sends standard input as the file --to names.
-    #[arg(required = true)]
+    // Checked in `push`, after a HOST:PATH in HOST's place is explained.
+    #[arg(value_name = "PATHS")]
     pub paths: Vec<PathBuf>,
     /// Remote folder to place them in (default: the root); with `-`, the remote file.
     #[arg(long, value_name = "REMOTE_DIR", default_value = "")]
@@ -200,7 +201,8 @@ pub struct PullArgs {
     pub host: String,
     /// Remote files and folders, relative to the server's root; `REMOTE -`
     /// writes one file to standard output.
-    #[arg(required = true)]
+    // Checked in `pull`, after a HOST:PATH in HOST's place is explained.
+    #[arg(value_name = "REMOTES")]
     pub remotes: Vec<String>,
     /// Local folder to place them in (created if missing).
     #[arg(long, default_value = ".")]

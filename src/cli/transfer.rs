@@ -21,6 +21,9 @@ pub(super) async fn push(
     output: Output,
 ) -> anyhow::Result<()> {
     check_host(host, "push")?;
+    if paths.is_empty() {
+        return Err(Error::Usage("push needs what to send: `xfer push HOST PATH... [--to REMOTE_DIR]`".into()).into());
+    }
     for p in paths.iter().filter(|p| p.as_os_str() != "-" && !p.exists()) {
         if let Some(r) = p.to_str().and_then(super::cp::parse_remote) {
             return Err(Error::Usage(format!(
@@ -109,6 +112,9 @@ pub(super) async fn pull(
     output: Output,
 ) -> anyhow::Result<()> {
     check_host(host, "pull")?;
+    if remotes.is_empty() {
+        return Err(Error::Usage("pull needs what to fetch: `xfer pull HOST REMOTE... [--out DIR]`".into()).into());
+    }
     if remotes.last().is_some_and(|r| r == "-") {
         let [remote, _] = remotes else {
             return Err(Error::Usage("with '-' (standard output), pull exactly one remote file".into()).into());
@@ -155,7 +161,7 @@ fn check_host(host: &str, op: &str) -> Result<(), Error> {
     }
     let example = match op {
         "push" => format!("`xfer push {} FILES... --to {}` or `xfer cp FILES... {host}`", r.target, r.path),
-        _ => format!("`xfer pull {} {} --out DIR` or `xfer cp {host} DIR`", r.target, r.path),
+        _ => format!("`xfer pull {} {} --out DIR` or `xfer cp {host} DIR/`", r.target, r.path),
     };
     Err(Error::Usage(format!("'{host}' is a server and a path, but {op} takes the server alone: {example}")))
 }
