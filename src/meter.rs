@@ -65,11 +65,13 @@ impl Meter {
         Meter::default()
     }
 
-    /// A meter drawing bars on stderr, and the display to finish later.
-    pub fn bars() -> (Meter, Display) {
+    /// A meter drawing bars on stderr, and the display to finish later;
+    /// `forced` draws them even when stderr is not a terminal
+    /// (`--progress`, for CI systems that render them).
+    pub fn bars(forced: bool) -> (Meter, Display) {
         let (tx, rx) = mpsc::channel();
         let meter = Meter { tx: Some(tx), ..Meter::default() };
-        let thread = std::thread::spawn(move || draw(rx));
+        let thread = std::thread::spawn(move || draw(rx, forced));
         (meter.clone(), Display { meter, thread })
     }
 
@@ -150,8 +152,14 @@ impl Display {
     }
 }
 
-fn draw(rx: mpsc::Receiver<Event>) {
-    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+fn draw(rx: mpsc::Receiver<Event>, forced: bool) {
+    let target = match forced {
+        // indicatif hides a terminal target that is not a terminal; a
+        // `TermLike` target is drawn whatever it is.
+        true => ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::stderr()), 10),
+        false => ProgressDrawTarget::stderr_with_hz(10),
+    };
+    let multi = MultiProgress::with_draw_target(target);
     let total = multi.add(ProgressBar::no_length());
     total.set_style(style("{spinner} {msg}  {binary_bytes} {binary_bytes_per_sec}"));
     total.enable_steady_tick(Duration::from_millis(200));
@@ -165,6 +173,8 @@ fn draw(rx: mpsc::Receiver<Event>) {
     };
     for ev in rx {
         match ev {
+            // Nothing countable (standard input): no total to fill a bar.
+            Event::Counted { files: 0, done: true, .. } => {}
             Event::Counted { files, bytes, done: finished } => {
                 counted = Some(files);
                 scanning = !finished;
@@ -176,14 +186,14 @@ fn draw(rx: mpsc::Receiver<Event>) {
                 total.set_length(bytes);
             }
             Event::Start { path, size } => {
-                let bar = file.get_or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(0));
-                    bar.set_style(style("  {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}"));
-                    bar
-                });
+                // Shaped before it is first drawn, then reused per file.
+                let bar = file.clone().unwrap_or_else(ProgressBar::no_length);
                 bar.reset();
-                bar.set_length(size.unwrap_or(0));
+                shape_file_bar(&bar, size);
                 bar.set_message(path);
+                if file.is_none() {
+                    file = Some(multi.add(bar));
+                }
             }
             Event::Resumed(offset) => {
                 // The bar starts where the copy is; its rate and ETA count
@@ -219,6 +229,23 @@ fn draw(rx: mpsc::Receiver<Event>) {
     }
     total.finish_and_clear();
     let _ = multi.clear();
+}
+
+/// A bar against the file's size, or for standard input (no size known)
+/// a spinner with bytes and rate.
+fn shape_file_bar(bar: &ProgressBar, size: Option<u64>) {
+    match size {
+        Some(size) => {
+            bar.disable_steady_tick();
+            bar.set_style(style("  {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}"));
+            bar.set_length(size);
+        }
+        None => {
+            bar.set_style(style("  {spinner} {msg}  {binary_bytes} {binary_bytes_per_sec}"));
+            bar.unset_length();
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+    }
 }
 
 fn style(template: &str) -> ProgressStyle {

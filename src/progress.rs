@@ -243,11 +243,12 @@ impl Reporter {
         self.dry_run = on;
     }
 
-    /// The same, drawing live progress bars on stderr (human output only).
-    pub fn with_bars(output: Output, op: Op) -> Reporter {
+    /// The same, drawing live progress bars on stderr (human output only);
+    /// `forced` draws them even when stderr is not a terminal.
+    pub fn with_bars(output: Output, op: Op, forced: bool) -> Reporter {
         let mut r = Reporter::new(output, op);
         if matches!(output, Output::Human | Output::Verbose) {
-            let (meter, display) = Meter::bars();
+            let (meter, display) = Meter::bars(forced);
             (r.meter, r.display) = (meter, Some(display));
         }
         r

@@ -99,3 +99,43 @@ fn only_a_file_can_go_to_standard_output() {
     root.assert_code(2);
     assert!(root.out.stdout.is_empty(), "nothing may reach stdout");
 }
+
+#[test]
+fn standard_input_shows_a_spinner_with_bytes_and_rate_not_an_empty_bar() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let data = random_bytes(3 << 20, 22);
+    // --progress draws on a pipe; --bwlimit makes it last a few redraws.
+    let push = push_stdin(&pki, &work, &server, &data, &["--to", "s.bin", "--progress", "--bwlimit", "2M"]);
+    push.assert_code(0);
+    let err = push.stderr();
+    assert!(err.contains("s.bin") && err.contains("MiB/s"), "{push}");
+    assert!(!err.contains("ETA") && !err.contains("/0 B") && !err.contains("1/0 files"), "{push}");
+    assert!(err.contains("pushed 1 file (3.0 MiB)"), "{push}");
+}
+
+#[test]
+fn progress_forces_bars_off_a_terminal_and_no_progress_hides_them_on_one() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("big.bin", &random_bytes(3 << 20, 23));
+    let forced = client(&pki, "client", work.path(), "push", &server, &["big.bin", "--progress", "--bwlimit", "2M"]);
+    forced.assert_code(0);
+    assert!(forced.stderr().contains("big.bin [") && forced.stderr().contains("ETA"), "{forced}");
+    let plain = client(&pki, "client", work.path(), "push", &server, &["big.bin", "--to", "again"]);
+    assert!(!plain.stderr().contains("ETA"), "{plain}");
+
+    // On a terminal (a pseudo-terminal from script(1)), bars unless --no-progress.
+    let on_tty = |extra: &str| {
+        let ids = pki.id_args("client").join(" ");
+        let cmd = format!("{XFER} push {} big.bin --bwlimit 2M {ids} {extra}", server.addr);
+        let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).current_dir(work.path()).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(on_tty("--to t1").contains("ETA"));
+    let hidden = on_tty("--to t2 --no-progress");
+    assert!(!hidden.contains("ETA") && hidden.contains("pushed 1 file"), "{hidden}");
+}

@@ -115,6 +115,13 @@ pub struct ClientArgs {
     /// number of KiB/s as rsync reads it.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
+    /// Draw progress bars even when stderr is not a terminal (CI systems
+    /// that render them); without it, bars show only on a terminal.
+    #[arg(long, conflicts_with = "no_progress")]
+    pub progress: bool,
+    /// Never draw progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
 }

@@ -75,9 +75,10 @@ where
     cfg.max_size = limits.max_size;
     cfg.bwlimit = args.bwlimit;
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
-    // Bars only for people watching a terminal, and only while bytes move.
-    let bars = matches!(op, Op::Push | Op::Pull) && std::io::stderr().is_terminal();
-    let mut rep = if bars && !args.dry_run { Reporter::with_bars(output, op) } else { Reporter::new(output, op) };
+    // Bars for people watching a terminal (or asked for), while bytes move.
+    let shown = !args.no_progress && (args.progress || std::io::stderr().is_terminal());
+    let bars = matches!(op, Op::Push | Op::Pull) && shown && !args.dry_run;
+    let mut rep = if bars { Reporter::with_bars(output, op, args.progress) } else { Reporter::new(output, op) };
     rep.set_dry_run(args.dry_run);
     let attempts = retries.saturating_add(1);
     let mut attempt = 1;
