@@ -25,6 +25,8 @@ enum Event {
     Resumed(u64),
     /// Payload bytes moved.
     Bytes(u64),
+    /// Bytes of the total that need not move (a file already there).
+    Settled(u64),
     /// A file's outcome is known.
     Done,
     /// A line to print above the bars.
@@ -131,6 +133,13 @@ impl Meter {
     pub fn done(&self) {
         self.send(Event::Done);
     }
+    /// `n` bytes of the total are already where they belong: the total
+    /// bar advances, the rate does not count them as moved.
+    pub fn settled(&self, n: u64) {
+        if n > 0 {
+            self.send(Event::Settled(n));
+        }
+    }
 
     /// Prints `line` above the bars; `false` when no display is on (the
     /// caller prints it itself).
@@ -215,6 +224,10 @@ fn draw(rx: mpsc::Receiver<Event>, forced: bool) {
                     bar.inc(n);
                 }
                 total.inc(n);
+            }
+            Event::Settled(n) => {
+                total.inc(n);
+                total.reset_eta();
             }
             Event::Done => done += 1,
             Event::Line(l) => {

@@ -185,6 +185,26 @@ impl Walk {
     fn excluded(&self, rel: &str, is_dir: bool) -> bool {
         excluded(self.filter.as_ref(), rel, is_dir)
     }
+
+    /// The items (all but folders: each gets an outcome) and bytes this
+    /// walk yields, if it yields at most `max_items` within `deadline`:
+    /// a total worth announcing only when it is cheap to know.
+    pub fn count(self, max_items: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
+        let started = std::time::Instant::now();
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for item in self {
+            match item {
+                Item::Dir { .. } => continue,
+                Item::File { meta, .. } => bytes = bytes.saturating_add(meta.size),
+                Item::Skipped { .. } | Item::Failed { .. } => {}
+            }
+            items += 1;
+            if items > max_items || (items % 256 == 0 && started.elapsed() > deadline) {
+                return None;
+            }
+        }
+        (started.elapsed() <= deadline).then_some((items, bytes))
+    }
 }
 
 impl Iterator for Walk {

@@ -42,6 +42,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         ),
         (any::<u64>(), any::<[u8; 32]>(), any::<Option<[u8; 32]>>())
             .prop_map(|(offset, prefix, complete)| Frame::Have(Have { offset, prefix, complete })),
+        (any::<u64>(), any::<u64>()).prop_map(|(files, bytes)| Frame::Total { files, bytes }),
         (wire_path(), any::<u32>(), timestamp()).prop_map(|(path, mode, mtime)| Frame::Dir { path, mode, mtime }),
         (wire_path(), text()).prop_map(|(path, reason)| Frame::Skipped { path, reason }),
         wire_path().prop_map(|path| Frame::Get { path }),

@@ -362,3 +362,27 @@ fn a_hostile_server_cannot_fill_the_disk_with_folders_past_the_reserve() {
     let listing = stdout.split("rc=4").nth(1).unwrap_or_default();
     assert!(listing.contains('d') && !listing.contains("f0"), "folders were created: {stdout}");
 }
+
+/// A total is announced first in an answer, once: a server sending one
+/// after an item (to bend a client's bars or counts) is cut off.
+#[test]
+fn a_total_anywhere_but_first_is_a_protocol_error() {
+    use xfer::protocol::Timestamp;
+    let pki = Pki::new();
+    let work = Dir::new();
+    let (addr, fake) = fake_server(&pki, move |(mut r, mut w)| async move {
+        while let Ok(Some(frame)) = r.read_frame().await {
+            if let Frame::Get { .. } = frame {
+                let dir = Frame::Dir { path: WirePath::parse("d").unwrap(), mode: 0o755, mtime: Timestamp::default() };
+                let late = Frame::Total { files: 1, bytes: 1 << 50 };
+                w.write_all(&encode(&[Frame::Total { files: 0, bytes: 0 }, dir, late, Frame::Ok])).await.unwrap();
+                w.flush().await.unwrap();
+            }
+        }
+    });
+    let certs = pki.certs().display().to_string();
+    let run = run_in(work.path(), &["pull", &addr, "d", "--out", "got", "--certs", &certs, "--retry", "0"], &[]);
+    fake.join().unwrap();
+    run.assert_code(1);
+    assert!(run.stderr().contains("protocol error") && run.stderr().contains("unexpected TOTAL"), "{run}");
+}

@@ -139,3 +139,19 @@ fn progress_forces_bars_off_a_terminal_and_no_progress_hides_them_on_one() {
     let hidden = on_tty("--to t2 --no-progress");
     assert!(!hidden.contains("ETA") && hidden.contains("pushed 1 file"), "{hidden}");
 }
+
+#[test]
+fn a_pull_shows_the_totals_the_server_announces_with_an_eta() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/d/a.bin", &random_bytes(2 << 20, 24));
+    work.write("root/d/sub/b.bin", &random_bytes(1 << 20, 25));
+    let args = ["d", "--out", "got", "--progress", "--bwlimit", "2M"];
+    let pull = client(&pki, "client", work.path(), "pull", &server, &args);
+    pull.assert_code(0);
+    let err = pull.stderr();
+    // Totals from the first redraw on: files done of 2, bytes of 3 MiB.
+    assert!(err.contains("0/2 files") && err.contains("/3.00 MiB") && err.contains("ETA"), "{pull}");
+    assert!(err.contains("pulled 2 files (3.0 MiB)"), "{pull}");
+}

@@ -38,7 +38,7 @@ pub enum LogFormat {
 }
 
 /// What `--version` prints: the release and the wire protocol it speaks.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 2)");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (protocol 3)");
 
 mod config;
 mod cp;

@@ -168,7 +168,11 @@ impl Client {
         };
         let reader = async {
             greet(r, cfg.timeouts.header).await?;
-            let h = match reply(r).await? {
+            let mut first = reply(r).await?;
+            if let Frame::Total { .. } = first {
+                first = reply(r).await?; // nothing to draw: output is the file
+            }
+            let h = match first {
                 Frame::File(h) => h,
                 Frame::Error { code, message } => return Err(refusal(remote.as_str(), code, message)),
                 Frame::Dir { .. } => {

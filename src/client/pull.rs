@@ -55,8 +55,15 @@ impl Client {
             if !greeted {
                 greet(r, cfg.timeouts.header).await?;
             }
-            let mut ctx =
-                PullCtx { root: &root, rep, held: &mut held, server, max_size: cfg.max_size, known_dirs: None };
+            let mut ctx = PullCtx {
+                root: &root,
+                rep,
+                held: &mut held,
+                server,
+                max_size: cfg.max_size,
+                known_dirs: None,
+                totals: Totals::default(),
+            };
             for p in remotes {
                 pull_one(r, p, &mut ctx).await?;
             }
@@ -107,6 +114,33 @@ struct PullCtx<'a> {
     max_size: Option<u64>,
     /// A path whose folders were last found to exist.
     known_dirs: Option<WirePath>,
+    totals: Totals,
+}
+
+/// The totals the server announced, summed over the `GET`s so far: drawn
+/// only while every answer so far had one.
+#[derive(Debug, Default)]
+struct Totals {
+    files: u64,
+    bytes: u64,
+    all_counted: bool,
+    answers: u64,
+}
+
+impl Totals {
+    /// A new answer begins, with a `TOTAL` first or not.
+    fn answer(&mut self, has_total: bool) {
+        self.all_counted = has_total && (self.answers == 0 || self.all_counted);
+        self.answers += 1;
+    }
+
+    fn add(&mut self, files: u64, bytes: u64, meter: &Meter) {
+        self.files = self.files.saturating_add(files);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.all_counted {
+            meter.counted(self.files, self.bytes, true);
+        }
+    }
 }
 
 /// Receives everything the server sends for one `Get`. Verified files are
@@ -136,12 +170,18 @@ async fn pull_items(
     meter: &Meter,
 ) -> Result<()> {
     let mut shape = Shape::default();
+    let mut first = true;
     loop {
         // Before waiting on the network, make what arrived durable.
         if !r.has_frame() {
             group.commit(ctx.rep, ctx.root.dir(), remote).await;
         }
         let frame = reply(r).await?;
+        // A total may come first, and only first.
+        let was_first = std::mem::take(&mut first);
+        if was_first {
+            ctx.totals.answer(matches!(frame, Frame::Total { .. }));
+        }
         match &frame {
             Frame::Dir { path, .. } | Frame::Skipped { path, .. } => shape.check(r, asked, path, false)?,
             Frame::File(h) => shape.check(r, asked, &h.path, true)?,
@@ -167,6 +207,7 @@ async fn pull_items(
                 check_within(r, asked, &h.path)?;
                 if h.offset > 0 && h.offset == h.size && ctx.held.whole.contains_key(&h.path) {
                     let report = confirm_whole(r, &h, ctx.held, ctx.root.dir(), remote).await?;
+                    meter.settled(h.size);
                     group.commit(ctx.rep, ctx.root.dir(), remote).await;
                     ctx.rep.file(report);
                     continue;
@@ -187,6 +228,9 @@ async fn pull_items(
             Frame::Skipped { path, reason } => {
                 check_within(r, asked, &path)?;
                 ctx.rep.file(FileReport::skipped(remote(&path), reason));
+            }
+            Frame::Total { files, bytes } if was_first => {
+                ctx.totals.add(files, bytes, meter);
             }
             Frame::Ok => return Ok(()),
             Frame::Error { code, message } => {

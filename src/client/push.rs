@@ -358,6 +358,7 @@ async fn read_stored(
             return Ok(());
         }
         SendOutcome::Same { size, blake3 } => {
+            rep.meter().settled(size);
             rep.file(FileReport::unchanged(&path, size, &blake3));
             return Ok(());
         }

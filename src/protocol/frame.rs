@@ -25,6 +25,7 @@ mod code {
     pub const SKIPPED: u8 = 0x03;
     pub const PROBE: u8 = 0x04;
     pub const OFFER: u8 = 0x05;
+    pub const TOTAL: u8 = 0x06;
     pub const GET: u8 = 0x08;
     pub const LIST: u8 = 0x09;
     pub const REMOVE: u8 = 0x0A;
@@ -216,6 +217,12 @@ pub enum Frame {
     },
     /// Before a pull's `Get`: what the client holds.
     Offer(Offer),
+    /// First in a `Get`'s answer, when the server could count it cheaply:
+    /// the files (and links, specials) and bytes the answer will carry.
+    Total {
+        files: u64,
+        bytes: u64,
+    },
     Get {
         path: WirePath,
     },
@@ -308,7 +315,7 @@ impl FrameError {
 fn max_body(kind: u8) -> Option<usize> {
     match kind {
         code::DATA => Some(MAX_DATA_LEN),
-        code::FILE..=code::OFFER
+        code::FILE..=code::TOTAL
         | code::GET..=code::REMOVE
         | code::END
         | code::ABORT
@@ -404,6 +411,7 @@ impl Frame {
                 }
                 Frame::Offer(o)
             }
+            code::TOTAL => Frame::Total { files: r.u64()?, bytes: r.u64()? },
             code::GET => Frame::Get { path: r.path()? },
             code::LIST => Frame::List { path: r.path()? },
             code::REMOVE => Frame::Remove { path: r.path()?, recursive: r.bool()? },
@@ -465,6 +473,10 @@ impl Frame {
                 w.u64(o.offset);
                 w.0.extend_from_slice(&o.prefix);
             }
+            Frame::Total { files, bytes } => {
+                w.u64(*files);
+                w.u64(*bytes);
+            }
             Frame::Get { path } | Frame::List { path } => w.path(path),
             Frame::Remove { path, recursive } => {
                 w.path(path);
@@ -506,6 +518,7 @@ impl Frame {
             Frame::Skipped { .. } => code::SKIPPED,
             Frame::Probe { .. } => code::PROBE,
             Frame::Offer(_) => code::OFFER,
+            Frame::Total { .. } => code::TOTAL,
             Frame::Get { .. } => code::GET,
             Frame::List { .. } => code::LIST,
             Frame::Remove { .. } => code::REMOVE,
@@ -528,6 +541,7 @@ impl Frame {
             Frame::Skipped { .. } => "SKIPPED",
             Frame::Probe { .. } => "PROBE",
             Frame::Offer(_) => "OFFER",
+            Frame::Total { .. } => "TOTAL",
             Frame::Get { .. } => "GET",
             Frame::List { .. } => "LIST",
             Frame::Remove { .. } => "REMOVE",
@@ -669,6 +683,7 @@ mod tests {
             Frame::Have(Have { offset: 7, prefix: [4; 32], complete: Some([5; 32]) }),
             Frame::Dir { path: p("d/e"), mode: 0o700, mtime: t },
             Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
+            Frame::Total { files: 20_000, bytes: 1 << 40 },
             Frame::Get { path: p("x") },
             Frame::List { path: WirePath::root() },
             Frame::Remove { path: p("x/y"), recursive: true },

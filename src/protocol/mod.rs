@@ -16,7 +16,7 @@ pub use path::{PathError, WirePath};
 pub const MAGIC: [u8; 4] = *b"XFER";
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Length of the preamble: magic followed by a big-endian `u16` version.
 pub const PREAMBLE_LEN: usize = 6;

@@ -20,6 +20,12 @@ use crate::walk::Item;
 /// Memory an offer holds besides its path (map entry, sizes, hash).
 const OFFER_OVERHEAD: usize = 160;
 
+/// A `GET`'s answer is counted first (for the client's `TOTAL`) only up to
+/// this many items and this long: past either, it goes without a total
+/// rather than making every large pull walk its tree twice.
+const TOTAL_MAX_ITEMS: u64 = 100_000;
+const TOTAL_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Conn {
     /// Keeps what a pulling client holds, within the protocol's bounds (a
     /// client past them is cut off: it broke the protocol) and the server's
@@ -59,7 +65,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends a file or a tree, then `Ok`.
+    /// Sends a file or a tree, then `Ok`; first a `Total` of what it will
+    /// send, when counting it first is cheap.
     pub(super) async fn get(&mut self, path: WirePath) -> Result<()> {
         if let Err(e) = self.authorize(Perm::Read, &path) {
             return self.answer(&path, "pull", Err(e)).await;
@@ -70,6 +77,12 @@ impl Conn {
             Ok(w) => w,
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
+        // The client's bars get a total and an ETA when counting is cheap.
+        let (root, p) = (self.shared.root.clone(), path.clone());
+        let total = blocking(move || root.walk(&p).ok().and_then(|w| w.count(TOTAL_MAX_ITEMS, TOTAL_MAX_TIME))).await;
+        if let Some((files, bytes)) = total {
+            self.w.send(&Frame::Total { files, bytes }).await?;
+        }
         let mut items = transfer::spawn_walk(walk, self.budget.clone());
         let mut first = true;
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
