@@ -166,6 +166,31 @@ impl DirFd {
         Ok(rustix::fs::renameat(&*self.0, from, &*to_dir.0, to)?)
     }
 
+    /// The target of the link `name`, as written (never followed).
+    pub fn read_link(&self, name: &OsStr) -> io::Result<OsString> {
+        let target = rustix::fs::readlinkat(&*self.0, name, Vec::new())?;
+        Ok(OsStr::from_bytes(target.as_bytes()).to_owned())
+    }
+
+    /// Makes `name` a symbolic link to `target`, atomically replacing a
+    /// file or link there: the link is made under a fresh name, then
+    /// renamed over `name` (`rename` never follows the link it moves).
+    pub fn make_link(&self, target: &str, name: &OsStr) -> io::Result<()> {
+        loop {
+            let mut random = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
+            let tmp = format!(".xfer-link-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            match rustix::fs::symlinkat(target, &*self.0, tmp.as_str()) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            return self.rename(OsStr::new(&tmp), self, name).inspect_err(|_| {
+                let _ = self.unlink(OsStr::new(&tmp));
+            });
+        }
+    }
+
     /// Removes the file (or link) `name`.
     pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&*self.0, name, AtFlags::empty())?)

@@ -73,6 +73,7 @@ pub mod direct;
 pub mod enroll;
 pub mod error;
 pub mod hashes;
+pub mod links;
 pub mod meter;
 pub mod partial;
 pub mod pki;

@@ -34,7 +34,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{Class, Error, Result};
 use crate::meter::{Display, Meter};
-use crate::protocol::{ListEntry, Timestamp};
+use crate::protocol::{ListEntry, Timestamp, WirePath};
 
 /// How a command reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,8 @@ pub struct FileReport {
     pub class: Class,
     /// For a pull: where the file is on this machine.
     pub local: Option<String>,
+    /// For a symbolic link sent or made as one: its target.
+    pub link: Option<String>,
 }
 
 impl FileReport {
@@ -125,6 +127,7 @@ impl FileReport {
             error: None,
             class: Class::Other,
             local: None,
+            link: None,
         }
     }
 
@@ -147,7 +150,13 @@ impl FileReport {
             error: None,
             class: Class::Other,
             local: None,
+            link: None,
         }
+    }
+
+    /// A symbolic link made as one (`--links`) at `path`, to `target`.
+    pub fn linked(path: impl ToString, target: &str) -> FileReport {
+        FileReport { link: Some(target.to_owned()), ..FileReport::done(path) }
     }
 
     /// Something deliberately not transferred (a symbolic link, say).
@@ -162,6 +171,7 @@ impl FileReport {
             error: Some(reason),
             class: Class::Other,
             local: None,
+            link: None,
         }
     }
 
@@ -178,6 +188,7 @@ impl FileReport {
             error: Some(error),
             class,
             local: None,
+            link: None,
         }
     }
 }
@@ -191,6 +202,8 @@ pub struct Summary {
     /// Files continued from a partial copy.
     pub resumed: usize,
     pub dirs: usize,
+    /// Symbolic links made as links (`--links`).
+    pub links: usize,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -306,6 +319,7 @@ impl Reporter {
         self.meter.take_bytes(&r.path);
         self.meter.done();
         match r.status {
+            Status::Ok | Status::Would if r.link.is_some() => self.sum.links += 1,
             Status::Ok => {
                 self.sum.ok += 1;
                 self.sum.bytes += r.bytes;
@@ -336,6 +350,9 @@ impl Reporter {
                 if let Some(local) = &r.local {
                     v["local"] = local.clone().into();
                 }
+                if let Some(target) = &r.link {
+                    v["link"] = target.clone().into();
+                }
                 if let Some(e) = &r.error {
                     v["error"] = e.clone().into();
                 }
@@ -353,6 +370,9 @@ impl Reporter {
                     }
                     Status::Ok => None,
                     Status::Would if self.output == Output::Quiet => None,
+                    Status::Would if r.link.is_some() => {
+                        Some(format!("would link {} -> {}", r.path, r.link.as_deref().unwrap_or_default()))
+                    }
                     Status::Would => Some(match (self.op, r.resumed_from) {
                         (Op::Remove, _) => format!("would remove {}", r.path),
                         (Op::Pull, 0) => format!("would receive {} ({})", r.path, human_bytes(r.size)),
@@ -407,6 +427,23 @@ impl Reporter {
         }
     }
 
+    /// One symbolic link of a listing, with its target (escaped: it is
+    /// the server's text).
+    pub fn link_entry(&mut self, path: &WirePath, target: &str) {
+        self.sum.ok += 1;
+        match self.output {
+            Output::Json => json_line(&serde_json::json!({
+                "type": "entry", "path": path.as_str(), "size": 0, "dir": false, "link": target,
+            })),
+            Output::Human | Output::Verbose => {
+                let name = path.file_name().unwrap_or(".");
+                let line = format!("{:>12}  {:<20}  {name} -> {target}", "link", "");
+                let _ = writeln!(std::io::stdout().lock(), "{}", crate::text::escape(&line));
+            }
+            Output::Quiet | Output::Silent => {}
+        }
+    }
+
     /// Prints the summary; fails with the worst class if anything failed.
     pub fn finish(self) -> Result<Summary> {
         self.finish_after(None)
@@ -426,8 +463,8 @@ impl Reporter {
                 SUMMARY_WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
                 let mut v = serde_json::json!({
                     "type": "summary", "operation": format!("{:?}", self.op).to_lowercase(),
-                    "files": s.ok + s.skipped + s.failed, "ok": s.ok, "skipped": s.skipped,
-                    "failed": s.failed, "resumed": s.resumed, "dirs": s.dirs, "bytes": s.bytes,
+                    "files": s.ok + s.skipped + s.failed + s.links, "ok": s.ok, "skipped": s.skipped,
+                    "failed": s.failed, "resumed": s.resumed, "dirs": s.dirs, "links": s.links, "bytes": s.bytes,
                     "seconds": s.seconds,
                 });
                 if self.dry_run {
@@ -490,6 +527,9 @@ impl Reporter {
             let mib = s.bytes as f64 / (1024.0 * 1024.0);
             let rate = if s.seconds > 0.0 { mib / s.seconds } else { 0.0 };
             line += &format!(" ({mib:.1} MiB) in {:.2} s, {rate:.1} MiB/s, verified with BLAKE3", s.seconds);
+        }
+        if s.links > 0 {
+            line += &format!("; {} symbolic link{}", s.links, if s.links == 1 { "" } else { "s" });
         }
         if s.skipped > 0 {
             line += &format!("; {} unchanged or skipped", s.skipped);

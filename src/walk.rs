@@ -46,7 +46,13 @@ pub enum Item {
         meta: Meta,
         ahead: Option<Box<Ahead>>,
     },
-    /// Not sent on purpose: a symbolic link, a device, a socket.
+    /// A symbolic link whose target stays inside the tree being walked,
+    /// sent as a link with `--links` (see [`crate::links`]).
+    Link {
+        rel: WirePath,
+        target: String,
+    },
+    /// Not sent on purpose: a link out of the tree, a device, a socket.
     Skipped {
         rel: String,
         reason: String,
@@ -115,6 +121,8 @@ impl Filter {
 pub struct Walk {
     first: Option<Item>,
     stack: Vec<Level>,
+    /// What was asked for: links must lead inside it to be [`Item::Link`]s.
+    top: WirePath,
     /// Patterns to leave out, and how many leading components of an
     /// item's name are the destination folder rather than what the user
     /// named.
@@ -132,10 +140,17 @@ impl Walk {
     /// downwards. Fails only when that entry cannot be looked at, or is a
     /// folder that cannot be read.
     pub fn entry(parent: &DirFd, name: &std::ffi::OsStr, rel: WirePath) -> std::io::Result<Walk> {
+        Walk::entry_in(parent, name, rel.clone(), rel)
+    }
+
+    /// [`Walk::entry`], as part of the larger tree `top` (a sync's
+    /// destination folder, for each of the source folder's entries): links
+    /// must stay inside `top` to be [`Item::Link`]s.
+    pub fn entry_in(parent: &DirFd, name: &std::ffi::OsStr, rel: WirePath, top: WirePath) -> std::io::Result<Walk> {
         let found = parent
             .stat(name)?
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"))?;
-        let mut walk = Walk { first: None, stack: Vec::new(), filter: None };
+        let mut walk = Walk { first: None, stack: Vec::new(), filter: None, top };
         match found.kind {
             Kind::Dir => {
                 let dir = parent.open_dir(name)?;
@@ -143,7 +158,7 @@ impl Walk {
                 walk.first = Some(Item::Dir { rel: rel.clone(), meta: found.meta });
                 walk.stack.push(Level { dir, rel, names: names.into_iter() });
             }
-            kind => walk.first = Some(classify(kind, parent.clone(), name.to_owned(), rel, found.meta)),
+            kind => walk.first = Some(classify(kind, parent.clone(), name.to_owned(), rel, found.meta, &walk.top)),
         }
         Ok(walk)
     }
@@ -159,6 +174,7 @@ impl Walk {
             first: None,
             stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }],
             filter: None,
+            top: WirePath::root(),
         })
     }
 }
@@ -196,7 +212,7 @@ impl Walk {
             match item {
                 Item::Dir { .. } => continue,
                 Item::File { meta, .. } => bytes = bytes.saturating_add(meta.size),
-                Item::Skipped { .. } | Item::Failed { .. } => {}
+                Item::Link { .. } | Item::Skipped { .. } | Item::Failed { .. } => {}
             }
             items += 1;
             if items > max_items || (items % 256 == 0 && started.elapsed() > deadline) {
@@ -246,7 +262,7 @@ impl Iterator for Walk {
                     Err(e) => Item::Failed { rel: rel.to_string(), error: e.to_string() },
                 });
             }
-            return Some(classify(found.kind, level.dir.clone(), name, rel, found.meta));
+            return Some(classify(found.kind, level.dir.clone(), name, rel, found.meta, &self.top));
         }
     }
 }
@@ -257,12 +273,31 @@ fn excluded(filter: Option<&(Filter, usize)>, rel: &str, is_dir: bool) -> bool {
     !named.is_empty() && filter.excludes(&named.join("/"), is_dir)
 }
 
-fn classify(kind: Kind, dir: DirFd, name: OsString, rel: WirePath, meta: Meta) -> Item {
+fn classify(kind: Kind, dir: DirFd, name: OsString, rel: WirePath, meta: Meta, top: &WirePath) -> Item {
     match kind {
         Kind::File => Item::File { rel, dir, name, meta, ahead: None },
-        Kind::Symlink => Item::Skipped { rel: rel.to_string(), reason: "symbolic link (not followed)".into() },
+        Kind::Symlink => link(&dir, &name, rel, top),
         Kind::Dir | Kind::Other => Item::Skipped { rel: rel.to_string(), reason: "not a regular file".into() },
     }
+}
+
+/// A link as an [`Item::Link`] when its target stays inside `top`; else
+/// skipped, saying why (the target is the walker's own data: shown escaped
+/// by whoever prints it).
+fn link(dir: &DirFd, name: &OsString, rel: WirePath, top: &WirePath) -> Item {
+    let target = match dir.read_link(name) {
+        Ok(t) => t,
+        Err(e) => return Item::Failed { rel: rel.to_string(), error: e.to_string() },
+    };
+    let skip = |why: String| Item::Skipped { rel: rel.to_string(), reason: format!("symbolic link not sent: {why}") };
+    let Some(text) = target.to_str() else { return skip("its target is not UTF-8".into()) };
+    if let Err(why) = crate::links::check_target(text) {
+        return skip(format!("{why} ({text})"));
+    }
+    if !crate::links::within(top, &rel, text) {
+        return skip(format!("it points outside the tree being sent ({text})"));
+    }
+    Item::Link { target: text.to_owned(), rel }
 }
 
 #[cfg(test)]
@@ -274,6 +309,7 @@ mod tests {
         match i {
             Item::Dir { rel, .. } => format!("D {rel}"),
             Item::File { rel, meta, .. } => format!("F {rel} {}", meta.size),
+            Item::Link { rel, target } => format!("L {rel} -> {target}"),
             Item::Skipped { rel, .. } => format!("S {rel}"),
             Item::Failed { rel, .. } => format!("X {rel}"),
         }
@@ -288,6 +324,8 @@ mod tests {
         fs::write(d.join("a.txt"), b"aa").unwrap();
         fs::write(d.join("sub/c"), b"").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/c", d.join("near")).unwrap();
+        std::os::unix::fs::symlink("../../x", d.join("sub/far")).unwrap();
         let parent = DirFd::open_path(t.path()).unwrap();
         let got: Vec<String> =
             Walk::entry(&parent, "d".as_ref(), WirePath::parse("to/d").unwrap()).unwrap().map(show).collect();
@@ -298,9 +336,11 @@ mod tests {
                 "F to/d/a.txt 2",
                 "F to/d/b.txt 1",
                 "S to/d/link",
+                "L to/d/near -> sub/c",
                 "D to/d/sub",
                 "F to/d/sub/c 0",
-                "D to/d/sub/empty"
+                "D to/d/sub/empty",
+                "S to/d/sub/far"
             ]
         );
     }

@@ -367,22 +367,10 @@ fn a_hostile_server_cannot_fill_the_disk_with_folders_past_the_reserve() {
 /// after an item (to bend a client's bars or counts) is cut off.
 #[test]
 fn a_total_anywhere_but_first_is_a_protocol_error() {
-    use xfer::protocol::Timestamp;
     let pki = Pki::new();
     let work = Dir::new();
-    let (addr, fake) = fake_server(&pki, move |(mut r, mut w)| async move {
-        while let Ok(Some(frame)) = r.read_frame().await {
-            if let Frame::Get { .. } = frame {
-                let dir = Frame::Dir { path: WirePath::parse("d").unwrap(), mode: 0o755, mtime: Timestamp::default() };
-                let late = Frame::Total { files: 1, bytes: 1 << 50 };
-                w.write_all(&encode(&[Frame::Total { files: 0, bytes: 0 }, dir, late, Frame::Ok])).await.unwrap();
-                w.flush().await.unwrap();
-            }
-        }
-    });
-    let certs = pki.certs().display().to_string();
-    let run = run_in(work.path(), &["pull", &addr, "d", "--out", "got", "--certs", &certs, "--retry", "0"], &[]);
-    fake.join().unwrap();
+    // DIR first, then a TOTAL: not the first frame of the answer.
+    let run = pull_from_fake(&pki, &work, vec![Frame::Total { files: 1, bytes: 1 << 50 }], &[]);
     run.assert_code(1);
     assert!(run.stderr().contains("protocol error") && run.stderr().contains("unexpected TOTAL"), "{run}");
 }

@@ -13,6 +13,7 @@ mod identities;
 mod keygen;
 mod kill_loop;
 mod limits;
+mod links;
 mod load;
 mod paths;
 mod policy;

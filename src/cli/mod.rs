@@ -115,6 +115,16 @@ pub struct ClientArgs {
     /// number of KiB/s as rsync reads it.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
+    /// Send symbolic links as links, and make those a pull receives, when
+    /// their target stays inside the tree sent (relative, not climbing out
+    /// of it); others are skipped with the reason. Without it, links are
+    /// skipped (push, pull, cp, sync).
+    #[arg(long)]
+    pub links: bool,
+    /// Set by sync: the sources are one folder's entries, and links may
+    /// lead anywhere inside the folder synced, not only inside one entry.
+    #[arg(skip)]
+    pub sync_tree: bool,
     /// Draw progress bars even when stderr is not a terminal (CI systems
     /// that render them); without it, bars show only on a terminal.
     #[arg(long, conflicts_with = "no_progress")]
@@ -350,8 +360,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let output = output(&a.client, cli.quiet, cli.verbose);
             cp::cp(&a, output).await
         }
-        Command::Sync(a) => {
+        Command::Sync(mut a) => {
             a.habits.note();
+            // The tree synced is the whole folder: its links may lead
+            // anywhere in it.
+            a.client.sync_tree = true;
             let output = output(&a.client, cli.quiet, cli.verbose);
             sync::sync(&a, output).await
         }

@@ -74,6 +74,8 @@ where
     cfg.server_name = args.server_name.clone().or_else(|| alias.and_then(|a| a.server_name.clone()));
     cfg.max_size = limits.max_size;
     cfg.bwlimit = args.bwlimit;
+    cfg.links = args.links;
+    cfg.sync_tree = args.sync_tree;
     cfg.timeouts = Timeouts { idle: args.idle_timeout, ..Timeouts::default() };
     // Bars for people watching a terminal (or asked for), while bytes move.
     let shown = !args.no_progress && (args.progress || std::io::stderr().is_terminal());

@@ -16,6 +16,7 @@ use super::{ClientArgs, FilterArgs, Habits, parse_size, transfer};
 use crate::beneath::DirFd;
 use crate::error::{Class, Error};
 use crate::progress::{FileReport, Op, Output, Reporter, Status};
+use crate::protocol::WirePath;
 use crate::store::STAGING_DIR;
 use crate::walk::{Filter, Item, Walk};
 
@@ -84,9 +85,14 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
             continue;
         }
         match e.file_type() {
-            Ok(t) if t.is_dir() || t.is_file() => entries.push(e.path()),
+            Ok(t) if t.is_dir() || t.is_file() || (t.is_symlink() && a.client.links) => entries.push(e.path()),
+            Ok(t) if t.is_symlink() => eprintln!(
+                "xfer: skipped {}: {}",
+                crate::text::escape(&e.path().display().to_string()),
+                crate::client::NO_LINKS
+            ),
             _ => eprintln!(
-                "xfer: skipped {}: not a regular file or folder (links are not followed)",
+                "xfer: skipped {}: not a regular file or folder",
                 crate::text::escape(&e.path().display().to_string())
             ),
         }
@@ -99,7 +105,7 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
     if !a.delete {
         return Ok(());
     }
-    let keep = local_tree(local, filter.as_ref())?.into_iter().map(|(rel, _)| rel).collect::<HashSet<_>>();
+    let keep = local_tree(local, filter.as_ref(), true)?.into_iter().map(|(rel, _)| rel).collect::<HashSet<_>>();
     let dir = remote_path(&to.path)?;
     let dry_run = a.client.dry_run;
     with_client(&to.target, &a.client, Op::Remove, output, 0, |c, rep| {
@@ -121,7 +127,7 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
         .into());
     }
     let dir = remote_path(&from.path)?;
-    let tree = Arc::new(Mutex::new(Vec::new()));
+    let tree = Arc::new(Mutex::new(crate::client::Tree::default()));
     let got = tree.clone();
     with_client(&from.target, &a.client, Op::List, Output::Silent, a.retry, |c, rep| {
         let (dir, got) = (dir.clone(), got.clone());
@@ -132,19 +138,24 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
         })
     })
     .await?;
-    let tree: Vec<(String, bool)> = std::mem::take(&mut *tree.lock().unwrap_or_else(|e| e.into_inner()));
+    let crate::client::Tree { entries: tree, links } =
+        std::mem::take(&mut *tree.lock().unwrap_or_else(|e| e.into_inner()));
     if !a.client.dry_run {
         std::fs::create_dir_all(local).map_err(|e| Error::io(format!("cannot create {}", local.display()), e))?;
     }
+    // Links at the top are not pulled (a GET never follows a link): they
+    // are made here from the listing, the way a pull makes deeper ones.
+    let top_links: Vec<&(String, String)> = links.iter().filter(|(rel, _)| !rel.contains('/')).collect();
     let top: Vec<String> = tree
         .iter()
-        .filter(|(rel, _)| !rel.contains('/'))
+        .filter(|(rel, _)| !rel.contains('/') && !top_links.iter().any(|(l, _)| l == rel))
         .map(|(rel, _)| if dir.is_root() { rel.clone() } else { format!("{dir}/{rel}") })
         .collect();
     if !top.is_empty() {
         let limits = Limits { max_size: a.max_size };
         transfer::pull(&from.target, &top, local, limits, a.retry, &a.client, output).await?;
     }
+    make_top_links(&top_links, local, a.client.links, a.client.dry_run, output)?;
     if !a.delete || !local.is_dir() {
         return Ok(());
     }
@@ -152,24 +163,64 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     // A name the walk could not carry exactly (not UTF-8) is never a
     // candidate: its lossy spelling might be another file's name.
     let exact: Vec<(String, bool)> =
-        local_tree(local, None)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
+        local_tree(local, None, true)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
     let extra = crate::client::extra_paths(&exact, &keep, None);
     remove_local(local, &extra, a.client.dry_run, output)
 }
 
-/// Every entry below `local` (links and other non-files included, as
-/// themselves), relative to it, with whether it is a folder; the pull
-/// staging area left out.
-fn local_tree(local: &Path, filter: Option<&Filter>) -> Result<Vec<(String, bool)>, Error> {
+/// The links directly in the server folder, made in `local` with
+/// `--links` when they lead inside it (reported as a pull reports them).
+fn make_top_links(
+    links: &[&(String, String)],
+    local: &Path,
+    make: bool,
+    dry_run: bool,
+    output: Output,
+) -> Result<(), Error> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let mut rep = Reporter::new(output, Op::Pull);
+    rep.set_dry_run(dry_run);
+    let root = (make && !dry_run)
+        .then(|| crate::store::Root::open_pull(local))
+        .transpose()
+        .map_err(|e| Error::io(format!("cannot open {}", local.display()), e))?;
+    for (rel, target) in links {
+        let Ok(path) = WirePath::parse(rel) else { continue };
+        let report = match crate::links::acceptable(&WirePath::root(), &path, target, None) {
+            _ if !make => FileReport::skipped(rel, "symbolic link (not made; --links makes it)".into()),
+            Err(why) => FileReport::failed(rel, format!("refused a link from the server: {why}"), Class::Other),
+            Ok(()) => match &root {
+                None => FileReport { status: Status::Would, ..FileReport::linked(rel, target) },
+                Some(root) => match root.link(&path, target) {
+                    Ok(()) => FileReport::linked(rel, target),
+                    Err(e) => FileReport::failed(rel, e.message, Class::Other),
+                },
+            },
+        };
+        rep.file(report);
+    }
+    if output == Output::Json {
+        return Ok(()); // one summary per command in JSON: the pull's
+    }
+    rep.finish().map(drop)
+}
+
+/// Every entry below `local` (other non-files included, as themselves,
+/// and links unless `links` is false), relative to it, with whether it is
+/// a folder; the pull staging area left out.
+fn local_tree(local: &Path, filter: Option<&Filter>, links: bool) -> Result<Vec<(String, bool)>, Error> {
     let dir = DirFd::open_path(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
     let walk = Walk::contents(dir, Some(STAGING_DIR))
         .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?
         .filtered(filter.cloned(), 0);
     Ok(walk
-        .map(|item| match item {
-            Item::Dir { rel, .. } => (rel.to_string(), true),
-            Item::File { rel, .. } => (rel.to_string(), false),
-            Item::Skipped { rel, .. } | Item::Failed { rel, .. } => (rel, false),
+        .filter_map(|item| match item {
+            Item::Dir { rel, .. } => Some((rel.to_string(), true)),
+            Item::File { rel, .. } => Some((rel.to_string(), false)),
+            Item::Link { rel, .. } => links.then(|| (rel.to_string(), false)),
+            Item::Skipped { rel, .. } | Item::Failed { rel, .. } => Some((rel, false)),
         })
         .collect())
 }

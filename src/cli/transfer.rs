@@ -68,10 +68,16 @@ pub(super) async fn push(
             Err(Error::Usage("'-' (standard input) must be the only source".into()).into())
         }
         paths => {
-            PushPlan::filtered(paths, &to, filter.clone())?;
+            // A sync's entries are the contents of one folder; else each
+            // source is named on its own (and followed if it is a link).
+            let plan = || match client.sync_tree {
+                true => PushPlan::contents(paths, &to, filter.clone()),
+                false => PushPlan::filtered(paths, &to, filter.clone()),
+            };
+            plan()?;
             let dry_run = client.dry_run;
             with_client(host, client, Op::Push, output, retry, |c, rep| {
-                let plan = PushPlan::filtered(paths, &to, filter.clone());
+                let plan = plan();
                 Box::pin(
                     async move { if dry_run { c.push_dry_run(plan?, rep).await } else { c.push(plan?, rep).await } },
                 )

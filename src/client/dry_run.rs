@@ -35,6 +35,7 @@ impl Client {
         let items = transfer::spawn_walk(plan.walks.into_iter().flatten(), crate::budget::Budget::unlimited());
         let (tx, mut rx) = mpsc::channel::<Asked>(1024);
         let Client { r, w, cfg, .. } = self;
+        let links = cfg.links;
         let writer = async move {
             let mut items = items;
             loop {
@@ -49,6 +50,13 @@ impl Client {
                         Asked::File(item)
                     }
                     Item::Dir { .. } => continue,
+                    Item::Link { rel, .. } if !links => {
+                        Asked::Other(FileReport::skipped(rel, super::push::NO_LINKS.into()))
+                    }
+                    Item::Link { rel, target } => Asked::Other(FileReport {
+                        status: crate::progress::Status::Would,
+                        ..FileReport::linked(rel, &target)
+                    }),
                     Item::Skipped { rel, reason } => Asked::Other(FileReport::skipped(rel, reason)),
                     Item::Failed { rel, error } => Asked::Other(FileReport::failed(rel, error, Class::Other)),
                 };
@@ -123,6 +131,7 @@ impl Client {
                 let refused = loop {
                     match reply(r).await? {
                         Frame::Entry(e) => entries.push(e),
+                        Frame::Link { .. } => {}
                         Frame::Ok => break None,
                         Frame::Error { code, message } => break Some(refusal(p.as_str(), code, message)),
                         other => return Err(unexpected(r.peer(), &other)),
@@ -151,6 +160,7 @@ impl Client {
     pub async fn pull_dry_run(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
         let Client { r, w, cfg, .. } = self;
         greet_after_list(w, r, cfg.timeouts.header).await?;
+        let links = cfg.links;
         for asked in remotes {
             // Items land named from the asked path's parent, as in a pull.
             let base = asked.parent().unwrap_or_default();
@@ -163,21 +173,35 @@ impl Client {
                 if !seen.insert(folder.clone()) {
                     continue;
                 }
-                let entries = match list_one(w, r, &folder).await? {
-                    Ok(entries) => entries,
+                let listing = match list_one(w, r, &folder).await? {
+                    Ok(listing) => listing,
                     Err(e) => {
                         rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
                         continue;
                     }
                 };
-                listed += entries.len();
+                listed += listing.len();
                 if listed > super::sync::MAX_LISTED {
                     return Err(Error::protocol(
                         r.peer(),
                         format!("{asked}: more than {} entries listed", super::sync::MAX_LISTED),
                     ));
                 }
-                for e in entries {
+                for (path, target) in listing.links.iter().filter(|(p, _)| super::sync::is_child(&folder, p)) {
+                    let top = crate::links::pulled_tree(asked, cfg.sync_tree);
+                    let rel =
+                        path.as_str().strip_prefix(base.as_str()).unwrap_or(path.as_str()).trim_start_matches('/');
+                    let rel = WirePath::parse(rel).unwrap_or_default();
+                    rep.file(match crate::links::within(&top, &rel, target) {
+                        true if links => FileReport { status: Status::Would, ..FileReport::linked(path, target) },
+                        true => FileReport::skipped(path, "symbolic link (not made; --links makes it)".into()),
+                        false => FileReport::skipped(
+                            path,
+                            format!("symbolic link not made: it points outside the tree pulled ({target})"),
+                        ),
+                    });
+                }
+                for e in listing.entries {
                     // Only what is below the folder listed (or the file
                     // asked for itself) counts; anything else is the
                     // server's invention.
@@ -221,19 +245,33 @@ pub(super) async fn greet_after_list(
     greet(r, within).await
 }
 
+/// What one `LIST` answered: files and folders, and links with targets.
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    pub entries: Vec<crate::protocol::ListEntry>,
+    pub links: Vec<(WirePath, String)>,
+}
+
+impl Listing {
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.links.len()
+    }
+}
+
 /// One `LIST` and its answer: the entries, or the server's refusal.
 pub(super) async fn list_one(
     w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
     r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
     path: &WirePath,
-) -> Result<std::result::Result<Vec<crate::protocol::ListEntry>, Error>> {
+) -> Result<std::result::Result<Listing, Error>> {
     w.send(&Frame::List { path: path.clone() }).await?;
     w.flush().await?;
-    let mut entries = Vec::new();
+    let mut listing = Listing::default();
     loop {
         match reply(r).await? {
-            Frame::Entry(e) => entries.push(e),
-            Frame::Ok => return Ok(Ok(entries)),
+            Frame::Entry(e) => listing.entries.push(e),
+            Frame::Link { path, target } => listing.links.push((path, target)),
+            Frame::Ok => return Ok(Ok(listing)),
             Frame::Error { code, message } => return Ok(Err(refusal(path.as_str(), code, message))),
             other => return Err(unexpected(r.peer(), &other)),
         }
@@ -252,5 +290,6 @@ fn would_send(rel: &WirePath, size: u64, offset: u64) -> FileReport {
         error: None,
         class: Class::Other,
         local: None,
+        link: None,
     }
 }

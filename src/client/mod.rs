@@ -31,11 +31,11 @@ mod pull;
 mod push;
 mod sync;
 
-pub use sync::extra as extra_paths;
+pub use sync::{Tree, extra as extra_paths};
 
 pub use offers::MIN_ROOT_OFFER;
-pub use push::PushPlan;
 use push::{Expect, hand_over, read_outcomes};
+pub use push::{NO_LINKS, PushPlan};
 
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
@@ -51,6 +51,12 @@ pub struct ClientConfig {
     pub max_size: Option<u64>,
     /// Most bytes a second each way (`--bwlimit`).
     pub bwlimit: Option<u64>,
+    /// Send and make symbolic links as links (`--links`), when their
+    /// target stays inside the tree.
+    pub links: bool,
+    /// A pulled link may lead anywhere inside the destination folder (a
+    /// sync), not only inside the entry asked for.
+    pub sync_tree: bool,
 }
 
 impl ClientConfig {
@@ -65,6 +71,8 @@ impl ClientConfig {
             timeouts: Timeouts::default(),
             max_size: None,
             bwlimit: None,
+            links: false,
+            sync_tree: false,
         })
     }
 }
@@ -228,6 +236,7 @@ impl Client {
             loop {
                 match reply(r).await? {
                     Frame::Entry(e) => rep.entry(&e),
+                    Frame::Link { path, target } => rep.link_entry(&path, &target),
                     Frame::Ok => return Ok(()),
                     Frame::Error { code, message } => return Err(refusal(path.as_str(), code, message)),
                     other => return Err(unexpected(r.peer(), &other)),

@@ -61,6 +61,8 @@ impl Client {
                 held: &mut held,
                 server,
                 max_size: cfg.max_size,
+                links: cfg.links,
+                sync_tree: cfg.sync_tree,
                 known_dirs: None,
                 totals: Totals::default(),
             };
@@ -90,7 +92,10 @@ impl Client {
                 Frame::Entry(e) if names.len() < MAX_OFFERS => {
                     names.extend(e.path.file_name().map(str::to_owned));
                 }
-                Frame::Entry(_) => {}
+                Frame::Link { path, .. } if names.len() < MAX_OFFERS => {
+                    names.extend(path.file_name().map(str::to_owned));
+                }
+                Frame::Entry(_) | Frame::Link { .. } => {}
                 Frame::Ok => return Ok(names),
                 Frame::Error { code, message } => {
                     // Busy, shutting down, not admitted: the pull cannot go on.
@@ -112,6 +117,10 @@ struct PullCtx<'a> {
     server: &'a str,
     /// `--max-size`: files larger are refused.
     max_size: Option<u64>,
+    /// Make the links the server sends (`--links`).
+    links: bool,
+    /// ... when they lead inside the destination, not only the entry asked.
+    sync_tree: bool,
     /// A path whose folders were last found to exist.
     known_dirs: Option<WirePath>,
     totals: Totals,
@@ -183,7 +192,9 @@ async fn pull_items(
             ctx.totals.answer(matches!(frame, Frame::Total { .. }));
         }
         match &frame {
-            Frame::Dir { path, .. } | Frame::Skipped { path, .. } => shape.check(r, asked, path, false)?,
+            Frame::Dir { path, .. } | Frame::Skipped { path, .. } | Frame::Link { path, .. } => {
+                shape.check(r, asked, path, false)?
+            }
             Frame::File(h) => shape.check(r, asked, &h.path, true)?,
             _ => {}
         }
@@ -225,6 +236,11 @@ async fn pull_items(
                     }
                 }
             }
+            Frame::Link { path, target } => {
+                check_within(r, asked, &path)?;
+                let report = make_link(ctx, asked, &path, &target, &remote(&path)).await;
+                ctx.rep.file(report);
+            }
             Frame::Skipped { path, reason } => {
                 check_within(r, asked, &path)?;
                 ctx.rep.file(FileReport::skipped(remote(&path), reason));
@@ -239,6 +255,32 @@ async fn pull_items(
             }
             other => return Err(unexpected(r.peer(), &other)),
         }
+    }
+}
+
+/// Makes a link the server sent, with `--links` and when its target leads
+/// inside what was asked for (the server checks it too, but a client
+/// trusts no server to keep its links in the tree).
+async fn make_link(ctx: &mut PullCtx<'_>, asked: &WirePath, path: &WirePath, target: &str, shown: &str) -> FileReport {
+    if !ctx.links {
+        return FileReport::skipped(shown, "symbolic link (not made; --links makes it)".into());
+    }
+    // Out of the destination: no server of ours sends that.
+    if let Err(why) = crate::links::acceptable(&WirePath::root(), path, target, None) {
+        return FileReport::failed(shown, format!("refused a link from the server: {why}"), Class::Other);
+    }
+    let top = crate::links::pulled_tree(asked, ctx.sync_tree);
+    if !crate::links::within(&top, path, target) {
+        let why = format!("symbolic link not made: it points outside the tree pulled ({target})");
+        return FileReport::skipped(shown, why);
+    }
+    let (root, p, t) = (ctx.root.clone(), path.clone(), target.to_owned());
+    match blocking(move || root.link(&p, &t)).await {
+        Ok(()) => FileReport {
+            local: Some(ctx.root.dir().join(path.as_str()).display().to_string()),
+            ..FileReport::linked(shown, target)
+        },
+        Err(e) => FileReport::failed(shown, e.message, Class::Other),
     }
 }
 

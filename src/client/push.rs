@@ -34,6 +34,7 @@ impl Client {
         let (have_tx, have_rx) = mpsc::unbounded_channel();
         let Client { r, w, cfg, .. } = self;
         let stdin = plan.stdin;
+        let links = cfg.links;
         let meter = rep.meter().clone();
         let writer = async move {
             if let Some(path) = stdin {
@@ -54,6 +55,11 @@ impl Client {
                         let outcome = transfer::send_file(w, &rel, &dir, &name, &meter, held.as_ref(), ahead).await?;
                         Expect::File { path: rel, outcome }
                     }
+                    Item::Link { rel, target } if links => {
+                        w.send(&Frame::Link { path: rel.clone(), target: target.clone() }).await?;
+                        Expect::Link { path: rel, target }
+                    }
+                    Item::Link { rel, .. } => Expect::Skipped { path: rel.to_string(), reason: NO_LINKS.into() },
                     Item::Skipped { rel, reason } => Expect::Skipped { path: rel, reason },
                     Item::Failed { rel, error } => Expect::LocalFailure { path: rel, error },
                 };
@@ -68,6 +74,9 @@ impl Client {
         self.conclude(result).await
     }
 }
+
+/// Why a link is skipped without `--links`.
+pub const NO_LINKS: &str = "symbolic link (not followed; --links sends it as a link)";
 
 /// Files whose answer to `Probe` a push may wait for at once: enough to
 /// hide a long round trip, few enough to bound memory.
@@ -113,6 +122,27 @@ impl PushPlan {
             named.push((src.clone(), rel));
         }
         PushPlan::named(named, filter, to.components().count())
+    }
+
+    /// The entries of one local folder, sent into the remote folder `to`
+    /// (`xfer sync DIR HOST:TO`): none is followed if it is a link, and a
+    /// link is sent with `--links` when it stays inside `to`, the tree.
+    pub fn contents(entries: &[PathBuf], to: &WirePath, filter: Option<Filter>) -> Result<PushPlan> {
+        let (mut walks, mut starts) = (Vec::new(), Vec::new());
+        for src in entries {
+            let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
+            let (Some(parent), Some(name)) = (src.parent(), src.file_name()) else {
+                return Err(Error::Usage(format!("cannot push {}: it has no name", src.display())));
+            };
+            let rel = to
+                .join(&source_name(src)?)
+                .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
+            let dir = DirFd::open_path(&parent.canonicalize().map_err(cannot)?).map_err(cannot)?;
+            let walk = Walk::entry_in(&dir, name, rel.clone(), to.clone()).map_err(cannot)?;
+            walks.push(walk.filtered(filter.clone(), to.components().count()));
+            starts.push((dir, name.to_owned(), rel));
+        }
+        Ok(PushPlan { walks, starts, stdin: None, filter, strip: to.components().count() })
     }
 
     /// One file sent as the remote file `target` (`xfer cp a.txt host:b.txt`).
@@ -183,6 +213,11 @@ pub(super) enum Expect {
     /// A `Have` (or `Error`) answering a `Probe`, to pass to the writer.
     Have(WirePath),
     Dir(WirePath),
+    /// `OK` (or `ERROR`) answering a `Link`.
+    Link {
+        path: WirePath,
+        target: String,
+    },
     File {
         path: WirePath,
         outcome: SendOutcome,
@@ -256,7 +291,7 @@ impl Probed {
                 }
             };
             let rel = match &item {
-                Item::Dir { rel, .. } | Item::File { rel, .. } => rel.as_str(),
+                Item::Dir { rel, .. } | Item::File { rel, .. } | Item::Link { rel, .. } => rel.as_str(),
                 Item::Skipped { rel, .. } | Item::Failed { rel, .. } => rel.as_str(),
             };
             if self.done.contains(rel) {
@@ -332,6 +367,11 @@ async fn read_outcome(
         }
         Expect::Dir(path) => match reply(r).await? {
             Frame::Ok => rep.dir(path.as_str()),
+            Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
+            other => return Err(unexpected(r.peer(), &other)),
+        },
+        Expect::Link { path, target } => match reply(r).await? {
+            Frame::Ok => rep.file(FileReport::linked(&path, &target)),
             Frame::Error { code, message } => rep.file(refused_report(&path, code, message)?),
             other => return Err(unexpected(r.peer(), &other)),
         },

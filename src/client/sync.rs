@@ -12,18 +12,28 @@ use crate::progress::{FileReport, Reporter, Status};
 use crate::protocol::{Frame, WirePath};
 use crate::walk::Filter;
 
+/// A server folder's tree, as [`Client::list_tree`] found it.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Paths relative to the folder, with whether each is a folder.
+    pub entries: Vec<(String, bool)>,
+    /// The links among them, with their targets.
+    pub links: Vec<(String, String)>,
+}
+
 /// Most entries a listing of a server folder keeps: a server naming
 /// entries without end cannot grow the client's memory without end.
 pub const MAX_LISTED: usize = 4_000_000;
 
 impl Client {
-    /// Every file and folder below `dir` on the server, named relative to
-    /// `dir` (`a`, `a/b.txt`), with whether it is a folder. A folder that
-    /// cannot be listed is reported and left out.
-    pub async fn list_tree(&mut self, dir: &WirePath, rep: &mut Reporter) -> Result<Vec<(String, bool)>> {
+    /// Every file, folder and link below `dir` on the server, named
+    /// relative to `dir` (`a`, `a/b.txt`), with whether it is a folder;
+    /// and the links again with their targets. A folder that cannot be
+    /// listed is reported and left out.
+    pub async fn list_tree(&mut self, dir: &WirePath, rep: &mut Reporter) -> Result<Tree> {
         let Client { r, w, cfg, .. } = self;
         greet_after_list(w, r, cfg.timeouts.header).await?;
-        let mut out = Vec::new();
+        let (mut out, mut links) = (Vec::new(), Vec::new());
         let mut folders = vec![dir.clone()];
         let mut seen = HashSet::new();
         while let Some(folder) = folders.pop() {
@@ -31,26 +41,34 @@ impl Client {
             if !seen.insert(folder.clone()) {
                 continue;
             }
-            let entries = match list_one(w, r, &folder).await? {
-                Ok(entries) => entries,
+            let listing = match list_one(w, r, &folder).await? {
+                Ok(listing) => listing,
                 Err(e) => {
                     rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
                     continue;
                 }
             };
             // A file answers a LIST with itself: not a folder to match.
-            if entries.iter().any(|e| e.path == folder && !e.is_dir) {
+            if listing.entries.iter().any(|e| e.path == folder && !e.is_dir) {
                 return Err(crate::error::Error::Usage(format!(
                     "{folder} is a file on the server, not a folder: sync makes folders match (`xfer cp` copies files)"
                 )));
             }
-            if out.len() + entries.len() > MAX_LISTED {
+            if out.len() + listing.len() > MAX_LISTED {
                 return Err(crate::error::Error::protocol(
                     r.peer(),
                     format!("{dir}: more than {MAX_LISTED} entries listed; a sync this large is refused"),
                 ));
             }
-            for e in entries {
+            // Links are entries like files (made with --links, removed as
+            // links by --delete).
+            for (path, target) in listing.links {
+                if let Some(rel) = relative(dir, &path).filter(|_| is_child(&folder, &path)) {
+                    out.push((rel.clone(), false));
+                    links.push((rel, target));
+                }
+            }
+            for e in listing.entries {
                 // Only the listed folder's own children count.
                 if !is_child(&folder, &e.path) {
                     continue;
@@ -62,7 +80,7 @@ impl Client {
                 out.push((rel, e.is_dir));
             }
         }
-        Ok(out)
+        Ok(Tree { entries: out, links })
     }
 
     /// Removes from the server folder `dir` what `keep` (paths relative to
@@ -78,7 +96,7 @@ impl Client {
         rep: &mut Reporter,
     ) -> Result<()> {
         let tree = self.list_tree(dir, rep).await?;
-        let extra = extra(&tree, keep, filter);
+        let extra = extra(&tree.entries, keep, filter);
         for (rel, is_dir) in extra {
             let path = WirePath::parse(&rel)
                 .and_then(|p| dir.join_path(&p))

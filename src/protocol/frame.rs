@@ -26,6 +26,7 @@ mod code {
     pub const PROBE: u8 = 0x04;
     pub const OFFER: u8 = 0x05;
     pub const TOTAL: u8 = 0x06;
+    pub const LINK: u8 = 0x07;
     pub const GET: u8 = 0x08;
     pub const LIST: u8 = 0x09;
     pub const REMOVE: u8 = 0x0A;
@@ -217,6 +218,12 @@ pub enum Frame {
     },
     /// Before a pull's `Get`: what the client holds.
     Offer(Offer),
+    /// A symbolic link, sent as one (`--links`): its path and its target,
+    /// relative, as written.
+    Link {
+        path: WirePath,
+        target: String,
+    },
     /// First in a `Get`'s answer, when the server could count it cheaply:
     /// the files (and links, specials) and bytes the answer will carry.
     Total {
@@ -315,7 +322,7 @@ impl FrameError {
 fn max_body(kind: u8) -> Option<usize> {
     match kind {
         code::DATA => Some(MAX_DATA_LEN),
-        code::FILE..=code::TOTAL
+        code::FILE..=code::LINK
         | code::GET..=code::REMOVE
         | code::END
         | code::ABORT
@@ -411,6 +418,7 @@ impl Frame {
                 }
                 Frame::Offer(o)
             }
+            code::LINK => Frame::Link { path: r.path()?, target: r.string()? },
             code::TOTAL => Frame::Total { files: r.u64()?, bytes: r.u64()? },
             code::GET => Frame::Get { path: r.path()? },
             code::LIST => Frame::List { path: r.path()? },
@@ -473,6 +481,10 @@ impl Frame {
                 w.u64(o.offset);
                 w.0.extend_from_slice(&o.prefix);
             }
+            Frame::Link { path, target } => {
+                w.path(path);
+                w.string(target);
+            }
             Frame::Total { files, bytes } => {
                 w.u64(*files);
                 w.u64(*bytes);
@@ -519,6 +531,7 @@ impl Frame {
             Frame::Probe { .. } => code::PROBE,
             Frame::Offer(_) => code::OFFER,
             Frame::Total { .. } => code::TOTAL,
+            Frame::Link { .. } => code::LINK,
             Frame::Get { .. } => code::GET,
             Frame::List { .. } => code::LIST,
             Frame::Remove { .. } => code::REMOVE,
@@ -542,6 +555,7 @@ impl Frame {
             Frame::Probe { .. } => "PROBE",
             Frame::Offer(_) => "OFFER",
             Frame::Total { .. } => "TOTAL",
+            Frame::Link { .. } => "LINK",
             Frame::Get { .. } => "GET",
             Frame::List { .. } => "LIST",
             Frame::Remove { .. } => "REMOVE",
@@ -684,6 +698,7 @@ mod tests {
             Frame::Dir { path: p("d/e"), mode: 0o700, mtime: t },
             Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
             Frame::Total { files: 20_000, bytes: 1 << 40 },
+            Frame::Link { path: p("d/l"), target: "../e/f".into() },
             Frame::Get { path: p("x") },
             Frame::List { path: WirePath::root() },
             Frame::Remove { path: p("x/y"), recursive: true },

@@ -34,6 +34,9 @@ pub use staged::{Near, Staged};
 /// Name of the staging folder at the top of a root (a server's, or a pull's
 /// destination): `tmp` for temporary files, `partial` for resumable ones.
 pub const STAGING_DIR: &str = ".xfer";
+
+/// Symbolic links found in a folder, with their targets.
+pub type Links = Vec<(WirePath, String)>;
 const PARTIAL_DIR: &str = "partial";
 /// Held (flock) in a pull's staging folder while the pull runs.
 const LOCK_FILE: &str = "lock";
@@ -249,6 +252,27 @@ impl Root {
         self.dir.descend(p.components(), true).map_err(|e| StoreError::io(p, e))
     }
 
+    /// Makes `p` a symbolic link to `target` (parents are created; a file
+    /// or link there is replaced, atomically; a folder is not). The target
+    /// must lead inside the root, and not into the staging area, read as
+    /// text: nothing here or anywhere in xfer follows the link.
+    pub fn link(&self, p: &WirePath, target: &str) -> Result<()> {
+        self.check_reserved(p)?;
+        crate::links::acceptable(&WirePath::root(), p, target, Some(STAGING_DIR))
+            .map_err(|m| StoreError::new(ErrorCode::BadPath, m))?;
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return Err(StoreError::new(ErrorCode::BadPath, "the root folder cannot be a link"));
+        };
+        let dir = self.dir.descend(parent.components(), true).map_err(|e| StoreError::io(p, e))?;
+        if let Some(e) = dir.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))?
+            && e.kind == Kind::Dir
+        {
+            return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
+        }
+        dir.make_link(target, OsStr::new(name)).map_err(|e| StoreError::io(p, e))?;
+        dir.sync().map_err(|e| StoreError::io(p, e))
+    }
+
     /// Starts writing the file `p`: parents are created, the data goes to a
     /// temporary file until [`Staged::commit`]. A `size` known in advance
     /// that exceeds the free space is refused before anything is written.
@@ -373,25 +397,37 @@ impl Root {
     /// The entries of a folder (sorted, staging hidden), or the file itself.
     /// Only what xfer would transfer is listed: files and folders.
     pub fn list(&self, p: &WirePath) -> Result<Vec<ListEntry>> {
+        self.list_with_links(p).map(|(entries, _)| entries)
+    }
+
+    /// [`Root::list`], and the symbolic links in the folder with their
+    /// targets (those xfer can carry: see [`crate::links::check_target`]),
+    /// read, never followed.
+    pub fn list_with_links(&self, p: &WirePath) -> Result<(Vec<ListEntry>, Links)> {
         let found = self.find(p, false)?;
         let dir = match (found.entry.kind, &found.name) {
             (Kind::Dir, None) => self.dir.clone(),
             (Kind::Dir, Some(n)) => found.parent.open_dir(OsStr::new(n)).map_err(|e| StoreError::io(p, e))?,
-            _ => return Ok(vec![list_entry(p.clone(), &found.entry)]),
+            _ => return Ok((vec![list_entry(p.clone(), &found.entry)], Vec::new())),
         };
-        let mut out = Vec::new();
+        let (mut out, mut links) = (Vec::new(), Vec::new());
         for name in dir.names().map_err(|e| StoreError::io(p, e))? {
             let Some(rel) = name.to_str().and_then(|n| p.join(n).ok()) else { continue };
             if self.check_reserved(&rel).is_err() {
                 continue;
             }
-            if let Ok(Some(e)) = dir.stat(&name) {
-                if matches!(e.kind, Kind::File | Kind::Dir) {
-                    out.push(list_entry(rel, &e));
+            match dir.stat(&name) {
+                Ok(Some(e)) if matches!(e.kind, Kind::File | Kind::Dir) => out.push(list_entry(rel, &e)),
+                Ok(Some(e)) if e.kind == Kind::Symlink => {
+                    let target = dir.read_link(&name).ok().and_then(|t| t.into_string().ok());
+                    if let Some(t) = target.filter(|t| crate::links::check_target(t).is_ok()) {
+                        links.push((rel, t));
+                    }
                 }
+                _ => {}
             }
         }
-        Ok(out)
+        Ok((out, links))
     }
 
     /// A walk of `p` for sending, named from `p`'s last component (or, for
@@ -400,7 +436,14 @@ impl Root {
         let found = self.find(p, false)?;
         let walk = match &found.name {
             None => Walk::contents(self.dir.clone(), Some(STAGING_DIR)),
-            Some(n) => Walk::entry(&found.parent, OsStr::new(n), WirePath::root().join(n).expect("a valid component")),
+            // Links inside the root are sent as links; the client decides
+            // whether they stay in what it asked for.
+            Some(n) => Walk::entry_in(
+                &found.parent,
+                OsStr::new(n),
+                WirePath::root().join(n).expect("a valid component"),
+                WirePath::root(),
+            ),
         };
         walk.map_err(|e| StoreError::io(p, e))
     }

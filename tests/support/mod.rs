@@ -421,6 +421,29 @@ where
     (addr, handle)
 }
 
+/// A hostile server answering every `GET` with a folder `d` followed by
+/// `after` (then `OK`), and a pull of `d` from it with `extra` flags.
+pub fn pull_from_fake(pki: &Pki, work: &Dir, after: Vec<xfer::protocol::Frame>, extra: &[&str]) -> Run {
+    use xfer::protocol::{Frame, Timestamp, WirePath};
+    let (addr, fake) = fake_server(pki, move |(mut r, mut w)| async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok(Some(frame)) = r.read_frame().await {
+            if let Frame::Get { .. } = frame {
+                let dir = Frame::Dir { path: WirePath::parse("d").unwrap(), mode: 0o755, mtime: Timestamp::default() };
+                let frames: Vec<Frame> = std::iter::once(dir).chain(after.iter().cloned()).chain([Frame::Ok]).collect();
+                w.write_all(&encode(&frames)).await.unwrap();
+                w.flush().await.unwrap();
+            }
+        }
+    });
+    let certs = pki.certs().display().to_string();
+    let mut args = vec!["pull", &addr, "d", "--out", "got", "--certs", &certs, "--retry", "0"];
+    args.extend_from_slice(extra);
+    let run = run_in(work.path(), &args, &[]);
+    fake.join().unwrap();
+    run
+}
+
 /// Whether this machine lets an unprivileged process make a user and mount
 /// namespace (for a small or separate filesystem in a test); says so when
 /// it does not, so the skip is never silent.

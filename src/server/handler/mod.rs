@@ -431,6 +431,17 @@ impl Conn {
                     Err(e) => self.answer(&path, "mkdir", Err(e)).await,
                 }
             }
+            Frame::Link { path, target } => {
+                let (root, p, t) = (self.shared.root.clone(), path.clone(), target.clone());
+                let r = match self.authorize(Perm::Write, &path) {
+                    Ok(()) => blocking(move || root.link(&p, &t)).await,
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    info!(path = %path, target = %crate::text::Safe(&target), "linked");
+                }
+                self.answer(&path, "link", r).await
+            }
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
             Frame::Remove { path, recursive } => {

@@ -118,6 +118,8 @@ impl Conn {
                         SendOutcome::NotStarted { reason, .. } => self.send_failed(&rel, &reason).await?,
                     }
                 }
+                // Sent as a link; the client makes it or not (`--links`).
+                Item::Link { rel, target } => self.w.send(&Frame::Link { path: rel, target }).await?,
                 // A name that cannot be sent is reported under a valid
                 // stand-in, so the client still learns of it.
                 Item::Skipped { rel, reason } => {
@@ -144,10 +146,13 @@ impl Conn {
         }
         let root = self.shared.root.clone();
         let p = path.clone();
-        match blocking(move || root.list(&p)).await {
-            Ok(entries) => {
+        match blocking(move || root.list_with_links(&p)).await {
+            Ok((entries, links)) => {
                 for e in entries {
                     self.w.send(&Frame::Entry(e)).await?;
+                }
+                for (path, target) in links {
+                    self.w.send(&Frame::Link { path, target }).await?;
                 }
                 self.w.send(&Frame::Ok).await
             }
