@@ -82,6 +82,9 @@ pub struct Ahead {
 #[derive(Debug, Clone)]
 pub struct Filter {
     rules: std::sync::Arc<ignore::gitignore::Gitignore>,
+    /// The lines it was built from, in order: what a pull sends the server
+    /// (`FILTER`), which builds the same filter from them.
+    text: std::sync::Arc<str>,
 }
 
 impl Filter {
@@ -93,20 +96,49 @@ impl Filter {
         if exclude.is_empty() && include.is_empty() && from.is_empty() {
             return Ok(None);
         }
-        let mut b = ignore::gitignore::GitignoreBuilder::new("/");
+        let mut lines = Vec::new();
         for f in from {
-            if let Some(e) = b.add(f) {
-                return Err(format!("--exclude-from {}: {e}", f.display()));
+            let text = std::fs::read_to_string(f).map_err(|e| format!("--exclude-from {}: {e}", f.display()))?;
+            lines.extend(
+                text.trim_start_matches('\u{feff}')
+                    .lines()
+                    .map(|l| (format!("--exclude-from {}", f.display()), l.to_owned())),
+            );
+        }
+        lines.extend(exclude.iter().map(|p| (format!("--exclude '{p}'"), p.clone())));
+        lines.extend(include.iter().map(|p| (format!("--include '{p}'"), format!("!{p}"))));
+        let mut b = ignore::gitignore::GitignoreBuilder::new("/");
+        for (flag, line) in &lines {
+            // One pattern a line, here and in what a pull sends.
+            if line.contains(['\n', '\r']) {
+                return Err(format!("{flag}: a pattern cannot span lines"));
             }
-        }
-        for p in exclude {
-            b.add_line(None, p).map_err(|e| format!("--exclude '{p}': {e}"))?;
-        }
-        for p in include {
-            b.add_line(None, &format!("!{p}")).map_err(|e| format!("--include '{p}': {e}"))?;
+            b.add_line(None, line).map_err(|e| format!("{flag}: {e}"))?;
         }
         let rules = b.build().map_err(|e| e.to_string())?;
-        Ok(Some(Filter { rules: std::sync::Arc::new(rules) }))
+        let text = lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
+        Ok(Some(Filter { rules: std::sync::Arc::new(rules), text: text.into() }))
+    }
+
+    /// A filter from the lines of [`Filter::text`] (a pull's `FILTER`);
+    /// `None` when there are no patterns.
+    pub fn from_text(text: &str) -> Result<Option<Filter>, String> {
+        let mut b = ignore::gitignore::GitignoreBuilder::new("/");
+        let mut any = false;
+        for line in text.split('\n') {
+            b.add_line(None, line).map_err(|e| format!("pattern '{line}': {e}"))?;
+            any |= !line.trim().is_empty();
+        }
+        if !any {
+            return Ok(None);
+        }
+        let rules = b.build().map_err(|e| e.to_string())?;
+        Ok(Some(Filter { rules: std::sync::Arc::new(rules), text: text.into() }))
+    }
+
+    /// The pattern lines, in order, as a `.gitignore` would hold them.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// True when `path` (as the user named it, `/`-separated) is left out.

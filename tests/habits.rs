@@ -161,6 +161,58 @@ fn exclude_include_and_exclude_from_leave_out_what_they_match() {
     assert!(run.stderr().contains("--exclude-from missing"), "{run}");
 }
 
+/// A pull's patterns go to the server, which leaves out what they match
+/// (the sending side, as for a push); sync from a server protects what they
+/// match from --delete, as rsync does.
+#[test]
+fn pull_cp_and_sync_from_a_server_honour_excludes_on_the_servers_side() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    for f in ["dist/app.js", "dist/app.js.map", "dist/keep.map", "dist/node_modules/x/y.js", "dist/tmp/t"] {
+        work.write(&format!("root/x/{f}"), b"x");
+    }
+    let pats = ["--exclude", "*.map", "--include", "keep.map", "--exclude", "node_modules/", "--exclude", "/dist/tmp"];
+    let mut args = vec!["x/dist", "--out", "got", "--json"];
+    args.extend_from_slice(&pats);
+    let run = client(&pki, "client", work.path(), "pull", &server, &args);
+    run.assert_code(0);
+    let mut got = work.listing("got");
+    got.sort();
+    assert_eq!(got, ["dist", "dist/app.js", "dist/keep.map"], "{run}");
+    let summary = run.json().pop().unwrap();
+    assert_eq!(summary["files"], 2, "nothing excluded is even reported: {run}");
+
+    // The dry run shows the same choice without receiving anything.
+    let mut args = vec!["x/dist", "--out", "dry", "-n"];
+    args.extend_from_slice(&pats);
+    let dry = client(&pki, "client", work.path(), "pull", &server, &args);
+    dry.assert_code(0);
+    assert!(dry.stderr().contains("would receive x/dist/app.js") && !dry.stderr().contains(".js.map"), "{dry}");
+
+    // cp from a server takes them too.
+    let from = format!("{}:x/dist", server.addr);
+    let mut args = vec!["cp", from.as_str(), "copied/", "--exclude", "*.js"];
+    let ids = pki.id_args("client");
+    args.extend(ids.iter().map(String::as_str));
+    run_in(work.path(), &args, &[]).assert_code(0);
+    let mut got = work.listing("copied");
+    got.sort();
+    assert!(!got.iter().any(|p| p.ends_with(".js")) && got.contains(&"dist/keep.map".to_owned()), "{got:?}");
+
+    // sync --delete from the server: an excluded local file is neither
+    // replaced nor removed; an unexcluded extra one is removed.
+    work.write("mirror/app.js.map", b"mine");
+    work.write("mirror/stale.txt", b"old");
+    let mut args = vec!["sync", from.as_str(), "mirror", "--delete", "--exclude", "*.map"];
+    args.extend(ids.iter().map(String::as_str));
+    let run = run_in(work.path(), &args, &[]);
+    run.assert_code(0);
+    assert_eq!(std::fs::read(work.join("mirror/app.js.map")).unwrap(), b"mine", "{run}");
+    assert!(!work.join("mirror/stale.txt").exists() && work.join("mirror/app.js").exists(), "{run}");
+    assert!(!work.join("mirror/keep.map").exists(), "{run}");
+}
+
 #[test]
 fn cp_copies_scp_style_either_way_with_or_without_a_new_name() {
     let pki = Pki::new();

@@ -112,3 +112,28 @@ fn malformed_frames_get_an_error_and_a_close_and_others_are_unaffected() {
     client(&pki, "client", work.path(), "push", &server, &["f"]).assert_code(0);
     assert_eq!(work.listing("root"), [".xfer", ".xfer/partial", ".xfer/tmp", "f"]);
 }
+
+/// FILTER: bad patterns are refused and the connection goes on; good ones
+/// leave out what they match from the GETs that follow.
+#[test]
+fn a_filter_is_refused_when_invalid_and_applies_to_later_gets() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    work.write("root/d/a.txt", b"a");
+    work.write("root/d/b.log", b"b");
+    let filter = |p: &str| Frame::Filter { patterns: p.into() };
+    let get = Frame::Get { path: WirePath::parse("d").unwrap() };
+    let bytes = [xfer::protocol::preamble().to_vec(), encode(&[filter("a{b"), filter("*.log"), get])].concat();
+    let (_, frames) = exchange(&pki, &server, bytes);
+    assert!(
+        matches!(&frames[0], Frame::Error { code: ErrorCode::BadPath, message } if message.contains("a{b")),
+        "{frames:?}"
+    );
+    assert!(matches!(frames[1], Frame::Ok), "{frames:?}");
+    // TOTAL counts what is sent: one file.
+    assert!(matches!(frames[2], Frame::Total { files: 1, bytes: 1 }), "{frames:?}");
+    let files: Vec<String> =
+        frames.iter().filter_map(|f| if let Frame::File(h) = f { Some(h.path.to_string()) } else { None }).collect();
+    assert_eq!(files, ["d/a.txt"], "{frames:?}");
+}

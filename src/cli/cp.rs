@@ -124,16 +124,8 @@ async fn pull(a: &CpArgs, remotes: &[Remote], dest: &str, output: Output) -> any
     if remotes.iter().any(|r| &r.target != target) {
         return Err(Error::Usage("the sources are on different servers: copy from one at a time".into()).into());
     }
-    if a.filter.build()?.is_some() {
-        return Err(Error::Usage(
-            "--exclude and --include apply where files are sent from, and a server cannot take them yet: \
-             a copy from a server copies what it names"
-                .into(),
-        )
-        .into());
-    }
     let mut paths: Vec<String> = remotes.iter().map(|r| r.path.clone()).collect();
-    let limits = Limits { max_size: a.max_size };
+    let limits = Limits { max_size: a.max_size, filter: a.filter.build()? };
     let dest_path = Path::new(dest);
     if dest == "-" {
         paths.push("-".into());

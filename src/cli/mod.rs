@@ -159,7 +159,7 @@ pub struct PushArgs {
     pub client: ClientArgs,
 }
 
-/// What a push leaves out.
+/// What a transfer leaves out, on the sending side.
 #[derive(Debug, Args)]
 pub struct FilterArgs {
     /// Leave out paths matching PATTERN (gitignore syntax: `*.map`,
@@ -233,6 +233,10 @@ pub struct PullArgs {
     /// times, with backoff (0: never).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub retry: u32,
+    /// What the server leaves out (gitignore patterns, matched as for a
+    /// push: `dist/app.js` for `pull HOST x/dist`).
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub habits: Habits,
     #[command(flatten)]
@@ -352,7 +356,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(a) => {
             a.habits.note();
             let output = output(&a.client, cli.quiet, cli.verbose);
-            let limits = Limits { max_size: a.max_size };
+            let limits = Limits { max_size: a.max_size, filter: a.filter.build()? };
             transfer::pull(&a.host, &a.remotes, &a.out, limits, a.retry, &a.client, output).await
         }
         Command::Cp(a) => {

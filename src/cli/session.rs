@@ -31,9 +31,11 @@ pub(super) fn remote_path(s: &str) -> Result<WirePath, Error> {
 pub(super) type OpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + 'a>>;
 
 /// What a client accepts from the server, for commands that receive.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Limits {
     pub max_size: Option<u64>,
+    /// What the server is to leave out of what it sends (`--exclude`).
+    pub filter: Option<crate::walk::Filter>,
 }
 
 /// [`with_client_limited`] with no limits beyond the defaults.
@@ -73,6 +75,7 @@ where
     let mut cfg = ClientConfig::new(&target.address, args.identity.paths("client", alias)?)?;
     cfg.server_name = args.server_name.clone().or_else(|| alias.and_then(|a| a.server_name.clone()));
     cfg.max_size = limits.max_size;
+    cfg.filter = limits.filter;
     cfg.bwlimit = args.bwlimit;
     cfg.links = args.links;
     cfg.sync_tree = args.sync_tree;

@@ -118,14 +118,7 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
 /// A server's folder to a local one: pull what the remote folder holds
 /// into it, then remove what the local folder has beyond that.
 async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyhow::Result<()> {
-    if a.filter.build()?.is_some() {
-        return Err(Error::Usage(
-            "--exclude and --include apply where files are sent from, and a server cannot take them yet: \
-             sync from a server copies the whole folder"
-                .into(),
-        )
-        .into());
-    }
+    let filter = a.filter.build()?;
     let dir = remote_path(&from.path)?;
     let tree = Arc::new(Mutex::new(crate::client::Tree::default()));
     let got = tree.clone();
@@ -145,14 +138,18 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     }
     // Links at the top are not pulled (a GET never follows a link): they
     // are made here from the listing, the way a pull makes deeper ones.
-    let top_links: Vec<&(String, String)> = links.iter().filter(|(rel, _)| !rel.contains('/')).collect();
+    let excluded = |rel: &str, is_dir: bool| filter.as_ref().is_some_and(|f| f.excludes(rel, is_dir));
+    let top_links: Vec<&(String, String)> =
+        links.iter().filter(|(rel, _)| !rel.contains('/') && !excluded(rel, false)).collect();
     let top: Vec<String> = tree
         .iter()
-        .filter(|(rel, _)| !rel.contains('/') && !top_links.iter().any(|(l, _)| l == rel))
+        .filter(|(rel, is_dir)| {
+            !rel.contains('/') && !excluded(rel, *is_dir) && !top_links.iter().any(|(l, _)| l == rel)
+        })
         .map(|(rel, _)| if dir.is_root() { rel.clone() } else { format!("{dir}/{rel}") })
         .collect();
     if !top.is_empty() {
-        let limits = Limits { max_size: a.max_size };
+        let limits = Limits { max_size: a.max_size, filter: filter.clone() };
         transfer::pull(&from.target, &top, local, limits, a.retry, &a.client, output).await?;
     }
     make_top_links(&top_links, local, a.client.links, a.client.dry_run, output)?;
@@ -164,7 +161,8 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     // candidate: its lossy spelling might be another file's name.
     let exact: Vec<(String, bool)> =
         local_tree(local, None, true)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
-    let extra = crate::client::extra_paths(&exact, &keep, None);
+    // What the patterns leave out is not synced: never removed either.
+    let extra = crate::client::extra_paths(&exact, &keep, filter.as_ref());
     remove_local(local, &extra, a.client.dry_run, output)
 }
 

@@ -118,6 +118,14 @@ pub(super) async fn pull(
     output: Output,
 ) -> anyhow::Result<()> {
     check_host(host, "pull")?;
+    if let Some(f) = limits.filter.as_ref().filter(|f| f.text().len() > crate::protocol::frame::MAX_TEXT_LEN) {
+        return Err(Error::Usage(format!(
+            "the --exclude/--include patterns take {} bytes; a server takes at most {} for a pull",
+            f.text().len(),
+            crate::protocol::frame::MAX_TEXT_LEN
+        ))
+        .into());
+    }
     if remotes.is_empty() {
         return Err(Error::Usage("pull needs what to fetch: `xfer pull HOST REMOTE... [--out DIR]`".into()).into());
     }

@@ -187,7 +187,12 @@ impl Client {
                         format!("{asked}: more than {} entries listed", super::sync::MAX_LISTED),
                     ));
                 }
-                for (path, target) in listing.links.iter().filter(|(p, _)| super::sync::is_child(&folder, p)) {
+                let kept = |p: &WirePath| {
+                    let named = p.as_str().strip_prefix(base.as_str()).unwrap_or(p.as_str()).trim_start_matches('/');
+                    !cfg.filter.as_ref().is_some_and(|f| f.excludes(named, false))
+                };
+                for (path, target) in listing.links.iter().filter(|(p, _)| super::sync::is_child(&folder, p) && kept(p))
+                {
                     let top = crate::links::pulled_tree(asked, cfg.sync_tree);
                     let rel =
                         path.as_str().strip_prefix(base.as_str()).unwrap_or(path.as_str()).trim_start_matches('/');
@@ -206,6 +211,12 @@ impl Client {
                     // asked for itself) counts; anything else is the
                     // server's invention.
                     if !(e.path == folder || super::sync::is_child(&folder, &e.path)) {
+                        continue;
+                    }
+                    // What the server would leave out (`--exclude`): not
+                    // received, not walked into.
+                    let named = e.path.as_str().strip_prefix(base.as_str()).unwrap_or(e.path.as_str());
+                    if cfg.filter.as_ref().is_some_and(|f| f.excludes(named.trim_start_matches('/'), e.is_dir)) {
                         continue;
                     }
                     if e.is_dir {

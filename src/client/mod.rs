@@ -57,6 +57,9 @@ pub struct ClientConfig {
     /// A pulled link may lead anywhere inside the destination folder (a
     /// sync), not only inside the entry asked for.
     pub sync_tree: bool,
+    /// Patterns the server leaves out of a pull (`--exclude`), sent as
+    /// `FILTER` before the `GET`s.
+    pub filter: Option<crate::walk::Filter>,
 }
 
 impl ClientConfig {
@@ -73,6 +76,7 @@ impl ClientConfig {
             bwlimit: None,
             links: false,
             sync_tree: false,
+            filter: None,
         })
     }
 }

@@ -42,9 +42,13 @@ impl Client {
         let mut held = blocking(move || Holdings::gather(&root2, &server, &asked, top.as_ref())).await;
         let Client { r, w, cfg, server } = self;
         let offers: Vec<Offer> = held.offers.drain(..).collect();
+        let filter = cfg.filter.as_ref().map(|f| f.text().to_owned());
         let writer = async move {
             for o in offers {
                 w.send(&Frame::Offer(o)).await?;
+            }
+            if let Some(patterns) = filter {
+                w.send(&Frame::Filter { patterns }).await?;
             }
             for p in remotes {
                 w.send(&Frame::Get { path: p.clone() }).await?;
@@ -54,6 +58,13 @@ impl Client {
         let reader = async {
             if !greeted {
                 greet(r, cfg.timeouts.header).await?;
+            }
+            if cfg.filter.is_some() {
+                match reply(r).await? {
+                    Frame::Ok => {}
+                    Frame::Error { code, message } => return Err(refusal("", code, message)),
+                    other => return Err(unexpected(r.peer(), &other)),
+                }
             }
             let mut ctx = PullCtx {
                 root: &root,

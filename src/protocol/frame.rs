@@ -30,6 +30,7 @@ mod code {
     pub const GET: u8 = 0x08;
     pub const LIST: u8 = 0x09;
     pub const REMOVE: u8 = 0x0A;
+    pub const FILTER: u8 = 0x0B;
     pub const DATA: u8 = 0x10;
     pub const END: u8 = 0x11;
     pub const ABORT: u8 = 0x12;
@@ -224,6 +225,11 @@ pub enum Frame {
         path: WirePath,
         target: String,
     },
+    /// Before a pull's `Get`s: gitignore lines the server leaves out of
+    /// each answer that follows on this connection.
+    Filter {
+        patterns: String,
+    },
     /// First in a `Get`'s answer, when the server could count it cheaply:
     /// the files (and links, specials) and bytes the answer will carry.
     Total {
@@ -323,7 +329,7 @@ fn max_body(kind: u8) -> Option<usize> {
     match kind {
         code::DATA => Some(MAX_DATA_LEN),
         code::FILE..=code::LINK
-        | code::GET..=code::REMOVE
+        | code::GET..=code::FILTER
         | code::END
         | code::ABORT
         | code::STORED
@@ -419,6 +425,7 @@ impl Frame {
                 Frame::Offer(o)
             }
             code::LINK => Frame::Link { path: r.path()?, target: r.string()? },
+            code::FILTER => Frame::Filter { patterns: r.string()? },
             code::TOTAL => Frame::Total { files: r.u64()?, bytes: r.u64()? },
             code::GET => Frame::Get { path: r.path()? },
             code::LIST => Frame::List { path: r.path()? },
@@ -485,6 +492,7 @@ impl Frame {
                 w.path(path);
                 w.string(target);
             }
+            Frame::Filter { patterns } => w.string(patterns),
             Frame::Total { files, bytes } => {
                 w.u64(*files);
                 w.u64(*bytes);
@@ -531,6 +539,7 @@ impl Frame {
             Frame::Probe { .. } => code::PROBE,
             Frame::Offer(_) => code::OFFER,
             Frame::Total { .. } => code::TOTAL,
+            Frame::Filter { .. } => code::FILTER,
             Frame::Link { .. } => code::LINK,
             Frame::Get { .. } => code::GET,
             Frame::List { .. } => code::LIST,
@@ -555,6 +564,7 @@ impl Frame {
             Frame::Probe { .. } => "PROBE",
             Frame::Offer(_) => "OFFER",
             Frame::Total { .. } => "TOTAL",
+            Frame::Filter { .. } => "FILTER",
             Frame::Link { .. } => "LINK",
             Frame::Get { .. } => "GET",
             Frame::List { .. } => "LIST",
@@ -699,6 +709,7 @@ mod tests {
             Frame::Skipped { path: p("link"), reason: "symbolic link".into() },
             Frame::Total { files: 20_000, bytes: 1 << 40 },
             Frame::Link { path: p("d/l"), target: "../e/f".into() },
+            Frame::Filter { patterns: "*.map\nnode_modules/\n!keep.map".into() },
             Frame::Get { path: p("x") },
             Frame::List { path: WirePath::root() },
             Frame::Remove { path: p("x/y"), recursive: true },

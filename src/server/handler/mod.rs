@@ -118,6 +118,7 @@ pub(super) async fn serve(
             claims: HashMap::new(),
             offers: HashMap::new(),
             offered: (0, 0),
+            get_filter: None,
             bad_offer_logged: false,
             budget,
         };
@@ -205,6 +206,9 @@ struct Conn {
     offers: HashMap<WirePath, (transfer::Held, Charge)>,
     /// `OFFER` frames and bytes received, bounded by the protocol.
     offered: (usize, usize),
+    /// What the client's `FILTER` leaves out of its `GET`s, with the
+    /// memory it holds charged to the budget.
+    get_filter: Option<(crate::walk::Filter, Charge)>,
     /// A bad `OFFER` was logged already (the rest are counted quietly).
     bad_offer_logged: bool,
     /// This client's share of the server's memory budget.
@@ -442,6 +446,7 @@ impl Conn {
                 }
                 self.answer(&path, "link", r).await
             }
+            Frame::Filter { patterns } => self.set_filter(&patterns).await,
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
             Frame::Remove { path, recursive } => {

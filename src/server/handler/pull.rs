@@ -15,7 +15,7 @@ use crate::protocol::{
     ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, WirePath,
 };
 use crate::transfer::{self, SendOutcome, blocking};
-use crate::walk::Item;
+use crate::walk::{Filter, Item};
 
 /// Memory an offer holds besides its path (map entry, sizes, hash).
 const OFFER_OVERHEAD: usize = 160;
@@ -25,6 +25,10 @@ const OFFER_OVERHEAD: usize = 160;
 /// rather than making every large pull walk its tree twice.
 const TOTAL_MAX_ITEMS: u64 = 100_000;
 const TOTAL_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Memory charged per byte of a `FILTER`'s patterns: compiled globs are
+/// regular expressions, many times the size of their text.
+const FILTER_COST: usize = 256;
 
 impl Conn {
     /// Keeps what a pulling client holds, within the protocol's bounds (a
@@ -79,11 +83,15 @@ impl Conn {
         };
         // The client's bars get a total and an ETA when counting is cheap.
         let (root, p) = (self.shared.root.clone(), path.clone());
-        let total = blocking(move || root.walk(&p).ok().and_then(|w| w.count(TOTAL_MAX_ITEMS, TOTAL_MAX_TIME))).await;
+        let filter = self.get_filter.as_ref().map(|(f, _)| f.clone());
+        let f2 = filter.clone();
+        let total =
+            blocking(move || root.walk(&p).ok().and_then(|w| w.filtered(f2, 0).count(TOTAL_MAX_ITEMS, TOTAL_MAX_TIME)))
+                .await;
         if let Some((files, bytes)) = total {
             self.w.send(&Frame::Total { files, bytes }).await?;
         }
-        let mut items = transfer::spawn_walk(walk, self.budget.clone());
+        let mut items = transfer::spawn_walk(walk.filtered(filter, 0), self.budget.clone());
         let mut first = true;
         while let Some(item) = transfer::next_item(&mut items, &mut self.w).await? {
             // The first item of a GET for one file is that file.
@@ -138,6 +146,31 @@ impl Conn {
         let h = FileHeader::new(path.clone(), 0, 0o600, Timestamp::default());
         self.w.send(&Frame::File(h)).await?;
         self.w.send(&Frame::Abort { reason: format!("the server cannot read it: {reason}") }).await
+    }
+
+    /// Takes the patterns of a `FILTER` for the `GET`s that follow, or
+    /// refuses them (`BAD_PATH`), keeping the previous filter then.
+    pub(super) async fn set_filter(&mut self, patterns: &str) -> Result<()> {
+        // Compiled globs take far more than their text: charged as such.
+        let Some(charge) = self.budget.try_charge(patterns.len().saturating_mul(FILTER_COST).max(4096)) else {
+            let message = "the server is too busy to filter: send without --exclude, or retry later".to_owned();
+            return self.reply_in_order(Frame::Error { code: ErrorCode::Busy, message }).await;
+        };
+        let parsed = blocking({
+            let p = patterns.to_owned();
+            move || Filter::from_text(&p)
+        })
+        .await;
+        match parsed {
+            Ok(filter) => {
+                self.get_filter = filter.map(|f| (f, charge));
+                self.reply_in_order(Frame::Ok).await
+            }
+            Err(e) => {
+                let message = format!("invalid --exclude/--include patterns: {e}");
+                self.reply_in_order(Frame::Error { code: ErrorCode::BadPath, message }).await
+            }
+        }
     }
 
     pub(super) async fn list(&mut self, path: WirePath) -> Result<()> {
