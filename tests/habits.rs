@@ -238,6 +238,19 @@ fn cp_copies_scp_style_either_way_with_or_without_a_new_name() {
     cp(&["build.log", &at("logs/today.log")]).assert_code(0);
     assert_eq!(std::fs::read(work.join("root/logs/today.log")).unwrap(), b"log");
 
+    // No slash, as scp decides: a folder on the server takes the source
+    // inside it; a new name becomes the source (a folder's contents).
+    cp(&["build.log", &at("artifacts")]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/artifacts/build.log")).unwrap(), b"log");
+    cp(&["dist", &at("www")]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/www/lib/x.so")).unwrap(), b"lib");
+    assert!(!work.join("root/www/dist").exists());
+    cp(&["dist", &at("www")]).assert_code(0); // www exists now: into it
+    assert_eq!(std::fs::read(work.join("root/www/dist/app.bin")).unwrap(), b"app");
+    let run = cp(&["dist", &at("logs/today.log")]);
+    run.assert_code(2);
+    assert!(run.stderr().contains("is a file on the server"), "{run}");
+
     // Back: into an existing folder, or to a new name (file or folder).
     std::fs::create_dir_all(work.join("got")).unwrap();
     cp(&[&at("artifacts/dist/app.bin"), "got"]).assert_code(0);

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::session::Limits;
+use super::session::{Limits, remote_path, with_client};
 use super::{ClientArgs, FilterArgs, Habits, parse_size, transfer};
+use crate::client::RemoteKind;
 use crate::error::Error;
-use crate::progress::Output;
+use crate::progress::{Op, Output};
 
 #[derive(Debug, Args)]
 pub struct CpArgs {
@@ -74,8 +75,9 @@ const FORMS: &str = "write the remote side as HOST:PATH (HOST:PORT:PATH for anot
                      or `xfer cp files.example.org:artifacts/app.tar.gz .`";
 
 /// Runs `xfer cp`.
-pub(super) async fn cp(a: &CpArgs, output: Output) -> anyhow::Result<()> {
-    let (dest, sources) = a.paths.split_last().expect("clap asks for two or more");
+pub(super) async fn cp(a: &mut CpArgs, output: Output) -> anyhow::Result<()> {
+    let all = a.paths.clone();
+    let (dest, sources) = all.split_last().expect("clap asks for two or more");
     let remote_sources: Vec<Option<Remote>> = sources.iter().map(|s| parse_remote(s)).collect();
     let all_local = remote_sources.iter().all(Option::is_none);
     let all_remote = remote_sources.iter().all(Option::is_some);
@@ -96,25 +98,63 @@ pub(super) async fn cp(a: &CpArgs, output: Output) -> anyhow::Result<()> {
     }
 }
 
-/// Local sources to `to`: into the folder `to` names, or, for one file and
-/// a destination without a trailing `/`, as the file it names.
-async fn push(a: &CpArgs, sources: &[String], to: &Remote, output: Output) -> anyhow::Result<()> {
+/// Local sources to `to`, as scp places them: into the folder `to` names
+/// when it ends with `/`, several sources go there, or it is a folder on
+/// the server; else the one source takes its name (a file written as that
+/// file, a folder's contents as that new folder).
+async fn push(a: &mut CpArgs, sources: &[String], to: &Remote, output: Output) -> anyhow::Result<()> {
     let paths: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
-    let renames = matches!(&paths[..], [one] if one.is_file())
-        && !to.path.is_empty()
-        && !to.path.ends_with('/')
-        && !to.path.ends_with("/.");
-    if renames {
-        // The one file, unless a pattern leaves it out.
-        let name = paths[0].file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if a.filter.build()?.is_some_and(|f| f.excludes(&name, false)) {
-            return Ok(());
+    let filter = a.filter.build()?;
+    let named = paths.len() == 1 && !to.path.is_empty() && !to.path.ends_with('/') && !to.path.ends_with("/.");
+    let kind = match named {
+        true => remote_kind(a, to).await?,
+        false => RemoteKind::Folder,
+    };
+    let source = &paths[0];
+    match kind {
+        RemoteKind::Folder => transfer::push(&to.target, &paths, &to.path, filter, a.retry, &a.client, output).await,
+        RemoteKind::File if source.is_dir() => Err(Error::Usage(format!(
+            "{}:{} is a file on the server: a folder cannot be copied over it (end the destination with / to copy \
+             into a folder)",
+            to.target, to.path
+        ))
+        .into()),
+        _ if source.is_dir() => {
+            // A new folder named `to`: the source folder's contents go
+            // there, its links may lead anywhere inside it.
+            let entries = super::sync::folder_entries(source, a.client.links)?;
+            if entries.is_empty() {
+                return Err(Error::Usage(format!("{} is empty: there is nothing to copy", source.display())).into());
+            }
+            a.client.sync_tree = true;
+            transfer::push(&to.target, &entries, &to.path, filter, a.retry, &a.client, output).await
         }
-        transfer::push_as(&to.target, &paths[0], &to.path, a.retry, &a.client, output).await
-    } else {
-        let filter = a.filter.build()?;
-        transfer::push(&to.target, &paths, &to.path, filter, a.retry, &a.client, output).await
+        _ => {
+            // The one file, unless a pattern leaves it out.
+            let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if filter.is_some_and(|f| f.excludes(&name, false)) {
+                return Ok(());
+            }
+            transfer::push_as(&to.target, source, &to.path, a.retry, &a.client, output).await
+        }
     }
+}
+
+/// What `to` names on the server, asked before a one-source copy.
+async fn remote_kind(a: &CpArgs, to: &Remote) -> anyhow::Result<RemoteKind> {
+    let path = remote_path(&to.path)?;
+    let found = std::sync::Arc::new(std::sync::Mutex::new(RemoteKind::Missing));
+    let got = found.clone();
+    with_client(&to.target, &a.client, Op::List, Output::Silent, a.retry, |c, _| {
+        let (path, got) = (path.clone(), got.clone());
+        Box::pin(async move {
+            let kind = c.remote_kind(&path).await?;
+            *got.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(*found.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Remote sources to the local `dest`: into that folder when it is one

@@ -359,10 +359,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let limits = Limits { max_size: a.max_size, filter: a.filter.build()? };
             transfer::pull(&a.host, &a.remotes, &a.out, limits, a.retry, &a.client, output).await
         }
-        Command::Cp(a) => {
+        Command::Cp(mut a) => {
             a.habits.note();
             let output = output(&a.client, cli.quiet, cli.verbose);
-            cp::cp(&a, output).await
+            cp::cp(&mut a, output).await
         }
         Command::Sync(mut a) => {
             a.habits.note();

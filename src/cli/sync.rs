@@ -74,30 +74,7 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
         .into());
     }
     let filter = a.filter.build()?;
-    // The folder's own entries, as a walk inside it sees them: a link is
-    // not followed (it is reported, as deeper ones are), and the staging
-    // area's name is left out.
-    let mut entries: Vec<PathBuf> = Vec::new();
-    for e in std::fs::read_dir(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))? {
-        let e = e.map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
-        let name = e.file_name();
-        if name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(STAGING_DIR)) {
-            continue;
-        }
-        match e.file_type() {
-            Ok(t) if t.is_dir() || t.is_file() || (t.is_symlink() && a.client.links) => entries.push(e.path()),
-            Ok(t) if t.is_symlink() => eprintln!(
-                "xfer: skipped {}: {}",
-                crate::text::escape(&e.path().display().to_string()),
-                crate::client::NO_LINKS
-            ),
-            _ => eprintln!(
-                "xfer: skipped {}: not a regular file or folder",
-                crate::text::escape(&e.path().display().to_string())
-            ),
-        }
-    }
-    entries.sort();
+    let entries = folder_entries(local, a.client.links)?;
     if !entries.is_empty() {
         // An error here (any file failed) ends the sync before any removal.
         transfer::push(&to.target, &entries, &to.path, filter.clone(), a.retry, &a.client, output).await?;
@@ -164,6 +141,34 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     // What the patterns leave out is not synced: never removed either.
     let extra = crate::client::extra_paths(&exact, &keep, filter.as_ref());
     remove_local(local, &extra, a.client.dry_run, output)
+}
+
+/// A local folder's own entries, sorted, as a walk inside it sees them: a
+/// link is not followed (taken as a link with `links`, else reported as
+/// deeper ones are), and the staging area's name is left out.
+pub(super) fn folder_entries(local: &Path, links: bool) -> Result<Vec<PathBuf>, Error> {
+    let mut entries: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))? {
+        let e = e.map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(STAGING_DIR)) {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() || t.is_file() || (t.is_symlink() && links) => entries.push(e.path()),
+            Ok(t) if t.is_symlink() => eprintln!(
+                "xfer: skipped {}: {}",
+                crate::text::escape(&e.path().display().to_string()),
+                crate::client::NO_LINKS
+            ),
+            _ => eprintln!(
+                "xfer: skipped {}: not a regular file or folder",
+                crate::text::escape(&e.path().display().to_string())
+            ),
+        }
+    }
+    entries.sort();
+    Ok(entries)
 }
 
 /// The links directly in the server folder, made in `local` with

@@ -31,7 +31,7 @@ mod pull;
 mod push;
 mod sync;
 
-pub use sync::{Tree, extra as extra_paths};
+pub use sync::{RemoteKind, Tree, extra as extra_paths};
 
 pub use offers::MIN_ROOT_OFFER;
 use push::{Expect, hand_over, read_outcomes};

@@ -12,6 +12,35 @@ use crate::progress::{FileReport, Reporter, Status};
 use crate::protocol::{Frame, WirePath};
 use crate::walk::Filter;
 
+/// What a path names on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    Folder,
+    File,
+    Missing,
+}
+
+impl Client {
+    /// Whether `path` is a folder, a file or nothing on the server (what
+    /// scp's `cp x HOST:PATH` needs to know to put `x` in it or at it).
+    pub async fn remote_kind(&mut self, path: &WirePath) -> Result<RemoteKind> {
+        let Client { r, w, cfg, .. } = self;
+        let asked = async {
+            greet_after_list(w, r, cfg.timeouts.header).await?;
+            Ok(match list_one(w, r, path).await? {
+                Ok(l) if matches!(&l.entries[..], [e] if e.path == *path && !e.is_dir) => RemoteKind::File,
+                Ok(_) => RemoteKind::Folder,
+                Err(crate::error::Error::Refused { code: crate::protocol::ErrorCode::NotFound, .. }) => {
+                    RemoteKind::Missing
+                }
+                Err(e) => return Err(e),
+            })
+        }
+        .await;
+        self.conclude(asked).await
+    }
+}
+
 /// A server folder's tree, as [`Client::list_tree`] found it.
 #[derive(Debug, Default)]
 pub struct Tree {
