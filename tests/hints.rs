@@ -171,3 +171,28 @@ fn enroll_against_a_server_without_enroll_names_the_flag_that_makes_it_work() {
         XferServer::start(&pki, &work.join("root"), &found[0][1..].iter().map(String::as_str).collect::<Vec<_>>());
     run_in(joiner.path(), &["enroll", &server.addr, &code, "--dir", "certs"], &[]).assert_code(0);
 }
+
+#[test]
+fn both_renewals_an_expiry_warning_suggests_work() {
+    let pki = Pki::new();
+    run_in(pki.dir.path(), &["keygen", "runner-9", "--days", "10"], &[]).assert_code(0);
+    let _invites = run_in(pki.dir.path(), &["keygen", "--invite", "unused"], &[]); // serve --enroll needs the file
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &["--enroll"]);
+    let run = run_in(pki.dir.path(), &["ls", &server.addr, "--name", "runner-9"], &[]);
+    run.assert_code(0);
+    let warning = run.stderr();
+    assert!(warning.starts_with("xfer: warning: certificate") && warning.contains("expires in 9 days"), "{run}");
+    let found = hints(&warning, &[("HOST", server.addr.as_str())]);
+    assert_eq!(found.len(), 2, "{run}");
+    let before = std::fs::read(pki.certs().join("runner-9.pem")).unwrap();
+    // From this machine: a new certificate from the serving CA.
+    run_hint(pki.dir.path(), &found[0], &[]).assert_code(0);
+    let renewed = std::fs::read(pki.certs().join("runner-9.pem")).unwrap();
+    assert_ne!(before, renewed);
+    // On the CA's machine: a year, so the warning is gone.
+    run_hint(pki.dir.path(), &found[1], &[]).assert_code(0);
+    let run = run_in(pki.dir.path(), &["ls", &server.addr, "--name", "runner-9"], &[]);
+    run.assert_code(0);
+    assert!(!run.stderr().contains("warning"), "{run}");
+}
