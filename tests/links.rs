@@ -20,6 +20,9 @@ fn tree(work: &Dir) {
     symlink("../app.bin", work.join("dist/lib/app")).unwrap();
     symlink("../secret.txt", work.join("dist/escape")).unwrap();
     symlink("/etc/passwd", work.join("dist/absolute")).unwrap();
+    // A pivot and a chain through it: each looks inside as text.
+    symlink(".", work.join("dist/self")).unwrap();
+    symlink("self/self/../../secret.txt", work.join("dist/chain")).unwrap();
 }
 
 fn link_of(p: &Path) -> Option<String> {
@@ -37,10 +40,16 @@ fn push_with_links_sends_links_inside_the_tree_and_says_why_others_stay() {
     let root = work.join("root/dist");
     assert_eq!(link_of(&root.join("current")).as_deref(), Some("app.bin"));
     assert_eq!(link_of(&root.join("lib/app")).as_deref(), Some("../app.bin"));
-    assert!(root.join("escape").symlink_metadata().is_err() && root.join("absolute").symlink_metadata().is_err());
+    for never in ["escape", "absolute", "self", "chain"] {
+        assert!(root.join(never).symlink_metadata().is_err(), "{never} was made");
+    }
     let err = run.stderr();
     assert!(err.contains("skipped dist/escape: symbolic link not sent: it points outside the tree"), "{run}");
     assert!(err.contains("skipped dist/absolute: symbolic link not sent: its target is an absolute path"), "{run}");
+    assert!(
+        err.contains("skipped dist/chain: symbolic link not sent: its target climbs with '..' after a name"),
+        "{run}"
+    );
     assert!(err.contains("pushed 2 files") && err.contains("; 2 symbolic links"), "{run}");
 
     // JSON names the target; without --links, links are skipped, saying how.
@@ -100,6 +109,13 @@ fn a_server_makes_links_only_inside_its_root_and_never_follows_them() {
         link("abs", "/etc"),
         link("stage", ".xfer/partial"),
         link("d/deep", "../../x"),
+        // Chains a review found: a link to a folder it is in, then names
+        // through it (text says inside, the kernel goes elsewhere).
+        link("top", "."),
+        link("d/r", ".."),
+        link("d/stg", "r/.xfer/partial"),
+        link("d/s", "../d"),
+        link("d/esc", "s/s/../../../etc/passwd"),
         link("via", "sub"),
         file("via/new.txt"),
         Frame::Data(bytes::Bytes::from_static(b"x")),
@@ -114,7 +130,7 @@ fn a_server_makes_links_only_inside_its_root_and_never_follows_them() {
         w.flush().await.unwrap();
         r.read_preamble(Duration::from_secs(10)).await.unwrap();
         let mut replies = Vec::new();
-        while replies.len() < 7 {
+        while replies.len() < 12 {
             match r.read_frame().await {
                 Ok(Some(f)) => replies.push(f),
                 _ => break,
@@ -131,11 +147,11 @@ fn a_server_makes_links_only_inside_its_root_and_never_follows_them() {
         .collect();
     let bad = format!("{:?}", ErrorCode::BadPath);
     let denied = format!("{:?}", ErrorCode::Denied);
-    assert_eq!(codes[..5], [bad.clone(), bad.clone(), bad.clone(), bad, "OK".into()], "{replies:?}");
-    assert_eq!(codes[5..], [denied.clone(), denied], "{replies:?}");
+    assert_eq!(codes[..9], vec![bad.clone(); 9], "{replies:?}");
+    assert_eq!(codes[9..], ["OK".to_owned(), denied.clone(), denied], "{replies:?}");
     let root = work.join("root");
     assert_eq!(link_of(&root.join("via")).as_deref(), Some("sub"));
-    for made in ["up", "abs", "stage", "d/deep", "sub/new.txt"] {
+    for made in ["up", "abs", "stage", "d/deep", "top", "d/r", "d/stg", "d/s", "d/esc", "sub/new.txt"] {
         assert!(root.join(made).symlink_metadata().is_err(), "{made} was made");
     }
     assert_eq!(std::fs::read(root.join("sub/kept.txt")).unwrap(), b"kept");
