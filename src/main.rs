@@ -107,8 +107,10 @@ where
             tracing::Level::WARN => "warning: ",
             _ => "",
         };
-        write!(w, "xfer: {level}")?;
-        ctx.field_format().format_fields(w.by_ref(), event)?;
-        writeln!(w)
+        // Warnings quote certificates' names and other text that is not
+        // ours: one line, escaped, like every other line a client writes.
+        let mut text = String::new();
+        ctx.field_format().format_fields(Writer::new(&mut text), event)?;
+        writeln!(w, "xfer: {level}{}", xfer::text::escape(&text))
     }
 }

@@ -430,7 +430,7 @@ impl Reporter {
     /// One symbolic link of a listing, with its target (escaped: it is
     /// the server's text).
     pub fn link_entry(&mut self, path: &WirePath, target: &str) {
-        self.sum.ok += 1;
+        self.sum.links += 1;
         match self.output {
             Output::Json => json_line(&serde_json::json!({
                 "type": "entry", "path": path.as_str(), "size": 0, "dir": false, "link": target,

@@ -235,23 +235,25 @@ impl Walk {
     }
 
     /// The items (all but folders: each gets an outcome) and bytes this
-    /// walk yields, if it yields at most `max_items` within `deadline`:
-    /// a total worth announcing only when it is cheap to know.
-    pub fn count(self, max_items: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
+    /// walk yields, if it meets at most `max_entries` entries (folders
+    /// too: a tree of empty folders costs as much to walk) within
+    /// `deadline`: a total worth announcing only when it is cheap to know.
+    pub fn count(self, max_entries: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
         let started = std::time::Instant::now();
-        let (mut items, mut bytes) = (0u64, 0u64);
+        let (mut entries, mut items, mut bytes) = (0u64, 0u64, 0u64);
         for item in self {
+            entries += 1;
+            if entries > max_entries || started.elapsed() > deadline {
+                return None;
+            }
             match item {
                 Item::Dir { .. } => continue,
                 Item::File { meta, .. } => bytes = bytes.saturating_add(meta.size),
                 Item::Link { .. } | Item::Skipped { .. } | Item::Failed { .. } => {}
             }
             items += 1;
-            if items > max_items || (items % 256 == 0 && started.elapsed() > deadline) {
-                return None;
-            }
         }
-        (started.elapsed() <= deadline).then_some((items, bytes))
+        Some((items, bytes))
     }
 }
 

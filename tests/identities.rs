@@ -168,3 +168,54 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn a_dot_certs_or_config_another_user_could_have_planted_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Dir::new();
+    let xdg = as_user(&home);
+    let env = [("XDG_CONFIG_HOME", xdg.as_str())];
+    let shared = Dir::new();
+    run_in(shared.path(), &["keygen", "--dir", "certs"], &env).assert_code(0);
+    std::fs::set_permissions(shared.join("certs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = run_in(shared.path(), &["ls", "127.0.0.1:9"], &env);
+    run.assert_code(1);
+    assert!(run.stderr().contains("./certs: not used: every user may write to it"), "{run}");
+    let run = run_in(shared.path(), &["keygen", "runner-1"], &env);
+    run.assert_code(1);
+    assert!(run.stderr().contains("pass --certs ./certs to use it anyway"), "{run}");
+    // Owned by another user (nobody): refused too; named, it is used.
+    std::fs::set_permissions(shared.join("certs"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        let chown = Command::new("chown").arg("nobody").arg(shared.join("certs")).status().unwrap();
+        assert!(chown.success());
+        let run = run_in(shared.path(), &["ls", "127.0.0.1:9"], &env);
+        assert!(run.stderr().contains("it belongs to another user"), "{run}");
+        let run = run_in(shared.path(), &["ls", "127.0.0.1:9", "--certs", "./certs"], &env);
+        assert!(!run.stderr().contains("not used"), "{run}");
+    } else {
+        eprintln!("NOTE: the another-user part of this test needs root to chown; it did not run");
+    }
+
+    // A config file every user may write is not read.
+    let xfer_dir = home.join(".config/xfer");
+    std::fs::create_dir_all(&xfer_dir).unwrap();
+    std::fs::write(xfer_dir.join("config.toml"), "[host.a]\naddress = \"127.0.0.1:9\"\n").unwrap();
+    std::fs::set_permissions(xfer_dir.join("config.toml"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = run_in(Dir::new().path(), &["ls", "a"], &env);
+    run.assert_code(1);
+    assert!(run.stderr().contains("config.toml: not used: every user may write to it"), "{run}");
+}
+
+#[test]
+fn a_warning_quoting_a_certificate_stays_one_escaped_line() {
+    let pki = Pki::new();
+    pki.issue_dual_use_as("evil", "evil\nxfer: error: FORGED\x1b[2J");
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let run = client(&pki, "evil", work.path(), "ls", &server, &[]);
+    let err = run.stderr();
+    assert!(err.lines().all(|l| l.starts_with("xfer: ")), "{run}");
+    assert!(!err.lines().any(|l| l.starts_with("xfer: error: FORGED")) && !err.contains('\x1b'), "{run}");
+    assert!(err.contains("evil\\nxfer: error: FORGED"), "{run}");
+}

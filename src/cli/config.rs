@@ -27,6 +27,41 @@ pub(crate) fn default_certs() -> PathBuf {
     user_dir().map_or(local, |d| d.join("certs"))
 }
 
+/// [`default_certs`], refusing a `./certs` that is not this user's to
+/// trust: found by just being in the current folder, one planted in a
+/// shared folder would otherwise choose, silently, whom a command trusts
+/// and which key it signs with.
+pub(crate) fn default_certs_checked() -> Result<PathBuf, Error> {
+    let dir = default_certs();
+    if dir.is_relative() {
+        check_owned(&dir, "./certs", "pass --certs ./certs to use it anyway")?;
+    }
+    Ok(dir)
+}
+
+/// Refuses `path` when another user owns it or everyone may write it:
+/// whoever can write it decides what this command trusts (ssh's
+/// StrictModes, less its group rule: user-private groups are common).
+pub(crate) fn check_owned(path: &Path, what: &str, anyway: &str) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let me = rustix::process::getuid().as_raw();
+    let why = if meta.uid() != me {
+        "it belongs to another user"
+    } else if meta.mode() & 0o002 != 0 {
+        "every user may write to it"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Identity {
+        what: what.to_owned(),
+        message: format!(
+            "not used: {why}, so it could choose whom this command trusts; {anyway}, or make it yours \
+             (chown, chmod o-w)"
+        ),
+    })
+}
+
 /// Words for the places [`default_certs`] looks, for messages.
 pub(crate) fn certs_lookup_words() -> String {
     match user_dir() {
@@ -87,6 +122,7 @@ pub(crate) fn resolve_host(host: &str) -> Result<Target, Error> {
         }
         Err(e) => return Err(Error::io(format!("cannot read the config file {}", path.display()), e)),
     };
+    check_owned(&path, &path.display().to_string(), "set $XFER_CONFIG to another file")?;
     let config = parse(&text, &path)?;
     Ok(match config.host.get(host) {
         Some(alias) => Target { address: alias.address.clone(), alias: Some(alias.clone()) },

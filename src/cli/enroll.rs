@@ -70,7 +70,10 @@ pub(super) async fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
     let alias_certs = alias.and_then(|x| x.certs.clone());
     // Where later commands look without being told needs no --certs in the hint.
     let found_anyway = a.dir.is_none() || a.dir == alias_certs || a.dir == Some(config::default_certs());
-    let dir = a.dir.or(alias_certs).unwrap_or_else(config::default_certs);
+    let dir = match a.dir.or(alias_certs) {
+        Some(dir) => dir,
+        None => config::default_certs_checked()?,
+    };
     let certs_flag = if found_anyway { String::new() } else { format!(" --certs {}", dir.display()) };
     let cfg = EnrollConfig {
         target: target.address.clone(),

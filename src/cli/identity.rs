@@ -42,7 +42,10 @@ impl IdentityArgs {
     /// host alias of the config file says, then the defaults.
     pub(crate) fn paths(&self, default_name: &str, alias: Option<&HostAlias>) -> Result<IdentityPaths, Error> {
         let alias_certs = alias.and_then(|a| a.certs.clone());
-        let dir = self.certs.clone().or(alias_certs).unwrap_or_else(config::default_certs);
+        let dir = match self.certs.clone().or(alias_certs) {
+            Some(dir) => dir,
+            None => config::default_certs_checked()?,
+        };
         let name = self.name.as_deref().or(alias.and_then(|a| a.name.as_deref())).unwrap_or(default_name);
         let base = IdentityPaths::in_dir(&dir, name);
         if !dir.exists() && (self.cert.is_none() || self.key.is_none() || self.ca.is_none()) {

@@ -93,7 +93,10 @@ pub struct KeygenArgs {
 
 /// `xfer keygen`.
 pub(super) fn keygen(mut a: KeygenArgs) -> anyhow::Result<()> {
-    a.dir = a.dir_arg.clone().unwrap_or_else(super::config::default_certs);
+    a.dir = match a.dir_arg.clone() {
+        Some(dir) => dir,
+        None => super::config::default_certs_checked()?,
+    };
     if a.list {
         return list_certs(&a.dir);
     }

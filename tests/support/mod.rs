@@ -91,13 +91,18 @@ impl Pki {
     /// Issues NAME the way keygen did before certificates had one role:
     /// serverAuth and clientAuth, with the loopback names.
     pub fn issue_dual_use(&self, name: &str) {
+        self.issue_dual_use_as(name, name);
+    }
+
+    /// [`Pki::issue_dual_use`], with the common name `cn` (files NAME.*).
+    pub fn issue_dual_use_as(&self, name: &str, cn: &str) {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
         let certs = self.certs();
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca.key")).unwrap()).unwrap();
         let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem")).unwrap(), ca_key).unwrap();
         let sans = vec![name.to_owned(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
         let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();

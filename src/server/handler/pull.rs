@@ -21,7 +21,7 @@ use crate::walk::{Filter, Item};
 const OFFER_OVERHEAD: usize = 160;
 
 /// A `GET`'s answer is counted first (for the client's `TOTAL`) only up to
-/// this many items and this long: past either, it goes without a total
+/// this many entries (folders included) and this long: past either, it goes without a total
 /// rather than making every large pull walk its tree twice.
 const TOTAL_MAX_ITEMS: u64 = 100_000;
 const TOTAL_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
