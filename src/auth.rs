@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [[rule]]
-//! peer = "runner-*"            # exact name or a * glob
+//! peer = "runner-*"            # exact name or a glob (globset: *, ?, [a-z], {a,b})
 //! allow = ["read", "write"]    # of read, write, delete
 //! prefix = "artifacts/"        # optional; default: the whole root
 //! ```
@@ -60,12 +60,22 @@ struct RuleSpec {
 }
 
 /// One validated rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Rule {
     peer: String,
+    /// `peer`, compiled.
+    matcher: globset::GlobMatcher,
     allow: Vec<Perm>,
     prefix: WirePath,
 }
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        (&self.peer, &self.allow, &self.prefix) == (&other.peer, &other.allow, &other.prefix)
+    }
+}
+
+impl Eq for Rule {}
 
 /// A parsed policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +108,10 @@ impl Policy {
                     Ok(w) => w,
                 },
             };
-            rules.push(Rule { peer: r.peer, allow: r.allow, prefix });
+            let matcher = globset::Glob::new(&r.peer)
+                .map_err(|e| format!("rule {}: peer '{}': {}", i + 1, r.peer, e.kind()))?
+                .compile_matcher();
+            rules.push(Rule { peer: r.peer, matcher, allow: r.allow, prefix });
         }
         Ok(Policy { rules })
     }
@@ -113,7 +126,7 @@ impl Policy {
     /// Allows or refuses `perm` on `path` for a peer known by `names`; the
     /// refusal says who, what, where and why.
     pub fn check(&self, names: &[String], perm: Perm, path: &WirePath) -> std::result::Result<(), String> {
-        let matching: Vec<&Rule> = self.rules.iter().filter(|r| names.iter().any(|n| glob(&r.peer, n))).collect();
+        let matching: Vec<&Rule> = self.rules.iter().filter(|r| names.iter().any(|n| r.matcher.is_match(n))).collect();
         if matching.iter().any(|r| r.allow.contains(&perm) && path.starts_with(&r.prefix)) {
             return Ok(());
         }
@@ -134,24 +147,12 @@ impl Policy {
     }
 }
 
-/// Matches `name` against `pattern`, where `*` stands for any run of
-/// characters (including none) and everything else is literal.
+/// Matches `name` against the glob `pattern` (globset: `*`, `?`,
+/// `[...]`, `{a,b}`); an invalid pattern matches nothing (rules are
+/// checked when the policy is parsed, so none reaches here).
+#[cfg(test)]
 fn glob(pattern: &str, name: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else {
-        return pattern == name;
-    };
-    let Some(mut left) = name.strip_prefix(head) else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('*').collect();
-    let (last, middle) = parts.split_last().expect("split yields at least one part");
-    for part in middle {
-        match left.find(part) {
-            Some(i) => left = &left[i + part.len()..],
-            None => return false,
-        }
-    }
-    left.len() >= last.len() && left.ends_with(last)
+    globset::Glob::new(pattern).is_ok_and(|g| g.compile_matcher().is_match(name))
 }
 
 #[cfg(test)]
@@ -188,6 +189,11 @@ mod tests {
         assert!(glob("*.ci.example.org", "r1.ci.example.org"));
         assert!(!glob("exact", "exact2"));
         assert!(glob("ab*ab", "abab") && !glob("ab*ab", "aba"));
+        // globset brings classes and alternatives.
+        assert!(glob("runner-[0-9]", "runner-7") && !glob("runner-[0-9]", "runner-x"));
+        assert!(glob("{deploy,release}-*", "release-2") && !glob("{deploy,release}-*", "build-2"));
+        let bad = Policy::parse("[[rule]]\npeer = \"runner-[\"\nallow = [\"read\"]\n").unwrap_err();
+        assert!(bad.contains("rule 1: peer 'runner-['"), "{bad}");
     }
 
     #[test]

@@ -563,19 +563,9 @@ impl Drop for Reporter {
     }
 }
 
-/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
+/// A byte count for people, as indicatif writes it: `512 B`, `1.50 KiB`.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < 3 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    indicatif::BinaryBytes(n).to_string()
 }
 
 /// A timestamp as ISO 8601 / RFC 3339 in UTC, seconds precision.
@@ -632,8 +622,8 @@ mod tests {
     #[test]
     fn byte_counts_and_times_read_well() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(10 << 30), "10.00 GiB");
         assert_eq!(iso8601(Timestamp { secs: 1_700_000_000, nanos: 5 }), "2023-11-14T22:13:20Z");
     }
 

@@ -141,6 +141,15 @@ fn ca_days_and_ed25519_keys() {
     let in_100_days = (time::OffsetDateTime::now_utc() + time::Duration::days(100)).date().to_string();
     assert!(ca_line.contains(&format!("expires {in_100_days}")), "{list}");
     assert!(fs::read_to_string(work.join("certs/client.key")).unwrap().contains("PRIVATE KEY"));
+    // PKCS#8 v1, which OpenSSL 3.0 (and so curl and the like) can read.
+    for key in ["ca.key", "client.key", "server.key"] {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(work.join(&format!("certs/{key}")))
+            .output()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(out.status.success(), "{key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     // Ed25519 identities work end to end over TLS 1.3.
     let pki = Pki { dir: work };
     let files = Dir::new();

@@ -375,7 +375,7 @@ fn a_full_disk_is_refused_up_front_or_cleaned_up_mid_write() {
     work.write("huge", &random_bytes(10 * MIB, 21));
     let run = client(&pki, "client", work.path(), "push", &server, &["huge"]);
     run.assert_code(4);
-    assert!(run.stderr().contains("needs 10.0 MiB but only"), "both sizes are named: {run}");
+    assert!(run.stderr().contains("needs 10.00 MiB but only"), "both sizes are named: {run}");
 
     // Two 3 MiB files each fit the free space when they start, not together.
     let slow = [("XFER_FAULT_SLOW_PAYLOAD", "100")];

@@ -298,7 +298,7 @@ fn max_size_refuses_larger_files_naming_both_sizes() {
     assert_eq!(lines[0]["status"], "ok", "{run}");
     assert_eq!(lines[1]["status"], "failed", "{run}");
     let error = lines[1]["error"].as_str().unwrap();
-    assert!(error.contains("2.0 KiB") && error.contains("1.0 KiB") && error.contains("--max-size"), "{error}");
+    assert!(error.contains("2.00 KiB") && error.contains("1.00 KiB") && error.contains("--max-size"), "{error}");
     assert!(work.join("root/small").exists() && !work.join("root/big").exists());
     assert_eq!(work.listing("root/.xfer/tmp"), Vec::<String>::new());
 }

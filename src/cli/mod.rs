@@ -268,46 +268,34 @@ pub struct RmArgs {
     pub client: ClientArgs,
 }
 
-/// Parses `500ms`, `10s`, `2m`, `1h`, or plain seconds.
+/// Parses a duration as humantime reads it (`500ms`, `10s`, `2m`,
+/// `1h30m`, `2days`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in '{s}': use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{s}': {e}"))
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map(Duration::from_secs).map_err(|e| format!("invalid duration '{s}': {e}"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("invalid duration '{s}': {e} (use e.g. 500ms, 10s, 2m, 1h30m)"))
 }
 
-/// Parses `4096`, `64K`, `10M`, `2G`, `1T` (powers of 1024; `KiB`, `MB`
-/// and the like are read the same way).
+/// Parses `4096`, `64K`, `10M`, `1.5G`, `1T` (powers of 1024, as are
+/// `KiB`, `MB` and the like) with parse-size.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}': use e.g. 4096, 64K, 10M, 2G"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(format!("invalid size unit in '{s}': use K, M, G or T")),
-    };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size '{s}' is too large"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| format!("invalid size '{s}': {e} (use e.g. 4096, 64K, 10M, 2G)"))
 }
 
 /// Parses a `--bwlimit`: like a size, but a bare number is KiB/s (as
 /// rsync reads it), and anything under 1 KiB/s is refused: it could not
 /// keep a connection within its idle timeout.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let bare = !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit());
-    let rate = if bare { parse_size(&format!("{}K", s.trim()))? } else { parse_size(s)? };
+    let rate = parse_size::Config::new()
+        .with_binary()
+        .with_default_factor(1024)
+        .parse_size(s.trim())
+        .map_err(|e| format!("invalid rate '{s}': {e} (use e.g. 10M for 10 MiB/s, or 500 for 500 KiB/s)"))?;
     if rate < 1024 {
         return Err(format!("--bwlimit {s} is below the least xfer takes, 1K (1 KiB/s)"));
     }
@@ -462,7 +450,7 @@ mod tests {
         assert_eq!(parse_size("64K").unwrap(), 64 << 10);
         assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert!(parse_size("1.5G").is_err());
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
         assert!(parse_size("5X").is_err());
         assert!(parse_size("99999999999T").is_err());
     }
@@ -480,7 +468,8 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("5x").is_err());
     }
 }

@@ -123,11 +123,20 @@ pub enum KeyType {
 impl KeyType {
     /// A new key pair of this kind.
     pub fn generate(self) -> Result<KeyPair> {
-        let alg = match self {
-            KeyType::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyType::Ed25519 => &rcgen::PKCS_ED25519,
-        };
-        KeyPair::generate_for(alg).map_err(gen_error)
+        match self {
+            KeyType::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_error),
+            // PKCS#8 v1: the v2 form (with the public key inside) that
+            // rcgen would write is one OpenSSL 3.0 cannot read.
+            KeyType::Ed25519 => {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                let v1 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| Error::Identity {
+                    what: "key".into(),
+                    message: "cannot generate an Ed25519 key".into(),
+                })?;
+                let der = rustls_pki_types::PrivatePkcs8KeyDer::from(v1.as_ref());
+                KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519).map_err(gen_error)
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ fn a_file_larger_than_the_free_space_is_refused_up_front() {
     let (_t, root) = server();
     let e = root.stage(&p("huge"), Some(u64::MAX / 2), None, Resume::No).unwrap_err();
     assert_eq!(e.code, ErrorCode::NoSpace);
-    assert!(e.message.contains("huge: needs 8388608.0 TiB but only") && e.message.contains("is free"), "{}", e.message);
+    assert!(e.message.contains("huge: needs 8.00 EiB but only") && e.message.contains("is free"), "{}", e.message);
     assert_eq!(fs::read_dir(root.dir().join(".xfer/tmp")).unwrap().count(), 0);
     let first = root.stage(&p("small"), Some(10), None, Resume::No).unwrap();
     // A file in the same folder shares the folder's handle.
