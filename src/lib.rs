@@ -63,6 +63,9 @@
 //! # Ok(()) }
 //! ```
 
+// No unsafe code of our own: rustix, tokio and the crypto crates hold it.
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod beneath;
 pub mod budget;

@@ -2,6 +2,8 @@
 //! turn its error into one line on stderr and an exit code
 //! ([`Class::exit_code`], README.md "Exit codes").
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
