@@ -78,6 +78,7 @@ pub mod error;
 pub mod hashes;
 pub mod links;
 pub mod meter;
+pub mod names;
 pub mod partial;
 pub mod pki;
 pub mod progress;

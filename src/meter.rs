@@ -195,8 +195,10 @@ fn draw(rx: mpsc::Receiver<Event>, forced: bool) {
                 total.set_length(bytes);
             }
             Event::Start { path, size } => {
-                // Shaped before it is first drawn, then reused per file.
-                let bar = file.clone().unwrap_or_else(ProgressBar::no_length);
+                // Shaped while hidden (a bar of its own would draw on stderr
+                // past the display, leaving lines behind), then drawn by
+                // the display once added, and reused per file.
+                let bar = file.clone().unwrap_or_else(ProgressBar::hidden);
                 bar.reset();
                 shape_file_bar(&bar, size);
                 bar.set_message(path);

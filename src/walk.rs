@@ -113,7 +113,12 @@ impl Filter {
             if line.contains(['\n', '\r']) {
                 return Err(format!("{flag}: a pattern cannot span lines"));
             }
+            check_pattern(line).map_err(|why| format!("{flag}: {why}"))?;
             b.add_line(None, line).map_err(|e| format!("{flag}: {e}"))?;
+        }
+        let count = lines.iter().filter(|(_, l)| is_pattern(l)).count();
+        if count > MAX_PATTERNS {
+            return Err(format!("{count} patterns: at most {MAX_PATTERNS} are taken"));
         }
         let rules = b.build().map_err(|e| e.to_string())?;
         let text = lines.into_iter().map(|(_, l)| l).collect::<Vec<_>>().join("\n");
@@ -124,10 +129,15 @@ impl Filter {
     /// `None` when there are no patterns.
     pub fn from_text(text: &str) -> Result<Option<Filter>, String> {
         let mut b = ignore::gitignore::GitignoreBuilder::new("/");
-        let mut any = false;
+        let (mut any, mut count) = (false, 0);
         for line in text.split('\n') {
+            check_pattern(line).map_err(|why| format!("pattern '{line}': {why}"))?;
             b.add_line(None, line).map_err(|e| format!("pattern '{line}': {e}"))?;
             any |= !line.trim().is_empty();
+            count += usize::from(is_pattern(line));
+        }
+        if count > MAX_PATTERNS {
+            return Err(format!("{count} patterns: at most {MAX_PATTERNS} are taken"));
         }
         if !any {
             return Ok(None);
@@ -144,9 +154,37 @@ impl Filter {
     /// True when `path` (as the user named it, `/`-separated) is left out.
     pub fn excludes(&self, path: &str, is_dir: bool) -> bool {
         // A path inside an excluded folder is excluded too (`cache/` covers
-        // `cache/a`): a walk never goes in, and a sync must not delete there.
-        self.rules.matched_path_or_any_parents(std::path::Path::new("/").join(path), is_dir).is_ignore()
+        // `cache/a`, whatever a later `!a` says, as in git): a walk never
+        // goes in, and a sync must not delete there.
+        let full = std::path::Path::new("/").join(path);
+        let parents = full.ancestors().skip(1).filter(|p| p.parent().is_some());
+        let mut parents: Vec<&std::path::Path> = parents.collect();
+        parents.reverse();
+        parents.iter().any(|p| self.rules.matched(p, true).is_ignore()) || self.rules.matched(&full, is_dir).is_ignore()
     }
+}
+
+/// Most patterns a filter takes, and most wildcards in one: each pattern
+/// becomes a regular expression a server runs on every name it sends, and
+/// runs of `?` and `*` make those expensive (a review measured 600 such
+/// lines at 300 MB and seconds per request). Real ignore files are well
+/// within both.
+pub const MAX_PATTERNS: usize = 64;
+const MAX_WILDCARDS: usize = 4;
+
+/// A line that is a pattern (not blank, not a comment).
+fn is_pattern(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+/// Refuses a pattern with more wildcards than [`MAX_WILDCARDS`].
+fn check_pattern(line: &str) -> Result<(), String> {
+    let wild = line.chars().filter(|c| matches!(c, '*' | '?' | '[')).count();
+    if is_pattern(line) && wild > MAX_WILDCARDS {
+        return Err(format!("{wild} wildcards: at most {MAX_WILDCARDS} in one pattern are taken"));
+    }
+    Ok(())
 }
 
 /// Iterator over the items below (and including) a starting point.
@@ -155,10 +193,12 @@ pub struct Walk {
     stack: Vec<Level>,
     /// What was asked for: links must lead inside it to be [`Item::Link`]s.
     top: WirePath,
+    /// Entries looked at so far, those the filter left out included.
+    examined: u64,
     /// Patterns to leave out, and how many leading components of an
     /// item's name are the destination folder rather than what the user
     /// named.
-    filter: Option<(Filter, usize)>,
+    filter: Option<(Filter, usize, Option<String>)>,
 }
 
 struct Level {
@@ -182,7 +222,7 @@ impl Walk {
         let found = parent
             .stat(name)?
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"))?;
-        let mut walk = Walk { first: None, stack: Vec::new(), filter: None, top };
+        let mut walk = Walk { first: None, stack: Vec::new(), filter: None, top, examined: 0 };
         match found.kind {
             Kind::Dir => {
                 let dir = parent.open_dir(name)?;
@@ -207,6 +247,7 @@ impl Walk {
             stack: vec![Level { dir, rel: WirePath::root(), names: names.into_iter() }],
             filter: None,
             top: WirePath::root(),
+            examined: 0,
         })
     }
 }
@@ -214,8 +255,15 @@ impl Walk {
 impl Walk {
     /// Leaves out what `filter` excludes, matching each item's name less
     /// its first `strip` components (the destination folder).
-    pub fn filtered(mut self, filter: Option<Filter>, strip: usize) -> Walk {
-        self.filter = filter.map(|f| (f, strip));
+    pub fn filtered(self, filter: Option<Filter>, strip: usize) -> Walk {
+        self.filtered_as(filter, strip, None)
+    }
+
+    /// [`Walk::filtered`], matching names as if they began with `prefix`
+    /// (what the user named, when the walk sends a folder's contents under
+    /// another name: `cp site HOST:www` matches `site/conf/.env`).
+    pub fn filtered_as(mut self, filter: Option<Filter>, strip: usize, prefix: Option<String>) -> Walk {
+        self.filter = filter.map(|f| (f, strip, prefix));
         if let Some(first) = &self.first {
             let (rel, is_dir) = match first {
                 Item::Dir { rel, .. } => (rel.as_str().to_owned(), true),
@@ -238,12 +286,13 @@ impl Walk {
     /// walk yields, if it meets at most `max_entries` entries (folders
     /// too: a tree of empty folders costs as much to walk) within
     /// `deadline`: a total worth announcing only when it is cheap to know.
-    pub fn count(self, max_entries: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
+    pub fn count(mut self, max_entries: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
         let started = std::time::Instant::now();
-        let (mut entries, mut items, mut bytes) = (0u64, 0u64, 0u64);
-        for item in self {
-            entries += 1;
-            if entries > max_entries || started.elapsed() > deadline {
+        let (mut items, mut bytes) = (0u64, 0u64);
+        // Entries a filter leaves out cost a look too: counted as well.
+        loop {
+            let Some(item) = self.next() else { break };
+            if self.examined > max_entries || started.elapsed() > deadline {
                 return None;
             }
             match item {
@@ -270,6 +319,7 @@ impl Iterator for Walk {
                 self.stack.pop();
                 continue;
             };
+            self.examined += 1;
             let Some(rel) = name.to_str().and_then(|n| level.rel.join(n).ok()) else {
                 // Not a deliberate skip: the user asked for this file.
                 let lossy = name.to_string_lossy();
@@ -301,9 +351,9 @@ impl Iterator for Walk {
     }
 }
 
-fn excluded(filter: Option<&(Filter, usize)>, rel: &str, is_dir: bool) -> bool {
-    let Some((filter, strip)) = filter else { return false };
-    let named: Vec<&str> = rel.split('/').skip(*strip).collect();
+fn excluded(filter: Option<&(Filter, usize, Option<String>)>, rel: &str, is_dir: bool) -> bool {
+    let Some((filter, strip, prefix)) = filter else { return false };
+    let named: Vec<&str> = prefix.iter().map(String::as_str).chain(rel.split('/').skip(*strip)).collect();
     !named.is_empty() && filter.excludes(&named.join("/"), is_dir)
 }
 

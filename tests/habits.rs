@@ -427,3 +427,52 @@ fn sync_delete_without_delete_permission_is_refused_clearly() {
     assert!(run.stderr().contains("may not delete"), "{run}");
     assert!(work.join("root/www/old.txt").exists() && work.join("root/www/a.txt").exists());
 }
+
+/// Review findings on excludes: a folder the source lacks is pruned around
+/// what the patterns protect (both directions); cp of a folder to a new
+/// name matches patterns as the user named it; too many patterns, or too
+/// wild ones, are refused before they reach a server.
+#[test]
+fn excludes_protect_inside_removed_folders_and_match_as_named() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let server = XferServer::start(&pki, &work.join("root"), &[]);
+    let ids = pki.id_args("client");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(ids.iter().map(String::as_str));
+        run_in(work.path(), &all, &[])
+    };
+    work.write("root/d/a.txt", b"a");
+    work.write("mirror/old/important.tmp", b"keep me");
+    work.write("mirror/old/x", b"x");
+    let from = format!("{}:d", server.addr);
+    run(&["sync", &from, "mirror", "--delete", "--exclude", "*.tmp"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("mirror/old/important.tmp")).unwrap(), b"keep me");
+    assert!(!work.join("mirror/old/x").exists() && work.join("mirror/a.txt").exists());
+    // The other way: the server's folder is pruned the same way.
+    work.write("site/index.html", b"i");
+    work.write("root/www/old/keep.tmp", b"server's");
+    work.write("root/www/old/y", b"y");
+    let to = format!("{}:www", server.addr);
+    run(&["sync", "site", &to, "--delete", "--exclude", "*.tmp"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("root/www/old/keep.tmp")).unwrap(), b"server's");
+    assert!(!work.join("root/www/old/y").exists());
+
+    // cp of a folder to a new remote name: `site/conf/.env` as named.
+    work.write("site/conf/.env", b"SECRET=1");
+    let new = format!("{}:www1", server.addr);
+    run(&["cp", "site", &new, "--exclude", "site/conf/.env"]).assert_code(0);
+    assert!(work.join("root/www1/index.html").exists() && !work.join("root/www1/conf/.env").exists());
+
+    // Limits on patterns, said before connecting.
+    let many: Vec<String> = (0..65).flat_map(|i| ["--exclude".to_owned(), format!("p{i}")]).collect();
+    let mut args = vec!["pull", server.addr.as_str(), "d"];
+    args.extend(many.iter().map(String::as_str));
+    let r = run(&args);
+    r.assert_code(2);
+    assert!(r.stderr().contains("at most 64 are taken"), "{r}");
+    let r = run(&["pull", &server.addr, "d", "--exclude", "*a?????????c"]);
+    r.assert_code(2);
+    assert!(r.stderr().contains("wildcards"), "{r}");
+}

@@ -219,3 +219,19 @@ fn a_pulled_link_out_of_the_entry_asked_for_is_skipped_and_says_why() {
     let ls = client(&pki, "client", work.path(), "ls", &server, &["b"]);
     assert!(ls.stdout().contains("to-a -> ../a/file"), "{ls}");
 }
+
+/// A server that ignores the FILTER and sends an excluded file anyway
+/// does not get it written over the local one.
+#[test]
+fn a_server_ignoring_the_filter_cannot_write_what_exclude_protects() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    work.write("got/d/secret.local", b"MINE");
+    let h = FileHeader::new(WirePath::parse("d/secret.local").unwrap(), 4, 0o644, Timestamp::default());
+    let data = Frame::Data(bytes::Bytes::from_static(b"EVIL"));
+    let end = Frame::End { blake3: *blake3::hash(b"EVIL").as_bytes() };
+    let run = pull_from_fake(&pki, &work, vec![Frame::File(h), data, end], &["--exclude", "*.local"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains("the server sent what --exclude leaves out"), "{run}");
+    assert_eq!(std::fs::read(work.join("got/d/secret.local")).unwrap(), b"MINE");
+}

@@ -127,6 +127,7 @@ async fn push(a: &mut CpArgs, sources: &[String], to: &Remote, output: Output) -
                 return Err(Error::Usage(format!("{} is empty: there is nothing to copy", source.display())).into());
             }
             a.client.sync_tree = true;
+            a.client.contents_named_as = crate::client::source_name(source).ok();
             transfer::push(&to.target, &entries, &to.path, filter, a.retry, &a.client, output).await
         }
         _ => {

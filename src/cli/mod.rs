@@ -125,6 +125,10 @@ pub struct ClientArgs {
     /// lead anywhere inside the folder synced, not only inside one entry.
     #[arg(skip)]
     pub sync_tree: bool,
+    /// Set by cp sending a folder's contents as a new folder: patterns
+    /// match names as the user named the folder.
+    #[arg(skip)]
+    pub contents_named_as: Option<String>,
     /// Draw progress bars even when stderr is not a terminal (CI systems
     /// that render them); without it, bars show only on a terminal.
     #[arg(long, conflicts_with = "no_progress")]

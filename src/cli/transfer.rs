@@ -71,7 +71,7 @@ pub(super) async fn push(
             // A sync's entries are the contents of one folder; else each
             // source is named on its own (and followed if it is a link).
             let plan = || match client.sync_tree {
-                true => PushPlan::contents(paths, &to, filter.clone()),
+                true => PushPlan::contents(paths, &to, filter.clone(), client.contents_named_as.as_deref()),
                 false => PushPlan::filtered(paths, &to, filter.clone()),
             };
             plan()?;

@@ -35,7 +35,7 @@ pub use sync::{RemoteKind, Tree, extra as extra_paths};
 
 pub use offers::MIN_ROOT_OFFER;
 use push::{Expect, hand_over, read_outcomes};
-pub use push::{NO_LINKS, PushPlan};
+pub use push::{NO_LINKS, PushPlan, source_name};
 
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]

@@ -39,10 +39,20 @@ impl Holdings {
     /// [`MIN_ROOT_OFFER`] bytes: the hash of a short file (a password, a
     /// token) could be matched against guesses, so such files are simply
     /// sent again.
-    pub(super) fn gather(root: &Root, server: &str, asked: &[WirePath], top: Option<&HashSet<String>>) -> Holdings {
+    pub(super) fn gather(
+        root: &Root,
+        server: &str,
+        asked: &[WirePath],
+        top: Option<&HashSet<String>>,
+        filter: Option<&crate::walk::Filter>,
+    ) -> Holdings {
         let mut held = Holdings::default();
-        let within =
-            |p: &WirePath| asked.iter().any(|a| a.file_name().is_none_or(|n| p.components().next() == Some(n)));
+        // What `--exclude` leaves out is not the pull's: not offered (an
+        // offer tells the server the file's BLAKE3).
+        let within = |p: &WirePath| {
+            asked.iter().any(|a| a.file_name().is_none_or(|n| p.components().next() == Some(n)))
+                && !filter.is_some_and(|f| f.excludes(p.as_str(), false))
+        };
         if let Ok(dir) = root.partial_dir() {
             partial::expire(&dir, partial::DEFAULT_TTL);
             for id in partial::list(&dir, server) {
@@ -66,6 +76,9 @@ impl Holdings {
                 let Item::File { rel, dir, name, meta, .. } = item else { continue };
                 if !held.has_room(&rel) {
                     return held;
+                }
+                if filter.is_some_and(|f| f.excludes(rel.as_str(), false)) {
+                    continue;
                 }
                 if !would_receive(&rel, a.is_root(), top) {
                     continue;

@@ -39,7 +39,8 @@ impl Client {
         };
         let greeted = top.is_some();
         let (server, asked, root2) = (self.server.clone(), remotes.to_vec(), root.clone());
-        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked, top.as_ref())).await;
+        let filter = self.cfg.filter.clone();
+        let mut held = blocking(move || Holdings::gather(&root2, &server, &asked, top.as_ref(), filter.as_ref())).await;
         let Client { r, w, cfg, server } = self;
         let offers: Vec<Offer> = held.offers.drain(..).collect();
         let filter = cfg.filter.as_ref().map(|f| f.text().to_owned());
@@ -73,6 +74,7 @@ impl Client {
                 server,
                 max_size: cfg.max_size,
                 links: cfg.links,
+                filter: cfg.filter.clone(),
                 sync_tree: cfg.sync_tree,
                 known_dirs: None,
                 totals: Totals::default(),
@@ -130,6 +132,8 @@ struct PullCtx<'a> {
     max_size: Option<u64>,
     /// Make the links the server sends (`--links`).
     links: bool,
+    /// What `--exclude` leaves out (the server was told; this is checked).
+    filter: Option<crate::walk::Filter>,
     /// ... when they lead inside the destination, not only the entry asked.
     sync_tree: bool,
     /// A path whose folders were last found to exist.
@@ -212,6 +216,16 @@ async fn pull_items(
         if !matches!(frame, Frame::File(_)) {
             group.commit(ctx.rep, ctx.root.dir(), remote).await;
         }
+        // What `--exclude` leaves out is never written here, whatever a
+        // server that ignored the FILTER sends.
+        if let Some(path) = excluded_item(&frame, ctx.filter.as_ref()) {
+            if let Frame::File(h) = &frame {
+                transfer::discard_payload(r, h).await?;
+            }
+            let why = "the server sent what --exclude leaves out; not written".to_owned();
+            ctx.rep.file(FileReport::failed(remote(&path), why, Class::Other));
+            continue;
+        }
         match frame {
             Frame::Dir { path, .. } => {
                 check_within(r, asked, &path)?;
@@ -267,6 +281,18 @@ async fn pull_items(
             other => return Err(unexpected(r.peer(), &other)),
         }
     }
+}
+
+/// The path of an item `filter` excludes, if `frame` is one.
+fn excluded_item(frame: &Frame, filter: Option<&crate::walk::Filter>) -> Option<WirePath> {
+    let filter = filter?;
+    let (path, is_dir) = match frame {
+        Frame::File(h) => (&h.path, false),
+        Frame::Dir { path, .. } => (path, true),
+        Frame::Link { path, .. } => (path, false),
+        _ => return None,
+    };
+    filter.excludes(path.as_str(), is_dir).then(|| path.clone())
 }
 
 /// Makes a link the server sent, with `--links` and when its target leads

@@ -127,7 +127,14 @@ impl PushPlan {
     /// The entries of one local folder, sent into the remote folder `to`
     /// (`xfer sync DIR HOST:TO`): none is followed if it is a link, and a
     /// link is sent with `--links` when it stays inside `to`, the tree.
-    pub fn contents(entries: &[PathBuf], to: &WirePath, filter: Option<Filter>) -> Result<PushPlan> {
+    /// Patterns match names as if they began with `named_as` when given
+    /// (`cp site HOST:www`: `site/...`), else from inside `to` (a sync).
+    pub fn contents(
+        entries: &[PathBuf],
+        to: &WirePath,
+        filter: Option<Filter>,
+        named_as: Option<&str>,
+    ) -> Result<PushPlan> {
         let (mut walks, mut starts) = (Vec::new(), Vec::new());
         for src in entries {
             let cannot = |e: std::io::Error| Error::Usage(format!("cannot push {}: {e}", src.display()));
@@ -139,7 +146,7 @@ impl PushPlan {
                 .map_err(|error| Error::BadPath { path: src.display().to_string(), error })?;
             let dir = DirFd::open_path(&parent.canonicalize().map_err(cannot)?).map_err(cannot)?;
             let walk = Walk::entry_in(&dir, name, rel.clone(), to.clone()).map_err(cannot)?;
-            walks.push(walk.filtered(filter.clone(), to.components().count()));
+            walks.push(walk.filtered_as(filter.clone(), to.components().count(), named_as.map(str::to_owned)));
             starts.push((dir, name.to_owned(), rel));
         }
         Ok(PushPlan { walks, starts, stdin: None, filter, strip: to.components().count() })
@@ -431,7 +438,7 @@ async fn read_stored(
 
 /// The name a pushed source gets on the server: its last component, or for
 /// `.` and `..` the name of the folder they stand for.
-pub(super) fn source_name(src: &Path) -> Result<String> {
+pub fn source_name(src: &Path) -> Result<String> {
     let name = match src.file_name() {
         Some(n) => n.to_owned(),
         None => src.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_owned())).ok_or_else(|| {

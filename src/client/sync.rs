@@ -169,15 +169,32 @@ fn relative(dir: &WirePath, path: &WirePath) -> Option<String> {
 pub fn extra(tree: &[(String, bool)], keep: &HashSet<String>, filter: Option<&Filter>) -> Vec<(String, bool)> {
     let sorted: BTreeSet<(String, bool)> = tree.iter().cloned().collect();
     let mut out: Vec<(String, bool)> = Vec::new();
-    for (rel, is_dir) in sorted {
+    let excluded = |rel: &str, is_dir: bool| filter.is_some_and(|f| f.excludes(rel, is_dir));
+    // The folders above anything the patterns protect.
+    let mut holding: HashSet<&str> = HashSet::new();
+    for (rel, _) in sorted.iter().filter(|(r, d)| excluded(r, *d)) {
+        let mut at = rel.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if !holding.insert(parent) {
+                break;
+            }
+            at = parent;
+        }
+    }
+    for (rel, is_dir) in &sorted {
         // Below a folder already on the list: it goes with it.
         if out.iter().any(|(d, dir)| *dir && rel.starts_with(&format!("{d}/"))) {
             continue;
         }
-        if keep.contains(&rel) || filter.is_some_and(|f| f.excludes(&rel, is_dir)) {
+        if keep.contains(rel) || excluded(rel, *is_dir) {
             continue;
         }
-        out.push((rel, is_dir));
+        // A folder holding something the patterns protect is not removed
+        // whole: what it holds is looked at one by one instead.
+        if *is_dir && holding.contains(rel.as_str()) {
+            continue;
+        }
+        out.push((rel.clone(), *is_dir));
     }
     out
 }
@@ -205,5 +222,24 @@ mod tests {
         let filter = Filter::new(&["*.tmp".into()], &[], &[]).unwrap();
         let got = extra(&tree, &keep, filter.as_ref());
         assert_eq!(got, [("keep/gone".to_string(), false), ("old".to_string(), true)]);
+    }
+
+    /// A folder the source lacks that holds a protected file is not
+    /// removed whole (a review found `old/important.tmp` deleted with it).
+    #[test]
+    fn a_folder_holding_an_excluded_file_is_pruned_around_it() {
+        let tree: Vec<(String, bool)> =
+            [("old", true), ("old/important.tmp", false), ("old/x", false), ("old/d", true)]
+                .iter()
+                .map(|(p, d)| (p.to_string(), *d))
+                .collect();
+        let filter = Filter::new(&["*.tmp".into()], &[], &[]).unwrap();
+        let got = extra(&tree, &HashSet::new(), filter.as_ref());
+        assert_eq!(got, [("old/d".to_string(), true), ("old/x".to_string(), false)]);
+        // An exception inside an excluded folder is still excluded, as in git.
+        let filter = Filter::new(&["cache/".into()], &["keep".into()], &[]).unwrap().unwrap();
+        assert!(
+            filter.excludes("cache/keep", false) && filter.excludes("cache", true) && !filter.excludes("keep", false)
+        );
     }
 }

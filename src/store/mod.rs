@@ -448,14 +448,22 @@ impl Root {
         walk.map_err(|e| StoreError::io(p, e))
     }
 
-    /// Refuses paths in the staging area. Compared without case: on a
-    /// case-insensitive filesystem `.XFER/partial` is the same folder.
+    /// Refuses paths in the staging area (compared without case: on a
+    /// case-insensitive filesystem `.XFER/partial` is the same folder), and
+    /// on Windows names its filesystems cannot hold.
     pub fn check_reserved(&self, p: &WirePath) -> Result<()> {
         if p.components().next().is_some_and(|c| c.eq_ignore_ascii_case(STAGING_DIR)) {
             return Err(StoreError::new(
                 ErrorCode::Denied,
                 format!("{p}: '{STAGING_DIR}' is reserved for xfer's staging area"),
             ));
+        }
+        // A name this filesystem would change or refuse: said now, before
+        // anything is written under another name.
+        if crate::names::WINDOWS
+            && let Some(why) = crate::names::windows_path_refusal(p)
+        {
+            return Err(StoreError::new(ErrorCode::BadPath, why));
         }
         Ok(())
     }

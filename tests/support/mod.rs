@@ -433,6 +433,10 @@ pub fn pull_from_fake(pki: &Pki, work: &Dir, after: Vec<xfer::protocol::Frame>, 
     let (addr, fake) = fake_server(pki, move |(mut r, mut w)| async move {
         use tokio::io::AsyncWriteExt;
         while let Ok(Some(frame)) = r.read_frame().await {
+            // It accepts a FILTER, and ignores it.
+            if let Frame::Filter { .. } = frame {
+                w.write_all(&encode(&[Frame::Ok])).await.unwrap();
+            }
             if let Frame::Get { .. } = frame {
                 let dir = Frame::Dir { path: WirePath::parse("d").unwrap(), mode: 0o755, mtime: Timestamp::default() };
                 let frames: Vec<Frame> = std::iter::once(dir).chain(after.iter().cloned()).chain([Frame::Ok]).collect();

@@ -1,0 +1,57 @@
+//! Names a receiver's filesystem cannot hold as sent. Windows reserves
+//! device names (`CON`, `NUL`, `COM1`...) in every folder, with or without
+//! an extension, drops trailing dots and spaces, and forbids `<>:"|?*`;
+//! such a name would be written as another file, or not at all. A
+//! receiver refuses them at the header, before anything is written.
+//!
+//! The rules are plain functions so every platform can test them; a
+//! receiver applies them where its filesystem needs them ([`WINDOWS`]).
+
+use crate::protocol::WirePath;
+
+/// Whether this build writes to Windows filesystems.
+pub const WINDOWS: bool = cfg!(windows);
+
+/// Device names Windows reserves, in any case, with or without extension.
+const RESERVED: [&str; 22] = [
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1", "LPT2",
+    "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+];
+
+/// Why Windows cannot hold the name `component`, if it cannot.
+pub fn windows_refusal(component: &str) -> Option<String> {
+    if let Some(c) = component.chars().find(|c| "<>:\"|?*".contains(*c)) {
+        return Some(format!("'{component}': Windows does not allow '{c}' in a name"));
+    }
+    if component.ends_with('.') || component.ends_with(' ') {
+        return Some(format!("'{component}': Windows drops a trailing dot or space, so it would be another name"));
+    }
+    let stem = component.split('.').next().unwrap_or(component).trim_end_matches(' ');
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+        return Some(format!("'{component}': Windows reserves the device name {}", stem.to_ascii_uppercase()));
+    }
+    None
+}
+
+/// The first component of `path` Windows cannot hold, with the reason.
+pub fn windows_path_refusal(path: &WirePath) -> Option<String> {
+    path.components().find_map(windows_refusal).map(|why| format!("{path}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_refuses_devices_trailing_dots_and_its_forbidden_characters() {
+        for bad in ["CON", "con", "Nul.txt", "com1", "LPT9.tar.gz", "aux ", "a.", "b ", "x:y", "q?", "a<b", "p|q", "s*"]
+        {
+            assert!(windows_refusal(bad).is_some(), "{bad}");
+        }
+        for good in ["CONSOLE", "com10", "LPT", "nul_x", "a.b", ".hidden", "café", "x y"] {
+            assert!(windows_refusal(good).is_none(), "{good}");
+        }
+        let p = WirePath::parse("dist/aux.c/main.rs").unwrap();
+        assert!(windows_path_refusal(&p).unwrap().contains("reserves the device name AUX"));
+    }
+}
