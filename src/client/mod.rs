@@ -25,6 +25,7 @@ use crate::throttle::Throttled;
 use crate::tls::{self, Identity, IdentityPaths};
 use crate::transfer::{self, FileOutcome};
 
+mod answer;
 mod dry_run;
 mod offers;
 mod pull;
