@@ -13,10 +13,11 @@ use crate::protocol::WirePath;
 pub const WINDOWS: bool = cfg!(windows);
 
 /// Device names Windows reserves, in any case, with or without extension.
-const RESERVED: [&str; 22] = [
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1", "LPT2",
-    "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-];
+const RESERVED: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+/// Reserved with one digit after them (0-9, and the superscripts ¹²³).
+const NUMBERED: [&str; 2] = ["COM", "LPT"];
+/// The console's own names.
+const CONSOLE: [&str; 2] = ["CONIN$", "CONOUT$"];
 
 /// Why Windows cannot hold the name `component`, if it cannot.
 pub fn windows_refusal(component: &str) -> Option<String> {
@@ -27,7 +28,14 @@ pub fn windows_refusal(component: &str) -> Option<String> {
         return Some(format!("'{component}': Windows drops a trailing dot or space, so it would be another name"));
     }
     let stem = component.split('.').next().unwrap_or(component).trim_end_matches(' ');
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
+    let numbered = NUMBERED.iter().any(|n| {
+        let (head, tail) = (stem.get(..3), stem.get(3..).unwrap_or(""));
+        let mut rest = tail.chars();
+        let one =
+            rest.next().is_some_and(|c| c.is_ascii_digit() || matches!(c, '¹' | '²' | '³')) && rest.next().is_none();
+        head.is_some_and(|h| h.eq_ignore_ascii_case(n)) && one
+    });
+    if numbered || RESERVED.iter().chain(CONSOLE.iter()).any(|r| r.eq_ignore_ascii_case(stem)) {
         return Some(format!("'{component}': Windows reserves the device name {}", stem.to_ascii_uppercase()));
     }
     None
@@ -44,11 +52,29 @@ mod tests {
 
     #[test]
     fn windows_refuses_devices_trailing_dots_and_its_forbidden_characters() {
-        for bad in ["CON", "con", "Nul.txt", "com1", "LPT9.tar.gz", "aux ", "a.", "b ", "x:y", "q?", "a<b", "p|q", "s*"]
-        {
+        for bad in [
+            "CON",
+            "con",
+            "Nul.txt",
+            "com1",
+            "COM0",
+            "LPT9.tar.gz",
+            "com¹",
+            "lpt³.log",
+            "CONIN$",
+            "conout$.x",
+            "aux ",
+            "a.",
+            "b ",
+            "x:y",
+            "q?",
+            "a<b",
+            "p|q",
+            "s*",
+        ] {
             assert!(windows_refusal(bad).is_some(), "{bad}");
         }
-        for good in ["CONSOLE", "com10", "LPT", "nul_x", "a.b", ".hidden", "café", "x y"] {
+        for good in ["CONSOLE", "com10", "LPT", "nul_x", "a.b", ".hidden", "café", "x y", "COMA", "com¹¹"] {
             assert!(windows_refusal(good).is_none(), "{good}");
         }
         let p = WirePath::parse("dist/aux.c/main.rs").unwrap();

@@ -71,14 +71,13 @@ impl Holdings {
         for a in asked {
             // `x/d` lands as `d`; the root's entries land as themselves.
             let target = a.file_name().map_or(Ok(WirePath::root()), WirePath::parse);
+            // Not walked into what the patterns leave out.
             let Some(walk) = target.ok().and_then(|t| root.walk(&t).ok()) else { continue };
+            let walk = walk.filtered(filter.cloned(), 0);
             for item in walk {
                 let Item::File { rel, dir, name, meta, .. } = item else { continue };
                 if !held.has_room(&rel) {
                     return held;
-                }
-                if filter.is_some_and(|f| f.excludes(rel.as_str(), false)) {
-                    continue;
                 }
                 if !would_receive(&rel, a.is_root(), top) {
                     continue;

@@ -95,6 +95,9 @@ pub struct PushPlan {
     /// destination folder before what the user named.
     filter: Option<Filter>,
     strip: usize,
+    /// What patterns see before the names, when not what the walk names
+    /// (a folder's contents sent as a new folder: what the user named).
+    prefix: Option<String>,
 }
 
 impl PushPlan {
@@ -103,7 +106,7 @@ impl PushPlan {
         if to.is_root() {
             return Err(Error::Usage("pushing standard input needs --to NAME, the remote file to write".into()));
         }
-        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to), filter: None, strip: 0 })
+        Ok(PushPlan { walks: Vec::new(), starts: Vec::new(), stdin: Some(to), filter: None, strip: 0, prefix: None })
     }
 
     /// Checks `sources` and names them under the remote folder `to`.
@@ -149,7 +152,8 @@ impl PushPlan {
             walks.push(walk.filtered_as(filter.clone(), to.components().count(), named_as.map(str::to_owned)));
             starts.push((dir, name.to_owned(), rel));
         }
-        Ok(PushPlan { walks, starts, stdin: None, filter, strip: to.components().count() })
+        let prefix = named_as.map(str::to_owned);
+        Ok(PushPlan { walks, starts, stdin: None, filter, strip: to.components().count(), prefix })
     }
 
     /// One file sent as the remote file `target` (`xfer cp a.txt host:b.txt`).
@@ -178,7 +182,7 @@ impl PushPlan {
             walks.push(Walk::entry(&dir, name, rel.clone()).map_err(cannot)?.filtered(filter.clone(), strip));
             starts.push((dir, name.to_owned(), rel));
         }
-        Ok(PushPlan { walks, starts, stdin: None, filter, strip })
+        Ok(PushPlan { walks, starts, stdin: None, filter, strip, prefix: None })
     }
 
     /// Counts the files and bytes to send on a thread of its own, feeding
@@ -186,13 +190,13 @@ impl PushPlan {
     /// while the transfer has already started.
     fn count(&self, meter: &Meter) {
         let starts: Vec<_> = self.starts.iter().map(|(d, n, r)| (d.clone(), n.clone(), r.clone())).collect();
-        let (meter, filter, strip) = (meter.clone(), self.filter.clone(), self.strip);
+        let (meter, filter, strip, prefix) = (meter.clone(), self.filter.clone(), self.strip, self.prefix.clone());
         std::thread::spawn(move || {
             let (mut files, mut bytes) = (0u64, 0u64);
             let walks = starts
                 .iter()
                 .filter_map(|(dir, name, rel)| Walk::entry(dir, name, rel.clone()).ok())
-                .map(|w| w.filtered(filter.clone(), strip));
+                .map(|w| w.filtered_as(filter.clone(), strip, prefix.clone()));
             for item in walks.flatten() {
                 // Everything but folders gets an outcome, so everything
                 // but folders counts towards the total the bars show.

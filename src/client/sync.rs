@@ -168,12 +168,14 @@ fn relative(dir: &WirePath, path: &WirePath) -> Option<String> {
 /// protect, in order.
 pub fn extra(tree: &[(String, bool)], keep: &HashSet<String>, filter: Option<&Filter>) -> Vec<(String, bool)> {
     let sorted: BTreeSet<(String, bool)> = tree.iter().cloned().collect();
-    let mut out: Vec<(String, bool)> = Vec::new();
-    let excluded = |rel: &str, is_dir: bool| filter.is_some_and(|f| f.excludes(rel, is_dir));
+    let excluded: HashSet<&str> = match filter {
+        Some(f) => sorted.iter().filter(|(r, d)| f.excludes(r, *d)).map(|(r, _)| r.as_str()).collect(),
+        None => HashSet::new(),
+    };
     // The folders above anything the patterns protect.
     let mut holding: HashSet<&str> = HashSet::new();
-    for (rel, _) in sorted.iter().filter(|(r, d)| excluded(r, *d)) {
-        let mut at = rel.as_str();
+    for rel in &excluded {
+        let mut at = *rel;
         while let Some((parent, _)) = at.rsplit_once('/') {
             if !holding.insert(parent) {
                 break;
@@ -181,18 +183,30 @@ pub fn extra(tree: &[(String, bool)], keep: &HashSet<String>, filter: Option<&Fi
             at = parent;
         }
     }
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut removed: HashSet<&str> = HashSet::new();
     for (rel, is_dir) in &sorted {
-        // Below a folder already on the list: it goes with it.
-        if out.iter().any(|(d, dir)| *dir && rel.starts_with(&format!("{d}/"))) {
-            continue;
+        // Below a folder already on the list: it goes with it (looked up
+        // by ancestors, so a large tree costs its depth per entry).
+        let mut at = rel.as_str();
+        let mut inside = false;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if removed.contains(parent) {
+                inside = true;
+                break;
+            }
+            at = parent;
         }
-        if keep.contains(rel) || excluded(rel, *is_dir) {
+        if inside || keep.contains(rel) || excluded.contains(rel.as_str()) {
             continue;
         }
         // A folder holding something the patterns protect is not removed
         // whole: what it holds is looked at one by one instead.
         if *is_dir && holding.contains(rel.as_str()) {
             continue;
+        }
+        if *is_dir {
+            removed.insert(rel.as_str());
         }
         out.push((rel.clone(), *is_dir));
     }

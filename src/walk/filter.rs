@@ -83,10 +83,8 @@ impl Filter {
         // `cache/a`, whatever a later `!a` says, as in git): a walk never
         // goes in, and a sync must not delete there.
         let full = std::path::Path::new("/").join(path);
-        let parents = full.ancestors().skip(1).filter(|p| p.parent().is_some());
-        let mut parents: Vec<&std::path::Path> = parents.collect();
-        parents.reverse();
-        parents.iter().any(|p| self.rules.matched(p, true).is_ignore()) || self.rules.matched(&full, is_dir).is_ignore()
+        let mut parents = full.ancestors().skip(1).filter(|p| p.parent().is_some());
+        parents.any(|p| self.rules.matched(p, true).is_ignore()) || self.rules.matched(&full, is_dir).is_ignore()
     }
 }
 
@@ -98,10 +96,11 @@ impl Filter {
 pub const MAX_PATTERNS: usize = 64;
 const MAX_WILDCARDS: usize = 4;
 
-/// A line that is a pattern (not blank, not a comment).
-fn is_pattern(line: &str) -> bool {
-    let t = line.trim();
-    !t.is_empty() && !t.starts_with('#')
+/// A line that is a pattern, as the `ignore` crate reads one: a comment
+/// only with `#` in its first column, blank only when nothing but
+/// trailing spaces (` #x` is a live pattern, and counts as one).
+pub fn is_pattern(line: &str) -> bool {
+    !line.starts_with('#') && !line.trim_end().is_empty()
 }
 
 /// Refuses a pattern with more wildcards than [`MAX_WILDCARDS`].

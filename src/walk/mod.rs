@@ -7,7 +7,7 @@
 //! skipped and never followed, even if one is swapped in while walking.
 
 mod filter;
-pub use filter::{Filter, MAX_PATTERNS};
+pub use filter::{Filter, MAX_PATTERNS, is_pattern};
 
 use std::ffi::OsString;
 
@@ -87,6 +87,11 @@ pub struct Walk {
     top: WirePath,
     /// Entries looked at so far, those the filter left out included.
     examined: u64,
+    /// Where the walk stops early (entries looked at, a moment), and
+    /// whether it did: a count must stay cheap even when a filter leaves
+    /// almost everything out.
+    limit: Option<(u64, std::time::Instant)>,
+    cut: bool,
     /// Patterns to leave out, and how many leading components of an
     /// item's name are the destination folder rather than what the user
     /// named.
@@ -114,7 +119,7 @@ impl Walk {
         let found = parent
             .stat(name)?
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"))?;
-        let mut walk = Walk { first: None, stack: Vec::new(), filter: None, top, examined: 0 };
+        let mut walk = Walk { first: None, stack: Vec::new(), filter: None, top, examined: 0, limit: None, cut: false };
         match found.kind {
             Kind::Dir => {
                 let dir = parent.open_dir(name)?;
@@ -140,6 +145,8 @@ impl Walk {
             filter: None,
             top: WirePath::root(),
             examined: 0,
+            limit: None,
+            cut: false,
         })
     }
 }
@@ -179,14 +186,11 @@ impl Walk {
     /// too: a tree of empty folders costs as much to walk) within
     /// `deadline`: a total worth announcing only when it is cheap to know.
     pub fn count(mut self, max_entries: u64, deadline: std::time::Duration) -> Option<(u64, u64)> {
-        let started = std::time::Instant::now();
+        // Entries a filter leaves out cost a look too: the walk itself
+        // stops at the limit, whatever it yields.
+        self.limit = Some((max_entries, std::time::Instant::now() + deadline));
         let (mut items, mut bytes) = (0u64, 0u64);
-        // Entries a filter leaves out cost a look too: counted as well.
-        loop {
-            let Some(item) = self.next() else { break };
-            if self.examined > max_entries || started.elapsed() > deadline {
-                return None;
-            }
+        for item in self.by_ref() {
             match item {
                 Item::Dir { .. } => continue,
                 Item::File { meta, .. } => bytes = bytes.saturating_add(meta.size),
@@ -194,7 +198,7 @@ impl Walk {
             }
             items += 1;
         }
-        Some((items, bytes))
+        (!self.cut).then_some((items, bytes))
     }
 }
 
@@ -212,6 +216,13 @@ impl Iterator for Walk {
                 continue;
             };
             self.examined += 1;
+            if let Some((max, until)) = self.limit
+                && (self.examined > max || (self.examined % 64 == 0 && std::time::Instant::now() > until))
+            {
+                self.cut = true;
+                self.stack.clear();
+                return None;
+            }
             let Some(rel) = name.to_str().and_then(|n| level.rel.join(n).ok()) else {
                 // Not a deliberate skip: the user asked for this file.
                 let lossy = name.to_string_lossy();
@@ -289,6 +300,19 @@ mod tests {
             Item::Skipped { rel, .. } => format!("S {rel}"),
             Item::Failed { rel, .. } => format!("X {rel}"),
         }
+    }
+
+    /// A line ` #x` is a live pattern (`ignore` reads comments only from
+    /// the first column): it counts toward the limits like any other.
+    #[test]
+    fn pattern_limits_count_every_live_line() {
+        let spaced: Vec<String> = (0..65).map(|i| format!(" #p{i}")).collect();
+        assert!(Filter::new(&spaced, &[], &[]).unwrap_err().contains("at most 64"));
+        assert!(Filter::from_text(&spaced.join("\n")).unwrap_err().contains("at most 64"));
+        assert!(Filter::from_text(" #*?*?*?").unwrap_err().contains("wildcards"));
+        let commented = (0..100).map(|i| format!("# note {i}")).chain(["*.map".into()]).collect::<Vec<_>>().join("\n");
+        assert!(Filter::from_text(&commented).unwrap().is_some());
+        assert!(is_pattern(" #x") && !is_pattern("#x") && !is_pattern("   "));
     }
 
     #[test]

@@ -29,8 +29,9 @@ const TOTAL_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 /// Memory charged per pattern of a `FILTER`: compiled globs are regular
 /// expressions whose matching caches grow far past their text (64 patterns
 /// of 4 wildcards, the most a filter takes, raised a release server's peak
-/// by 24 MB on 300 names; 256 KiB each charges 16 MiB for them).
-const FILTER_COST: usize = 256 * 1024;
+/// by 24 MB on 300 names; 128 KiB each charges 8 MiB for them, half of a
+/// peer's share of the default budget).
+const FILTER_COST: usize = 128 * 1024;
 
 impl Conn {
     /// Keeps what a pulling client holds, within the protocol's bounds (a
@@ -154,8 +155,16 @@ impl Conn {
     /// refuses them (`BAD_PATH`), keeping the previous filter then.
     pub(super) async fn set_filter(&mut self, patterns: &str) -> Result<()> {
         // Compiled globs take far more than their text: charged per pattern.
-        let lines = patterns.lines().filter(|l| !l.trim().is_empty() && !l.trim().starts_with('#')).count();
-        let Some(charge) = self.budget.try_charge(lines.saturating_mul(FILTER_COST).max(4096)) else {
+        let lines = patterns.split('\n').filter(|l| crate::walk::is_pattern(l)).count();
+        let cost = lines.saturating_mul(FILTER_COST).max(4096);
+        // More than this peer's whole share can never be taken: said so,
+        // not "busy" (a retry would not help).
+        if cost > self.budget.limit() {
+            let fit = self.budget.limit() / FILTER_COST;
+            let message = format!("{lines} patterns: this server takes at most {fit} from one peer");
+            return self.reply_in_order(Frame::Error { code: ErrorCode::BadPath, message }).await;
+        }
+        let Some(charge) = self.budget.try_charge(cost) else {
             let message = "the server is too busy to filter: send without --exclude, or retry later".to_owned();
             return self.reply_in_order(Frame::Error { code: ErrorCode::Busy, message }).await;
         };
