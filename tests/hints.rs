@@ -28,6 +28,11 @@ fn hints(message: &str, fill: &[(&str, &str)]) -> Vec<Vec<String>> {
         })
 }
 
+/// `hint` with `extra` arguments after it (the identity flags).
+fn with(hint: &[String], extra: &[String]) -> Vec<String> {
+    hint.iter().chain(extra).cloned().collect()
+}
+
 fn run_hint(cwd: &std::path::Path, hint: &[String], env: &[(&str, &str)]) -> Run {
     let args: Vec<&str> = hint.iter().map(String::as_str).collect();
     run_in(cwd, &args, env)
@@ -99,9 +104,7 @@ fn a_server_and_path_where_a_server_belongs_suggests_both_forms_and_both_work() 
     let found = hints(&run.stderr(), &[("FILES...", "f.txt")]);
     assert_eq!(found.len(), 2, "{run}");
     for hint in &found {
-        let mut hint = hint.clone();
-        hint.extend(ids.iter().cloned());
-        run_hint(work.path(), &hint, &[]).assert_code(0);
+        run_hint(work.path(), &with(hint, &ids), &[]).assert_code(0);
     }
     assert_eq!(std::fs::read(work.join("root/backups/f.txt")).unwrap(), b"hinted");
 
@@ -113,9 +116,7 @@ fn a_server_and_path_where_a_server_belongs_suggests_both_forms_and_both_work() 
     let found = hints(&run.stderr(), &[("DIR", "got")]);
     assert_eq!(found.len(), 2, "{run}");
     for hint in &found {
-        let mut hint = hint.clone();
-        hint.extend(ids.iter().cloned());
-        run_hint(work.path(), &hint, &[]).assert_code(0);
+        run_hint(work.path(), &with(hint, &ids), &[]).assert_code(0);
         assert_eq!(std::fs::read(work.join("got/f.txt")).unwrap(), b"hinted");
         std::fs::remove_dir_all(work.join("got")).unwrap();
     }
@@ -129,9 +130,7 @@ fn a_server_and_path_where_a_server_belongs_suggests_both_forms_and_both_work() 
     let found = hints(&run.stderr(), &[("FILES...", "f.txt")]);
     assert_eq!(found.len(), 2, "{run}");
     for hint in &found {
-        let mut hint = hint.clone();
-        hint.extend(ids.iter().cloned());
-        run_hint(work.path(), &hint, &[]).assert_code(0);
+        run_hint(work.path(), &with(hint, &ids), &[]).assert_code(0);
     }
     assert_eq!(std::fs::read(work.join("root/more/f.txt")).unwrap(), b"hinted");
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::session::{Limits, remote_path, with_client};
-use super::{ClientArgs, FilterArgs, Habits, parse_size, transfer};
+use super::{ClientArgs, FilterArgs, Habits, TransferArgs, transfer};
 use crate::client::RemoteKind;
 use crate::error::Error;
 use crate::progress::{Op, Output};
@@ -20,13 +20,8 @@ pub struct CpArgs {
     /// IPv6). A local name with a colon in it is written ./a:b.
     #[arg(required = true, num_args = 2.., value_name = "SOURCE... DEST")]
     pub paths: Vec<String>,
-    /// Largest file a copy from a server accepts (K, M, G, T suffixes).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_size: Option<u64>,
-    /// On a refused, cut or stalled connection, reconnect and resume up to N
-    /// times, with backoff (0: never).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub retry: u32,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -112,7 +107,9 @@ async fn push(a: &mut CpArgs, sources: &[String], to: &Remote, output: Output) -
     };
     let source = &paths[0];
     match kind {
-        RemoteKind::Folder => transfer::push(&to.target, &paths, &to.path, filter, a.retry, &a.client, output).await,
+        RemoteKind::Folder => {
+            transfer::push(&to.target, &paths, &to.path, filter, a.transfer.retry, &a.client, output).await
+        }
         RemoteKind::File if source.is_dir() => Err(Error::Usage(format!(
             "{}:{} is a file on the server: a folder cannot be copied over it (end the destination with / to copy \
              into a folder)",
@@ -128,7 +125,7 @@ async fn push(a: &mut CpArgs, sources: &[String], to: &Remote, output: Output) -
             }
             a.client.sync_tree = true;
             a.client.contents_named_as = crate::client::source_name(source).ok();
-            transfer::push(&to.target, &entries, &to.path, filter, a.retry, &a.client, output).await
+            transfer::push(&to.target, &entries, &to.path, filter, a.transfer.retry, &a.client, output).await
         }
         _ => {
             // The one file, unless a pattern leaves it out.
@@ -136,7 +133,7 @@ async fn push(a: &mut CpArgs, sources: &[String], to: &Remote, output: Output) -
             if filter.is_some_and(|f| f.excludes(&name, false)) {
                 return Ok(());
             }
-            transfer::push_as(&to.target, source, &to.path, a.retry, &a.client, output).await
+            transfer::push_as(&to.target, source, &to.path, a.transfer.retry, &a.client, output).await
         }
     }
 }
@@ -146,7 +143,7 @@ async fn remote_kind(a: &CpArgs, to: &Remote) -> anyhow::Result<RemoteKind> {
     let path = remote_path(&to.path)?;
     let found = std::sync::Arc::new(std::sync::Mutex::new(RemoteKind::Missing));
     let got = found.clone();
-    with_client(&to.target, &a.client, Op::List, Output::Silent, a.retry, |c, _| {
+    with_client(&to.target, &a.client, Op::List, Output::Silent, a.transfer.retry, |c, _| {
         let (path, got) = (path.clone(), got.clone());
         Box::pin(async move {
             let kind = c.remote_kind(&path).await?;
@@ -166,14 +163,14 @@ async fn pull(a: &CpArgs, remotes: &[Remote], dest: &str, output: Output) -> any
         return Err(Error::Usage("the sources are on different servers: copy from one at a time".into()).into());
     }
     let mut paths: Vec<String> = remotes.iter().map(|r| r.path.clone()).collect();
-    let limits = Limits { max_size: a.max_size, filter: a.filter.build()? };
+    let limits = a.transfer.limits(a.filter.build()?);
     let dest_path = Path::new(dest);
     if dest == "-" {
         paths.push("-".into());
         return transfer::pull(target, &paths, Path::new("."), limits, 0, &a.client, output).await;
     }
     if dest_path.is_dir() || dest.ends_with('/') || paths.len() > 1 {
-        return transfer::pull(target, &paths, dest_path, limits, a.retry, &a.client, output).await;
+        return transfer::pull(target, &paths, dest_path, limits, a.transfer.retry, &a.client, output).await;
     }
     pull_as(a, target, &paths[0], dest_path, limits, output).await
 }
@@ -200,7 +197,7 @@ async fn pull_as(
         // Nothing is written, so nothing is renamed: what would arrive.
         return transfer::pull(target, &[remote.to_owned()], &tmp, limits, 0, &a.client, output).await;
     }
-    let result = transfer::pull(target, &[remote.to_owned()], &tmp, limits, a.retry, &a.client, output).await;
+    let result = transfer::pull(target, &[remote.to_owned()], &tmp, limits, a.transfer.retry, &a.client, output).await;
     let moved = result.and_then(|()| {
         // What the pull wrote: the remote item's own name, or for the
         // server's root, the whole folder.

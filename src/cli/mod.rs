@@ -56,7 +56,7 @@ pub use hash::HashArgs;
 pub use identity::IdentityArgs;
 pub use keygen::{KeyTypeArg, KeygenArgs};
 pub use serve::{ServeArgs, shutdown_signal};
-use session::{Limits, output, remote_path, with_client};
+use session::{output, remote_path, with_client};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -163,6 +163,27 @@ pub struct PushArgs {
     pub client: ClientArgs,
 }
 
+/// How a command that receives from a server (pull, cp, sync) bounds what
+/// it takes and retries.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Largest file accepted from a server: bytes, or with a K, M, G or T
+    /// suffix. Whatever this says, a pull never fills the disk past a
+    /// reserve of 5% of it (at most 1 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// On a refused, cut or stalled connection, reconnect and resume up to N
+    /// times, with backoff (0: never).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retry: u32,
+}
+
+impl TransferArgs {
+    fn limits(&self, filter: Option<crate::walk::Filter>) -> session::Limits {
+        session::Limits { max_size: self.max_size, filter }
+    }
+}
+
 /// What a transfer leaves out, on the sending side.
 #[derive(Debug, Args)]
 pub struct FilterArgs {
@@ -228,15 +249,8 @@ pub struct PullArgs {
     /// Local folder to place them in (created if missing).
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
-    /// Largest file accepted: bytes, or with a K, M, G or T suffix. Whatever
-    /// this says, a pull never fills the disk past a reserve of 5% of it
-    /// (at most 1 GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_size: Option<u64>,
-    /// On a refused, cut or stalled connection, reconnect and resume up to N
-    /// times, with backoff (0: never).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub retry: u32,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// What the server leaves out (gitignore patterns, matched as for a
     /// push: `dist/app.js` for `pull HOST x/dist`).
     #[command(flatten)]
@@ -348,8 +362,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(a) => {
             a.habits.note();
             let output = output(&a.client, cli.quiet, cli.verbose);
-            let limits = Limits { max_size: a.max_size, filter: a.filter.build()? };
-            transfer::pull(&a.host, &a.remotes, &a.out, limits, a.retry, &a.client, output).await
+            let limits = a.transfer.limits(a.filter.build()?);
+            transfer::pull(&a.host, &a.remotes, &a.out, limits, a.transfer.retry, &a.client, output).await
         }
         Command::Cp(mut a) => {
             a.habits.note();

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use clap::Args;
 
 use super::cp::{Remote, parse_remote};
-use super::session::{Limits, remote_path, with_client};
-use super::{ClientArgs, FilterArgs, Habits, parse_size, transfer};
+use super::session::{remote_path, with_client};
+use super::{ClientArgs, FilterArgs, Habits, TransferArgs, transfer};
 use crate::beneath::DirFd;
 use crate::error::{Class, Error};
 use crate::progress::{FileReport, Op, Output, Reporter, Status};
@@ -31,13 +31,8 @@ pub struct SyncArgs {
     /// matches), and only if every transfer succeeded.
     #[arg(long)]
     pub delete: bool,
-    /// Largest file a sync from a server accepts (K, M, G, T suffixes).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_size: Option<u64>,
-    /// On a refused, cut or stalled connection, reconnect and resume up to N
-    /// times, with backoff (0: never).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub retry: u32,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -77,12 +72,12 @@ async fn up(a: &SyncArgs, local: &Path, to: &Remote, output: Output) -> anyhow::
     let entries = folder_entries(local, a.client.links)?;
     if !entries.is_empty() {
         // An error here (any file failed) ends the sync before any removal.
-        transfer::push(&to.target, &entries, &to.path, filter.clone(), a.retry, &a.client, output).await?;
+        transfer::push(&to.target, &entries, &to.path, filter.clone(), a.transfer.retry, &a.client, output).await?;
     }
     if !a.delete {
         return Ok(());
     }
-    let keep = local_tree(local, filter.as_ref(), true)?.into_iter().map(|(rel, _)| rel).collect::<HashSet<_>>();
+    let keep = local_tree(local, filter.as_ref())?.into_iter().map(|(rel, _)| rel).collect::<HashSet<_>>();
     let dir = remote_path(&to.path)?;
     let dry_run = a.client.dry_run;
     with_client(&to.target, &a.client, Op::Remove, output, 0, |c, rep| {
@@ -99,7 +94,7 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     let dir = remote_path(&from.path)?;
     let tree = Arc::new(Mutex::new(crate::client::Tree::default()));
     let got = tree.clone();
-    with_client(&from.target, &a.client, Op::List, Output::Silent, a.retry, |c, rep| {
+    with_client(&from.target, &a.client, Op::List, Output::Silent, a.transfer.retry, |c, rep| {
         let (dir, got) = (dir.clone(), got.clone());
         Box::pin(async move {
             let listed = c.list_tree(&dir, rep).await?;
@@ -126,8 +121,8 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
         .map(|(rel, _)| if dir.is_root() { rel.clone() } else { format!("{dir}/{rel}") })
         .collect();
     if !top.is_empty() {
-        let limits = Limits { max_size: a.max_size, filter: filter.clone() };
-        transfer::pull(&from.target, &top, local, limits, a.retry, &a.client, output).await?;
+        let limits = a.transfer.limits(filter.clone());
+        transfer::pull(&from.target, &top, local, limits, a.transfer.retry, &a.client, output).await?;
     }
     make_top_links(&top_links, local, a.client.links, a.client.dry_run, output)?;
     if !a.delete || !local.is_dir() {
@@ -137,7 +132,7 @@ async fn down(a: &SyncArgs, from: &Remote, local: &Path, output: Output) -> anyh
     // A name the walk could not carry exactly (not UTF-8) is never a
     // candidate: its lossy spelling might be another file's name.
     let exact: Vec<(String, bool)> =
-        local_tree(local, None, true)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
+        local_tree(local, None)?.into_iter().filter(|(rel, _)| !rel.contains('\u{FFFD}')).collect();
     // What the patterns leave out is not synced: never removed either.
     let extra = crate::client::extra_paths(&exact, &keep, filter.as_ref());
     remove_local(local, &extra, a.client.dry_run, output)
@@ -210,20 +205,19 @@ fn make_top_links(
     rep.finish().map(drop)
 }
 
-/// Every entry below `local` (other non-files included, as themselves,
-/// and links unless `links` is false), relative to it, with whether it is
-/// a folder; the pull staging area left out.
-fn local_tree(local: &Path, filter: Option<&Filter>, links: bool) -> Result<Vec<(String, bool)>, Error> {
+/// Every entry below `local` (links and other non-files included, as
+/// themselves), relative to it, with whether it is a folder; the pull
+/// staging area left out.
+fn local_tree(local: &Path, filter: Option<&Filter>) -> Result<Vec<(String, bool)>, Error> {
     let dir = DirFd::open_path(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
     let walk = Walk::contents(dir, Some(STAGING_DIR))
         .map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?
         .filtered(filter.cloned(), 0);
     Ok(walk
-        .filter_map(|item| match item {
-            Item::Dir { rel, .. } => Some((rel.to_string(), true)),
-            Item::File { rel, .. } => Some((rel.to_string(), false)),
-            Item::Link { rel, .. } => links.then(|| (rel.to_string(), false)),
-            Item::Skipped { rel, .. } | Item::Failed { rel, .. } => Some((rel, false)),
+        .map(|item| match item {
+            Item::Dir { rel, .. } => (rel.to_string(), true),
+            Item::File { rel, .. } | Item::Link { rel, .. } => (rel.to_string(), false),
+            Item::Skipped { rel, .. } | Item::Failed { rel, .. } => (rel, false),
         })
         .collect())
 }

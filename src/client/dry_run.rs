@@ -13,10 +13,11 @@ use std::path::Path;
 
 use tokio::sync::mpsc;
 
+use super::sync::{MAX_LISTED, is_child};
 use super::{Client, PushPlan, greet, pipeline, refusal, reply, unexpected};
 use crate::error::{Class, Error, Result};
 use crate::progress::{FileReport, Reporter, Status};
-use crate::protocol::{Frame, WirePath};
+use crate::protocol::{Frame, ListEntry, WirePath};
 use crate::transfer::{self, blocking};
 use crate::walk::Item;
 
@@ -160,88 +161,119 @@ impl Client {
     pub async fn pull_dry_run(&mut self, remotes: &[WirePath], out: &Path, rep: &mut Reporter) -> Result<()> {
         let Client { r, w, cfg, .. } = self;
         greet_after_list(w, r, cfg.timeouts.header).await?;
-        let links = cfg.links;
         for asked in remotes {
-            // Items land named from the asked path's parent, as in a pull.
+            // Items land named from the asked path's parent, as in a pull;
+            // patterns see them so named.
             let base = asked.parent().unwrap_or_default();
-            let mut folders = vec![asked.clone()];
-            let mut seen = std::collections::HashSet::new();
-            let mut listed = 0usize;
-            while let Some(folder) = folders.pop() {
-                // Each folder once: a server answering with a folder it
-                // already named cannot keep the client listing forever.
-                if !seen.insert(folder.clone()) {
-                    continue;
-                }
-                let listing = match list_one(w, r, &folder).await? {
-                    Ok(listing) => listing,
-                    Err(e) => {
-                        rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
-                        continue;
-                    }
-                };
-                listed += listing.len();
-                if listed > super::sync::MAX_LISTED {
-                    return Err(Error::protocol(
-                        r.peer(),
-                        format!("{asked}: more than {} entries listed", super::sync::MAX_LISTED),
-                    ));
-                }
-                let kept = |p: &WirePath| {
-                    let named = p.as_str().strip_prefix(base.as_str()).unwrap_or(p.as_str()).trim_start_matches('/');
-                    !cfg.filter.as_ref().is_some_and(|f| f.excludes(named, false))
-                };
-                for (path, target) in listing.links.iter().filter(|(p, _)| super::sync::is_child(&folder, p) && kept(p))
+            let excluded =
+                |p: &WirePath, dir: bool| cfg.filter.as_ref().is_some_and(|f| f.excludes(named_from(&base, p), dir));
+            let top = crate::links::pulled_tree(asked, cfg.sync_tree);
+            let mut folders = RemoteFolders::new(asked.clone());
+            while let Some((folder, listing)) = folders.next(w, r, rep).await? {
+                for (path, target) in listing.links.iter().filter(|(p, _)| is_child(&folder, p) && !excluded(p, false))
                 {
-                    let top = crate::links::pulled_tree(asked, cfg.sync_tree);
-                    let rel =
-                        path.as_str().strip_prefix(base.as_str()).unwrap_or(path.as_str()).trim_start_matches('/');
-                    let rel = WirePath::parse(rel).unwrap_or_default();
-                    rep.file(match crate::links::within(&top, &rel, target) {
-                        true if links => FileReport { status: Status::Would, ..FileReport::linked(path, target) },
-                        true => FileReport::skipped(path, "symbolic link (not made; --links makes it)".into()),
-                        false => FileReport::skipped(
-                            path,
-                            format!("symbolic link not made: it points outside the tree pulled ({target})"),
-                        ),
-                    });
+                    let rel = WirePath::parse(named_from(&base, path)).unwrap_or_default();
+                    rep.file(would_link(path, target, crate::links::within(&top, &rel, target), cfg.links));
                 }
-                for e in listing.entries {
-                    // Only what is below the folder listed (or the file
-                    // asked for itself) counts; anything else is the
-                    // server's invention.
-                    if !(e.path == folder || super::sync::is_child(&folder, &e.path)) {
-                        continue;
+                // Only what is below the folder listed (or the file asked
+                // for itself) counts; anything else is the server's
+                // invention. What the server would leave out is not
+                // received, not walked into.
+                let own =
+                    |e: &&ListEntry| (e.path == folder || is_child(&folder, &e.path)) && !excluded(&e.path, e.is_dir);
+                for e in listing.entries.iter().filter(own) {
+                    match e.is_dir {
+                        true if e.path != folder => folders.push(e.path.clone()),
+                        true => {}
+                        false => rep.file(would_receive(e, &out.join(named_from(&base, &e.path)))),
                     }
-                    // What the server would leave out (`--exclude`): not
-                    // received, not walked into.
-                    let named = e.path.as_str().strip_prefix(base.as_str()).unwrap_or(e.path.as_str());
-                    if cfg.filter.as_ref().is_some_and(|f| f.excludes(named.trim_start_matches('/'), e.is_dir)) {
-                        continue;
-                    }
-                    if e.is_dir {
-                        if e.path != folder {
-                            folders.push(e.path.clone());
-                        }
-                        continue;
-                    }
-                    let rel = e.path.as_str().strip_prefix(base.as_str()).unwrap_or(e.path.as_str());
-                    let local = out.join(rel.trim_start_matches('/'));
-                    let same = std::fs::symlink_metadata(&local).is_ok_and(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        m.is_file() && m.len() == e.size && m.mtime() == e.mtime.secs
-                    });
-                    rep.file(if same {
-                        let why = "already here with the same size and mtime; nothing received".to_owned();
-                        FileReport { size: e.size, ..FileReport::skipped(e.path.as_str(), why) }
-                    } else {
-                        FileReport { local: Some(local.display().to_string()), ..would_send(&e.path, e.size, 0) }
-                    });
                 }
             }
         }
         let result = Ok(());
         self.conclude(result).await
+    }
+}
+
+/// `p` as a pull names it: from `base`, the parent of what was asked.
+fn named_from<'a>(base: &WirePath, p: &'a WirePath) -> &'a str {
+    p.as_str().strip_prefix(base.as_str()).unwrap_or(p.as_str()).trim_start_matches('/')
+}
+
+/// What a pull would do with a link the server lists.
+fn would_link(path: &WirePath, target: &str, inside: bool, links: bool) -> FileReport {
+    match inside {
+        true if links => FileReport { status: Status::Would, ..FileReport::linked(path, target) },
+        true => FileReport::skipped(path, "symbolic link (not made; --links makes it)".into()),
+        false => {
+            FileReport::skipped(path, format!("symbolic link not made: it points outside the tree pulled ({target})"))
+        }
+    }
+}
+
+/// What a pull would do with a file the server lists, landing at `local`:
+/// nothing when `local` has its size and mtime (rsync's quick check).
+fn would_receive(e: &ListEntry, local: &Path) -> FileReport {
+    let same = std::fs::symlink_metadata(local).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_file() && m.len() == e.size && m.mtime() == e.mtime.secs
+    });
+    if same {
+        let why = "already here with the same size and mtime; nothing received".to_owned();
+        FileReport { size: e.size, ..FileReport::skipped(e.path.as_str(), why) }
+    } else {
+        FileReport { local: Some(local.display().to_string()), ..would_send(&e.path, e.size, 0) }
+    }
+}
+
+/// The folders of a server tree, each listed once: a server naming a
+/// folder again cannot loop the client, and one naming entries without
+/// end is cut off at [`MAX_LISTED`] (the client keeps what it lists). A
+/// folder the server will not list is reported and left out.
+pub(super) struct RemoteFolders {
+    top: WirePath,
+    pending: Vec<WirePath>,
+    seen: std::collections::HashSet<WirePath>,
+    listed: usize,
+}
+
+impl RemoteFolders {
+    pub(super) fn new(top: WirePath) -> RemoteFolders {
+        RemoteFolders { pending: vec![top.clone()], top, seen: Default::default(), listed: 0 }
+    }
+
+    /// A folder to list later.
+    pub(super) fn push(&mut self, folder: WirePath) {
+        self.pending.push(folder);
+    }
+
+    /// The next folder and what the server listed in it.
+    pub(super) async fn next(
+        &mut self,
+        w: &mut crate::connection::FrameWriter<tokio::io::WriteHalf<super::Tls>>,
+        r: &mut crate::connection::FrameReader<tokio::io::ReadHalf<super::Tls>>,
+        rep: &mut Reporter,
+    ) -> Result<Option<(WirePath, Listing)>> {
+        while let Some(folder) = self.pending.pop() {
+            if !self.seen.insert(folder.clone()) {
+                continue;
+            }
+            let listing = match list_one(w, r, &folder).await? {
+                Ok(listing) => listing,
+                Err(e) => {
+                    rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
+                    continue;
+                }
+            };
+            self.listed += listing.len();
+            if self.listed > MAX_LISTED {
+                let message =
+                    format!("{}: more than {MAX_LISTED} entries listed; a tree this large is refused", self.top);
+                return Err(Error::protocol(r.peer(), message));
+            }
+            return Ok(Some((folder, listing)));
+        }
+        Ok(None)
     }
 }
 

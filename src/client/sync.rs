@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::dry_run::{greet_after_list, list_one};
+use super::dry_run::{RemoteFolders, greet_after_list, list_one};
 use super::{Client, refusal, reply, unexpected};
 use crate::error::Result;
 use crate::progress::{FileReport, Reporter, Status};
@@ -63,31 +63,13 @@ impl Client {
         let Client { r, w, cfg, .. } = self;
         greet_after_list(w, r, cfg.timeouts.header).await?;
         let (mut out, mut links) = (Vec::new(), Vec::new());
-        let mut folders = vec![dir.clone()];
-        let mut seen = HashSet::new();
-        while let Some(folder) = folders.pop() {
-            // Each folder once, whatever a server answers.
-            if !seen.insert(folder.clone()) {
-                continue;
-            }
-            let listing = match list_one(w, r, &folder).await? {
-                Ok(listing) => listing,
-                Err(e) => {
-                    rep.file(FileReport::failed(folder.as_str(), e.to_string(), e.class()));
-                    continue;
-                }
-            };
+        let mut folders = RemoteFolders::new(dir.clone());
+        while let Some((folder, listing)) = folders.next(w, r, rep).await? {
             // A file answers a LIST with itself: not a folder to match.
             if listing.entries.iter().any(|e| e.path == folder && !e.is_dir) {
                 return Err(crate::error::Error::Usage(format!(
                     "{folder} is a file on the server, not a folder: sync makes folders match (`xfer cp` copies files)"
                 )));
-            }
-            if out.len() + listing.len() > MAX_LISTED {
-                return Err(crate::error::Error::protocol(
-                    r.peer(),
-                    format!("{dir}: more than {MAX_LISTED} entries listed; a sync this large is refused"),
-                ));
             }
             // Links are entries like files (made with --links, removed as
             // links by --delete).
