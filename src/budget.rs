@@ -56,10 +56,10 @@ impl Budget {
     }
 
     fn take(&self, bytes: usize) -> bool {
-        if let Some(parent) = &self.0.parent {
-            if !parent.take(bytes) {
-                return false;
-            }
+        if let Some(parent) = &self.0.parent
+            && !parent.take(bytes)
+        {
+            return false;
         }
         let inner = &self.0;
         let mut used = inner.used.load(Ordering::Relaxed);

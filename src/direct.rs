@@ -17,8 +17,6 @@
 use std::fs::File;
 use std::io::{self, Write};
 
-use rustix::fs::OFlags;
-
 /// Alignment of offsets, lengths and memory for direct writes: the page
 /// size, which covers every logical block size in common use.
 pub const ALIGN: usize = 4096;
@@ -91,10 +89,10 @@ pub enum Mode {
 /// Appends `data` to `file`, whose size is `pos`: directly when the write
 /// is aligned and large enough, otherwise through the page cache.
 pub fn append(file: &mut File, pos: u64, data: &[u8], mode: &mut Mode) -> io::Result<()> {
-    let aligned = pos % ALIGN as u64 == 0
-        && data.len() % ALIGN == 0
+    let aligned = pos.is_multiple_of(ALIGN as u64)
+        && data.len().is_multiple_of(ALIGN)
         && data.len() >= DIRECT_MIN
-        && (data.as_ptr() as usize) % ALIGN == 0;
+        && (data.as_ptr() as usize).is_multiple_of(ALIGN);
     if aligned && *mode == Mode::Buffered {
         *mode = if set_direct(file, true).is_ok() { Mode::Direct } else { Mode::Unsupported };
     }
@@ -105,7 +103,7 @@ pub fn append(file: &mut File, pos: u64, data: &[u8], mode: &mut Mode) -> io::Re
             // or the remainder of a short write is no longer aligned. Go
             // buffered for the rest, and for good if this write could not
             // even start (the file system will not take direct writes).
-            Err((done, e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err((done, e)) if e.kind() == io::ErrorKind::InvalidInput => {
                 set_direct(file, false)?;
                 *mode = if done == 0 { Mode::Unsupported } else { Mode::Buffered };
                 return file.write_all(&data[done..]);
@@ -135,11 +133,25 @@ fn write_direct(file: &mut File, data: &[u8]) -> Result<(), (usize, io::Error)> 
     Ok(())
 }
 
+/// Switches `O_DIRECT` on or off: Linux only, and not with `portable-io`
+/// (elsewhere every write is buffered: `F_NOCACHE` on macOS and
+/// unbuffered handles on Windows do not take a flag on an open file the
+/// same way, and the copy is not where time goes there yet).
+#[cfg(all(target_os = "linux", not(feature = "portable-io")))]
 fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use rustix::fs::OFlags;
     let flags = rustix::fs::fcntl_getfl(file)?;
     let flags = if on { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
     rustix::fs::fcntl_setfl(file, flags)?;
     Ok(())
+}
+
+#[cfg(any(not(target_os = "linux"), feature = "portable-io"))]
+fn set_direct(_: &File, on: bool) -> io::Result<()> {
+    match on {
+        true => Err(io::ErrorKind::Unsupported.into()),
+        false => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -33,15 +33,24 @@ struct Key {
 }
 
 impl Key {
+    /// `None` where a file has no stable identity to key on (Windows:
+    /// nothing is remembered there, every hash is computed).
+    #[cfg(unix)]
     fn of(f: &File) -> Option<Key> {
-        let st = rustix::fs::fstat(f).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().ok()?;
         Some(Key {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: u64::try_from(st.st_size).ok()?,
-            mtime: (st.st_mtime, st.st_mtime_nsec as u64),
-            ctime: (st.st_ctime, st.st_ctime_nsec as u64),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec() as u64),
+            ctime: (m.ctime(), m.ctime_nsec() as u64),
         })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &File) -> Option<Key> {
+        None
     }
 }
 

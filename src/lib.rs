@@ -81,6 +81,7 @@ pub mod meter;
 pub mod names;
 pub mod partial;
 pub mod pki;
+pub mod platform;
 pub mod progress;
 pub mod protocol;
 pub mod server;

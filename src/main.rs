@@ -18,7 +18,7 @@ use xfer::error::{Class, Error};
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit 2 from clap itself
     init_logging(&cli);
-    raise_open_file_limit();
+    xfer::platform::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -53,17 +53,6 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
-}
-
-/// Many connections, each holding a few folders open while it installs a
-/// group of files, need more descriptors than the common soft limit of
-/// 1024; raise it to the hard limit, as long-running servers do.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
-    }
 }
 
 /// The server logs at info by default, clients only warnings; -v and -q

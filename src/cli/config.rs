@@ -43,16 +43,9 @@ pub(crate) fn default_certs_checked() -> Result<PathBuf, Error> {
 /// whoever can write it decides what this command trusts (ssh's
 /// StrictModes, less its group rule: user-private groups are common).
 pub(crate) fn check_owned(path: &Path, what: &str, anyway: &str) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let me = rustix::process::getuid().as_raw();
-    let why = if meta.uid() != me {
-        "it belongs to another user"
-    } else if meta.mode() & 0o002 != 0 {
-        "every user may write to it"
-    } else {
-        return Ok(());
-    };
+    let why = crate::platform::untrusted_because(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let Some(why) = why else { return Ok(()) };
     Err(Error::Identity {
         what: what.to_owned(),
         message: format!(

@@ -214,10 +214,8 @@ fn would_link(path: &WirePath, target: &str, inside: bool, links: bool) -> FileR
 /// What a pull would do with a file the server lists, landing at `local`:
 /// nothing when `local` has its size and mtime (rsync's quick check).
 fn would_receive(e: &ListEntry, local: &Path) -> FileReport {
-    let same = std::fs::symlink_metadata(local).is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.is_file() && m.len() == e.size && m.mtime() == e.mtime.secs
-    });
+    let same = std::fs::symlink_metadata(local)
+        .is_ok_and(|m| m.is_file() && m.len() == e.size && crate::walk::Meta::from(&m).mtime.secs == e.mtime.secs);
     if same {
         let why = "already here with the same size and mtime; nothing received".to_owned();
         FileReport { size: e.size, ..FileReport::skipped(e.path.as_str(), why) }

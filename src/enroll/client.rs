@@ -5,9 +5,8 @@
 //! expected, a chain to the right CA) and only then write files: all of
 //! them or none.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,10 +207,10 @@ pub async fn renew(cfg: RenewConfig) -> Result<Outcome> {
         return Err(protocol(&cfg.target, format!("the renewed certificate is a {} one", info.role.as_str())));
     }
     let mut files = Vec::new();
-    if let (Some(crl), Some(path)) = (&issued.crl, cfg.identity.crl.as_ref().map(|c| c.path.clone())) {
-        if fresh_crl(&cfg.target, crl, ca, &path)? {
-            files.push((path, pem_of("X509 CRL", std::slice::from_ref(crl)), false));
-        }
+    if let (Some(crl), Some(path)) = (&issued.crl, cfg.identity.crl.as_ref().map(|c| c.path.clone()))
+        && fresh_crl(&cfg.target, crl, ca, &path)?
+    {
+        files.push((path, pem_of("X509 CRL", std::slice::from_ref(crl)), false));
     }
     if !cfg.keep_key {
         files.push((key_path.clone(), key.serialize_pem(), true));
@@ -407,10 +406,9 @@ fn write_all_or_none(files: Vec<(PathBuf, String, bool)>) -> Result<Vec<PathBuf>
             let ctx = || format!("cannot write {}", path.display());
             // Never through a link someone left at the temporary name.
             let _ = fs::remove_file(&tmp);
-            let mut f = OpenOptions::new()
+            let mut f = crate::platform::file_options(*private)
                 .write(true)
                 .create_new(true)
-                .mode(if *private { 0o600 } else { 0o644 })
                 .open(&tmp)
                 .map_err(|e| Error::io(ctx(), e))?;
             staged.push(tmp.clone());

@@ -7,9 +7,8 @@
 //! invite is redeemed exactly once, by concurrent connections, by several
 //! server processes, and across a crash or restart.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -183,11 +182,10 @@ impl Invites {
         let ctx = || format!("cannot write {}", self.path.display());
         let tmp = self.path.with_file_name(format!(".{INVITES_FILE}.tmp"));
         let text = serde_json::to_string_pretty(all).expect("invites serialize");
-        let mut f = OpenOptions::new()
+        let mut f = crate::platform::file_options(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(ctx(), e))?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(ctx(), e))?;
@@ -202,14 +200,13 @@ impl Invites {
 
     fn locked(&self) -> Result<File> {
         let ctx = || format!("cannot lock {}", self.lock.display());
-        let f = OpenOptions::new()
+        let f = crate::platform::file_options(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
             .open(&self.lock)
             .map_err(|e| Error::io(ctx(), e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::io(ctx(), e.into()))?;
+        f.lock().map_err(|e| Error::io(ctx(), e))?;
         Ok(f)
     }
 }

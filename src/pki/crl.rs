@@ -79,17 +79,15 @@ pub fn issued_files(dir: &Path, name: Option<&str>) -> Vec<PathBuf> {
 /// Serialises changes to the CA's files (`ca.crl`, `issued/`) between
 /// `keygen` runs and a serving `--enroll`: held while it lives.
 pub(super) fn lock_ca(dir: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(".ca.lock");
     let ctx = || format!("cannot lock {}", path.display());
-    let f = std::fs::OpenOptions::new()
+    let f = crate::platform::file_options(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io(ctx(), e))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::io(ctx(), e.into()))?;
+    f.lock().map_err(|e| Error::io(ctx(), e))?;
     Ok(f)
 }
 

@@ -5,9 +5,8 @@
 //! writes nothing at all. Private keys are created with mode 0600. This module
 //! reports what it wrote; printing is the CLI's job.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -224,10 +223,8 @@ pub fn keygen(cfg: &KeygenConfig) -> Result<Vec<Written>> {
 /// Creates a folder for keys, and any missing parent, readable by this
 /// user only (an existing folder keeps its mode: it is the user's choice).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
+    crate::platform::private_dir_builder()
         .recursive(true)
-        .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
 }
@@ -330,14 +327,13 @@ fn load_ca(ca_pem: &Path, ca_key: &Path) -> Result<Issuer<'static, KeyPair>> {
 }
 
 fn write_pem(path: &Path, pem: &str, private: bool) -> Result<()> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true).mode(if private { 0o600 } else { 0o644 });
+    let mut opts = crate::platform::file_options(private);
+    opts.write(true).create(true).truncate(true);
     let ctx = || format!("cannot write {}", path.display());
     let mut f = opts.open(path).map_err(|e| Error::io(ctx(), e))?;
     if private {
         // An existing file keeps its old mode through open(); tighten it.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(ctx(), e))?;
+        crate::platform::set_mode(&f, 0o600).map_err(|e| Error::io(ctx(), e))?;
     }
     f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(ctx(), e))
 }

@@ -3,7 +3,7 @@
 //! renames and one after, instead of two `fsync`s per file.
 
 use super::{Near, Result, Staged, StoreError};
-use crate::beneath::DirFd;
+use crate::beneath::{DirFd, SYNCS_FILESYSTEM};
 use crate::protocol::{Timestamp, WirePath};
 
 /// A group is committed at the latest when it holds this many files, this
@@ -146,25 +146,31 @@ pub fn commit_group(files: Vec<Verified>, folders: &[DirFd]) -> (Vec<(WirePath, 
 }
 
 /// Syncs, renames and syncs again. Every filesystem involved is synced (a
-/// folder of the destination may be another mount).
+/// folder of the destination may be another mount). Without `syncfs`
+/// (the portable build) each file was synced when it was prepared, and
+/// after the renames each folder involved is synced instead.
 fn install_durably(files: Vec<Staged>, folders: &[DirFd]) -> (Vec<(WirePath, Result<()>)>, Result<()>) {
     let mut filesystems: Vec<(u64, DirFd)> = Vec::new();
     for dir in files.iter().flat_map(|f| [&f.tmp_dir, &f.dir]).chain(folders) {
-        {
-            if let Ok(dev) = dir.device() {
-                if !filesystems.iter().any(|(d, _)| *d == dev) {
-                    filesystems.push((dev, dir.clone()));
-                }
+        if !SYNCS_FILESYSTEM {
+            if !filesystems.iter().any(|(_, d)| d.same_handle(dir)) {
+                filesystems.push((0, dir.clone()));
             }
+        } else if let Ok(dev) = dir.device()
+            && !filesystems.iter().any(|(d, _)| *d == dev)
+        {
+            filesystems.push((dev, dir.clone()));
         }
     }
     let sync = || -> Result<()> {
         filesystems
             .iter()
-            .try_for_each(|(_, d)| d.sync_filesystem())
+            .try_for_each(|(_, d)| if SYNCS_FILESYSTEM { d.sync_filesystem() } else { d.sync() })
             .map_err(|e| StoreError::io(&"syncing the received files", e))
     };
-    let synced = sync();
+    // Without syncfs the files are already durable; the folders' syncs
+    // come after the renames.
+    let synced = if SYNCS_FILESYSTEM { sync() } else { Ok(()) };
     let mut out: Vec<(WirePath, Result<()>)> = files
         .into_iter()
         .map(|f| {
@@ -176,11 +182,11 @@ fn install_durably(files: Vec<Staged>, folders: &[DirFd]) -> (Vec<(WirePath, Res
             (path, r)
         })
         .collect();
-    if out.iter().any(|o| o.1.is_ok()) {
-        if let Err(e) = sync() {
-            for o in out.iter_mut().filter(|o| o.1.is_ok()) {
-                o.1 = Err(e.clone());
-            }
+    if out.iter().any(|o| o.1.is_ok())
+        && let Err(e) = sync()
+    {
+        for o in out.iter_mut().filter(|o| o.1.is_ok()) {
+            o.1 = Err(e.clone());
         }
     }
     (out, synced)

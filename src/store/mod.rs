@@ -82,24 +82,22 @@ impl StoreError {
 
     /// Classifies an I/O error on `what`.
     pub fn io(what: &dyn std::fmt::Display, e: io::Error) -> StoreError {
-        let code = match rustix::io::Errno::from_io_error(&e) {
-            // O_NOFOLLOW met a link where a folder or file was expected.
-            Some(rustix::io::Errno::LOOP) => {
-                return StoreError::new(
-                    ErrorCode::Denied,
-                    format!("{what}: passes through a symbolic link, which xfer never follows"),
-                );
-            }
-            Some(rustix::io::Errno::NOTDIR) => {
-                return StoreError::new(ErrorCode::Conflict, format!("{what}: a parent is a file, not a folder"));
-            }
-            _ => match e.kind() {
-                io::ErrorKind::NotFound => ErrorCode::NotFound,
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
-                io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
-                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::Denied,
-                _ => ErrorCode::Io,
-            },
+        // A link met where a folder or file was expected.
+        if crate::beneath::is_link(&e) {
+            return StoreError::new(
+                ErrorCode::Denied,
+                format!("{what}: passes through a symbolic link, which xfer never follows"),
+            );
+        }
+        if e.kind() == io::ErrorKind::NotADirectory {
+            return StoreError::new(ErrorCode::Conflict, format!("{what}: a parent is a file, not a folder"));
+        }
+        let code = match e.kind() {
+            io::ErrorKind::NotFound => ErrorCode::NotFound,
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
+            io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorCode::Denied,
+            _ => ErrorCode::Io,
         };
         StoreError::new(code, format!("{what}: {e}"))
     }
@@ -289,10 +287,10 @@ impl Root {
             Some(n) if n.parent == parent => n.dir,
             _ => self.dir.descend(parent.components(), true).map_err(|e| StoreError::io(p, e))?,
         };
-        if let Some(e) = dir.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))? {
-            if e.kind == Kind::Dir {
-                return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
-            }
+        if let Some(e) = dir.stat(OsStr::new(name)).map_err(|e| StoreError::io(p, e))?
+            && e.kind == Kind::Dir
+        {
+            return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a folder on the receiver")));
         }
         // Staged on the target's filesystem, or the rename into place fails
         // (a mount point below the root): beside the target then.
@@ -304,17 +302,17 @@ impl Root {
             Resume::From(partial) => partial.offset,
             _ => 0,
         };
-        if let (Some(size), Ok(free)) = (size, tmp_dir.free_space()) {
-            if size - held.min(size) > free {
-                let (mut need, mut have) = (human_bytes(size), human_bytes(free));
-                if need == have {
-                    (need, have) = (format!("{size} bytes"), format!("{free} bytes"));
-                }
-                return Err(StoreError::new(
-                    ErrorCode::NoSpace,
-                    format!("{p}: needs {need} but only {have} is free on the receiver"),
-                ));
+        if let (Some(size), Ok(free)) = (size, tmp_dir.free_space())
+            && size - held.min(size) > free
+        {
+            let (mut need, mut have) = (human_bytes(size), human_bytes(free));
+            if need == have {
+                (need, have) = (format!("{size} bytes"), format!("{free} bytes"));
             }
+            return Err(StoreError::new(
+                ErrorCode::NoSpace,
+                format!("{p}: needs {need} but only {have} is free on the receiver"),
+            ));
         }
         let err = |e| StoreError::io(p, e);
         let mut staged = Staged {

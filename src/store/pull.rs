@@ -51,7 +51,9 @@ impl Root {
             }
         };
         let (lock, tmp_name) = own.create_temp(".lock-")?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        if lock.try_lock().is_err() {
+            return Err(io::Error::other("a fresh lock file is locked by someone else"));
+        }
         own.rename(OsStr::new(&tmp_name), &own, OsStr::new(LOCK_FILE))?;
         root.staging = Some(own);
         root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));

@@ -3,9 +3,8 @@
 //! place by the group commit; deleted if dropped first.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 
 use super::{Result, StoreError, to_system_time};
 use crate::beneath::DirFd;
@@ -98,8 +97,12 @@ impl Staged {
         let file = self.open_file()?;
         // Keep the read and execute bits as sent; never group/other write,
         // setuid, setgid or sticky from a remote peer.
-        file.set_permissions(fs::Permissions::from_mode(mode & 0o755)).map_err(err)?;
+        crate::platform::set_mode(file, mode & 0o755).map_err(err)?;
         file.set_modified(to_system_time(mtime)).map_err(err)?;
+        if !crate::beneath::SYNCS_FILESYSTEM {
+            // No syncfs for the group commit to make it durable with.
+            file.sync_all().map_err(err)?;
+        }
         self.park()
     }
 

@@ -328,10 +328,10 @@ fn warn_once(message: String) {
 /// Warns (or with `strict`, fails) when a private key file can be read by
 /// users other than its owner.
 fn check_key_mode(key: &Pem, strict: bool) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let Pem::File(path) = key else { return Ok(()) };
-    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) }; // reported when read
-    let mode = meta.permissions().mode() & 0o777;
+    // Unreadable: reported when read. No modes (Windows): nothing to check.
+    let Some(mode) = crate::platform::mode_of(path) else { return Ok(()) };
+    let mode = mode & 0o777;
     if mode & 0o077 == 0 {
         return Ok(());
     }

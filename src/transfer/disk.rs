@@ -252,10 +252,10 @@ impl Background {
                     break; // the receive was dropped: the connection failed
                 }
             }
-            if flag.load(Ordering::SeqCst) {
-                if let Some(f) = file.take() {
-                    f.discard();
-                }
+            if flag.load(Ordering::SeqCst)
+                && let Some(f) = file.take()
+            {
+                f.discard();
             }
             file
         });

@@ -161,12 +161,12 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                     failure = Some(StoreError { code: ErrorCode::TooLarge, message });
                     discard(&mut sink);
                 }
-                if let Some(s) = sink.as_mut() {
-                    if let Err(e) = s.write(&d).await {
-                        // Keep reading to stay in sync; the temp file goes.
-                        failure = Some(e);
-                        discard(&mut sink);
-                    }
+                if let Some(s) = sink.as_mut()
+                    && let Err(e) = s.write(&d).await
+                {
+                    // Keep reading to stay in sync; the temp file goes.
+                    failure = Some(e);
+                    discard(&mut sink);
                 }
             }
             Some(Frame::End { blake3 }) => {
@@ -231,10 +231,10 @@ async fn finish<D: Destination>(
         }
         return FileOutcome::Failed { code, message, bytes };
     }
-    if let Some(s) = sink {
-        if let Err(e) = s.finish(h).await {
-            return FileOutcome::Failed { code: e.code, message: e.message, bytes };
-        }
+    if let Some(s) = sink
+        && let Err(e) = s.finish(h).await
+    {
+        return FileOutcome::Failed { code: e.code, message: e.message, bytes };
     }
     FileOutcome::Ok(Received { size: got, blake3: actual, bytes })
 }

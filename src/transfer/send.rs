@@ -9,7 +9,6 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek};
-use std::os::unix::fs::MetadataExt;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -439,7 +438,8 @@ async fn unchanged(f: File, before: Meta) -> std::io::Result<bool> {
 
 fn same_version(f: &File, before: Meta) -> std::io::Result<bool> {
     let m = f.metadata()?;
-    Ok(m.len() == before.size && m.mtime() == before.mtime.secs && m.mtime_nsec() == i64::from(before.mtime.nanos))
+    let now = crate::walk::Meta::from(&m);
+    Ok(now.size == before.size && now.mtime == before.mtime)
 }
 
 /// Test-only fault injection: with `XFER_FAULT_CORRUPT_PAYLOAD` set, debug

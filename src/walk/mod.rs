@@ -22,7 +22,26 @@ pub struct Meta {
     pub mtime: Timestamp,
 }
 
+impl Meta {
+    /// A meta from a size, a mode's permission bits and a modification time
+    /// (which may predate 1970).
+    pub fn new(size: u64, mode: u32, mtime: std::time::SystemTime) -> Meta {
+        let mtime = match mtime.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                match d.subsec_nanos() {
+                    0 => Timestamp { secs: -(d.as_secs() as i64), nanos: 0 },
+                    n => Timestamp { secs: -(d.as_secs() as i64) - 1, nanos: 1_000_000_000 - n },
+                }
+            }
+        };
+        Meta { size, mode: mode & 0o7777, mtime }
+    }
+}
+
 impl From<&std::fs::Metadata> for Meta {
+    #[cfg(unix)]
     fn from(m: &std::fs::Metadata) -> Meta {
         use std::os::unix::fs::MetadataExt;
         Meta {
@@ -30,6 +49,18 @@ impl From<&std::fs::Metadata> for Meta {
             mode: m.mode() & 0o7777,
             mtime: Timestamp { secs: m.mtime(), nanos: m.mtime_nsec().clamp(0, 999_999_999) as u32 },
         }
+    }
+
+    /// Windows has no modes: folders read as 0755, files as 0644, or 0444
+    /// when read-only.
+    #[cfg(not(unix))]
+    fn from(m: &std::fs::Metadata) -> Meta {
+        let mode = match () {
+            _ if m.is_dir() => 0o755,
+            _ if m.permissions().readonly() => 0o444,
+            _ => 0o644,
+        };
+        Meta::new(m.len(), mode, m.modified().unwrap_or(std::time::UNIX_EPOCH))
     }
 }
 
@@ -217,7 +248,7 @@ impl Iterator for Walk {
             };
             self.examined += 1;
             if let Some((max, until)) = self.limit
-                && (self.examined > max || (self.examined % 64 == 0 && std::time::Instant::now() > until))
+                && (self.examined > max || (self.examined.is_multiple_of(64) && std::time::Instant::now() > until))
             {
                 self.cut = true;
                 self.stack.clear();

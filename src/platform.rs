@@ -1,0 +1,84 @@
+//! What differs between platforms outside the storage core ([`crate::beneath`]):
+//! file modes, ownership, descriptor limits. Unix keeps modes and owners;
+//! Windows has neither (its files inherit the folder's access control list),
+//! so there these are no-ops and the README says what that means for keys.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// Options that create a file readable by its owner only (`private`), or
+/// by everyone (0644).
+pub fn file_options(private: bool) -> OpenOptions {
+    #[allow(unused_mut)] // no modes to set on Windows
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, if private { 0o600 } else { 0o644 });
+    let _ = private;
+    o
+}
+
+/// A builder for folders only their owner may enter (0700).
+pub fn private_dir_builder() -> DirBuilder {
+    #[allow(unused_mut)]
+    let mut b = DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b
+}
+
+/// Sets a file's permission bits: all of `mode` on Unix; on Windows only
+/// whether it is read-only (no write bit for its owner).
+pub fn set_mode(f: &File, mode: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    return f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+    #[cfg(not(unix))]
+    {
+        let mut p = f.metadata()?.permissions();
+        p.set_readonly(mode & 0o200 == 0);
+        f.set_permissions(p)
+    }
+}
+
+/// The permission bits of `path` (Unix), or `None` where there are none.
+pub fn mode_of(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    return std::fs::metadata(path).ok().map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Why `path` must not be trusted: another user owns it, or everyone may
+/// write to it. `Ok(None)` when it is fine, or where there are no owners.
+pub fn untrusted_because(path: &Path) -> io::Result<Option<&'static str>> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if meta.uid() != rustix::process::getuid().as_raw() {
+            return Ok(Some("it belongs to another user"));
+        }
+        if meta.mode() & 0o002 != 0 {
+            return Ok(Some("every user may write to it"));
+        }
+    }
+    let _ = meta;
+    Ok(None)
+}
+
+/// Many connections, each holding a few folders open while it installs a
+/// group of files, need more descriptors than the common soft limit of
+/// 1024; raise it to the hard limit, as long-running servers do.
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current != limit.maximum {
+            let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+        }
+    }
+}
