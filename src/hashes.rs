@@ -33,8 +33,6 @@ struct Key {
 }
 
 impl Key {
-    /// `None` where a file has no stable identity to key on (Windows:
-    /// nothing is remembered there, every hash is computed).
     #[cfg(unix)]
     fn of(f: &File) -> Option<Key> {
         use std::os::unix::fs::MetadataExt;
@@ -48,10 +46,21 @@ impl Key {
         })
     }
 
+    /// Without a file identity (Windows: std cannot read the file index
+    /// yet) the key still tells a file changed while it was read, but it is
+    /// never remembered: see [`Key::CACHEABLE`].
     #[cfg(not(unix))]
-    fn of(_: &File) -> Option<Key> {
-        None
+    fn of(f: &File) -> Option<Key> {
+        let m = f.metadata().ok()?;
+        let nanos = |t: std::io::Result<std::time::SystemTime>| {
+            let d = t.ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some((d.as_secs() as i64, u64::from(d.subsec_nanos())))
+        };
+        Some(Key { dev: 0, ino: 0, size: m.len(), mtime: nanos(m.modified())?, ctime: nanos(m.created())? })
     }
+
+    /// Whether a key names one file: only then may its hash be remembered.
+    const CACHEABLE: bool = cfg!(unix);
 }
 
 /// Remembered hashes, and their keys oldest first (forgotten first).
@@ -122,7 +131,7 @@ impl Hashes {
         if key.size != size {
             return None;
         }
-        if let Some(h) = self.lock().0.get(&key) {
+        if let Some(h) = self.lock().0.get(&key).filter(|_| Key::CACHEABLE) {
             return Some(*h);
         }
         let mut hasher = blake3::Hasher::new();
@@ -132,7 +141,9 @@ impl Hashes {
             return None;
         }
         let hash = *hasher.finalize().as_bytes();
-        self.remember(key, hash);
+        if Key::CACHEABLE {
+            self.remember(key, hash);
+        }
         Some(hash)
     }
 
@@ -184,6 +195,9 @@ mod tests {
         let work = Work::new(4 << 20);
         let want = *blake3::hash(&data).as_bytes();
         assert_eq!(hashes.of_file(&f, data.len() as u64, &work), Some(want));
+        if cfg!(not(unix)) {
+            return; // no file identity to remember a hash by
+        }
         // Cached: the allowance (1 MiB left) is not touched again.
         for _ in 0..10 {
             assert_eq!(hashes.of_file(&File::open(t.path()).unwrap(), data.len() as u64, &work), Some(want));

@@ -51,6 +51,18 @@ pub fn mode_of(path: &Path) -> Option<u32> {
     }
 }
 
+/// Makes renames in the folder `dir` durable. Windows cannot open a
+/// folder as a file to sync it (NTFS journals renames itself).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    return File::open(dir)?.sync_all();
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
 /// Why `path` must not be trusted: another user owns it, or everyone may
 /// write to it. `Ok(None)` when it is fine, or where there are no owners.
 pub fn untrusted_because(path: &Path) -> io::Result<Option<&'static str>> {

@@ -1,5 +1,10 @@
 //! One test binary for everything that runs the real `xfer` over real TLS
 //! on loopback. One module per topic.
+//!
+//! Unix only: the tests signal servers (SIGHUP, SIGKILL), check modes and
+//! make links. Windows builds run their unit tests under Wine instead, and
+//! `scripts/wine-check.sh` moves files between `xfer.exe` and a Linux server.
+#![cfg(unix)]
 
 mod support;
 

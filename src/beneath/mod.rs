@@ -127,6 +127,8 @@ impl DirFd {
                 None => {}
             }
         }
+        // Windows will not remove a folder someone holds open.
+        drop(dir);
         self.rmdir(name)
     }
 }

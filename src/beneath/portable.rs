@@ -11,7 +11,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt as _, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_fs_ext::{DirExt, FollowSymlinks, MetadataExt as _, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 
 use super::{Entry, Kind, link_refused};
@@ -196,7 +196,10 @@ impl DirFd {
         // cap-std may hold a folder by a path-only handle (`O_PATH`), which
         // cannot be synced: open the folder itself for reading.
         #[cfg(unix)]
-        return self.dir.open_with(".", OpenOptions::new().read(true).maybe_dir(true))?.sync_all();
+        {
+            use cap_fs_ext::OpenOptionsMaybeDirExt;
+            self.dir.open_with(".", OpenOptions::new().read(true).maybe_dir(true))?.sync_all()
+        }
         #[cfg(windows)]
         return Ok(());
     }

@@ -128,6 +128,11 @@ pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow:
 
 /// Reloads certificates, key, CA and policy on each SIGHUP; a broken new
 /// file is refused with a log line and the running configuration stays.
+/// Windows has no SIGHUP: a restart reloads there.
+#[cfg(not(unix))]
+fn spawn_reload_on_sighup(_: Reloader) {}
+
+#[cfg(unix)]
 fn spawn_reload_on_sighup(reloader: Reloader) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("SIGHUP reload unavailable: cannot install the signal handler");
@@ -143,7 +148,14 @@ fn spawn_reload_on_sighup(reloader: Reloader) {
     });
 }
 
+/// Completes on Ctrl-C (Windows has no SIGTERM).
+#[cfg(not(unix))]
+pub async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Completes on SIGINT or SIGTERM.
+#[cfg(unix)]
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

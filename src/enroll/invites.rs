@@ -193,7 +193,7 @@ impl Invites {
         // The rename itself must survive a crash: a redeemed invite that
         // comes back after a power cut could be redeemed twice.
         if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(ctx(), e))?;
+            crate::platform::sync_dir(dir).map_err(|e| Error::io(ctx(), e))?;
         }
         Ok(())
     }
@@ -245,8 +245,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let invites = Invites::in_dir(dir.path());
         invites.add(invite("aa", 3600)).unwrap();
-        let mode = fs::metadata(invites.path()).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        #[cfg(unix)]
+        {
+            let mode = fs::metadata(invites.path()).unwrap().permissions();
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        }
         let wins: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
