@@ -103,3 +103,31 @@ fn the_server_refuses_hostile_paths_on_the_wire_and_keeps_serving() {
     assert!(!work.join("sub/root/.xfer/tmp/x").exists());
     assert_eq!(work.listing("sub/root/.xfer/tmp"), Vec::<String>::new());
 }
+
+/// On a filesystem that folds case (here: told so, as Linux's own does
+/// not), a second name that differs only by case is refused rather than
+/// written over the first, pushing and pulling alike; the first stays.
+#[test]
+fn names_that_differ_only_by_case_are_refused_where_case_folds() {
+    let pki = Pki::new();
+    let work = Dir::new();
+    let folds = [("XFER_FAULT_CASE_INSENSITIVE", "1")];
+    let server = XferServer::start_with_env(&pki, &work.join("root"), &[], &folds);
+    work.write("docs/README", b"upper");
+    work.write("docs/Readme", b"mixed");
+    work.write("docs/other", b"o");
+    let push = client(&pki, "client", work.path(), "push", &server, &["docs"]);
+    push.assert_code(4);
+    assert!(push.stderr().contains("docs/Readme: differs only by case from docs/README"), "{push}");
+    assert_eq!(fs::read(work.join("root/docs/README")).unwrap(), b"upper");
+    assert!(!work.join("root/docs/Readme").exists() && work.join("root/docs/other").exists());
+
+    // The other way: a server (case-sensitive) holds both; the pull's
+    // destination folds case.
+    fs::write(work.join("root/docs/Readme"), b"mixed").unwrap();
+    let pull = client_env(&pki, "client", work.path(), "pull", &server, &["docs", "--out", "got"], &folds);
+    pull.assert_code(4);
+    assert!(pull.stderr().contains("differs only by case from docs/README"), "{pull}");
+    assert_eq!(fs::read(work.join("got/docs/README")).unwrap(), b"upper");
+    assert!(!work.join("got/docs/Readme").exists() && work.join("got/docs/other").exists());
+}

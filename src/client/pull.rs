@@ -78,6 +78,7 @@ impl Client {
                 filter: cfg.filter.clone(),
                 sync_tree: cfg.sync_tree,
                 known_dirs: None,
+                case_names: root.case_names(),
                 totals: Totals::default(),
             };
             for p in remotes {
@@ -139,6 +140,9 @@ struct PullCtx<'a> {
     sync_tree: bool,
     /// A path whose folders were last found to exist.
     known_dirs: Option<WirePath>,
+    /// Paths written, to refuse names that differ only by case where the
+    /// destination's filesystem folds case.
+    case_names: crate::store::CaseNames,
     totals: Totals,
 }
 
@@ -273,6 +277,9 @@ async fn make_link(ctx: &mut PullCtx<'_>, asked: &WirePath, path: &WirePath, tar
     if !crate::links::within(&top, path, target) {
         let why = format!("symbolic link not made: it points outside the tree pulled ({target})");
         return FileReport::skipped(shown, why);
+    }
+    if let Err(e) = ctx.case_names.check(path) {
+        return FileReport::failed(shown, e.message, Class::Refused);
     }
     let (root, p, t) = (ctx.root.clone(), path.clone(), target.to_owned());
     match blocking(move || root.link(&p, &t)).await {
@@ -427,7 +434,11 @@ async fn pull_file(
     let path = remote(&h.path);
     // What a server may write here is bounded: --max-size, and the free
     // space above the reserve (the payload starts at `h.offset`).
-    let limit = match receive_limit(ctx, &h, &path).await {
+    let limit = match ctx.case_names.check(&h.path) {
+        Ok(()) => receive_limit(ctx, &h, &path).await,
+        Err(e) => Err(FileReport::failed(&path, e.message, Class::Refused)),
+    };
+    let limit = match limit {
         Ok(limit) => limit,
         Err(report) => {
             transfer::discard_payload(r, &h).await?;

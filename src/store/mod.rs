@@ -23,10 +23,12 @@ use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
 use crate::walk::Walk;
 
+mod case;
 mod group;
 mod pull;
 mod staged;
 
+pub use case::CaseNames;
 pub use group::{GroupSize, StageFn, Unwritten, Verified, commit_group};
 pub use pull::PullStaging;
 pub use staged::{Near, Staged};
@@ -122,6 +124,8 @@ pub struct Root {
     partial_quota: u64,
     /// Hashes of files under the root, computed once per version.
     hashes: std::sync::Arc<Hashes>,
+    /// Whether its filesystem folds case (probed when opened).
+    folds_case: bool,
 }
 
 impl Root {
@@ -179,14 +183,22 @@ impl Root {
     pub fn open_local(dir: &Path) -> io::Result<Root> {
         fs::create_dir_all(dir)?;
         let path = dir.canonicalize()?;
+        let dir = DirFd::open_path(&path)?;
         Ok(Root {
-            dir: DirFd::open_path(&path)?,
+            folds_case: case::folds_case(&dir),
+            dir,
             path,
             staging: None,
             pull_staging: None,
             partial_quota: partial::DEFAULT_QUOTA,
             hashes: Default::default(),
         })
+    }
+
+    /// A record of one transfer's paths, refusing names that differ only
+    /// by case where this root's filesystem would take them for one.
+    pub fn case_names(&self) -> CaseNames {
+        CaseNames::new(self.folds_case)
     }
 
     /// Room for received data on the staging filesystem: its free space

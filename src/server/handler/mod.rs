@@ -98,6 +98,7 @@ pub(super) async fn serve(
         let key = names.first().cloned().unwrap_or_default();
         let budget = shared.budget_for(&key);
         let shared_after = shared.clone();
+        let case_names = shared.root.case_names();
         let mut conn = Conn {
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
@@ -120,6 +121,7 @@ pub(super) async fn serve(
             offered: (0, 0),
             get_filter: None,
             bad_offer_logged: false,
+            case_names,
             budget,
         };
         let result = conn.run().await;
@@ -211,6 +213,9 @@ struct Conn {
     get_filter: Option<(crate::walk::Filter, Charge)>,
     /// A bad `OFFER` was logged already (the rest are counted quietly).
     bad_offer_logged: bool,
+    /// Paths this connection wrote, to refuse names that differ only by
+    /// case where the root's filesystem folds case.
+    case_names: crate::store::CaseNames,
     /// This client's share of the server's memory budget.
     budget: Budget,
 }
@@ -437,7 +442,7 @@ impl Conn {
             }
             Frame::Link { path, target } => {
                 let (root, p, t) = (self.shared.root.clone(), path.clone(), target.clone());
-                let r = match self.authorize(Perm::Write, &path) {
+                let r = match self.authorize(Perm::Write, &path).and_then(|()| self.case_names.check(&path)) {
                     Ok(()) => blocking(move || root.link(&p, &t)).await,
                     Err(e) => Err(e),
                 };

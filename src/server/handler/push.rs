@@ -216,7 +216,8 @@ impl Conn {
         let size = h.known_size();
         let max = self.shared.max_size.unwrap_or(u64::MAX);
         let (resume, prefix) = self.resume_for(&h)?;
-        let staged = match (self.authorize(Perm::Write, &h.path), size) {
+        let allowed = self.authorize(Perm::Write, &h.path).and_then(|()| self.case_names.check(&h.path));
+        let staged = match (allowed, size) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(size)) if size > max => Err(StoreError {
                 code: ErrorCode::TooLarge,
