@@ -142,8 +142,13 @@ impl DirFd {
     pub fn symlink(&self, target: &str, name: &str) -> io::Result<()> {
         #[cfg(unix)]
         return self.dir.symlink_contents(target, name);
+        // Windows tells links to folders from links to files; what the
+        // target is now decides (resolved beneath this folder only).
         #[cfg(windows)]
-        return self.dir.symlink_file(target, name);
+        return match self.dir.metadata(target) {
+            Ok(m) if m.is_dir() => self.dir.symlink_dir(target, name),
+            _ => self.dir.symlink_file(target, name),
+        };
     }
 
     /// Removes the file (or link) `name`.
@@ -210,7 +215,7 @@ impl DirFd {
     }
 
     /// Makes a FIFO, for tests of what a walk or an open refuses.
-    #[cfg(all(test, unix))]
+    #[cfg(all(test, target_os = "linux"))]
     pub fn make_fifo(&self, name: &str) -> io::Result<()> {
         use std::os::fd::AsFd;
         Ok(rustix::fs::mkfifoat(self.dir.as_fd(), name, rustix::fs::Mode::from_raw_mode(0o600))?)
