@@ -38,7 +38,26 @@ pub fn windows_refusal(component: &str) -> Option<String> {
     if numbered || RESERVED.iter().chain(CONSOLE.iter()).any(|r| r.eq_ignore_ascii_case(stem)) {
         return Some(format!("'{component}': Windows reserves the device name {}", stem.to_ascii_uppercase()));
     }
+    if is_short_name(component) {
+        return Some(format!(
+            "'{component}': has the form of a Windows short (8.3) name, which can name another file or folder \
+             (e.g. XFER~1 for .xfer) past the path rules"
+        ));
+    }
     None
+}
+
+/// The form of the short names Windows makes up for long ones (`PROGRA~1`,
+/// `LONGFI~2.TXT`): at most 8 characters with a `~` and digits at the end,
+/// and an extension of at most 3.
+fn is_short_name(component: &str) -> bool {
+    let (stem, ext) = component.rsplit_once('.').unwrap_or((component, ""));
+    let Some((head, digits)) = stem.rsplit_once('~') else { return false };
+    stem.len() <= 8
+        && ext.len() <= 3
+        && !head.is_empty()
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The first component of `path` Windows cannot hold, with the reason.
@@ -71,10 +90,29 @@ mod tests {
             "a<b",
             "p|q",
             "s*",
+            "XFER~1",
+            "progra~1",
+            "LONGFI~2.TXT",
+            "A~12345",
         ] {
             assert!(windows_refusal(bad).is_some(), "{bad}");
         }
-        for good in ["CONSOLE", "com10", "LPT", "nul_x", "a.b", ".hidden", "café", "x y", "COMA", "com¹¹"] {
+        for good in [
+            "CONSOLE",
+            "com10",
+            "LPT",
+            "nul_x",
+            "a.b",
+            ".hidden",
+            "café",
+            "x y",
+            "COMA",
+            "com¹¹",
+            "~1",
+            "a~b",
+            "file~1.backup",
+            "verylong~1",
+        ] {
             assert!(windows_refusal(good).is_none(), "{good}");
         }
         let p = WirePath::parse("dist/aux.c/main.rs").unwrap();

@@ -80,6 +80,10 @@ impl DirFd {
     /// `create`, when it does not exist. The lock goes with the file.
     pub fn open_locked(&self, name: &OsStr, create: bool) -> io::Result<Option<File>> {
         let Some(f) = self.open_rw(name, create)? else { return Ok(None) };
+        // A FIFO planted under a partial copy's name would block its reader.
+        if !f.metadata()?.is_file() {
+            return Err(not_regular());
+        }
         match f.try_lock() {
             Ok(()) => Ok(Some(f)),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

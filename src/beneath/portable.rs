@@ -55,9 +55,15 @@ impl DirFd {
         }
     }
 
-    /// Creates the folder `name`; false when something is already there.
+    /// Creates the folder `name` (0755 less the umask, as on Linux:
+    /// cap-std's own default is 0777); false when something is already
+    /// there.
     pub fn make_dir(&self, name: &str) -> io::Result<bool> {
-        match self.dir.create_dir(name) {
+        #[allow(unused_mut)] // no modes on Windows
+        let mut b = cap_std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        cap_std::fs::DirBuilderExt::mode(&mut b, 0o755);
+        match self.dir.create_dir_with(name, &b) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e),
@@ -82,7 +88,7 @@ impl DirFd {
     /// a regular file, is refused, checked on the opened handle.
     pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
         let mut o = OpenOptions::new();
-        o.read(true).follow(FollowSymlinks::No);
+        o.read(true).follow(not_a_link_here(self, name)?);
         nonblocking(&mut o);
         let f = self.dir.open_with(name, &o).map_err(|e| self.which_error(name, e))?;
         if !f.metadata()?.is_file() {
@@ -219,6 +225,26 @@ impl DirFd {
     pub fn make_fifo(&self, name: &str) -> io::Result<()> {
         use std::os::fd::AsFd;
         Ok(rustix::fs::mkfifoat(self.dir.as_fd(), name, rustix::fs::Mode::from_raw_mode(0o600))?)
+    }
+}
+
+/// How to open a file for reading without following a link. On Unix,
+/// `O_NOFOLLOW`. On Windows, not following means opening every reparse
+/// point itself, and files compressed by `compact`, deduplicated, or left
+/// in the cloud by OneDrive are reparse points too: their stub would be
+/// read instead of their bytes. There a link is refused by looking first,
+/// and the open follows (cap-std still never resolves a name outside the
+/// root, even if a link is swapped in between).
+#[cfg(unix)]
+fn not_a_link_here(_: &DirFd, _: &OsStr) -> io::Result<FollowSymlinks> {
+    Ok(FollowSymlinks::No)
+}
+
+#[cfg(not(unix))]
+fn not_a_link_here(dir: &DirFd, name: &OsStr) -> io::Result<FollowSymlinks> {
+    match dir.stat(name)? {
+        Some(e) if e.kind == Kind::Symlink => Err(link_refused()),
+        _ => Ok(FollowSymlinks::Yes),
     }
 }
 

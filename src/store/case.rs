@@ -3,29 +3,44 @@
 //! transfer, `Readme` after `README` would silently replace it, so the
 //! second is refused instead.
 //!
-//! Each transfer keeps the paths it wrote, by their case-folded form. The
-//! record is bounded ([`MAX_BYTES`]): past it, it starts over. A sender's
-//! walk is depth-first and sorted, so names that differ only by case come
-//! close together, and a hostile sender gains nothing by evading the check
-//! (it may overwrite whatever it may write anyway).
+//! Each transfer keeps the paths it wrote, by their case-folded form
+//! (Unicode lower case: close to, not exactly, what NTFS and APFS fold).
+//! The record is bounded ([`MAX_BYTES`], and on a server charged to the
+//! peer's share of the memory budget): past either, it starts over. A
+//! sender's walk is depth-first and sorted, so names that differ only by
+//! case come close together, and a hostile sender gains nothing by evading
+//! the check (it may overwrite whatever it may write anyway).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 
 use super::StoreError;
 use crate::beneath::DirFd;
+use crate::budget::{Budget, Charge};
 use crate::protocol::{ErrorCode, WirePath};
 
-/// Memory one transfer's record may hold (paths, twice, plus overhead).
+/// Memory one transfer's record may hold.
 const MAX_BYTES: usize = 1 << 20;
+/// Charged to a budget this much at a time.
+const CHUNK: usize = 64 << 10;
 
 /// The paths one transfer wrote, by their case-folded form; inert where
 /// the filesystem tells case apart.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CaseNames {
     on: bool,
     seen: HashMap<String, WirePath>,
+    /// What `seen` holds, counted generously: both strings, the table's
+    /// slot, its growth and the allocator's rounding.
     bytes: usize,
+    budget: Option<Budget>,
+    charges: Vec<Charge>,
+}
+
+impl std::fmt::Debug for CaseNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseNames").field("on", &self.on).field("paths", &self.seen.len()).finish()
+    }
 }
 
 impl CaseNames {
@@ -33,6 +48,11 @@ impl CaseNames {
     /// or does not fold case.
     pub fn new(insensitive: bool) -> CaseNames {
         CaseNames { on: insensitive, ..CaseNames::default() }
+    }
+
+    /// The same, its memory charged to `budget` (a server's peer's share).
+    pub fn charged_to(self, budget: Budget) -> CaseNames {
+        CaseNames { budget: Some(budget), ..self }
     }
 
     /// Refuses `p` when this transfer already wrote a path that differs
@@ -54,14 +74,33 @@ impl CaseNames {
             }
             return Ok(());
         }
-        let cost = 2 * p.as_str().len() + 64;
-        if self.bytes + cost > MAX_BYTES {
-            self.seen.clear();
+        let cost = 2 * (folded.len() + p.as_str().len()) + 128;
+        if !self.room_for(cost) {
+            self.seen = HashMap::new();
+            self.charges.clear();
             self.bytes = 0;
+            if !self.room_for(cost) {
+                return Ok(()); // no memory for even one: unchecked
+            }
         }
         self.bytes += cost;
         self.seen.insert(folded, p.clone());
         Ok(())
+    }
+
+    /// Whether `cost` more bytes fit, charging the budget as needed.
+    fn room_for(&mut self, cost: usize) -> bool {
+        if self.bytes + cost > MAX_BYTES {
+            return false;
+        }
+        let Some(budget) = &self.budget else { return true };
+        while self.bytes + cost > self.charges.len() * CHUNK {
+            match budget.try_charge(CHUNK) {
+                Some(c) => self.charges.push(c),
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -108,12 +147,21 @@ mod tests {
     }
 
     #[test]
-    fn the_record_stays_bounded() {
+    fn the_record_stays_bounded_and_within_its_budget() {
         let mut folds = CaseNames::new(true);
         for i in 0..20_000 {
             folds.check(&p(&format!("some/long/folder/name/file-{i:06}"))).unwrap();
         }
         assert!(folds.bytes <= MAX_BYTES);
+        let budget = Budget::new(3 * CHUNK);
+        let mut charged = CaseNames::new(true).charged_to(budget.clone());
+        for i in 0..20_000 {
+            charged.check(&p(&format!("some/long/folder/name/file-{i:06}"))).unwrap();
+            assert!(charged.bytes <= 3 * CHUNK);
+        }
+        charged.check(&p("some/long/folder/name/FILE-019999")).unwrap_err();
+        drop(charged);
+        assert!(budget.try_charge(3 * CHUNK).is_some(), "everything is given back");
     }
 
     #[test]

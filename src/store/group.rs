@@ -152,6 +152,15 @@ pub fn commit_group(files: Vec<Verified>, folders: &[DirFd]) -> (Vec<(WirePath, 
 fn install_durably(files: Vec<Staged>, folders: &[DirFd]) -> (Vec<(WirePath, Result<()>)>, Result<()>) {
     let mut filesystems: Vec<(u64, DirFd)> = Vec::new();
     for dir in files.iter().flat_map(|f| [&f.tmp_dir, &f.dir]).chain(folders) {
+        // Folders are synced one by one without syncfs: the targets' only,
+        // as a temporary name that comes back after a crash in the staging
+        // folder is cleared when the server starts.
+        if !SYNCS_FILESYSTEM
+            && files.iter().any(|f| f.tmp_dir.same_handle(dir))
+            && !files.iter().any(|f| f.dir.same_handle(dir))
+        {
+            continue;
+        }
         if !SYNCS_FILESYSTEM {
             if !filesystems.iter().any(|(_, d)| d.same_handle(dir)) {
                 filesystems.push((0, dir.clone()));

@@ -83,7 +83,10 @@ impl Staged {
     pub fn commit(mut self, mode: u32, mtime: Timestamp) -> Result<()> {
         self.prepare(mode, mtime)?;
         let path = self.path.clone();
-        self.open_file()?.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        if crate::beneath::SYNCS_FILESYSTEM {
+            // (Without syncfs, prepare synced it already.)
+            self.open_file()?.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        }
         let dir = self.dir.clone();
         let path = self.path.clone();
         self.install()?;

@@ -98,7 +98,7 @@ pub(super) async fn serve(
         let key = names.first().cloned().unwrap_or_default();
         let budget = shared.budget_for(&key);
         let shared_after = shared.clone();
-        let case_names = shared.root.case_names();
+        let case_names = shared.root.case_names().charged_to(budget.clone());
         let mut conn = Conn {
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
