@@ -79,6 +79,7 @@ pub mod hashes;
 pub mod links;
 pub mod meter;
 pub mod names;
+pub mod objects;
 pub mod partial;
 pub mod pki;
 pub mod platform;

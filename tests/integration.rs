@@ -20,6 +20,7 @@ mod kill_loop;
 mod limits;
 mod links;
 mod load;
+mod objects;
 mod paths;
 mod policy;
 mod protocol;

@@ -78,7 +78,7 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> StoreError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> StoreError {
         StoreError { code, message: message.into() }
     }
 

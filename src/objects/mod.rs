@@ -1,0 +1,335 @@
+//! Storage in an S3-compatible bucket (issue 15's object-store side):
+//! where `serve --store s3://BUCKET/PREFIX` will keep files, with the same
+//! promises as a local root. A file becomes visible only whole and only
+//! after its size and BLAKE3 matched: large files stream into a multipart
+//! upload (parts in flight while the next arrive) that is completed only
+//! after the check and aborted otherwise; small ones wait in memory and go
+//! in one `PUT` after the check. Wire paths map to keys under the prefix
+//! (`PREFIX/a/b.txt`); xfer's own state lives under `PREFIX/.xfer/`.
+//!
+//! The client is `object_store` (Apache Arrow's): it signs with aws-lc-rs,
+//! as the rest of xfer does, runs on tokio, and exposes multipart uploads
+//! by id (`MultipartStore`), which resuming on another server needs.
+//! Credentials come from the standard `AWS_*` variables and never reach a
+//! message: errors are described by their kind and the key involved.
+
+use std::sync::Arc;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload};
+use tokio::task::JoinSet;
+
+use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
+use crate::store::StoreError;
+
+mod location;
+pub use location::Location;
+
+const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
+
+/// Bytes per part of a multipart upload: S3's minimum is 5 MiB for every
+/// part but the last; files smaller than one part go in a single `PUT`.
+pub const PART: usize = 8 << 20;
+/// Parts of one upload in flight at once (memory: this many parts plus the
+/// one filling).
+const IN_FLIGHT: usize = 4;
+
+/// What to reach a store with, beyond the `AWS_*` environment (which
+/// fills whatever is `None`). Keys are never taken from a command line,
+/// where other users of the machine could read them.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// `http://host:port` or `https://…`; plain HTTP is allowed only when
+    /// asked for this way (or by `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Access key id and secret (tests; `serve` takes the environment's).
+    pub keys: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.keys.as_ref().map(|(id, _)| format!("{id} (secret withheld)"));
+        f.debug_struct("Access")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("keys", &keys)
+            .finish()
+    }
+}
+
+/// A bucket and the prefix under it, ready to use.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<AmazonS3>,
+    location: Location,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bucket({})", self.location)
+    }
+}
+
+impl Bucket {
+    /// A client for `location`, configured from the `AWS_*` environment
+    /// (keys, region, `AWS_ENDPOINT_URL`), what `access` names overriding
+    /// it. Nothing is contacted yet: see [`Bucket::check`].
+    pub fn open(location: Location, access: &Access) -> Result<Bucket, StoreError> {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+        if let Some(e) = &access.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &access.region {
+            b = b.with_region(r);
+        }
+        if let Some((id, secret)) = &access.keys {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+        }
+        let endpoint = access.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if endpoint.is_some_and(|e| e.starts_with("http://")) {
+            b = b.with_allow_http(true);
+        }
+        let store = b.build().map_err(|e| StoreError::new(ErrorCode::Io, format!("{location}: {}", brief(&e))))?;
+        Ok(Bucket { store: Arc::new(store), location })
+    }
+
+    /// Lists the prefix once, so that a store that is down, a missing
+    /// bucket or refused credentials stop `serve` at start, said plainly.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let root = self.key(&WirePath::root());
+        self.store.list_with_delimiter(Some(&root)).await.map(|_| ()).map_err(|e| {
+            let text = e.to_string();
+            let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+            let why = match &e {
+                object_store::Error::NotFound { .. } => "the bucket does not exist".to_owned(),
+                _ if has(&["NoSuchBucket"]) => "the bucket does not exist".to_owned(),
+                object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                    CREDENTIALS.to_owned()
+                }
+                _ if has(&["403 Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"]) => {
+                    CREDENTIALS.to_owned()
+                }
+                _ if has(&["error sending request", "onnection refused", "dns error"]) => {
+                    "the store did not answer (is the endpoint right? AWS_ENDPOINT_URL or --endpoint)".to_owned()
+                }
+                other => brief(other),
+            };
+            StoreError::new(ErrorCode::Io, format!("cannot use {}: {why}", self.location))
+        })
+    }
+
+    /// The key of a wire path.
+    pub fn key(&self, p: &WirePath) -> Key {
+        let prefix = self.location.prefix.trim_matches('/');
+        match (prefix.is_empty(), p.is_root()) {
+            (true, _) => Key::from(p.as_str()),
+            (false, true) => Key::from(prefix),
+            (false, false) => Key::from(format!("{prefix}/{}", p.as_str())),
+        }
+    }
+
+    /// Starts receiving `p`; nothing is visible until [`Upload::finish`].
+    pub fn upload(&self, p: &WirePath, mode: u32, mtime: Timestamp) -> Upload {
+        Upload {
+            bucket: self.clone(),
+            key: self.key(p),
+            path: p.clone(),
+            attributes: attributes(mode, mtime),
+            multipart: None,
+            filling: Vec::new(),
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// The files and folders directly in the folder `dir`, sorted.
+    pub async fn list(&self, dir: &WirePath) -> Result<Vec<ListEntry>, StoreError> {
+        let key = self.key(dir);
+        let listed = self.store.list_with_delimiter(Some(&key)).await.map_err(|e| store_error(dir, &e))?;
+        let name = |k: &Key| k.filename().map(str::to_owned);
+        let mut out = Vec::new();
+        for folder in &listed.common_prefixes {
+            if let Some(n) = name(folder).filter(|n| !(dir.is_root() && n == crate::store::STAGING_DIR)) {
+                let path = dir.join(&n).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
+                out.push(ListEntry { path, size: 0, mtime: Timestamp::default(), is_dir: true });
+            }
+        }
+        for o in &listed.objects {
+            let Some(n) = name(&o.location) else { continue };
+            let path = dir.join(&n).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
+            let secs = o.last_modified.timestamp();
+            out.push(ListEntry { path, size: o.size, mtime: Timestamp { secs, nanos: 0 }, is_dir: false });
+        }
+        out.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+        Ok(out)
+    }
+
+    /// The whole content of the file `p` (tests and small reads; pulls will
+    /// stream ranges).
+    pub async fn read(&self, p: &WirePath) -> Result<bytes::Bytes, StoreError> {
+        let got = self.store.get(&self.key(p)).await.map_err(|e| store_error(p, &e))?;
+        got.bytes().await.map_err(|e| store_error(p, &e))
+    }
+
+    /// Bytes `range` of the file `p` (a pull resuming).
+    pub async fn read_range(&self, p: &WirePath, range: std::ops::Range<u64>) -> Result<bytes::Bytes, StoreError> {
+        self.store.get_range(&self.key(p), range).await.map_err(|e| store_error(p, &e))
+    }
+
+    /// Removes the file `p`.
+    pub async fn remove(&self, p: &WirePath) -> Result<(), StoreError> {
+        self.store.delete(&self.key(p)).await.map_err(|e| store_error(p, &e))
+    }
+}
+
+/// Metadata kept with each object: what a local file keeps in its inode.
+fn attributes(mode: u32, mtime: Timestamp) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert(Attribute::Metadata("xfer-mode".into()), format!("{:o}", mode & 0o755).into());
+    a.insert(Attribute::Metadata("xfer-mtime".into()), format!("{}.{:09}", mtime.secs, mtime.nanos).into());
+    a
+}
+
+/// A file being received into the bucket.
+pub struct Upload {
+    bucket: Bucket,
+    key: Key,
+    path: WirePath,
+    attributes: Attributes,
+    /// The multipart upload, once the file outgrew one part.
+    multipart: Option<String>,
+    /// The part being filled.
+    filling: Vec<u8>,
+    /// Finished parts, by index.
+    parts: Vec<Option<PartId>>,
+    in_flight: JoinSet<(usize, object_store::Result<PartId>)>,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl Upload {
+    /// Appends payload bytes; full parts go out while the next fill.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        while !data.is_empty() {
+            let n = data.len().min(PART - self.filling.len());
+            self.filling.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.filling.len() == PART {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the filled part, waiting first while too many are in flight.
+    async fn send_part(&mut self) -> Result<(), StoreError> {
+        let id = match &self.multipart {
+            Some(id) => id.clone(),
+            None => {
+                let opts = PutMultipartOptions { attributes: self.attributes.clone(), ..Default::default() };
+                let id = self.bucket.store.create_multipart_opts(&self.key, opts).await;
+                let id = id.map_err(|e| store_error(&self.path, &e))?;
+                self.multipart = Some(id.clone());
+                id
+            }
+        };
+        while self.in_flight.len() >= IN_FLIGHT {
+            self.collect_one().await?;
+        }
+        let index = self.parts.len();
+        self.parts.push(None);
+        let data = PutPayload::from(std::mem::take(&mut self.filling));
+        let (store, key) = (self.bucket.store.clone(), self.key.clone());
+        self.in_flight.spawn(async move { (index, store.put_part(&key, &id, index, data).await) });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<(), StoreError> {
+        let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
+        let (index, part) = joined.map_err(|e| StoreError::new(ErrorCode::Io, format!("{}: {e}", self.path)))?;
+        self.parts[index] = Some(part.map_err(|e| store_error(&self.path, &e))?);
+        Ok(())
+    }
+
+    /// Checks the size and BLAKE3 the sender announced against what
+    /// arrived; only if both match does the object appear (the multipart
+    /// upload completed, or the single `PUT` made). Otherwise the upload
+    /// is aborted and nothing appears.
+    pub async fn finish(mut self, size: u64, blake3: [u8; 32]) -> Result<(), StoreError> {
+        let got = *self.hasher.finalize().as_bytes();
+        if self.size != size || got != blake3 {
+            let message = format!("{}: the data does not match the sender's size and BLAKE3; not stored", self.path);
+            self.abort().await;
+            return Err(StoreError::new(ErrorCode::Integrity, message));
+        }
+        let Some(id) = self.multipart.clone() else {
+            let opts = PutOptions { attributes: self.attributes.clone(), ..Default::default() };
+            let data = PutPayload::from(std::mem::take(&mut self.filling));
+            let put = self.bucket.store.put_opts(&self.key, data, opts).await;
+            return put.map(|_| ()).map_err(|e| store_error(&self.path, &e));
+        };
+        if !self.filling.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.collect_one().await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
+        let parts: Vec<PartId> = self.parts.iter().flatten().cloned().collect();
+        let done = self.bucket.store.complete_multipart(&self.key, &id, parts).await;
+        if let Err(e) = done {
+            let e = store_error(&self.path, &e);
+            self.abort().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives up: parts in flight are stopped and the upload is aborted, so
+    /// the store keeps nothing of it.
+    pub async fn abort(mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(id) = self.multipart.take() {
+            let _ = self.bucket.store.abort_multipart(&self.key, &id).await;
+        }
+    }
+}
+
+/// An object-store failure on `p`, as the store layer's errors.
+fn store_error(p: &WirePath, e: &object_store::Error) -> StoreError {
+    let code = match e {
+        object_store::Error::NotFound { .. } => ErrorCode::NotFound,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => ErrorCode::Denied,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => ErrorCode::Conflict,
+        _ => ErrorCode::Io,
+    };
+    StoreError::new(code, format!("{p}: {}", brief(e)))
+}
+
+/// An error in a line: S3's own code and message when the store sent
+/// them, else the first line, without a request's query string (which can
+/// carry a signature).
+fn brief(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let tag = |t: &str| {
+        let start = text.find(&format!("<{t}>"))? + t.len() + 2;
+        let end = text[start..].find(&format!("</{t}>"))? + start;
+        Some(text[start..end].to_owned())
+    };
+    let line = match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => text.lines().next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned(),
+    };
+    crate::text::escape(&line).into_owned()
+}

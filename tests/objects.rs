@@ -1,0 +1,117 @@
+//! The object-store side of storage against a real 3-node Garage cluster:
+//! verified uploads appear whole or not at all, whichever node is asked.
+
+use xfer::objects::{Bucket, PART};
+use xfer::protocol::{ErrorCode, Timestamp, WirePath};
+
+use crate::support::garage::Garage;
+use crate::support::random_bytes;
+
+fn p(s: &str) -> WirePath {
+    WirePath::parse(s).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+async fn put(b: &Bucket, path: &str, data: &[u8], chunk: usize) -> Result<(), xfer::store::StoreError> {
+    let mut up = b.upload(&p(path), 0o644, Timestamp { secs: 1_700_000_000, nanos: 7 });
+    for piece in data.chunks(chunk.max(1)) {
+        up.write(piece).await?;
+    }
+    up.finish(data.len() as u64, *blake3::hash(data).as_bytes()).await
+}
+
+#[test]
+fn verified_uploads_appear_whole_through_every_node_and_bad_ones_never() {
+    let g = Garage::start();
+    let (one, two) = (g.bucket("ci", 1), g.bucket("ci", 2));
+    rt().block_on(async {
+        one.check().await.unwrap();
+        // Three parts and a tail (multipart), and a small file (one PUT).
+        let big = random_bytes(3 * PART + 12_345, 1);
+        put(&one, "dist/app.bin", &big, 1 << 20).await.unwrap();
+        put(&one, "dist/notes.txt", b"small", 3).await.unwrap();
+        assert_eq!(two.read(&p("dist/app.bin")).await.unwrap(), big, "read back through another node");
+        assert_eq!(two.read_range(&p("dist/app.bin"), 5..9).await.unwrap(), big[5..9]);
+        let names: Vec<String> = two.list(&p("dist")).await.unwrap().into_iter().map(|e| e.path.to_string()).collect();
+        assert_eq!(names, ["dist/app.bin", "dist/notes.txt"]);
+        let top = two.list(&WirePath::root()).await.unwrap();
+        assert!(top.len() == 1 && top[0].is_dir && top[0].path.as_str() == "dist", "{top:?}");
+
+        // A payload whose BLAKE3 disagrees: refused, and the earlier
+        // version stays, whole.
+        let other = random_bytes(2 * PART + 1, 2);
+        let mut up = one.upload(&p("dist/app.bin"), 0o644, Timestamp::default());
+        up.write(&other).await.unwrap();
+        let e = up.finish(other.len() as u64, [0; 32]).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Integrity);
+        assert_eq!(two.read(&p("dist/app.bin")).await.unwrap(), big);
+        let e = put(&one, "dist/short.txt", b"abc", 1).await.map(|_| ());
+        assert!(e.is_ok());
+        let mut up = one.upload(&p("dist/never.txt"), 0o644, Timestamp::default());
+        up.write(b"abc").await.unwrap();
+        assert_eq!(up.finish(4, *blake3::hash(b"abc").as_bytes()).await.unwrap_err().code, ErrorCode::Integrity);
+        assert_eq!(two.read(&p("dist/never.txt")).await.unwrap_err().code, ErrorCode::NotFound);
+
+        two.remove(&p("dist/short.txt")).await.unwrap();
+        assert_eq!(one.read(&p("dist/short.txt")).await.unwrap_err().code, ErrorCode::NotFound);
+    });
+}
+
+#[test]
+fn concurrent_uploads_of_one_path_through_two_nodes_leave_one_whole_version() {
+    let g = Garage::start();
+    let (one, two) = (g.bucket("race", 1), g.bucket("race", 3));
+    let (a, b) = (random_bytes(2 * PART + 99, 3), random_bytes(2 * PART + 7, 4));
+    rt().block_on(async {
+        let (ra, rb) = tokio::join!(put(&one, "same", &a, 256 << 10), put(&two, "same", &b, 256 << 10));
+        ra.unwrap();
+        rb.unwrap();
+        let got = one.read(&p("same")).await.unwrap();
+        assert!(got == a || got == b, "a mix of two uploads: {} bytes", got.len());
+    });
+}
+
+#[test]
+fn an_upload_survives_a_killed_node_and_a_store_that_refuses_is_said_plainly() {
+    let g = Garage::start();
+    let (one, three) = (g.bucket("kill", 1), g.bucket("kill", 3));
+    rt().block_on(async {
+        let data = random_bytes(4 * PART, 5);
+        let mut up = one.upload(&p("big"), 0o644, Timestamp::default());
+        up.write(&data[..2 * PART]).await.unwrap();
+        g.kill(2); // replication 3: two nodes still hold a quorum
+        up.write(&data[2 * PART..]).await.unwrap();
+        up.finish(data.len() as u64, *blake3::hash(&data).as_bytes()).await.unwrap();
+        assert_eq!(three.read(&p("big")).await.unwrap(), data);
+
+        let missing = Bucket::open(
+            "s3://no-such-bucket".parse().unwrap(),
+            &xfer::objects::Access {
+                endpoint: Some(g.endpoint(1)),
+                region: Some("garage".into()),
+                keys: Some((g.env["AWS_ACCESS_KEY_ID"].clone(), g.env["AWS_SECRET_ACCESS_KEY"].clone())),
+            },
+        )
+        .unwrap();
+        let e = missing.check().await.unwrap_err();
+        assert_eq!(e.message, "cannot use s3://no-such-bucket: the bucket does not exist");
+        let wrong = Bucket::open(
+            "s3://xfer".parse().unwrap(),
+            &xfer::objects::Access {
+                endpoint: Some(g.endpoint(1)),
+                region: Some("garage".into()),
+                keys: Some(("GK00000000000000000000000".into(), "0".repeat(64))),
+            },
+        )
+        .unwrap();
+        let e = wrong.check().await.unwrap_err();
+        assert!(!e.message.contains(&"0".repeat(64)), "a secret in a message: {}", e.message);
+        assert!(e.message.contains("credentials were refused"), "{}", e.message);
+        g.kill(1);
+        let e = one.check().await.unwrap_err();
+        assert!(e.message.contains("the store did not answer"), "{}", e.message);
+    });
+}
