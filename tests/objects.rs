@@ -16,7 +16,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn put(b: &Bucket, path: &str, data: &[u8], chunk: usize) -> Result<(), xfer::store::StoreError> {
-    let mut up = b.upload(&p(path), 0o644, Timestamp { secs: 1_700_000_000, nanos: 7 });
+    let mut up = b.upload(&p(path), 0o644, Timestamp { secs: 1_700_000_000, nanos: 7 }, None);
     for piece in data.chunks(chunk.max(1)) {
         up.write(piece).await?;
     }
@@ -43,14 +43,14 @@ fn verified_uploads_appear_whole_through_every_node_and_bad_ones_never() {
         // A payload whose BLAKE3 disagrees: refused, and the earlier
         // version stays, whole.
         let other = random_bytes(2 * PART + 1, 2);
-        let mut up = one.upload(&p("dist/app.bin"), 0o644, Timestamp::default());
+        let mut up = one.upload(&p("dist/app.bin"), 0o644, Timestamp::default(), None);
         up.write(&other).await.unwrap();
         let e = up.finish(other.len() as u64, [0; 32]).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Integrity);
         assert_eq!(two.read(&p("dist/app.bin")).await.unwrap(), big);
         let e = put(&one, "dist/short.txt", b"abc", 1).await.map(|_| ());
         assert!(e.is_ok());
-        let mut up = one.upload(&p("dist/never.txt"), 0o644, Timestamp::default());
+        let mut up = one.upload(&p("dist/never.txt"), 0o644, Timestamp::default(), None);
         up.write(b"abc").await.unwrap();
         assert_eq!(up.finish(4, *blake3::hash(b"abc").as_bytes()).await.unwrap_err().code, ErrorCode::Integrity);
         assert_eq!(two.read(&p("dist/never.txt")).await.unwrap_err().code, ErrorCode::NotFound);
@@ -80,7 +80,7 @@ fn an_upload_survives_a_killed_node_and_a_store_that_refuses_is_said_plainly() {
     let (one, three) = (g.bucket("kill", 1), g.bucket("kill", 3));
     rt().block_on(async {
         let data = random_bytes(4 * PART, 5);
-        let mut up = one.upload(&p("big"), 0o644, Timestamp::default());
+        let mut up = one.upload(&p("big"), 0o644, Timestamp::default(), None);
         up.write(&data[..2 * PART]).await.unwrap();
         g.kill(2); // replication 3: two nodes still hold a quorum
         up.write(&data[2 * PART..]).await.unwrap();
@@ -113,5 +113,45 @@ fn an_upload_survives_a_killed_node_and_a_store_that_refuses_is_said_plainly() {
         g.kill(1);
         let e = one.check().await.unwrap_err();
         assert!(e.message.contains("the store did not answer"), "{}", e.message);
+    });
+}
+
+/// A push cut off after some parts (its server gone) is finished through
+/// another node from the state kept in the bucket: the prefix offered is
+/// the stored parts' BLAKE3, merged without reading them back, and the
+/// object is identical. An abandoned one is expired, its upload aborted.
+#[test]
+fn an_interrupted_upload_resumes_through_another_node_and_an_abandoned_one_expires() {
+    let g = Garage::start();
+    let (one, three) = (g.bucket("resume", 1), g.bucket("resume", 3));
+    let data = random_bytes(3 * PART + 4_321, 6);
+    let mtime = Timestamp { secs: 1_700_000_000, nanos: 1 };
+    let id = || xfer::partial::PartialId::new("runner-1", &p("dist/big.bin"), data.len() as u64, mtime);
+    rt().block_on(async {
+        let mut up = one.upload(&p("dist/big.bin"), 0o644, mtime, Some(id()));
+        up.write(&data[..2 * PART + 100]).await.unwrap();
+        up.suspend().await; // the connection is cut: what arrived is kept
+        let r = three.partial(&id()).await.expect("a partial upload is kept");
+        assert!(r.offset > 0 && r.offset % PART as u64 == 0, "{}", r.offset);
+        assert_eq!(r.prefix, *blake3::hash(&data[..r.offset as usize]).as_bytes());
+        assert!(
+            three.partial(&xfer::partial::PartialId::new("runner-1", &p("dist/big.bin"), 5, mtime)).await.is_none()
+        );
+        let offset = r.offset as usize;
+        let mut up = three.resume(id(), r, 0o644, mtime);
+        up.write(&data[offset..]).await.unwrap();
+        up.finish(data.len() as u64, *blake3::hash(&data).as_bytes()).await.unwrap();
+        assert_eq!(one.read(&p("dist/big.bin")).await.unwrap(), data);
+        assert!(one.partial(&id()).await.is_none(), "a finished upload leaves no state");
+
+        let left = xfer::partial::PartialId::new("runner-2", &p("dist/left.bin"), data.len() as u64, mtime);
+        let mut up = one.upload(&p("dist/left.bin"), 0o644, mtime, Some(left.clone()));
+        up.write(&data[..2 * PART + 1]).await.unwrap();
+        up.suspend().await;
+        assert!(one.partial(&left).await.is_some());
+        assert_eq!(one.expire_partials(std::time::Duration::from_secs(3600)).await, 0, "young ones stay");
+        assert_eq!(one.expire_partials(std::time::Duration::ZERO).await, 1);
+        assert!(one.partial(&left).await.is_none());
+        assert_eq!(one.read(&p("dist/left.bin")).await.unwrap_err().code, ErrorCode::NotFound);
     });
 }

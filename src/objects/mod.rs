@@ -21,11 +21,15 @@ use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload};
 use tokio::task::JoinSet;
 
+use crate::partial::PartialId;
 use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
 use crate::store::StoreError;
 
 mod location;
+mod partial;
+mod tree;
 pub use location::Location;
+pub use partial::Resumable;
 
 const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
@@ -132,8 +136,15 @@ impl Bucket {
     }
 
     /// Starts receiving `p`; nothing is visible until [`Upload::finish`].
-    pub fn upload(&self, p: &WirePath, mode: u32, mtime: Timestamp) -> Upload {
+    /// With `partial`, what is stored is also kept in the bucket as it
+    /// goes, so that an interrupted upload can be resumed by any server
+    /// ([`Bucket::partial`], [`Bucket::resume`]).
+    pub fn upload(&self, p: &WirePath, mode: u32, mtime: Timestamp, partial: Option<PartialId>) -> Upload {
+        debug_assert!(partial.as_ref().is_none_or(|id| id.path == p.as_str()), "a partial id names its own path");
         Upload {
+            partial,
+            first: None,
+            saved: 0,
             bucket: self.clone(),
             key: self.key(p),
             path: p.clone(),
@@ -141,10 +152,23 @@ impl Bucket {
             multipart: None,
             filling: Vec::new(),
             parts: Vec::new(),
+            cvs: Vec::new(),
             in_flight: JoinSet::new(),
-            hasher: blake3::Hasher::new(),
             size: 0,
         }
+    }
+
+    /// Continues the partial upload `r` of `id`'s file at `r.offset`.
+    pub fn resume(&self, id: PartialId, r: Resumable, mode: u32, mtime: Timestamp) -> Upload {
+        let p = WirePath::parse(&id.path).expect("a partial's path was a wire path");
+        let mut up = self.upload(&p, mode, mtime, Some(id));
+        up.saved = r.parts.len();
+        up.parts = r.parts.into_iter().map(Some).collect();
+        up.cvs = r.cvs;
+        up.first = Some(r.first);
+        up.multipart = Some(r.upload);
+        up.size = r.offset;
+        up
     }
 
     /// The files and folders directly in the folder `dir`, sorted.
@@ -197,6 +221,12 @@ fn attributes(mode: u32, mtime: Timestamp) -> Attributes {
 
 /// A file being received into the bucket.
 pub struct Upload {
+    /// Keep its state in the bucket, as this partial upload.
+    partial: Option<PartialId>,
+    /// The BLAKE3 of the first part alone.
+    first: Option<[u8; 32]>,
+    /// Parts recorded in the saved state.
+    saved: usize,
     bucket: Bucket,
     key: Key,
     path: WirePath,
@@ -207,23 +237,25 @@ pub struct Upload {
     filling: Vec<u8>,
     /// Finished parts, by index.
     parts: Vec<Option<PartId>>,
+    /// Each sent part's BLAKE3 chaining value, by index ([`tree`]).
+    cvs: Vec<blake3::hazmat::ChainingValue>,
     in_flight: JoinSet<(usize, object_store::Result<PartId>)>,
-    hasher: blake3::Hasher,
     size: u64,
 }
 
 impl Upload {
-    /// Appends payload bytes; full parts go out while the next fill.
+    /// Appends payload bytes; full parts go out while the next fill. A
+    /// full part waits for one more byte, so that a file of one part is a
+    /// single `PUT` and a multipart file has at least two parts.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(data);
         self.size += data.len() as u64;
         while !data.is_empty() {
-            let n = data.len().min(PART - self.filling.len());
-            self.filling.extend_from_slice(&data[..n]);
-            data = &data[n..];
             if self.filling.len() == PART {
                 self.send_part().await?;
             }
+            let n = data.len().min(PART - self.filling.len());
+            self.filling.extend_from_slice(&data[..n]);
+            data = &data[n..];
         }
         Ok(())
     }
@@ -245,16 +277,41 @@ impl Upload {
         }
         let index = self.parts.len();
         self.parts.push(None);
+        self.cvs.push(tree::part_cv(index as u64 * PART as u64, &self.filling));
+        if index == 0 {
+            self.first = Some(*blake3::hash(&self.filling).as_bytes());
+        }
         let data = PutPayload::from(std::mem::take(&mut self.filling));
         let (store, key) = (self.bucket.store.clone(), self.key.clone());
         self.in_flight.spawn(async move { (index, store.put_part(&key, &id, index, data).await) });
+        self.collect_ready().await
+    }
+
+    /// Records the parts that finished meanwhile, without waiting.
+    async fn collect_ready(&mut self) -> Result<(), StoreError> {
+        while let Some(joined) = self.in_flight.try_join_next() {
+            let (index, part) = joined.map_err(|e| StoreError::new(ErrorCode::Io, format!("{}: {e}", self.path)))?;
+            self.parts[index] = Some(part.map_err(|e| store_error(&self.path, &e))?);
+        }
+        self.save_state().await;
         Ok(())
+    }
+
+    /// The sender went away: the parts in flight are let finish and kept,
+    /// so that a later attempt (through any server) resumes after them.
+    pub async fn suspend(mut self) {
+        while !self.in_flight.is_empty() {
+            if self.collect_one().await.is_err() {
+                break;
+            }
+        }
     }
 
     async fn collect_one(&mut self) -> Result<(), StoreError> {
         let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
         let (index, part) = joined.map_err(|e| StoreError::new(ErrorCode::Io, format!("{}: {e}", self.path)))?;
         self.parts[index] = Some(part.map_err(|e| store_error(&self.path, &e))?);
+        self.save_state().await;
         Ok(())
     }
 
@@ -263,7 +320,13 @@ impl Upload {
     /// upload completed, or the single `PUT` made). Otherwise the upload
     /// is aborted and nothing appears.
     pub async fn finish(mut self, size: u64, blake3: [u8; 32]) -> Result<(), StoreError> {
-        let got = *self.hasher.finalize().as_bytes();
+        if self.multipart.is_some() && !self.filling.is_empty() {
+            self.send_part().await?;
+        }
+        let got = match self.multipart {
+            None => *blake3::hash(&self.filling).as_bytes(),
+            Some(_) => tree::root(&self.cvs, PART as u64, self.size),
+        };
         if self.size != size || got != blake3 {
             let message = format!("{}: the data does not match the sender's size and BLAKE3; not stored", self.path);
             self.abort().await;
@@ -275,9 +338,6 @@ impl Upload {
             let put = self.bucket.store.put_opts(&self.key, data, opts).await;
             return put.map(|_| ()).map_err(|e| store_error(&self.path, &e));
         };
-        if !self.filling.is_empty() {
-            self.send_part().await?;
-        }
         while !self.in_flight.is_empty() {
             if let Err(e) = self.collect_one().await {
                 self.abort().await;
@@ -291,6 +351,7 @@ impl Upload {
             self.abort().await;
             return Err(e);
         }
+        self.drop_state().await;
         Ok(())
     }
 
@@ -299,6 +360,7 @@ impl Upload {
     pub async fn abort(mut self) {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
+        self.drop_state().await;
         if let Some(id) = self.multipart.take() {
             let _ = self.bucket.store.abort_multipart(&self.key, &id).await;
         }

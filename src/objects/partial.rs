@@ -1,0 +1,156 @@
+//! Partial uploads that outlive the server receiving them. What a server
+//! knows of an interrupted push lives in the bucket, under
+//! `PREFIX/.xfer/partial/NAME.json` (NAME as for a local partial copy: the
+//! sender and the path): the multipart upload's id, the parts stored so
+//! far, and each part's BLAKE3 chaining value. Any server on the bucket
+//! can then offer the verified prefix (its BLAKE3 merged from the chaining
+//! values, nothing read back) and finish the upload.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blake3::hazmat::ChainingValue;
+use futures_util::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{Bucket, PART, Upload, tree};
+use crate::partial::PartialId;
+use crate::protocol::WirePath;
+
+/// What is kept of one interrupted upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct State {
+    peer: String,
+    path: String,
+    size: u64,
+    mtime: (i64, u32),
+    upload: String,
+    /// Stored parts, in order, with their chaining values (hex).
+    parts: Vec<(String, String)>,
+    /// The BLAKE3 of the first part alone (a prefix of one part).
+    first: String,
+}
+
+/// A partial upload another attempt can continue.
+#[derive(Debug)]
+pub struct Resumable {
+    /// Bytes stored, all verified.
+    pub offset: u64,
+    /// Their BLAKE3.
+    pub prefix: [u8; 32],
+    pub(super) upload: String,
+    pub(super) parts: Vec<PartId>,
+    pub(super) cvs: Vec<ChainingValue>,
+    pub(super) first: [u8; 32],
+}
+
+impl Bucket {
+    fn partial_key(&self, id: &PartialId) -> Key {
+        let dir = WirePath::root().join(crate::store::STAGING_DIR).and_then(|d| d.join("partial"));
+        let name = format!("{}.json", id.data_name());
+        self.key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
+    }
+
+    /// The partial upload kept for `id`, if one is kept for this very
+    /// version of the file (same size and mtime).
+    pub async fn partial(&self, id: &PartialId) -> Option<Resumable> {
+        let bytes = self.store.get(&self.partial_key(id)).await.ok()?.bytes().await.ok()?;
+        let s: State = serde_json::from_slice(&bytes).ok()?;
+        let mtime = id.mtime();
+        if (s.peer.as_str(), s.path.as_str(), s.size, s.mtime)
+            != (&*id.peer, &*id.path, id.size, (mtime.secs, mtime.nanos))
+            || s.parts.is_empty()
+            || (s.parts.len() as u64) * PART as u64 >= s.size
+        {
+            return None;
+        }
+        let cvs = s.parts.iter().map(|(_, cv)| from_hex(cv)).collect::<Option<Vec<_>>>()?;
+        let first = from_hex(&s.first)?;
+        let offset = s.parts.len() as u64 * PART as u64;
+        let prefix = if cvs.len() == 1 { first } else { tree::root(&cvs, PART as u64, offset) };
+        let parts = s.parts.into_iter().map(|(id, _)| PartId { content_id: id }).collect();
+        Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first })
+    }
+
+    /// Removes partial uploads older than `ttl`, aborting their multipart
+    /// uploads, so the store keeps nothing of them. Returns how many.
+    pub async fn expire_partials(&self, ttl: Duration) -> usize {
+        let dir = self.key(&WirePath::root().join(crate::store::STAGING_DIR).unwrap().join("partial").unwrap());
+        let old: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .filter_map(|m| async move { m.ok() })
+            .filter(|m| {
+                let age = SystemTime::now()
+                    .duration_since(UNIX_EPOCH + Duration::from_secs(m.last_modified.timestamp().max(0) as u64));
+                std::future::ready(age.is_ok_and(|a| a >= ttl))
+            })
+            .collect()
+            .await;
+        let mut gone = 0;
+        for m in old {
+            // Listings can lag a removal made through another server.
+            let Ok(got) = self.store.get(&m.location).await else { continue };
+            if let Ok(bytes) = got.bytes().await
+                && let Ok(s) = serde_json::from_slice::<State>(&bytes)
+                && let Ok(path) = WirePath::parse(&s.path)
+            {
+                let _ = self.store.abort_multipart(&self.key(&path), &s.upload).await;
+            }
+            if self.store.delete(&m.location).await.is_ok() {
+                gone += 1;
+            }
+        }
+        gone
+    }
+}
+
+impl Upload {
+    /// Saves what is stored so far, when the stored prefix grew.
+    pub(super) async fn save_state(&mut self) {
+        let (Some(id), Some(upload), Some(first)) = (&self.partial, &self.multipart, self.first) else { return };
+        let done = self.parts.iter().take_while(|p| p.is_some()).count();
+        if done <= self.saved {
+            return;
+        }
+        let mtime = id.mtime();
+        let state = State {
+            peer: id.peer.clone(),
+            path: id.path.clone(),
+            size: id.size,
+            mtime: (mtime.secs, mtime.nanos),
+            upload: upload.clone(),
+            parts: (0..done).map(|i| (self.parts[i].clone().expect("counted").content_id, hex(&self.cvs[i]))).collect(),
+            first: hex(&first),
+        };
+        let json = serde_json::to_vec(&state).expect("state serializes");
+        let key = self.bucket.partial_key(id);
+        if self.bucket.store.put(&key, PutPayload::from(json)).await.is_ok() {
+            self.saved = done;
+        }
+    }
+
+    /// Forgets the saved state (the upload completed, or was given up).
+    pub(super) async fn drop_state(&self) {
+        if let Some(id) = &self.partial {
+            let _ = self.bucket.store.delete(&self.bucket.partial_key(id)).await;
+        }
+    }
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
