@@ -26,9 +26,11 @@ use crate::protocol::{ErrorCode, ListEntry, Timestamp, WirePath};
 use crate::store::StoreError;
 
 mod location;
+mod meta;
 mod partial;
 mod tree;
 pub use location::Location;
+pub use meta::{FOLDER_MARKER, Info};
 pub use partial::Resumable;
 
 const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
@@ -184,7 +186,7 @@ impl Bucket {
             }
         }
         for o in &listed.objects {
-            let Some(n) = name(&o.location) else { continue };
+            let Some(n) = name(&o.location).filter(|n| n != FOLDER_MARKER) else { continue };
             let path = dir.join(&n).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
             let secs = o.last_modified.timestamp();
             out.push(ListEntry { path, size: o.size, mtime: Timestamp { secs, nanos: 0 }, is_dir: false });
@@ -333,7 +335,9 @@ impl Upload {
             return Err(StoreError::new(ErrorCode::Integrity, message));
         }
         let Some(id) = self.multipart.clone() else {
-            let opts = PutOptions { attributes: self.attributes.clone(), ..Default::default() };
+            let mut attributes = self.attributes.clone();
+            attributes.insert(Attribute::Metadata("xfer-blake3".into()), partial::hex(&blake3).into());
+            let opts = PutOptions { attributes, ..Default::default() };
             let data = PutPayload::from(std::mem::take(&mut self.filling));
             let put = self.bucket.store.put_opts(&self.key, data, opts).await;
             return put.map(|_| ()).map_err(|e| store_error(&self.path, &e));
@@ -345,12 +349,15 @@ impl Upload {
             }
         }
         let parts: Vec<PartId> = self.parts.iter().flatten().cloned().collect();
-        let done = self.bucket.store.complete_multipart(&self.key, &id, parts).await;
-        if let Err(e) = done {
-            let e = store_error(&self.path, &e);
-            self.abort().await;
-            return Err(e);
-        }
+        let done = match self.bucket.store.complete_multipart(&self.key, &id, parts).await {
+            Ok(done) => done,
+            Err(e) => {
+                let e = store_error(&self.path, &e);
+                self.abort().await;
+                return Err(e);
+            }
+        };
+        self.bucket.record_sum(&self.path, done.e_tag, &blake3).await;
         self.drop_state().await;
         Ok(())
     }

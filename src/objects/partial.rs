@@ -140,11 +140,11 @@ impl Upload {
     }
 }
 
-fn hex(b: &[u8; 32]) -> String {
+pub(super) fn hex(b: &[u8; 32]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn from_hex(s: &str) -> Option<[u8; 32]> {
+pub(super) fn from_hex(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     if s.len() != 64 {
         return None;
