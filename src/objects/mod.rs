@@ -33,6 +33,9 @@ pub use location::Location;
 pub use meta::{FOLDER_MARKER, Info};
 pub use partial::Resumable;
 
+/// How long [`Bucket::check`] waits for the store.
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
 
 /// Bytes per part of a multipart upload: S3's minimum is 5 MiB for every
@@ -106,7 +109,20 @@ impl Bucket {
     /// bucket or refused credentials stop `serve` at start, said plainly.
     pub async fn check(&self) -> Result<(), StoreError> {
         let root = self.key(&WirePath::root());
-        self.store.list_with_delimiter(Some(&root)).await.map(|_| ()).map_err(|e| {
+        // The client retries for minutes (right during a transfer, when a
+        // node restarts); at start a server should say so at once.
+        let listed = tokio::time::timeout(CHECK_WITHIN, self.store.list_with_delimiter(Some(&root))).await;
+        let Ok(listed) = listed else {
+            let secs = CHECK_WITHIN.as_secs();
+            return Err(StoreError::new(
+                ErrorCode::Io,
+                format!(
+                    "cannot use {}: the store did not answer within {secs} s (is the endpoint right? AWS_ENDPOINT_URL or --endpoint)",
+                    self.location
+                ),
+            ));
+        };
+        listed.map(|_| ()).map_err(|e| {
             let text = e.to_string();
             let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
             let why = match &e {
@@ -279,11 +295,17 @@ impl Upload {
         }
         let index = self.parts.len();
         self.parts.push(None);
-        self.cvs.push(tree::part_cv(index as u64 * PART as u64, &self.filling));
-        if index == 0 {
-            self.first = Some(*blake3::hash(&self.filling).as_bytes());
-        }
-        let data = PutPayload::from(std::mem::take(&mut self.filling));
+        // Hashing 8 MiB is CPU work: off the async workers.
+        let data = bytes::Bytes::from(std::mem::take(&mut self.filling));
+        let part = data.clone();
+        let (cv, first) = tokio::task::spawn_blocking(move || {
+            (tree::part_cv(index as u64 * PART as u64, &part), (index == 0).then(|| *blake3::hash(&part).as_bytes()))
+        })
+        .await
+        .map_err(|e| StoreError::new(ErrorCode::Io, format!("{}: {e}", self.path)))?;
+        self.cvs.push(cv);
+        self.first = self.first.or(first);
+        let data = PutPayload::from(data);
         let (store, key) = (self.bucket.store.clone(), self.key.clone());
         self.in_flight.spawn(async move { (index, store.put_part(&key, &id, index, data).await) });
         self.collect_ready().await
