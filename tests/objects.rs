@@ -33,12 +33,17 @@ fn verified_uploads_appear_whole_through_every_node_and_bad_ones_never() {
         let big = random_bytes(3 * PART + 12_345, 1);
         put(&one, "dist/app.bin", &big, 1 << 20).await.unwrap();
         put(&one, "dist/notes.txt", b"small", 3).await.unwrap();
+        // Names S3 tools often escape come back as they went.
+        put(&one, "odd/a b%20~#[x]?.txt", b"odd", 3).await.unwrap();
+        let odd: Vec<String> = two.list(&p("odd")).await.unwrap().into_iter().map(|e| e.path.to_string()).collect();
+        assert_eq!(odd, ["odd/a b%20~#[x]?.txt"]);
+        assert_eq!(two.read(&p("odd/a b%20~#[x]?.txt")).await.unwrap(), &b"odd"[..]);
         assert_eq!(two.read(&p("dist/app.bin")).await.unwrap(), big, "read back through another node");
         assert_eq!(two.read_range(&p("dist/app.bin"), 5..9).await.unwrap(), big[5..9]);
         let names: Vec<String> = two.list(&p("dist")).await.unwrap().into_iter().map(|e| e.path.to_string()).collect();
         assert_eq!(names, ["dist/app.bin", "dist/notes.txt"]);
         let top = two.list(&WirePath::root()).await.unwrap();
-        assert!(top.len() == 1 && top[0].is_dir && top[0].path.as_str() == "dist", "{top:?}");
+        assert!(top.len() == 2 && top[0].is_dir && top[0].path.as_str() == "dist", "{top:?}");
 
         // A payload whose BLAKE3 disagrees: refused, and the earlier
         // version stays, whole.

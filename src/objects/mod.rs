@@ -143,14 +143,17 @@ impl Bucket {
         })
     }
 
-    /// The key of a wire path.
+    /// The key of a wire path: its names as they are (no percent-encoding,
+    /// so other S3 tools see the same names). Wire paths hold no control
+    /// characters, `.` or `..`, which is all a key refuses.
     pub fn key(&self, p: &WirePath) -> Key {
         let prefix = self.location.prefix.trim_matches('/');
-        match (prefix.is_empty(), p.is_root()) {
-            (true, _) => Key::from(p.as_str()),
-            (false, true) => Key::from(prefix),
-            (false, false) => Key::from(format!("{prefix}/{}", p.as_str())),
-        }
+        let raw = match (prefix.is_empty(), p.is_root()) {
+            (true, _) => p.as_str().to_owned(),
+            (false, true) => prefix.to_owned(),
+            (false, false) => format!("{prefix}/{}", p.as_str()),
+        };
+        Key::parse(&raw).unwrap_or_else(|_| Key::from(raw.as_str()))
     }
 
     /// Starts receiving `p`; nothing is visible until [`Upload::finish`].
