@@ -55,6 +55,8 @@ start() {
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     [ ! -e "$dir/env" ] || { echo "$dir already holds a cluster: scripts/garage.sh stop $dir first" >&2; exit 1; }
+    # Whatever fails from here on, no node is left running.
+    trap 'stop "$dir"' ERR
     secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
     read -r -a ports <<<"$(free_ports 9)"
     for i in 1 2 3; do
@@ -62,7 +64,7 @@ start() {
         s3=${ports[$((i * 3 - 2))]}
         admin=${ports[$((i * 3 - 1))]}
         mkdir -p "$dir/node$i/meta" "$dir/node$i/data"
-        cat >"$dir/node$i/garage.toml" <<EOF
+        (umask 077 && cat >"$dir/node$i/garage.toml") <<EOF
 metadata_dir = "$dir/node$i/meta"
 data_dir = "$dir/node$i/data"
 db_engine = "sqlite"
@@ -100,7 +102,7 @@ EOF
     [ -n "$id" ] && [ -n "$secret_key" ] || { echo "could not read the new key: $key" >&2; exit 1; }
     "$g" -c "$dir/node1/garage.toml" bucket create xfer >/dev/null
     "$g" -c "$dir/node1/garage.toml" bucket allow --read --write --owner xfer --key xfer-tests >/dev/null
-    cat >"$dir/env" <<EOF
+    (umask 077 && cat >"$dir/env") <<EOF
 export AWS_ACCESS_KEY_ID=$id
 export AWS_SECRET_ACCESS_KEY=$secret_key
 export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/node1/s3-port")
@@ -109,6 +111,7 @@ export XFER_TEST_BUCKET=xfer
 export XFER_TEST_ENDPOINTS="http://127.0.0.1:$(cat "$dir/node1/s3-port") http://127.0.0.1:$(cat "$dir/node2/s3-port") http://127.0.0.1:$(cat "$dir/node3/s3-port")"
 unset AWS_CA_BUNDLE
 EOF
+    trap - ERR
     cat "$dir/env"
 }
 
@@ -124,6 +127,7 @@ wait_for_id() { # garage, dir, node: prints the node's id@addr once it answers
     done
     echo "garage node $3 did not start:" >&2
     cat "$2/node$3/log" >&2
+    stop "$2"
     exit 1
 }
 
@@ -139,6 +143,7 @@ wait_healthy() { # garage, dir: until every node has its role and the layout is 
     done
     echo "the cluster did not become healthy:" >&2
     "$1" -c "$2/node1/garage.toml" status >&2 || true
+    stop "$2"
     exit 1
 }
 
@@ -165,7 +170,11 @@ stop() {
 case "${1:-}" in
 start) [ $# -eq 2 ] || usage; start "$2" ;;
 stop) [ $# -eq 2 ] || usage; stop "$2" ;;
-kill) [ $# -eq 3 ] || usage; kill -9 "$(cat "$2/node$3/pid")" ;;
+kill) # the pid file goes with the process, so that stop never signals a reused pid
+    [ $# -eq 3 ] || usage
+    kill -9 "$(cat "$2/node$3/pid")"
+    rm -f "$2/node$3/pid"
+    ;;
 install) install ;;
 *) usage ;;
 esac

@@ -24,7 +24,9 @@ impl FromStr for Location {
             return Err(format!("'{s}': '{bucket}' is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')"));
         }
         let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|c| c == "." || c == ".." || (c.is_empty() && !prefix.is_empty())) {
+        if prefix.chars().any(char::is_control)
+            || prefix.split('/').any(|c| c == "." || c == ".." || (c.is_empty() && !prefix.is_empty()))
+        {
             return Err(format!("'{s}': the prefix must be plain folder names"));
         }
         Ok(Location { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
@@ -50,7 +52,16 @@ mod tests {
         assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("artifacts", "ci"));
         assert_eq!(l.to_string(), "s3://artifacts/ci");
         assert_eq!("s3://bkt".parse::<Location>().unwrap().to_string(), "s3://bkt");
-        for bad in ["artifacts", "s3://", "s3://AB", "s3://a_b/x", "s3://bkt/../x", "s3://bkt/a//b", "file:///x"] {
+        for bad in [
+            "artifacts",
+            "s3://",
+            "s3://AB",
+            "s3://a_b/x",
+            "s3://bkt/../x",
+            "s3://bkt/a//b",
+            "file:///x",
+            "s3://bkt/a\nb",
+        ] {
             assert!(bad.parse::<Location>().is_err(), "{bad}");
         }
     }

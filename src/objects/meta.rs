@@ -45,7 +45,7 @@ impl Bucket {
     fn sum_key(&self, p: &WirePath) -> Key {
         let name = format!("{}.json", &blake3::hash(p.as_str().as_bytes()).to_hex()[..32]);
         let dir = WirePath::root().join(crate::store::STAGING_DIR).and_then(|d| d.join("sums"));
-        self.key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
+        self.raw_key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
     }
 
     /// Records the BLAKE3 of the object just completed at `p` with `etag`.
@@ -60,7 +60,7 @@ impl Bucket {
     /// multipart object).
     pub async fn stat(&self, p: &WirePath) -> Result<Option<Info>, StoreError> {
         let opts = GetOptions { head: true, ..Default::default() };
-        let got = match self.store.get_opts(&self.key(p), opts).await {
+        let got = match self.store.get_opts(&self.key(p)?, opts).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error(p, &e)),
@@ -90,8 +90,9 @@ impl Bucket {
         if p.is_root() {
             return Err(StoreError::new(ErrorCode::BadPath, "the root folder itself cannot be created"));
         }
+        self.key(p)?;
         let marker = p.join(FOLDER_MARKER).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
-        self.store.put(&self.key(&marker), PutPayload::default()).await.map(|_| ()).map_err(|e| store_error(p, &e))
+        self.store.put(&self.raw_key(&marker), PutPayload::default()).await.map(|_| ()).map_err(|e| store_error(p, &e))
     }
 
     /// Removes the file `p`, or the folder `p` with everything in it when
@@ -108,12 +109,12 @@ impl Bucket {
         use futures_util::{StreamExt, TryStreamExt};
         let keys: Vec<Key> = self
             .store
-            .list(Some(&self.key(p)))
+            .list(Some(&self.key(p)?))
             .map_ok(|m| m.location)
             .try_collect()
             .await
             .map_err(|e| store_error(p, &e))?;
-        let marker = self.key(&p.join(FOLDER_MARKER).expect("a valid component"));
+        let marker = self.raw_key(&p.join(FOLDER_MARKER).expect("a valid component"));
         if keys.is_empty() {
             return Err(StoreError::new(ErrorCode::NotFound, format!("{p}: no such file or folder")));
         }

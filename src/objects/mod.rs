@@ -108,7 +108,7 @@ impl Bucket {
     /// Lists the prefix once, so that a store that is down, a missing
     /// bucket or refused credentials stop `serve` at start, said plainly.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let root = self.key(&WirePath::root());
+        let root = self.raw_key(&WirePath::root());
         // The client retries for minutes (right during a transfer, when a
         // node restarts); at start a server should say so at once.
         let listed = tokio::time::timeout(CHECK_WITHIN, self.store.list_with_delimiter(Some(&root))).await;
@@ -143,31 +143,52 @@ impl Bucket {
         })
     }
 
-    /// The key of a wire path: its names as they are (no percent-encoding,
-    /// so other S3 tools see the same names). Wire paths hold no control
-    /// characters, `.` or `..`, which is all a key refuses.
-    pub fn key(&self, p: &WirePath) -> Key {
+    /// The key of a peer's wire path: refused in xfer's own area (`.xfer`
+    /// at the top, in any case, as a local root refuses it) and for the
+    /// folder-marker name, which listings hide.
+    pub fn key(&self, p: &WirePath) -> Result<Key, StoreError> {
+        if p.components().next().is_some_and(|c| c.eq_ignore_ascii_case(crate::store::STAGING_DIR)) {
+            let why = format!("{p}: '{}' is reserved for xfer's own state", crate::store::STAGING_DIR);
+            return Err(StoreError::new(ErrorCode::Denied, why));
+        }
+        if p.components().any(|c| c.eq_ignore_ascii_case(FOLDER_MARKER)) {
+            return Err(StoreError::new(ErrorCode::BadPath, format!("{p}: '{FOLDER_MARKER}' is reserved for folders")));
+        }
+        Ok(self.raw_key(p))
+    }
+
+    /// The key of any path, xfer's own area included: its names as they
+    /// are (no percent-encoding, so other S3 tools see the same names).
+    /// Wire paths hold no control characters, `.` or `..`, which is all a
+    /// key refuses.
+    fn raw_key(&self, p: &WirePath) -> Key {
         let prefix = self.location.prefix.trim_matches('/');
         let raw = match (prefix.is_empty(), p.is_root()) {
             (true, _) => p.as_str().to_owned(),
             (false, true) => prefix.to_owned(),
             (false, false) => format!("{prefix}/{}", p.as_str()),
         };
-        Key::parse(&raw).unwrap_or_else(|_| Key::from(raw.as_str()))
+        Key::parse(&raw).expect("a wire path under a checked prefix is a valid key")
     }
 
     /// Starts receiving `p`; nothing is visible until [`Upload::finish`].
     /// With `partial`, what is stored is also kept in the bucket as it
     /// goes, so that an interrupted upload can be resumed by any server
     /// ([`Bucket::partial`], [`Bucket::resume`]).
-    pub fn upload(&self, p: &WirePath, mode: u32, mtime: Timestamp, partial: Option<PartialId>) -> Upload {
+    pub fn upload(
+        &self,
+        p: &WirePath,
+        mode: u32,
+        mtime: Timestamp,
+        partial: Option<PartialId>,
+    ) -> Result<Upload, StoreError> {
         debug_assert!(partial.as_ref().is_none_or(|id| id.path == p.as_str()), "a partial id names its own path");
-        Upload {
+        Ok(Upload {
             partial,
             first: None,
             saved: 0,
             bucket: self.clone(),
-            key: self.key(p),
+            key: self.key(p)?,
             path: p.clone(),
             attributes: attributes(mode, mtime),
             multipart: None,
@@ -176,25 +197,26 @@ impl Bucket {
             cvs: Vec::new(),
             in_flight: JoinSet::new(),
             size: 0,
-        }
+            poisoned: false,
+        })
     }
 
     /// Continues the partial upload `r` of `id`'s file at `r.offset`.
-    pub fn resume(&self, id: PartialId, r: Resumable, mode: u32, mtime: Timestamp) -> Upload {
-        let p = WirePath::parse(&id.path).expect("a partial's path was a wire path");
-        let mut up = self.upload(&p, mode, mtime, Some(id));
+    pub fn resume(&self, id: PartialId, r: Resumable, mode: u32, mtime: Timestamp) -> Result<Upload, StoreError> {
+        let p = WirePath::parse(&id.path).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
+        let mut up = self.upload(&p, mode, mtime, Some(id))?;
         up.saved = r.parts.len();
         up.parts = r.parts.into_iter().map(Some).collect();
         up.cvs = r.cvs;
         up.first = Some(r.first);
         up.multipart = Some(r.upload);
         up.size = r.offset;
-        up
+        Ok(up)
     }
 
     /// The files and folders directly in the folder `dir`, sorted.
     pub async fn list(&self, dir: &WirePath) -> Result<Vec<ListEntry>, StoreError> {
-        let key = self.key(dir);
+        let key = self.key(dir)?;
         let listed = self.store.list_with_delimiter(Some(&key)).await.map_err(|e| store_error(dir, &e))?;
         let name = |k: &Key| k.filename().map(str::to_owned);
         let mut out = Vec::new();
@@ -217,18 +239,18 @@ impl Bucket {
     /// The whole content of the file `p` (tests and small reads; pulls will
     /// stream ranges).
     pub async fn read(&self, p: &WirePath) -> Result<bytes::Bytes, StoreError> {
-        let got = self.store.get(&self.key(p)).await.map_err(|e| store_error(p, &e))?;
+        let got = self.store.get(&self.key(p)?).await.map_err(|e| store_error(p, &e))?;
         got.bytes().await.map_err(|e| store_error(p, &e))
     }
 
     /// Bytes `range` of the file `p` (a pull resuming).
     pub async fn read_range(&self, p: &WirePath, range: std::ops::Range<u64>) -> Result<bytes::Bytes, StoreError> {
-        self.store.get_range(&self.key(p), range).await.map_err(|e| store_error(p, &e))
+        self.store.get_range(&self.key(p)?, range).await.map_err(|e| store_error(p, &e))
     }
 
     /// Removes the file `p`.
     pub async fn remove(&self, p: &WirePath) -> Result<(), StoreError> {
-        self.store.delete(&self.key(p)).await.map_err(|e| store_error(p, &e))
+        self.store.delete(&self.key(p)?).await.map_err(|e| store_error(p, &e))
     }
 }
 
@@ -262,13 +284,24 @@ pub struct Upload {
     cvs: Vec<blake3::hazmat::ChainingValue>,
     in_flight: JoinSet<(usize, object_store::Result<PartId>)>,
     size: u64,
+    /// A write or a part failed: the upload can only be aborted.
+    poisoned: bool,
 }
 
 impl Upload {
     /// Appends payload bytes; full parts go out while the next fill. A
     /// full part waits for one more byte, so that a file of one part is a
     /// single `PUT` and a multipart file has at least two parts.
-    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let r = self.append(data).await;
+        self.poisoned |= r.is_err();
+        r
+    }
+
+    async fn append(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::new(ErrorCode::Io, format!("{}: written after a failure", self.path)));
+        }
         self.size += data.len() as u64;
         while !data.is_empty() {
             if self.filling.len() == PART {
@@ -347,14 +380,27 @@ impl Upload {
     /// upload completed, or the single `PUT` made). Otherwise the upload
     /// is aborted and nothing appears.
     pub async fn finish(mut self, size: u64, blake3: [u8; 32]) -> Result<(), StoreError> {
-        if self.multipart.is_some() && !self.filling.is_empty() {
-            self.send_part().await?;
+        if self.poisoned {
+            let message = format!("{}: an earlier write failed; not stored", self.path);
+            self.abort().await;
+            return Err(StoreError::new(ErrorCode::Io, message));
+        }
+        if self.multipart.is_some()
+            && !self.filling.is_empty()
+            && self.size == size
+            && let Err(e) = self.send_part().await
+        {
+            self.abort().await;
+            return Err(e);
         }
         let got = match self.multipart {
-            None => *blake3::hash(&self.filling).as_bytes(),
-            Some(_) => tree::root(&self.cvs, PART as u64, self.size),
+            _ if self.size != size => None,
+            None => Some(*blake3::hash(&self.filling).as_bytes()),
+            // A multipart file has two parts or more (see `write`).
+            Some(_) if self.cvs.len() < 2 => None,
+            Some(_) => Some(tree::root(&self.cvs, PART as u64, self.size)),
         };
-        if self.size != size || got != blake3 {
+        if got != Some(blake3) {
             let message = format!("{}: the data does not match the sender's size and BLAKE3; not stored", self.path);
             self.abort().await;
             return Err(StoreError::new(ErrorCode::Integrity, message));
@@ -373,7 +419,12 @@ impl Upload {
                 return Err(e);
             }
         }
-        let parts: Vec<PartId> = self.parts.iter().flatten().cloned().collect();
+        // Every part, in order: one missing would shift the rest.
+        let Some(parts) = self.parts.iter().cloned().collect::<Option<Vec<PartId>>>() else {
+            let message = format!("{}: a part was not stored; not stored", self.path);
+            self.abort().await;
+            return Err(StoreError::new(ErrorCode::Io, message));
+        };
         let done = match self.bucket.store.complete_multipart(&self.key, &id, parts).await {
             Ok(done) => done,
             Err(e) => {

@@ -50,7 +50,7 @@ impl Bucket {
     fn partial_key(&self, id: &PartialId) -> Key {
         let dir = WirePath::root().join(crate::store::STAGING_DIR).and_then(|d| d.join("partial"));
         let name = format!("{}.json", id.data_name());
-        self.key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
+        self.raw_key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
     }
 
     /// The partial upload kept for `id`, if one is kept for this very
@@ -77,7 +77,7 @@ impl Bucket {
     /// Removes partial uploads older than `ttl`, aborting their multipart
     /// uploads, so the store keeps nothing of them. Returns how many.
     pub async fn expire_partials(&self, ttl: Duration) -> usize {
-        let dir = self.key(&WirePath::root().join(crate::store::STAGING_DIR).unwrap().join("partial").unwrap());
+        let dir = self.raw_key(&WirePath::root().join(crate::store::STAGING_DIR).unwrap().join("partial").unwrap());
         let old: Vec<_> = self
             .store
             .list(Some(&dir))
@@ -97,7 +97,7 @@ impl Bucket {
                 && let Ok(s) = serde_json::from_slice::<State>(&bytes)
                 && let Ok(path) = WirePath::parse(&s.path)
             {
-                let _ = self.store.abort_multipart(&self.key(&path), &s.upload).await;
+                let _ = self.store.abort_multipart(&self.raw_key(&path), &s.upload).await;
             }
             if self.store.delete(&m.location).await.is_ok() {
                 gone += 1;

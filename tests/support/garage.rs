@@ -33,6 +33,9 @@ impl Garage {
         ensure_installed();
         let dir = tempfile::Builder::new().prefix("xfer-garage-").tempdir().unwrap();
         let out = Command::new(script()).arg("start").arg(dir.path()).output().expect("run scripts/garage.sh start");
+        if !out.status.success() {
+            let _ = Command::new(script()).arg("stop").arg(dir.path()).status();
+        }
         assert!(
             out.status.success(),
             "the Garage cluster did not start:\n{}{}",
