@@ -187,10 +187,10 @@ fn files_keep_their_metadata_and_folders_are_made_and_removed() {
     rt().block_on(async {
         let big = random_bytes(2 * PART + 3, 7);
         for (path, data, mode) in [("a/small.sh", &b"#!/bin/sh\n"[..], 0o755), ("a/big.bin", &big[..], 0o644)] {
-            let mut up = one.upload(&p(path), mode | 0o4000, mtime, None).unwrap();
+            let mut up = two.upload(&p(path), mode | 0o4000, mtime, None).unwrap();
             up.write(data).await.unwrap();
             up.finish(data.len() as u64, *blake3::hash(data).as_bytes()).await.unwrap();
-            let info = two.stat(&p(path)).await.unwrap().expect("stored");
+            let info = one.stat(&p(path)).await.unwrap().expect("stored");
             let want = xfer::objects::Info {
                 size: data.len() as u64,
                 mtime,
@@ -199,7 +199,7 @@ fn files_keep_their_metadata_and_folders_are_made_and_removed() {
             };
             assert_eq!(info, want, "{path}");
         }
-        assert_eq!(two.stat(&p("a/none")).await.unwrap(), None);
+        assert_eq!(one.stat(&p("a/none")).await.unwrap(), None);
 
         // Replaced by a single PUT from elsewhere: the old record no longer
         // matches the object's ETag, so it is not believed.
