@@ -7,7 +7,12 @@
 //! - [`connection`]: frames over any async byte stream, with phase timeouts.
 //! - [`transfer`]: one file's send and receive halves, shared by both sides.
 //! - [`store`]: the only code that maps wire paths to files; atomic installs.
-//! - [`beneath`]: race-free file access below an open folder, links refused.
+//! - [`beneath`]: race-free file access below an open folder, links refused
+//!   (Linux's own system calls, or cap-std on macOS, Windows and with the
+//!   `portable-io` feature).
+//! - [`platform`]: modes, owners and limits, where platforms differ.
+//! - [`names`]: names a receiver's filesystem cannot hold (Windows).
+//! - [`objects`]: files in an S3-compatible bucket (not yet used by `serve`).
 //! - [`direct`]: direct I/O (no page-cache copy) for large received files.
 //! - [`hashes`]: BLAKE3 of files already held, cached per version, bounded per peer.
 //! - [`walk`]: streaming walks of local trees for senders.

@@ -86,10 +86,12 @@ fn concurrent_uploads_of_one_path_through_two_nodes_leave_one_whole_version() {
     let (a, b) = (random_bytes(2 * PART + 99, 3), random_bytes(2 * PART + 7, 4));
     rt().block_on(async {
         let (ra, rb) = tokio::join!(put(&one, "same", &a, 256 << 10), put(&two, "same", &b, 256 << 10));
-        ra.unwrap();
-        rb.unwrap();
+        // Under load Garage may refuse to complete one of two multipart
+        // uploads of one key; the other wins, whole. Never both refused.
+        assert!(ra.is_ok() || rb.is_ok(), "both refused: {ra:?} {rb:?}");
         let got = one.read(&p("same")).await.unwrap();
-        assert!(got == a || got == b, "a mix of two uploads: {} bytes", got.len());
+        let whole = (ra.is_ok() && got == a) || (rb.is_ok() && got == b);
+        assert!(whole, "not one whole, completed version: {} bytes ({ra:?}, {rb:?})", got.len());
     });
 }
 

@@ -40,8 +40,6 @@ pub const STAGING_DIR: &str = ".xfer";
 /// Symbolic links found in a folder, with their targets.
 pub type Links = Vec<(WirePath, String)>;
 const PARTIAL_DIR: &str = "partial";
-/// Held (flock) in a pull's staging folder while the pull runs.
-const LOCK_FILE: &str = "lock";
 
 /// Whether a staged file may be kept for a later attempt to resume.
 #[derive(Debug)]

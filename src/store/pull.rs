@@ -1,16 +1,23 @@
-//! A pull's staging area in its destination: `OUT/.xfer/tmp/<random>/`,
-//! locked while the pull runs and removed when it ends (with `.xfer` itself
-//! when nothing else is left); what a killed pull left is removed by the
-//! next one.
+//! A pull's staging area in its destination: `OUT/.xfer/tmp/NAME/`, with
+//! its lock beside it, `OUT/.xfer/tmp/NAME.lock`, held while the pull runs.
+//! The lock is made (locked, under a fresh name, then renamed) before the
+//! folder and removed after it, so a folder without its lock, or a lock
+//! nobody holds, is always a killed pull's: the next pull removes both at
+//! once, whenever the kill came (no age to wait for). `.xfer` itself goes
+//! when nothing else is left.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
-use super::{LOCK_FILE, PARTIAL_DIR, Root, STAGING_DIR, to_system_time};
-use crate::beneath::DirFd;
+use super::{PARTIAL_DIR, Root, STAGING_DIR};
+use crate::beneath::{DirFd, Kind};
+
+/// A pull's lock, beside its folder.
+const LOCK_SUFFIX: &str = ".lock";
+/// A lock being made, before its rename.
+const NEW_LOCK: &str = ".lock-";
 
 impl Root {
     /// A pull's destination: temporary files go to a folder of this pull's
@@ -20,49 +27,53 @@ impl Root {
     pub fn open_pull(dir: &Path) -> io::Result<Root> {
         let mut root = Root::open_local(dir)?;
         let tmp = root.dir.descend([STAGING_DIR, "tmp"], true)?;
-        for name in tmp.names()? {
-            // A folder whose lock nobody holds belongs to a pull that died.
-            // (A pull takes its lock before the lock file gets its name, so
-            // a lock file is never seen unlocked while its pull lives; a
-            // folder with no lock file at all is dead once it is a minute
-            // old.)
-            let Ok(dir) = tmp.open_dir(&name) else { continue };
-            let dead = match dir.open_locked(OsStr::new(LOCK_FILE), false) {
-                Ok(Some(_unused)) => true,
-                Ok(None) if dir.stat(OsStr::new(LOCK_FILE)).ok().flatten().is_none() => {
-                    tmp.stat(&name).ok().flatten().is_some_and(|e| {
-                        let age = SystemTime::now().duration_since(to_system_time(e.meta.mtime));
-                        age.is_ok_and(|a| a > Duration::from_secs(60))
-                    })
-                }
-                _ => false,
-            };
-            if dead {
-                let _ = tmp.remove_tree(&name);
-            }
-        }
-        let (own, name) = loop {
-            let mut random = [0u8; 8];
-            aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
-            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-            match tmp.descend([name.as_str()], false) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break (tmp.descend([name.as_str()], true)?, name),
-                _ => continue,
-            }
-        };
-        let (lock, tmp_name) = own.create_temp(".lock-")?;
+        clear_dead_pulls(&tmp);
+        let (lock, new_name) = tmp.create_temp(NEW_LOCK)?;
         if lock.try_lock().is_err() {
             return Err(io::Error::other("a fresh lock file is locked by someone else"));
         }
-        own.rename(OsStr::new(&tmp_name), &own, OsStr::new(LOCK_FILE))?;
+        let name = loop {
+            let mut random = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
+            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let taken = |n: &str| tmp.stat(OsStr::new(n)).map(|e| e.is_some());
+            if !taken(&name)? && !taken(&format!("{name}{LOCK_SUFFIX}"))? {
+                break name;
+            }
+        };
+        tmp.rename(OsStr::new(&new_name), &tmp, OsStr::new(&format!("{name}{LOCK_SUFFIX}")))?;
+        let own = tmp.descend([name.as_str()], true)?;
         root.staging = Some(own);
         root.pull_staging = Some(std::sync::Arc::new(PullStaging { top: root.dir.clone(), name, _lock: lock }));
         Ok(root)
     }
 }
 
-/// A pull's staging folder, `OUT/.xfer/tmp/NAME`: its lock file is held
-/// (flock) while the pull runs, and it is removed when the pull ends, with
+/// Removes what killed pulls left in `tmp`: folders whose lock is gone or
+/// free, free locks, and locks that were being made. Best effort.
+fn clear_dead_pulls(tmp: &DirFd) {
+    let free = |name: &OsStr| matches!(tmp.open_locked(name, false), Ok(Some(_)));
+    for name in tmp.names().unwrap_or_default() {
+        let Some(text) = name.to_str() else { continue };
+        if let Some(folder) = text.strip_suffix(LOCK_SUFFIX).filter(|_| !text.starts_with(NEW_LOCK)) {
+            if free(&name) {
+                let _ = tmp.remove_tree(OsStr::new(folder));
+                let _ = tmp.unlink(&name);
+            }
+        } else if text.starts_with(NEW_LOCK) {
+            if free(&name) {
+                let _ = tmp.unlink(&name);
+            }
+        } else if matches!(tmp.stat(&name), Ok(Some(e)) if e.kind == Kind::Dir)
+            && matches!(tmp.stat(OsStr::new(&format!("{text}{LOCK_SUFFIX}"))), Ok(None))
+        {
+            let _ = tmp.remove_tree(&name);
+        }
+    }
+}
+
+/// A pull's staging folder, `OUT/.xfer/tmp/NAME`: its lock file beside it
+/// is held while the pull runs, and it is removed when the pull ends, with
 /// `.xfer` itself when nothing else (a partial copy worth resuming) is left.
 #[derive(Debug)]
 pub struct PullStaging {
@@ -78,7 +89,10 @@ impl Drop for PullStaging {
             let _ = d.rmdir(OsStr::new(name));
         };
         if let Ok(tmp) = self.top.descend([STAGING_DIR, "tmp"], false) {
+            // The folder first, its lock last (still held): a folder is
+            // never without its lock while its pull lives.
             let _ = tmp.remove_tree(OsStr::new(&self.name));
+            let _ = tmp.unlink(OsStr::new(&format!("{}{LOCK_SUFFIX}", self.name)));
         }
         if let Ok(staging) = self.top.descend([STAGING_DIR], false) {
             rmdir(&staging, "tmp");
