@@ -53,9 +53,11 @@ impl Root {
 /// free, free locks, and locks that were being made. Best effort.
 fn clear_dead_pulls(tmp: &DirFd) {
     let free = |name: &OsStr| matches!(tmp.open_locked(name, false), Ok(Some(_)));
+    // Only names of the forms pulls make: nothing else here is touched.
+    let ours = |n: &str| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit());
     for name in tmp.names().unwrap_or_default() {
         let Some(text) = name.to_str() else { continue };
-        if let Some(folder) = text.strip_suffix(LOCK_SUFFIX).filter(|_| !text.starts_with(NEW_LOCK)) {
+        if let Some(folder) = text.strip_suffix(LOCK_SUFFIX).filter(|f| ours(f)) {
             if free(&name) {
                 let _ = tmp.remove_tree(OsStr::new(folder));
                 let _ = tmp.unlink(&name);
@@ -64,7 +66,8 @@ fn clear_dead_pulls(tmp: &DirFd) {
             if free(&name) {
                 let _ = tmp.unlink(&name);
             }
-        } else if matches!(tmp.stat(&name), Ok(Some(e)) if e.kind == Kind::Dir)
+        } else if ours(text)
+            && matches!(tmp.stat(&name), Ok(Some(e)) if e.kind == Kind::Dir)
             && matches!(tmp.stat(OsStr::new(&format!("{text}{LOCK_SUFFIX}"))), Ok(None))
         {
             let _ = tmp.remove_tree(&name);
