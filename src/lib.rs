@@ -84,6 +84,7 @@ pub mod hashes;
 pub mod links;
 pub mod meter;
 pub mod names;
+#[cfg(feature = "s3")]
 pub mod objects;
 pub mod partial;
 pub mod pki;

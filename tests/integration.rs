@@ -20,6 +20,7 @@ mod kill_loop;
 mod limits;
 mod links;
 mod load;
+#[cfg(feature = "s3")]
 mod objects;
 mod paths;
 mod policy;

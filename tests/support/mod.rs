@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "s3")]
 pub mod garage;
 
 use std::io::{BufRead, BufReader};
