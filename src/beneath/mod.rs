@@ -138,7 +138,7 @@ impl DirFd {
 }
 
 /// 16 random hex digits, for names nobody can guess or collide with.
-fn random_hex() -> io::Result<String> {
+pub(crate) fn random_hex() -> io::Result<String> {
     let mut random = [0u8; 8];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())

@@ -33,9 +33,7 @@ impl Root {
             return Err(io::Error::other("a fresh lock file is locked by someone else"));
         }
         let name = loop {
-            let mut random = [0u8; 8];
-            aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no system randomness"))?;
-            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let name = crate::beneath::random_hex()?;
             let taken = |n: &str| tmp.stat(OsStr::new(n)).map(|e| e.is_some());
             if !taken(&name)? && !taken(&format!("{name}{LOCK_SUFFIX}"))? {
                 break name;
