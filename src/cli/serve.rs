@@ -19,6 +19,22 @@ pub struct ServeArgs {
     /// Folder to receive into and serve from (created if missing).
     #[arg(long, default_value = "received")]
     pub root: PathBuf,
+    /// Keep files in an S3-compatible bucket instead of --root:
+    /// s3://BUCKET or s3://BUCKET/PREFIX. Keys, region and endpoint come
+    /// from the AWS_* environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ENDPOINT_URL); several servers may share one bucket.
+    #[cfg(feature = "s3")]
+    #[arg(long, value_name = "URL", conflicts_with = "root")]
+    pub store: Option<crate::objects::Location>,
+    /// The object store's address, e.g. http://garage-1:3900 (default:
+    /// AWS_ENDPOINT_URL, else AWS S3).
+    #[cfg(feature = "s3")]
+    #[arg(long, value_name = "URL", requires = "store")]
+    pub endpoint: Option<String>,
+    /// The object store's region (default: AWS_REGION).
+    #[cfg(feature = "s3")]
+    #[arg(long, requires = "store")]
+    pub region: Option<String>,
     /// Admit only clients whose certificate has this name (CN or DNS SAN); repeatable.
     #[arg(long, value_name = "NAME")]
     pub allow: Vec<String>,
@@ -38,9 +54,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = server::MAX_CONNS_PER_PEER)]
     pub max_conns_per_peer: usize,
     /// Memory the server may use, over all connections, to buffer peers'
-    /// small files, offers and read-ahead (K, M, G suffixes).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    pub max_memory: u64,
+    /// small files, offers, read-ahead and, with --store, the parts of
+    /// uploads in flight (K, M, G suffixes) [default: 64M; 512M with --store]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
     /// Time in-flight transfers get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -70,6 +87,11 @@ pub struct ServeArgs {
     pub identity: IdentityArgs,
 }
 
+/// The memory budget's default with `--store`: uploads hold their parts in
+/// flight (up to 40 MiB each), and each client may take a quarter.
+#[cfg(feature = "s3")]
+const STORE_MEMORY: u64 = 512 << 20;
+
 /// `xfer serve`.
 pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::new(a.listen, a.root.clone(), a.identity.paths("server", None)?);
@@ -79,7 +101,16 @@ pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow:
     cfg.max_size = a.max_size;
     cfg.max_conns = a.max_conns;
     cfg.max_conns_per_peer = a.max_conns_per_peer;
-    cfg.max_memory = usize::try_from(a.max_memory).unwrap_or(usize::MAX);
+    #[cfg(feature = "s3")]
+    if let Some(location) = a.store {
+        let access = crate::objects::Access { endpoint: a.endpoint, region: a.region, keys: None };
+        cfg.store = Some((location, access));
+    }
+    #[cfg(feature = "s3")]
+    let default_memory = if cfg.store.is_some() { STORE_MEMORY } else { crate::budget::DEFAULT as u64 };
+    #[cfg(not(feature = "s3"))]
+    let default_memory = crate::budget::DEFAULT as u64;
+    cfg.max_memory = usize::try_from(a.max_memory.unwrap_or(default_memory)).unwrap_or(usize::MAX);
     cfg.grace = a.grace;
     cfg.partial_ttl = a.partial_ttl;
     cfg.partial_quota = a.partial_quota;
@@ -116,7 +147,7 @@ pub(super) async fn serve(a: ServeArgs, log_format: super::LogFormat) -> anyhow:
         ),
     }
     tracing::info!(
-        root = %server.root().display(),
+        serving = %server.serving(),
         read_only,
         enroll = cfg_enroll,
         allow = %if allow.is_empty() { "any certificate from the CA".to_owned() } else { allow.join(",") },

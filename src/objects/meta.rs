@@ -65,21 +65,16 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error(p, &e)),
         };
-        let meta = |k: &str| got.attributes.get(&Attribute::Metadata(k.to_owned().into())).map(|v| v.to_string());
-        let mtime = meta("xfer-mtime")
-            .and_then(|t| parse_mtime(&t))
-            .unwrap_or(Timestamp { secs: got.meta.last_modified.timestamp(), nanos: 0 });
-        let mode = meta("xfer-mode").and_then(|m| u32::from_str_radix(&m, 8).ok()).unwrap_or(0o644) & 0o755;
-        let mut blake3 = meta("xfer-blake3").and_then(|h| super::partial::from_hex(&h));
-        if blake3.is_none()
+        let mut info = info_from(&got.attributes, &got.meta);
+        if info.blake3.is_none()
             && let Some(etag) = &got.meta.e_tag
         {
-            blake3 = self.recorded_sum(p, etag).await;
+            info.blake3 = self.recorded_sum(p, etag).await;
         }
-        Ok(Some(Info { size: got.meta.size, mtime, mode, blake3 }))
+        Ok(Some(info))
     }
 
-    async fn recorded_sum(&self, p: &WirePath, etag: &str) -> Option<[u8; 32]> {
+    pub(super) async fn recorded_sum(&self, p: &WirePath, etag: &str) -> Option<[u8; 32]> {
         let bytes = self.store.get(&self.sum_key(p)).await.ok()?.bytes().await.ok()?;
         let sum: Sum = serde_json::from_slice(&bytes).ok()?;
         (sum.path == p.as_str() && sum.etag == etag).then(|| super::partial::from_hex(&sum.blake3)).flatten()
@@ -124,8 +119,38 @@ impl Bucket {
                 format!("{p}: is a folder that is not empty; -r removes it"),
             ));
         }
-        let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+        // Each file's BLAKE3 record goes with it (records are believed only
+        // for their ETag, but would otherwise pile up).
+        let sums: Vec<Key> = keys
+            .iter()
+            .filter_map(|k| self.wire_path(k))
+            .filter(|w| w.file_name() != Some(FOLDER_MARKER))
+            .map(|w| self.sum_key(&w))
+            .collect();
+        let stream = futures_util::stream::iter(keys.into_iter().chain(sums).map(Ok)).boxed();
         self.store.delete_stream(stream).try_collect::<Vec<_>>().await.map(|_| ()).map_err(|e| store_error(p, &e))
+    }
+}
+
+/// What an object's response says of it: xfer's metadata when it has
+/// them (it was pushed through xfer), else what the store knows.
+pub(super) fn info_from(attributes: &object_store::Attributes, meta: &object_store::ObjectMeta) -> Info {
+    let get = |k: &str| attributes.get(&Attribute::Metadata(k.to_owned().into())).map(|v| v.to_string());
+    let mtime = get("xfer-mtime")
+        .and_then(|t| parse_mtime(&t))
+        .unwrap_or(Timestamp { secs: meta.last_modified.timestamp(), nanos: 0 });
+    let mode = get("xfer-mode").and_then(|m| u32::from_str_radix(&m, 8).ok()).unwrap_or(0o644) & 0o755;
+    let blake3 = get("xfer-blake3").and_then(|h| super::partial::from_hex(&h));
+    Info { size: meta.size, mtime, mode, blake3 }
+}
+
+impl Bucket {
+    /// The wire path of a key under the prefix, if it has one.
+    fn wire_path(&self, k: &Key) -> Option<WirePath> {
+        let prefix = self.location.prefix.trim_matches('/');
+        let raw = k.as_ref();
+        let rel = if prefix.is_empty() { raw } else { raw.strip_prefix(prefix)?.strip_prefix('/')? };
+        WirePath::parse(rel).ok()
     }
 }
 

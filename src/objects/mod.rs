@@ -28,10 +28,12 @@ use crate::store::StoreError;
 mod location;
 mod meta;
 mod partial;
+mod read;
 mod tree;
 pub use location::Location;
 pub use meta::{FOLDER_MARKER, Info};
 pub use partial::Resumable;
+pub use read::{Listed, Reading};
 
 /// How long [`Bucket::check`] waits for the store.
 const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -43,7 +45,7 @@ const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_
 pub const PART: usize = 8 << 20;
 /// Parts of one upload in flight at once (memory: this many parts plus the
 /// one filling).
-const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 4;
 
 /// What to reach a store with, beyond the `AWS_*` environment (which
 /// fills whatever is `None`). Keys are never taken from a command line,
@@ -103,6 +105,11 @@ impl Bucket {
         }
         let store = b.build().map_err(|e| StoreError::new(ErrorCode::Io, format!("{location}: {}", brief(&e))))?;
         Ok(Bucket { store: Arc::new(store), location })
+    }
+
+    /// Where this bucket is: `s3://BUCKET/PREFIX`.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Lists the prefix once, so that a store that is down, a missing
@@ -196,6 +203,7 @@ impl Bucket {
             parts: Vec::new(),
             cvs: Vec::new(),
             in_flight: JoinSet::new(),
+            max_in_flight: IN_FLIGHT,
             size: 0,
             poisoned: false,
         })
@@ -283,12 +291,22 @@ pub struct Upload {
     /// Each sent part's BLAKE3 chaining value, by index ([`tree`]).
     cvs: Vec<blake3::hazmat::ChainingValue>,
     in_flight: JoinSet<(usize, object_store::Result<PartId>)>,
+    /// Parts in flight at most: the memory the upload takes is this many
+    /// parts plus the one filling.
+    max_in_flight: usize,
     size: u64,
     /// A write or a part failed: the upload can only be aborted.
     poisoned: bool,
 }
 
 impl Upload {
+    /// Keeps at most `n` parts (at least one) in flight, to fit the memory
+    /// the caller could set aside for this upload.
+    pub fn with_parts_in_flight(mut self, n: usize) -> Upload {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
     /// Appends payload bytes; full parts go out while the next fill. A
     /// full part waits for one more byte, so that a file of one part is a
     /// single `PUT` and a multipart file has at least two parts.
@@ -326,7 +344,7 @@ impl Upload {
                 id
             }
         };
-        while self.in_flight.len() >= IN_FLIGHT {
+        while self.in_flight.len() >= self.max_in_flight {
             self.collect_one().await?;
         }
         let index = self.parts.len();

@@ -74,6 +74,28 @@ impl Bucket {
         Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first })
     }
 
+    /// Gives up the partial upload kept for `id`'s path and sender, whatever
+    /// version of the file it was for: its multipart upload is aborted and
+    /// its state removed, before a new upload takes its place (whose state
+    /// would otherwise overwrite the only record of the old upload's id).
+    /// State saved less than `older_than` ago belongs to an upload that may
+    /// still be going on (through another server): it is left alone.
+    pub async fn forget_partial(&self, id: &PartialId, older_than: Duration) {
+        let key = self.partial_key(id);
+        let Ok(got) = self.store.get(&key).await else { return };
+        let saved = UNIX_EPOCH + Duration::from_secs(got.meta.last_modified.timestamp().max(0) as u64);
+        if SystemTime::now().duration_since(saved).is_ok_and(|age| age < older_than) {
+            return;
+        }
+        if let Ok(bytes) = got.bytes().await
+            && let Ok(s) = serde_json::from_slice::<State>(&bytes)
+            && let Ok(path) = WirePath::parse(&s.path)
+        {
+            let _ = self.store.abort_multipart(&self.raw_key(&path), &s.upload).await;
+        }
+        let _ = self.store.delete(&key).await;
+    }
+
     /// Removes partial uploads older than `ttl`, aborting their multipart
     /// uploads, so the store keeps nothing of them. Returns how many.
     pub async fn expire_partials(&self, ttl: Duration) -> usize {

@@ -10,6 +10,7 @@
 mod enroll;
 mod gate;
 mod handler;
+mod storage;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use self::gate::{Handshakes, Slots};
+use self::storage::Storage;
 use crate::auth::Policy;
 use crate::budget::Budget;
 use crate::connection::Timeouts;
@@ -73,6 +75,9 @@ pub struct ServeConfig {
     pub enroll: bool,
     /// Most bytes a second each way, per connection (`--bwlimit`).
     pub bwlimit: Option<u64>,
+    /// Keep files in this bucket instead of under `root` (`--store`).
+    #[cfg(feature = "s3")]
+    pub store: Option<(crate::objects::Location, crate::objects::Access)>,
 }
 
 impl ServeConfig {
@@ -96,6 +101,8 @@ impl ServeConfig {
             partial_quota: crate::partial::DEFAULT_QUOTA,
             enroll: false,
             bwlimit: None,
+            #[cfg(feature = "s3")]
+            store: None,
         }
     }
 }
@@ -108,7 +115,7 @@ struct Shared {
     /// Where `live` is loaded from.
     identity: IdentityPaths,
     policy_path: Option<PathBuf>,
-    root: Root,
+    storage: Storage,
     allow: Vec<String>,
     read_only: bool,
     max_size: Option<u64>,
@@ -258,9 +265,7 @@ impl Server {
     pub async fn bind(cfg: ServeConfig) -> Result<Server> {
         let enroll_dir = cfg.enroll.then(|| enroll_dir(&cfg.identity)).transpose()?;
         let live = load_live(&cfg.identity, cfg.policy.as_deref(), enroll_dir.as_deref())?;
-        let mut root = Root::open_server(&cfg.root)
-            .map_err(|e| Error::io(format!("cannot use {} as the root", cfg.root.display()), e))?;
-        root.set_partial_quota(cfg.partial_quota);
+        let storage = open_storage(&cfg).await?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", cfg.listen), e))?;
@@ -268,7 +273,7 @@ impl Server {
             live: RwLock::new(Arc::new(live)),
             identity: cfg.identity,
             policy_path: cfg.policy,
-            root,
+            storage,
             allow: cfg.allow,
             read_only: cfg.read_only,
             max_size: cfg.max_size,
@@ -294,9 +299,9 @@ impl Server {
         Reloader { shared: self.shared.clone() }
     }
 
-    /// The root folder being served (canonical).
-    pub fn root(&self) -> &std::path::Path {
-        self.shared.root.dir()
+    /// What is served: the root folder (canonical), or the bucket.
+    pub fn serving(&self) -> String {
+        self.shared.storage.describe()
     }
 
     /// Serves until `shutdown` completes, then drains.
@@ -304,7 +309,7 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let handshakes = Handshakes::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS);
-        let expiry = tokio::spawn(expire_partials(self.shared.root.clone(), self.partial_ttl));
+        let expiry = tokio::spawn(expire_partials(self.shared.clone(), self.partial_ttl));
         tokio::pin!(shutdown);
         loop {
             // Every connection is accepted at once and its handshake bounded
@@ -348,17 +353,39 @@ impl Server {
     }
 }
 
-/// Deletes partial copies older than `ttl`: now, then every quarter of
-/// `ttl` (at least every second, at most every hour).
-async fn expire_partials(root: Root, ttl: Duration) {
+/// Opens the root folder, or checks the bucket: a store that is down or
+/// refuses stops the server at start, said plainly.
+async fn open_storage(cfg: &ServeConfig) -> Result<Storage> {
+    #[cfg(feature = "s3")]
+    if let Some((location, access)) = &cfg.store {
+        let bucket = crate::objects::Bucket::open(location.clone(), access).map_err(|e| Error::Usage(e.message))?;
+        bucket.check().await.map_err(|e| Error::Usage(e.message))?;
+        return Ok(Storage::Objects(bucket));
+    }
+    let mut root = Root::open_server(&cfg.root)
+        .map_err(|e| Error::io(format!("cannot use {} as the root", cfg.root.display()), e))?;
+    root.set_partial_quota(cfg.partial_quota);
+    Ok(Storage::Local(root))
+}
+
+/// Deletes partial copies older than `ttl` (a bucket's partial uploads are
+/// aborted): now, then every quarter of `ttl` (at least every second, at
+/// most every hour).
+async fn expire_partials(shared: Arc<Shared>, ttl: Duration) {
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
-        let root = root.clone();
-        let removed = crate::transfer::blocking(move || match root.partial_dir() {
-            Ok(dir) => crate::partial::expire(&dir, ttl),
-            Err(_) => 0,
-        })
-        .await;
+        let removed = match &shared.storage {
+            Storage::Local(root) => {
+                let root = root.clone();
+                crate::transfer::blocking(move || match root.partial_dir() {
+                    Ok(dir) => crate::partial::expire(&dir, ttl),
+                    Err(_) => 0,
+                })
+                .await
+            }
+            #[cfg(feature = "s3")]
+            Storage::Objects(b) => b.expire_partials(ttl).await,
+        };
         if removed > 0 {
             info!(removed, "deleted partial copies older than {}s", ttl.as_secs());
         }

@@ -55,8 +55,21 @@ pub enum FileOutcome {
 pub trait Destination: Send {
     /// Takes the next payload bytes.
     fn write(&mut self, data: &[u8]) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
-    /// Called once the whole payload arrived and verified.
-    fn finish(self, h: &FileHeader) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
+    /// Called once the whole payload arrived and verified (or, for a
+    /// destination that [verifies itself](Destination::verifies_itself),
+    /// arrived whole: it then checks `blake3`, the sender's hash).
+    fn finish(
+        self,
+        h: &FileHeader,
+        blake3: [u8; 32],
+    ) -> impl Future<Output = std::result::Result<(), StoreError>> + Send;
+    /// True when the destination hashes what it takes itself (an object
+    /// store's upload hashes each part as a BLAKE3 subtree, and a resumed
+    /// one holds no hasher state for the bytes before it): the payload is
+    /// then not hashed twice, and the check is the destination's.
+    fn verifies_itself(&self) -> bool {
+        false
+    }
     /// Called when the file failed for good (not when the connection was
     /// cut: then it is just dropped, and a partial copy may be kept).
     fn discard(self)
@@ -117,6 +130,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
     meter.resumed(h.offset);
     let mut got: u64 = h.offset;
     let mut failure: Option<StoreError> = None;
+    let self_checked = sink.as_ref().is_some_and(D::verifies_itself);
     let discard = |sink: &mut Option<D>| {
         if let Some(s) = sink.take() {
             s.discard();
@@ -152,7 +166,7 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                         format!("{}: stopped reading a refused file after {} more", h.path, human_bytes(MAX_DRAIN)),
                     ));
                 }
-                if failure.is_none() {
+                if failure.is_none() && !self_checked {
                     hasher.update(&d); // a failed file's hash is never used
                 }
                 meter.bytes(d.len() as u64);
@@ -170,7 +184,10 @@ pub async fn receive_into<R: AsyncRead + Unpin, D: Destination>(
                 }
             }
             Some(Frame::End { blake3 }) => {
-                return Ok(finish(h, sink, failure, got, blake3, *hasher.finalize().as_bytes()).await);
+                // A destination that checks the hash itself vouches for the
+                // sender's once its `finish` succeeds.
+                let actual = if self_checked && sink.is_some() { blake3 } else { *hasher.finalize().as_bytes() };
+                return Ok(finish(h, sink, failure, got, blake3, actual).await);
             }
             Some(Frame::Abort { reason }) => {
                 discard(&mut sink);
@@ -232,7 +249,7 @@ async fn finish<D: Destination>(
         return FileOutcome::Failed { code, message, bytes };
     }
     if let Some(s) = sink
-        && let Err(e) = s.finish(h).await
+        && let Err(e) = s.finish(h, expected).await
     {
         return FileOutcome::Failed { code: e.code, message: e.message, bytes };
     }
@@ -266,7 +283,7 @@ impl Destination for Sink {
         self.disk.write(data).await
     }
 
-    async fn finish(self, h: &FileHeader) -> std::result::Result<(), StoreError> {
+    async fn finish(self, h: &FileHeader, _: [u8; 32]) -> std::result::Result<(), StoreError> {
         let (mode, mtime) = (h.mode, h.mtime);
         match self.defer {
             // Group commit: hand the verified file back, not yet installed.
@@ -292,7 +309,7 @@ impl<W: AsyncWrite + Unpin + Send> Destination for WriterSink<W> {
         self.0.write_all(data).await.map_err(|e| StoreError::io(&"standard output", e))
     }
 
-    async fn finish(mut self, _: &FileHeader) -> std::result::Result<(), StoreError> {
+    async fn finish(mut self, _: &FileHeader, _: [u8; 32]) -> std::result::Result<(), StoreError> {
         self.0.flush().await.map_err(|e| StoreError::io(&"standard output", e))
     }
 }

@@ -21,6 +21,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+#[cfg(feature = "s3")]
+mod objects;
+#[cfg(feature = "s3")]
+mod objects_pull;
 mod pull;
 mod push;
 
@@ -38,7 +42,7 @@ use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp,
 use crate::store::{GroupSize, StoreError};
 use crate::throttle::Throttled;
 use crate::tls;
-use crate::transfer::{self, blocking};
+use crate::transfer;
 
 pub(super) type Tls = TlsStream<Throttled<TcpStream>>;
 
@@ -98,7 +102,7 @@ pub(super) async fn serve(
         let key = names.first().cloned().unwrap_or_default();
         let budget = shared.budget_for(&key);
         let shared_after = shared.clone();
-        let case_names = shared.root.case_names().charged_to(budget.clone());
+        let case_names = shared.storage.case_names().charged_to(budget.clone());
         let mut conn = Conn {
             r: FrameReader::new(rd, peer.clone(), t.idle),
             w: FrameWriter::new(wr, peer.clone(), t.idle),
@@ -117,6 +121,8 @@ pub(super) async fn serve(
             batch_size: GroupSize::default(),
             folder_fs: Vec::new(),
             claims: HashMap::new(),
+            #[cfg(feature = "s3")]
+            object_claims: HashMap::new(),
             offers: HashMap::new(),
             offered: (0, 0),
             get_filter: None,
@@ -203,6 +209,9 @@ struct Conn {
     /// Partial copies offered to this client (`Have`), held until its
     /// `File` for the same path continues or replaces them.
     claims: HashMap<WirePath, Partial>,
+    /// The same, for partial uploads kept in a bucket.
+    #[cfg(feature = "s3")]
+    object_claims: HashMap<WirePath, objects::Claim>,
     /// What the client holds, for the files of its next `Get`s, each with
     /// its share of the server's memory budget.
     offers: HashMap<WirePath, (transfer::Held, Charge)>,
@@ -416,17 +425,15 @@ impl Conn {
             Frame::Probe { path, size, mtime } => self.probe(path, size, mtime).await,
             Frame::Offer(o) => self.offer(o),
             Frame::Dir { path, .. } => {
-                let root = self.shared.root.clone();
-                let p = path.clone();
                 let r = match self.authorize(Perm::Write, &path) {
-                    Ok(()) => blocking(move || root.mkdir(&p).map(|d| (d.device().ok(), d))).await,
+                    Ok(()) => self.shared.storage.mkdir(&path).await,
                     Err(e) => Err(e),
                 };
                 match r {
-                    // `OK` once the folder is durable: it waits for the
-                    // next group commit, whose syncs cover it (one handle
-                    // kept per filesystem, not per folder).
-                    Ok((dev, dir)) => {
+                    // `OK` once the folder is durable: a local one waits for
+                    // the next group commit, whose syncs cover it (one
+                    // handle kept per filesystem, not per folder).
+                    Ok(Some((dev, dir))) => {
                         if !self.folder_fs.iter().any(|(d, _)| *d == dev) {
                             self.folder_fs.push((dev, dir));
                         }
@@ -437,13 +444,14 @@ impl Conn {
                         }
                         Ok(())
                     }
+                    // The store made it durable before answering.
+                    Ok(None) => self.answer(&path, "mkdir", Ok(())).await,
                     Err(e) => self.answer(&path, "mkdir", Err(e)).await,
                 }
             }
             Frame::Link { path, target } => {
-                let (root, p, t) = (self.shared.root.clone(), path.clone(), target.clone());
                 let r = match self.authorize(Perm::Write, &path).and_then(|()| self.case_names.check(&path)) {
-                    Ok(()) => blocking(move || root.link(&p, &t)).await,
+                    Ok(()) => self.shared.storage.link(&path, &target).await,
                     Err(e) => Err(e),
                 };
                 if r.is_ok() {
@@ -455,10 +463,8 @@ impl Conn {
             Frame::Get { path } => self.get(path).await,
             Frame::List { path } => self.list(path).await,
             Frame::Remove { path, recursive } => {
-                let root = self.shared.root.clone();
-                let p = path.clone();
                 let r = match self.authorize(Perm::Delete, &path) {
-                    Ok(()) => blocking(move || root.remove(&p, recursive)).await,
+                    Ok(()) => self.shared.storage.remove(&path, recursive).await,
                     Err(e) => Err(e),
                 };
                 if r.is_ok() {

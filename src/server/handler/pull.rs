@@ -14,6 +14,7 @@ use crate::meter::Meter;
 use crate::protocol::{
     ErrorCode, FileHeader, Frame, FrameError, Have, MAX_OFFER_BYTES, MAX_OFFERS, Offer, Timestamp, WirePath,
 };
+use crate::server::storage::Storage;
 use crate::transfer::{self, SendOutcome, blocking};
 use crate::walk::{Filter, Item};
 
@@ -78,14 +79,18 @@ impl Conn {
         if let Err(e) = self.authorize(Perm::Read, &path) {
             return self.answer(&path, "pull", Err(e)).await;
         }
-        let root = self.shared.root.clone();
-        let p = path.clone();
-        let walk = match blocking(move || root.walk(&p)).await {
+        let root = match &self.shared.storage {
+            Storage::Local(root) => root.clone(),
+            #[cfg(feature = "s3")]
+            Storage::Objects(b) => return self.get_objects(b.clone(), path).await,
+        };
+        let (r, p) = (root.clone(), path.clone());
+        let walk = match blocking(move || r.walk(&p)).await {
             Ok(w) => w,
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
         // The client's bars get a total and an ETA when counting is cheap.
-        let (root, p) = (self.shared.root.clone(), path.clone());
+        let p = path.clone();
         let filter = self.get_filter.as_ref().map(|(f, _)| f.clone());
         let f2 = filter.clone();
         let total =
@@ -189,9 +194,7 @@ impl Conn {
         if let Err(e) = self.authorize(Perm::Read, &path) {
             return self.answer(&path, "list", Err(e)).await;
         }
-        let root = self.shared.root.clone();
-        let p = path.clone();
-        match blocking(move || root.list_with_links(&p)).await {
+        match self.shared.storage.list(&path).await {
             Ok((entries, links)) => {
                 for e in entries {
                     self.w.send(&Frame::Entry(e)).await?;

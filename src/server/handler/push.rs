@@ -18,6 +18,7 @@ use crate::meter::Meter;
 use crate::partial::{PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, FrameError, Have, Timestamp, WirePath};
+use crate::server::storage::Storage;
 use crate::store::{self, GroupSize, Resume, StoreError, Verified};
 use crate::transfer::{self, FileOutcome, Target, blocking};
 
@@ -41,6 +42,9 @@ pub(super) enum Reply {
     /// `OK` for a folder just created, once the group commit made it
     /// durable.
     Folder(WirePath),
+    /// `STORED` (or `ERROR`) once the bucket completed the upload.
+    #[cfg(feature = "s3")]
+    Object(super::objects::Completing),
 }
 
 /// What a queued reply becomes once its group is committed.
@@ -48,6 +52,8 @@ pub(super) enum Answer {
     File(u64, [u8; 32], Instant),
     Now(Frame),
     Folder(WirePath),
+    #[cfg(feature = "s3")]
+    Object(super::objects::Completing),
 }
 
 /// A received, verified file awaiting its group commit.
@@ -61,7 +67,7 @@ pub(super) struct Pending {
 }
 
 /// Payloads longer than this are not received while replies wait.
-const LONG_PAYLOAD: u64 = 1 << 20;
+pub(super) const LONG_PAYLOAD: u64 = 1 << 20;
 
 /// Cancels a connection's hashing when the connection ends.
 pub(super) struct CancelOnDrop(pub(super) Arc<Work>);
@@ -92,6 +98,8 @@ impl Conn {
         self.batch.iter().any(|r| match r {
             Reply::File(p) => path.starts_with(p.staged.path()),
             Reply::Ready(_) | Reply::Folder(..) => false,
+            #[cfg(feature = "s3")]
+            Reply::Object(_) => false,
         })
     }
 
@@ -111,11 +119,20 @@ impl Conn {
             let held = self.claims.remove(&path).filter(|c| c.id == id);
             // A probe is answered as the push it announces would be: a
             // refusal for a path no push may write.
-            let allowed = self.authorize(Perm::Write, &path).and_then(|()| self.shared.root.check_reserved(&path));
+            let allowed = self.authorize(Perm::Write, &path).and_then(|()| self.shared.storage.check_reserved(&path));
             let readable = self.authorize(Perm::Read, &path).is_ok();
             asks.push((path, size, id, allowed, readable, held));
         }
-        let (root, work) = (self.shared.root.clone(), self.work.clone());
+        let root = match &self.shared.storage {
+            Storage::Local(root) => root.clone(),
+            #[cfg(feature = "s3")]
+            Storage::Objects(b) => {
+                let asks = asks.into_iter().map(|(p, s, id, allowed, readable, _)| (p, s, id, allowed, readable));
+                self.probe_objects(b.clone(), asks.collect()).await?;
+                return self.after_probes(bad).await;
+            }
+        };
+        let work = self.work.clone();
         let task = blocking(move || {
             asks.into_iter()
                 .map(|(path, size, id, allowed, readable, held)| {
@@ -159,6 +176,11 @@ impl Conn {
             };
             self.reply_in_order(frame).await?;
         }
+        self.after_probes(bad).await
+    }
+
+    /// Refuses the bad path that ended a run of probes, if one did.
+    async fn after_probes(&mut self, bad: Option<FrameError>) -> Result<()> {
         match bad {
             Some(e) => {
                 self.commit_batch().await?;
@@ -212,6 +234,11 @@ impl Conn {
 
     /// Receives one pushed file.
     pub(super) async fn put(&mut self, h: FileHeader) -> Result<()> {
+        let root = match &self.shared.storage {
+            Storage::Local(root) => root.clone(),
+            #[cfg(feature = "s3")]
+            Storage::Objects(b) => return self.put_object(b.clone(), h).await,
+        };
         let started = Instant::now();
         let size = h.known_size();
         let max = self.shared.max_size.unwrap_or(u64::MAX);
@@ -229,10 +256,10 @@ impl Conn {
                 ),
             }),
             (Ok(()), _) => {
-                let (root, p) = (self.shared.root.clone(), h.path.clone());
+                let p = h.path.clone();
                 let near = self.batch.iter().rev().find_map(|r| match r {
                     Reply::File(pending) => pending.staged.near(),
-                    Reply::Ready(_) | Reply::Folder(..) => None,
+                    _ => None,
                 });
                 Target::new(size, near, move |near| root.stage(&p, size, near, resume)).await
             }
@@ -325,10 +352,17 @@ impl Conn {
                 }
                 Reply::Ready(frame) => replies.push(Answer::Now(frame)),
                 Reply::Folder(path) => replies.push(Answer::Folder(path)),
+                #[cfg(feature = "s3")]
+                Reply::Object(c) => replies.push(Answer::Object(c)),
             }
         }
         self.batch_size = GroupSize::default();
-        let (results, folders_ok) = blocking(move || store::commit_group(staged, &folders)).await;
+        // A bucket's files complete on their own: nothing to install then.
+        let (results, folders_ok) = if staged.is_empty() && folders.is_empty() {
+            (Vec::new(), Ok(()))
+        } else {
+            blocking(move || store::commit_group(staged, &folders)).await
+        };
         let mut results = results.into_iter();
         drop(charges); // the memory they cover is free now
         for reply in replies {
@@ -341,6 +375,11 @@ impl Conn {
                 Answer::Folder(path) => {
                     let r = folders_ok.clone().map_err(|e| StoreError { message: format!("{path}: {e}"), ..e });
                     self.answer(&path, "mkdir", r).await?;
+                    continue;
+                }
+                #[cfg(feature = "s3")]
+                Answer::Object(c) => {
+                    self.answer_completed(c).await?;
                     continue;
                 }
             };

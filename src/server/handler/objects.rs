@@ -1,0 +1,308 @@
+//! A push and its probes on a server whose storage is a bucket. Each file
+//! streams into an [`Upload`] (parts in flight while the next arrive),
+//! which checks the size and BLAKE3 and only then completes; completions
+//! run in the background, several files at once, and are answered
+//! `STORED` in request order once the store acknowledged them (the
+//! bucket's counterpart of group commit). A connection cut mid-file
+//! leaves the parts stored so far, and their BLAKE3 subtrees, in the
+//! bucket, for any server on it to resume from.
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::Conn;
+use super::push::Reply;
+use crate::auth::Perm;
+use crate::budget::Charge;
+use crate::error::{Error, Result};
+use crate::meter::Meter;
+use crate::objects::{Bucket, IN_FLIGHT, PART, Resumable, Upload};
+use crate::partial::{PartialId, RESUMABLE_MIN};
+use crate::progress::human_bytes;
+use crate::protocol::{ErrorCode, FileHeader, Frame, Have, WirePath};
+use crate::store::StoreError;
+use crate::transfer::{self, Destination, FileOutcome};
+
+/// Probes answered against the store at once.
+const PROBES_IN_FLIGHT: usize = 16;
+/// Files whose completion (a `PUT`, or completing a multipart upload) may
+/// be under way at once for one connection, their `STORED` waiting.
+const COMPLETIONS_IN_FLIGHT: usize = 32;
+/// A partial upload's state not saved again for this long belongs to an
+/// attempt that is over: a new upload of the same path may abort it.
+const STALE_STATE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What a probe asks: path, size, the partial id of that version, whether
+/// this client may push it and whether it may read it.
+pub(super) type Ask = (WirePath, u64, PartialId, std::result::Result<(), StoreError>, bool);
+
+/// A partial upload offered to this client, held until its `File`.
+pub(super) struct Claim {
+    id: PartialId,
+    resumable: Resumable,
+}
+
+/// A file whose upload is completing in the background.
+pub(super) struct Completing {
+    pub(super) task: JoinHandle<std::result::Result<(), StoreError>>,
+    pub(super) path: WirePath,
+    pub(super) size: u64,
+    pub(super) blake3: [u8; 32],
+    pub(super) started: Instant,
+}
+
+impl Conn {
+    /// Answers probes from the store: the BLAKE3 of a stored file of the
+    /// same size (from its metadata: nothing is read back), shown only to
+    /// clients allowed to read it, and the partial upload this client left
+    /// of this version of the file, claimed until its `File`.
+    pub(super) async fn probe_objects(&mut self, b: Bucket, asks: Vec<Ask>) -> Result<()> {
+        let answers: Vec<_> = futures_util::stream::iter(asks)
+            .map(|(path, size, id, allowed, readable)| {
+                let b = b.clone();
+                async move {
+                    let found = match allowed {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            let complete = match b.stat(&path).await {
+                                Ok(Some(info)) if readable && info.size == size => info.blake3,
+                                _ => None,
+                            };
+                            let partial = if size >= RESUMABLE_MIN { b.partial(&id).await } else { None };
+                            Ok((complete, partial))
+                        }
+                    };
+                    (path, id, found)
+                }
+            })
+            .buffered(PROBES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (path, id, found) in answers {
+            let frame = match found {
+                Err(e) => {
+                    warn!(path = %path, "push refused: {}", e.message);
+                    Frame::Error { code: e.code, message: e.message }
+                }
+                Ok((complete, partial)) => {
+                    let mut have = Have { complete, ..Have::default() };
+                    if let Some(resumable) = partial {
+                        (have.offset, have.prefix) = (resumable.offset, resumable.prefix);
+                        info!(path = %path, offset = resumable.offset, "offering a partial upload for resume");
+                        self.object_claims.insert(path, Claim { id, resumable });
+                    }
+                    Frame::Have(have)
+                }
+            };
+            self.reply_in_order(frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Receives one pushed file into the bucket.
+    pub(super) async fn put_object(&mut self, b: Bucket, h: FileHeader) -> Result<()> {
+        let started = Instant::now();
+        let max = self.shared.max_size.unwrap_or(u64::MAX);
+        let claim = self.object_claims.remove(&h.path);
+        let resume = match (h.offset, claim) {
+            (0, _) => None,
+            (offset, Some(c)) if c.resumable.offset == offset && c.id == self.partial_id(&h) => Some(c),
+            (offset, _) => {
+                return Err(Error::protocol(
+                    self.r.peer(),
+                    format!("{}: FILE starts at offset {offset}, which this server did not offer", h.path),
+                ));
+            }
+        };
+        let allowed = self.authorize(Perm::Write, &h.path).and_then(|()| self.case_names.check(&h.path));
+        let started_upload = match (allowed, h.known_size()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(size)) if size > max => Err(StoreError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "{}: {} is larger than this server's --max-size of {}",
+                    h.path,
+                    human_bytes(size),
+                    human_bytes(max)
+                ),
+            }),
+            (Ok(()), _) => self.start_upload(&b, &h, resume).await,
+        };
+        let (upload, charge) = match started_upload {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(path = %h.path, "push refused: {}", e.message);
+                self.commit_batch().await?;
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await?;
+                return transfer::discard_payload(&mut self.r, &h).await;
+            }
+        };
+        // As for a local root: replies owed go out before a long payload.
+        if h.known_size().is_none_or(|s| s > super::push::LONG_PAYLOAD) {
+            self.commit_batch().await?;
+            self.w.flush().await?;
+        }
+        if h.offset > 0 {
+            info!(path = %h.path, offset = h.offset, "resuming");
+        }
+        let (tx, rx) = oneshot::channel();
+        let sink = ObjectSink { upload: Some(upload), done: Some(tx) };
+        let meter = Meter::off();
+        let outcome = transfer::receive_into(&mut self.r, &h, Some(sink), max, &meter, blake3::Hasher::new());
+        match outcome.await? {
+            FileOutcome::Ok(got) => {
+                let Ok(upload) = rx.await else {
+                    let message = format!("{}: the received file was lost before it could be stored", h.path);
+                    return self.reply_in_order(Frame::Error { code: ErrorCode::Io, message }).await;
+                };
+                // A client revoked while its file arrived gets nothing stored.
+                if let Err(e) = self.refresh() {
+                    upload.abort().await;
+                    return Err(e);
+                }
+                let task = tokio::spawn(async move {
+                    let r = upload.finish(got.size, got.blake3).await;
+                    drop(charge); // the memory the upload held is free now
+                    r
+                });
+                let done = Completing { task, path: h.path.clone(), size: got.size, blake3: got.blake3, started };
+                self.batch.push(Reply::Object(done));
+                if self.completing() >= COMPLETIONS_IN_FLIGHT {
+                    self.commit_batch().await?;
+                }
+                Ok(())
+            }
+            FileOutcome::Failed { code, message, bytes } => {
+                self.bytes += bytes;
+                warn!(path = %h.path, bytes, "push failed: {message}");
+                self.reply_in_order(Frame::Error { code, message }).await
+            }
+            FileOutcome::PeerError { message, .. } => {
+                Err(Error::protocol(self.r.peer(), format!("client sent an error frame inside a file: {message}")))
+            }
+        }
+    }
+
+    /// Answers a file whose upload was completing, once it has.
+    pub(super) async fn answer_completed(&mut self, c: Completing) -> Result<()> {
+        let r = match c.task.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::new(ErrorCode::Io, format!("{}: the upload task failed: {e}", c.path))),
+        };
+        match r {
+            Ok(()) => {
+                self.log_file("received", &c.path, c.size, &c.blake3, c.started);
+                self.w.send(&Frame::Stored { size: c.size, blake3: c.blake3 }).await
+            }
+            Err(e) => {
+                warn!(path = %c.path, "push failed: {}", e.message);
+                self.w.send(&Frame::Error { code: e.code, message: e.message }).await
+            }
+        }
+    }
+
+    /// Completions under way.
+    fn completing(&self) -> usize {
+        self.batch.iter().filter(|r| matches!(r, Reply::Object(_))).count()
+    }
+
+    fn partial_id(&self, h: &FileHeader) -> PartialId {
+        let peer = self.names.first().cloned().unwrap_or_default();
+        PartialId::new(&peer, &h.path, h.known_size().unwrap_or(0), h.mtime)
+    }
+
+    /// Starts (or continues) the upload of `h`, with the memory it will
+    /// hold charged to this client's share of the budget.
+    async fn start_upload(
+        &mut self,
+        b: &Bucket,
+        h: &FileHeader,
+        resume: Option<Claim>,
+    ) -> std::result::Result<(Upload, Charge), StoreError> {
+        let (charge, parts) = match self.upload_memory(h.known_size()) {
+            Some(x) => x,
+            // Completions under way hold memory: wait for them, then try again.
+            None if self.completing() > 0 => {
+                self.commit_batch().await.map_err(|e| StoreError::new(ErrorCode::Io, e.to_string()))?;
+                self.upload_memory(h.known_size()).ok_or_else(busy)?
+            }
+            None => return Err(busy()),
+        };
+        let upload = match resume {
+            Some(c) => b.resume(c.id, c.resumable, h.mode, h.mtime)?,
+            None => {
+                let id = h.known_size().filter(|&s| s >= RESUMABLE_MIN).map(|_| self.partial_id(h));
+                if let Some(id) = &id {
+                    // An older attempt's upload would lose its only record.
+                    b.forget_partial(id, STALE_STATE).await;
+                }
+                b.upload(&h.path, h.mode, h.mtime, id)?
+            }
+        };
+        Ok((upload.with_parts_in_flight(parts), charge))
+    }
+
+    /// The memory an upload of `size` bytes holds (a small file whole until
+    /// its `PUT`; a large one, the part filling and those in flight), with
+    /// as many parts in flight as this client's share allows.
+    fn upload_memory(&self, size: Option<u64>) -> Option<(Charge, usize)> {
+        if let Some(s) = size.filter(|&s| s <= PART as u64) {
+            return self.budget.try_charge(s as usize).map(|c| (c, 1));
+        }
+        (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(PART * (parts + 1)).map(|c| (c, parts)))
+    }
+}
+
+fn busy() -> StoreError {
+    StoreError::new(
+        ErrorCode::Busy,
+        "the server's memory for uploads (--max-memory) is taken by other transfers; retry later",
+    )
+}
+
+/// Where a pushed file's bytes go: its upload. Once the payload is whole,
+/// the upload is handed back (the caller completes it, which checks the
+/// BLAKE3); dropped mid-file (the connection was cut), it is suspended:
+/// the parts in flight are let finish and recorded, for a resume.
+struct ObjectSink {
+    upload: Option<Upload>,
+    done: Option<oneshot::Sender<Upload>>,
+}
+
+impl Destination for ObjectSink {
+    async fn write(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
+        match self.upload.as_mut() {
+            Some(up) => up.write(data).await,
+            None => Err(StoreError::new(ErrorCode::Io, "the upload is over")),
+        }
+    }
+
+    async fn finish(mut self, _: &FileHeader, _: [u8; 32]) -> std::result::Result<(), StoreError> {
+        if let (Some(up), Some(done)) = (self.upload.take(), self.done.take()) {
+            let _ = done.send(up);
+        }
+        Ok(())
+    }
+
+    fn verifies_itself(&self) -> bool {
+        true
+    }
+
+    fn discard(mut self) {
+        if let Some(up) = self.upload.take() {
+            tokio::spawn(up.abort());
+        }
+    }
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        if let Some(up) = self.upload.take() {
+            tokio::spawn(up.suspend());
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! A pull on a server whose storage is a bucket: the folder asked for is
+//! listed in key order (each folder's keys come together, so one chain of
+//! ancestors is all that is kept to send each `DIR` once), small objects
+//! are fetched a few at a time ahead of the one being sent, and every
+//! object is checked, as it is sent, against the BLAKE3 recorded when it
+//! was pushed: a store that lost or changed bytes is caught here, and the
+//! client gets an `ABORT`, never the wrong bytes under a good hash.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tracing::warn;
+
+use super::{Conn, SHUTTING_DOWN};
+use crate::budget::Charge;
+use crate::error::Result;
+use crate::objects::{Bucket, Info, Listed, Reading};
+use crate::protocol::{CHUNK_LEN, ErrorCode, FileHeader, Frame, Timestamp, WirePath};
+use crate::store::StoreError;
+use crate::transfer::Held;
+
+/// Objects up to this size are fetched whole, ahead of their turn.
+const SMALL: u64 = 256 * 1024;
+/// Objects fetched ahead at once.
+const AHEAD: usize = 8;
+/// Keys listed before the first file is sent, to give the client a total
+/// when the whole answer fits.
+const COUNT_FIRST: usize = 10_000;
+
+/// A listed key, with the object's bytes when it was small enough to fetch
+/// ahead (and the memory they hold, charged to the client's share).
+enum Next {
+    File(WirePath, Option<(Reading, Charge)>),
+    Folder(WirePath),
+    Invalid(String),
+}
+
+impl Conn {
+    /// Answers a `GET`: one file, or a folder and everything under it.
+    pub(super) async fn get_objects(&mut self, b: Bucket, path: WirePath) -> Result<()> {
+        if !path.is_root() {
+            match b.stat(&path).await {
+                Ok(Some(_)) => {
+                    if let Err(e) = self.send_object(&b, &path, None).await? {
+                        warn!(path = %path, "pull refused: {}", e.message);
+                        return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
+                    }
+                    return self.w.send(&Frame::Ok).await;
+                }
+                Ok(None) => {}
+                Err(e) => return self.answer(&path, "pull", Err(e)).await,
+            }
+        }
+        let mut listing = match b.walk(&path) {
+            Ok(l) => self.unfiltered_out(l),
+            Err(e) => return self.answer(&path, "pull", Err(e)).await,
+        };
+        let mut first = Vec::new();
+        let mut ended = false;
+        while first.len() < COUNT_FIRST {
+            match listing.next().await {
+                Some(Ok(l)) => first.push(l),
+                Some(Err(e)) => return self.answer(&path, "pull", Err(e)).await,
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if first.is_empty() && !path.is_root() && !b.has_marker(&path).await {
+            let e = StoreError::new(ErrorCode::NotFound, format!("{path}: no such file or folder"));
+            return self.answer(&path, "pull", Err(e)).await;
+        }
+        if ended {
+            let files = first.iter().filter(|l| matches!(l, Listed::File(..))).count() as u64;
+            let bytes = first.iter().map(|l| if let Listed::File(_, s) = l { *s } else { 0 }).sum();
+            self.w.send(&Frame::Total { files, bytes }).await?;
+        }
+        let rest = if ended { stream::empty().boxed() } else { listing };
+        let keys = stream::iter(first.into_iter().map(Ok)).chain(rest);
+        let (budget, bucket) = (self.budget.clone(), b.clone());
+        let mut ahead = keys
+            .map(move |l| {
+                let (budget, b) = (budget.clone(), bucket.clone());
+                async move {
+                    Ok::<_, StoreError>(match l? {
+                        Listed::File(p, size) => {
+                            let charge = if size <= SMALL { budget.try_charge(size as usize) } else { None };
+                            let read = match charge {
+                                Some(charge) => fetch_whole(&b, &p).await.map(|r| (r, charge)),
+                                None => None,
+                            };
+                            Next::File(p, read)
+                        }
+                        Listed::Folder(p) => Next::Folder(p),
+                        Listed::Invalid(raw) => Next::Invalid(raw),
+                    })
+                }
+            })
+            .buffered(AHEAD);
+        let mut sent_dirs: Vec<WirePath> = Vec::new();
+        while let Some(next) = ahead.next().await {
+            if self.token.is_cancelled() {
+                self.stopped_mid_response = true;
+                let message = SHUTTING_DOWN.to_owned();
+                return self.w.send(&Frame::Error { code: ErrorCode::ShuttingDown, message }).await;
+            }
+            match next {
+                Err(e) => {
+                    warn!(path = %path, "pull cut short: {}", e.message);
+                    return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
+                }
+                Ok(Next::Folder(p)) => self.send_dirs(&path, &p, &mut sent_dirs).await?,
+                Ok(Next::File(p, read)) => {
+                    if let Some(parent) = p.parent() {
+                        self.send_dirs(&path, &parent, &mut sent_dirs).await?;
+                    }
+                    // The memory fetched ahead is held until the file is sent.
+                    let (read, _charge) = read.unzip();
+                    if let Err(e) = self.send_object(&b, &p, read).await? {
+                        self.send_failed(&p, &e.message).await?;
+                    }
+                }
+                Ok(Next::Invalid(raw)) => {
+                    let reason = "its key is not a path xfer can send (empty or '.' components, control characters)";
+                    self.w.send(&Frame::Skipped { path: WirePath::lossy(&raw), reason: reason.into() }).await?;
+                }
+            }
+        }
+        self.w.send(&Frame::Ok).await
+    }
+
+    /// Leaves out of a listing what the client's `FILTER` excludes: a key
+    /// whose own path, or one of whose folders, is excluded.
+    fn unfiltered_out(
+        &self,
+        l: BoxStream<'static, std::result::Result<Listed, StoreError>>,
+    ) -> BoxStream<'static, std::result::Result<Listed, StoreError>> {
+        let Some((filter, _)) = &self.get_filter else { return l };
+        let filter = filter.clone();
+        l.filter(move |l| {
+            let out = match l {
+                Ok(Listed::File(p, _)) => excluded(&filter, p, false),
+                Ok(Listed::Folder(p)) => excluded(&filter, p, true),
+                _ => false,
+            };
+            std::future::ready(!out)
+        })
+        .boxed()
+    }
+
+    /// Sends `DIR` for each folder from `asked` down to `dir` not sent yet.
+    async fn send_dirs(&mut self, asked: &WirePath, dir: &WirePath, sent: &mut Vec<WirePath>) -> Result<()> {
+        let mut want = Vec::new();
+        let mut d = Some(dir.clone());
+        while let Some(p) = d.filter(|p| !p.is_root() && p.starts_with(asked)) {
+            d = p.parent();
+            want.push(p);
+        }
+        want.reverse();
+        let same = sent.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        sent.truncate(same);
+        for p in want.into_iter().skip(same) {
+            self.w.send(&Frame::Dir { path: p.clone(), mode: 0o755, mtime: Timestamp::default() }).await?;
+            sent.push(p);
+        }
+        Ok(())
+    }
+
+    /// Sends one object (from `read` when it was fetched ahead), or only
+    /// the rest of it when the client offered a prefix of this very
+    /// version. `Err` inside: nothing was sent, and why.
+    async fn send_object(
+        &mut self,
+        b: &Bucket,
+        p: &WirePath,
+        read: Option<Reading>,
+    ) -> Result<std::result::Result<(), StoreError>> {
+        let started = Instant::now();
+        let held = self.offers.get(p).map(|(h, _)| h.clone());
+        let mut reading = match read {
+            Some(r) => r,
+            None => match b.open_read(p, 0).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let info = reading.info.clone();
+        let (offset, hasher, carry) = match resumable(&held, &info) {
+            Some(offset) => match hash_prefix(&mut reading.body, offset).await {
+                Ok((hasher, carry))
+                    if held.as_ref().is_some_and(|k| *hasher.finalize().as_bytes() == k.have.prefix) =>
+                {
+                    (offset, hasher, carry)
+                }
+                // Not the client's prefix after all: from the start.
+                _ => match b.open_read(p, 0).await {
+                    Ok(r) => {
+                        reading = r;
+                        (0, blake3::Hasher::new(), Bytes::new())
+                    }
+                    Err(e) => return Ok(Err(e)),
+                },
+            },
+            None => (0, blake3::Hasher::new(), Bytes::new()),
+        };
+        let header = FileHeader { offset, ..FileHeader::new(p.clone(), info.size, info.mode, info.mtime) };
+        self.w.send(&Frame::File(header)).await?;
+        match self.send_body(reading.body, carry, hasher, info.size - offset).await? {
+            Ok(blake3) if info.blake3.is_none_or(|r| r == blake3) => {
+                self.w.send(&Frame::End { blake3 }).await?;
+                self.log_file("sent", p, info.size - offset, &blake3, started);
+            }
+            Ok(_) => {
+                let reason = "the stored object does not match the BLAKE3 recorded when it was pushed".to_owned();
+                warn!(path = %p, "pull of file abandoned: {reason}");
+                self.w.send(&Frame::Abort { reason }).await?;
+            }
+            Err(reason) => {
+                warn!(path = %p, "pull of file abandoned: {reason}");
+                self.w.send(&Frame::Abort { reason }).await?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends `len` bytes: `carry`, then the body, hashing them. The hash,
+    /// or why the file must be abandoned.
+    async fn send_body(
+        &mut self,
+        mut body: BoxStream<'static, std::result::Result<Bytes, StoreError>>,
+        carry: Bytes,
+        mut hasher: blake3::Hasher,
+        len: u64,
+    ) -> Result<std::result::Result<[u8; 32], String>> {
+        let mut sent = 0u64;
+        let mut next = Some(Ok(carry));
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => match body.next().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("the store failed while it was being read: {}", e.message))),
+            };
+            sent += chunk.len() as u64;
+            if sent > len {
+                return Ok(Err("the object grew while it was being sent".into()));
+            }
+            hasher.update(&chunk);
+            for piece in chunk.chunks(CHUNK_LEN) {
+                self.w.send_data(piece).await?;
+            }
+        }
+        if sent != len {
+            return Ok(Err("the object shrank while it was being sent".into()));
+        }
+        Ok(Ok(*hasher.finalize().as_bytes()))
+    }
+}
+
+/// A small object read whole (`None` if it cannot be: it is then read as
+/// any other, in its turn, and fails there if it must).
+async fn fetch_whole(b: &Bucket, p: &WirePath) -> Option<Reading> {
+    let mut r = b.open_read(p, 0).await.ok()?;
+    let mut whole = Vec::with_capacity(r.info.size as usize);
+    while let Some(chunk) = r.body.next().await {
+        whole.extend_from_slice(&chunk.ok()?);
+    }
+    r.body = stream::once(std::future::ready(Ok(Bytes::from(whole)))).boxed();
+    Some(r)
+}
+
+/// The offset to resume the client's copy from: only a prefix of this
+/// very version (same size and mtime), shorter than the whole.
+fn resumable(held: &Option<Held>, info: &Info) -> Option<u64> {
+    let k = held.as_ref()?;
+    (k.size == info.size && k.mtime == info.mtime && k.have.offset > 0 && k.have.offset < info.size)
+        .then_some(k.have.offset)
+}
+
+/// Hashes the first `n` bytes of `body`; what it read past them comes back.
+async fn hash_prefix(
+    body: &mut BoxStream<'static, std::result::Result<Bytes, StoreError>>,
+    n: u64,
+) -> std::result::Result<(blake3::Hasher, Bytes), StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut done = 0u64;
+    while done < n {
+        let Some(chunk) = body.next().await else { break };
+        let chunk = chunk?;
+        let take = (n - done).min(chunk.len() as u64) as usize;
+        hasher.update(&chunk[..take]);
+        done += take as u64;
+        if done == n {
+            return Ok((hasher, chunk.slice(take..)));
+        }
+    }
+    Err(StoreError::new(ErrorCode::Integrity, "the object is shorter than the offered prefix"))
+}
+
+/// True when `filter` excludes `p` or one of the folders above it.
+fn excluded(filter: &crate::walk::Filter, p: &WirePath, is_dir: bool) -> bool {
+    let mut d = p.parent();
+    while let Some(dir) = d.filter(|d| !d.is_root()) {
+        if filter.excludes(dir.as_str(), true) {
+            return true;
+        }
+        d = dir.parent();
+    }
+    filter.excludes(p.as_str(), is_dir)
+}
