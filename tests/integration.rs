@@ -29,6 +29,8 @@ mod resume;
 mod revocation;
 mod roles;
 mod server;
+#[cfg(feature = "s3")]
+mod store_serve;
 mod streams;
 mod tools;
 mod transfer;

@@ -42,7 +42,7 @@ impl Conn {
         if !path.is_root() {
             match b.stat(&path).await {
                 Ok(Some(_)) => {
-                    if let Err(e) = self.send_object(&b, &path, None).await? {
+                    if let Err(e) = self.send_object(&b, &path, &relative(&path, &path), None).await? {
                         warn!(path = %path, "pull refused: {}", e.message);
                         return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
                     }
@@ -53,7 +53,7 @@ impl Conn {
             }
         }
         let mut listing = match b.walk(&path) {
-            Ok(l) => self.unfiltered_out(l),
+            Ok(l) => self.unfiltered_out(l, &path),
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
         let mut first = Vec::new();
@@ -118,8 +118,9 @@ impl Conn {
                     }
                     // The memory fetched ahead is held until the file is sent.
                     let (read, _charge) = read.unzip();
-                    if let Err(e) = self.send_object(&b, &p, read).await? {
-                        self.send_failed(&p, &e.message).await?;
+                    let rel = relative(&path, &p);
+                    if let Err(e) = self.send_object(&b, &p, &rel, read).await? {
+                        self.send_failed(&rel, &e.message).await?;
                     }
                 }
                 Ok(Next::Invalid(raw)) => {
@@ -136,13 +137,14 @@ impl Conn {
     fn unfiltered_out(
         &self,
         l: BoxStream<'static, std::result::Result<Listed, StoreError>>,
+        asked: &WirePath,
     ) -> BoxStream<'static, std::result::Result<Listed, StoreError>> {
         let Some((filter, _)) = &self.get_filter else { return l };
-        let filter = filter.clone();
+        let (filter, asked) = (filter.clone(), asked.clone());
         l.filter(move |l| {
             let out = match l {
-                Ok(Listed::File(p, _)) => excluded(&filter, p, false),
-                Ok(Listed::Folder(p)) => excluded(&filter, p, true),
+                Ok(Listed::File(p, _)) => excluded(&filter, &relative(&asked, p), false),
+                Ok(Listed::Folder(p)) => excluded(&filter, &relative(&asked, p), true),
                 _ => false,
             };
             std::future::ready(!out)
@@ -162,23 +164,25 @@ impl Conn {
         let same = sent.iter().zip(&want).take_while(|(a, b)| a == b).count();
         sent.truncate(same);
         for p in want.into_iter().skip(same) {
-            self.w.send(&Frame::Dir { path: p.clone(), mode: 0o755, mtime: Timestamp::default() }).await?;
+            let path = relative(asked, &p);
+            self.w.send(&Frame::Dir { path, mode: 0o755, mtime: Timestamp::default() }).await?;
             sent.push(p);
         }
         Ok(())
     }
 
-    /// Sends one object (from `read` when it was fetched ahead), or only
-    /// the rest of it when the client offered a prefix of this very
-    /// version. `Err` inside: nothing was sent, and why.
+    /// Sends the object `p` as `rel` (from `read` when it was fetched
+    /// ahead), or only the rest of it when the client offered a prefix of
+    /// this very version. `Err` inside: nothing was sent, and why.
     async fn send_object(
         &mut self,
         b: &Bucket,
         p: &WirePath,
+        rel: &WirePath,
         read: Option<Reading>,
     ) -> Result<std::result::Result<(), StoreError>> {
         let started = Instant::now();
-        let held = self.offers.get(p).map(|(h, _)| h.clone());
+        let held = self.offers.get(rel).map(|(h, _)| h.clone());
         let mut reading = match read {
             Some(r) => r,
             None => match b.open_read(p, 0).await {
@@ -205,7 +209,7 @@ impl Conn {
             },
             None => (0, blake3::Hasher::new(), Bytes::new()),
         };
-        let header = FileHeader { offset, ..FileHeader::new(p.clone(), info.size, info.mode, info.mtime) };
+        let header = FileHeader { offset, ..FileHeader::new(rel.clone(), info.size, info.mode, info.mtime) };
         self.w.send(&Frame::File(header)).await?;
         match self.send_body(reading.body, carry, hasher, info.size - offset).await? {
             Ok(blake3) if info.blake3.is_none_or(|r| r == blake3) => {
@@ -304,6 +308,15 @@ async fn hash_prefix(
     Err(StoreError::new(ErrorCode::Integrity, "the object is shorter than the offered prefix"))
 }
 
+/// `p` as a `GET` of `asked` names it: from the asked item's own name on
+/// (`GET x/d` yields `d/…`), as a local root's walk does.
+fn relative(asked: &WirePath, p: &WirePath) -> WirePath {
+    match asked.parent().filter(|d| !d.is_root()) {
+        Some(parent) => WirePath::parse(&p.as_str()[parent.as_str().len() + 1..]).unwrap_or_else(|_| p.clone()),
+        None => p.clone(),
+    }
+}
+
 /// True when `filter` excludes `p` or one of the folders above it.
 fn excluded(filter: &crate::walk::Filter, p: &WirePath, is_dir: bool) -> bool {
     let mut d = p.parent();
@@ -314,4 +327,21 @@ fn excluded(filter: &crate::walk::Filter, p: &WirePath, is_dir: bool) -> bool {
         d = dir.parent();
     }
     filter.excludes(p.as_str(), is_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> WirePath {
+        WirePath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn paths_are_named_from_the_asked_item_on() {
+        assert_eq!(relative(&w("dist/app.bin"), &w("dist/app.bin")), w("app.bin"));
+        assert_eq!(relative(&w("a/dist"), &w("a/dist/x/y")), w("dist/x/y"));
+        assert_eq!(relative(&w("dist"), &w("dist/x")), w("dist/x"));
+        assert_eq!(relative(&WirePath::root(), &w("dist/x")), w("dist/x"));
+    }
 }
