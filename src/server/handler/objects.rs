@@ -28,10 +28,10 @@ use crate::store::StoreError;
 use crate::transfer::{self, Destination, FileOutcome};
 
 /// Probes answered against the store at once.
-const PROBES_IN_FLIGHT: usize = 16;
+const PROBES_IN_FLIGHT: usize = 64;
 /// Files whose completion (a `PUT`, or completing a multipart upload) may
 /// be under way at once for one connection, their `STORED` waiting.
-const COMPLETIONS_IN_FLIGHT: usize = 32;
+const COMPLETIONS_IN_FLIGHT: usize = 64;
 /// A partial upload's state not saved again for this long belongs to an
 /// attempt that is over: a new upload of the same path may abort it.
 const STALE_STATE: std::time::Duration = std::time::Duration::from_secs(120);
