@@ -5,10 +5,12 @@
 //! A single `PUT` carries the BLAKE3 in its metadata (it is checked before
 //! the `PUT`). A multipart upload's metadata is fixed when it starts,
 //! before the hash is known, so its BLAKE3 goes in a record,
-//! `PREFIX/.xfer/sums/NAME.json`, together with the ETag the store gave the
-//! completed object: the record is believed only while the object still has
-//! that ETag, so a record left behind by a replaced or racing version is
-//! never taken for the current one.
+//! `PREFIX/.xfer/sums/NAME.json`, written before the upload is completed.
+//! Each upload carries a random tag in its metadata (`xfer-upload`) and the
+//! record names the tag it is for: it is believed only for the object with
+//! that tag, so a record left behind by a replaced or racing version is
+//! never taken for the current one, and no object of this server's is ever
+//! visible without its hash.
 //!
 //! Folders exist in a bucket only through what is in them; an empty folder
 //! is a marker object, `FOLDER/.xfer-folder`, which listings leave out.
@@ -37,7 +39,8 @@ pub struct Info {
 #[derive(Serialize, Deserialize)]
 struct Sum {
     path: String,
-    etag: String,
+    /// The `xfer-upload` tag of the object it is for.
+    upload: String,
     blake3: String,
 }
 
@@ -48,12 +51,11 @@ impl Bucket {
         self.raw_key(&dir.and_then(|d| d.join(&name)).expect("valid components"))
     }
 
-    /// Records the BLAKE3 of the object just completed at `p` with `etag`.
-    pub(super) async fn record_sum(&self, p: &WirePath, etag: Option<String>, blake3: &[u8; 32]) {
-        let Some(etag) = etag else { return };
-        let sum = Sum { path: p.as_str().to_owned(), etag, blake3: super::partial::hex(blake3) };
+    /// Records the BLAKE3 of the upload tagged `upload`, about to complete.
+    pub(super) async fn record_sum(&self, p: &WirePath, upload: &str, blake3: &[u8; 32]) -> Result<(), StoreError> {
+        let sum = Sum { path: p.as_str().to_owned(), upload: upload.to_owned(), blake3: super::partial::hex(blake3) };
         let json = serde_json::to_vec(&sum).expect("a sum serializes");
-        let _ = self.store.put(&self.sum_key(p), PutPayload::from(json)).await;
+        self.store.put(&self.sum_key(p), PutPayload::from(json)).await.map(|_| ()).map_err(|e| store_error(p, &e))
     }
 
     /// The file `p`, if there is one (a `HEAD`, plus the sum record for a
@@ -67,17 +69,17 @@ impl Bucket {
         };
         let mut info = info_from(&got.attributes, &got.meta);
         if info.blake3.is_none()
-            && let Some(etag) = &got.meta.e_tag
+            && let Some(tag) = upload_tag(&got.attributes)
         {
-            info.blake3 = self.recorded_sum(p, etag).await;
+            info.blake3 = self.recorded_sum(p, &tag).await;
         }
         Ok(Some(info))
     }
 
-    pub(super) async fn recorded_sum(&self, p: &WirePath, etag: &str) -> Option<[u8; 32]> {
+    pub(super) async fn recorded_sum(&self, p: &WirePath, upload: &str) -> Option<[u8; 32]> {
         let bytes = self.store.get(&self.sum_key(p)).await.ok()?.bytes().await.ok()?;
         let sum: Sum = serde_json::from_slice(&bytes).ok()?;
-        (sum.path == p.as_str() && sum.etag == etag).then(|| super::partial::from_hex(&sum.blake3)).flatten()
+        (sum.path == p.as_str() && sum.upload == upload).then(|| super::partial::from_hex(&sum.blake3)).flatten()
     }
 
     /// Makes the folder `p` exist, empty or not (its marker object).
@@ -98,8 +100,10 @@ impl Bucket {
             return Err(StoreError::new(ErrorCode::Denied, "the root folder itself cannot be removed"));
         }
         if self.stat(p).await?.is_some() {
+            // The object first: it is never there without its record.
+            self.remove(p).await?;
             let _ = self.store.delete(&self.sum_key(p)).await;
-            return self.remove(p).await;
+            return Ok(());
         }
         use futures_util::{StreamExt, TryStreamExt};
         let keys: Vec<Key> = self
@@ -152,6 +156,11 @@ impl Bucket {
         let rel = if prefix.is_empty() { raw } else { raw.strip_prefix(prefix)?.strip_prefix('/')? };
         WirePath::parse(rel).ok()
     }
+}
+
+/// The random tag xfer gave a multipart upload (see the module's doc).
+pub(super) fn upload_tag(attributes: &object_store::Attributes) -> Option<String> {
+    attributes.get(&Attribute::Metadata("xfer-upload".into())).map(|v| v.to_string())
 }
 
 fn parse_mtime(t: &str) -> Option<Timestamp> {

@@ -190,14 +190,18 @@ impl Bucket {
         partial: Option<PartialId>,
     ) -> Result<Upload, StoreError> {
         debug_assert!(partial.as_ref().is_none_or(|id| id.path == p.as_str()), "a partial id names its own path");
+        let tag = crate::beneath::random_hex().map_err(|e| StoreError::new(ErrorCode::Io, format!("{p}: {e}")))?;
+        let mut attributes = attributes(mode, mtime);
+        attributes.insert(Attribute::Metadata("xfer-upload".into()), tag.clone().into());
         Ok(Upload {
+            tag,
             partial,
             first: None,
             saved: 0,
             bucket: self.clone(),
             key: self.key(p)?,
             path: p.clone(),
-            attributes: attributes(mode, mtime),
+            attributes,
             multipart: None,
             filling: Vec::new(),
             parts: Vec::new(),
@@ -217,6 +221,7 @@ impl Bucket {
         up.parts = r.parts.into_iter().map(Some).collect();
         up.cvs = r.cvs;
         up.first = Some(r.first);
+        up.tag = r.tag;
         up.multipart = Some(r.upload);
         up.size = r.offset;
         Ok(up)
@@ -272,6 +277,8 @@ fn attributes(mode: u32, mtime: Timestamp) -> Attributes {
 
 /// A file being received into the bucket.
 pub struct Upload {
+    /// A random tag in the upload's metadata, which its BLAKE3 record names.
+    tag: String,
     /// Keep its state in the bucket, as this partial upload.
     partial: Option<PartialId>,
     /// The BLAKE3 of the first part alone.
@@ -376,12 +383,17 @@ impl Upload {
     }
 
     /// The sender went away: the parts in flight are let finish and kept,
-    /// so that a later attempt (through any server) resumes after them.
+    /// so that a later attempt (through any server) resumes after them. An
+    /// upload whose state could not be recorded (a stream of unknown size,
+    /// a failed save) could never be resumed nor expired: it is aborted.
     pub async fn suspend(mut self) {
         while !self.in_flight.is_empty() {
             if self.collect_one().await.is_err() {
                 break;
             }
+        }
+        if self.partial.is_none() || self.saved == 0 {
+            self.abort().await;
         }
     }
 
@@ -443,15 +455,17 @@ impl Upload {
             self.abort().await;
             return Err(StoreError::new(ErrorCode::Io, message));
         };
-        let done = match self.bucket.store.complete_multipart(&self.key, &id, parts).await {
-            Ok(done) => done,
-            Err(e) => {
-                let e = store_error(&self.path, &e);
-                self.abort().await;
-                return Err(e);
-            }
-        };
-        self.bucket.record_sum(&self.path, done.e_tag, &blake3).await;
+        if let Err(e) = self.bucket.record_sum(&self.path, &self.tag, &blake3).await {
+            self.abort().await;
+            return Err(e);
+        }
+        // The record is written first: no object of ours is ever visible
+        // without its hash.
+        if let Err(e) = self.bucket.store.complete_multipart(&self.key, &id, parts).await {
+            let e = store_error(&self.path, &e);
+            self.abort().await;
+            return Err(e);
+        }
         self.drop_state().await;
         Ok(())
     }

@@ -31,6 +31,9 @@ pub(super) struct State {
     parts: Vec<(String, String)>,
     /// The BLAKE3 of the first part alone (a prefix of one part).
     first: String,
+    /// The upload's tag (see `meta`).
+    #[serde(default)]
+    tag: String,
 }
 
 /// A partial upload another attempt can continue.
@@ -44,6 +47,7 @@ pub struct Resumable {
     pub(super) parts: Vec<PartId>,
     pub(super) cvs: Vec<ChainingValue>,
     pub(super) first: [u8; 32],
+    pub(super) tag: String,
 }
 
 impl Bucket {
@@ -71,7 +75,7 @@ impl Bucket {
         let offset = s.parts.len() as u64 * PART as u64;
         let prefix = if cvs.len() == 1 { first } else { tree::root(&cvs, PART as u64, offset) };
         let parts = s.parts.into_iter().map(|(id, _)| PartId { content_id: id }).collect();
-        Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first })
+        Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first, tag: s.tag })
     }
 
     /// Gives up the partial upload kept for `id`'s path and sender, whatever
@@ -146,6 +150,7 @@ impl Upload {
             upload: upload.clone(),
             parts: (0..done).map(|i| (self.parts[i].clone().expect("counted").content_id, hex(&self.cvs[i]))).collect(),
             first: hex(&first),
+            tag: self.tag.clone(),
         };
         let json = serde_json::to_vec(&state).expect("state serializes");
         let key = self.bucket.partial_key(id);

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
-use super::meta::info_from;
+use super::meta::{info_from, upload_tag};
 use super::{Bucket, FOLDER_MARKER, Info, store_error};
 use crate::protocol::WirePath;
 use crate::store::{STAGING_DIR, StoreError};
@@ -44,16 +44,19 @@ impl Bucket {
             Ok(classify(rel, m.size))
         });
         let top = p.is_root();
-        Ok(listed
+        let listed = listed
             .try_filter(move |l| {
-                let ours = top
-                    && match l {
-                        Listed::File(w, _) | Listed::Folder(w) => w.components().next() == Some(STAGING_DIR),
-                        Listed::Invalid(raw) => raw.split('/').next() == Some(STAGING_DIR),
-                    };
-                std::future::ready(!ours)
+                let skip = match l {
+                    // The prefix's own "folder" object (consoles make them).
+                    Listed::File(w, _) | Listed::Folder(w) if w.is_root() => true,
+                    Listed::Invalid(raw) if raw.is_empty() => true,
+                    Listed::File(w, _) | Listed::Folder(w) => top && w.components().next() == Some(STAGING_DIR),
+                    Listed::Invalid(raw) => top && raw.split('/').next() == Some(STAGING_DIR),
+                };
+                std::future::ready(!skip)
             })
-            .boxed())
+            .boxed();
+        Ok(folder_objects(listed))
     }
 
     /// Starts reading the file `p` at byte `from`: its metadata (from the
@@ -65,9 +68,9 @@ impl Bucket {
         let got = self.store.get_opts(&self.key(p)?, opts).await.map_err(|e| store_error(p, &e))?;
         let mut info = info_from(&got.attributes, &got.meta);
         if info.blake3.is_none()
-            && let Some(etag) = &got.meta.e_tag
+            && let Some(tag) = upload_tag(&got.attributes)
         {
-            info.blake3 = self.recorded_sum(p, etag).await;
+            info.blake3 = self.recorded_sum(p, &tag).await;
         }
         let path = p.clone();
         let body = got.into_stream().map_err(move |e| store_error(&path, &e)).boxed();
@@ -79,6 +82,45 @@ impl Bucket {
         let Ok(marker) = p.join(FOLDER_MARKER) else { return false };
         self.store.head(&self.raw_key(&marker)).await.is_ok()
     }
+}
+
+/// Other S3 tools make folders as empty objects named `FOLDER/` (listed
+/// without the slash): an empty "file" whose name the next key continues
+/// as a folder is that folder.
+fn folder_objects(
+    keys: BoxStream<'static, Result<Listed, StoreError>>,
+) -> BoxStream<'static, Result<Listed, StoreError>> {
+    type State = (BoxStream<'static, Result<Listed, StoreError>>, Option<Listed>, Option<Listed>);
+    let start: State = (keys, None, None);
+    futures_util::stream::unfold(start, |(mut keys, mut pending, mut ready)| async move {
+        loop {
+            if let Some(r) = ready.take() {
+                return Some((Ok(r), (keys, pending, None)));
+            }
+            let next = match keys.next().await {
+                Some(Ok(l)) => l,
+                Some(Err(e)) => return Some((Err(e), (keys, pending, None))),
+                None => return pending.take().map(|p| (Ok(p), (keys, None, None))),
+            };
+            let empty = matches!(next, Listed::File(_, 0));
+            let Some(before) = pending.take() else {
+                if empty {
+                    pending = Some(next);
+                    continue;
+                }
+                return Some((Ok(next), (keys, None, None)));
+            };
+            let before = match (before, &next) {
+                (Listed::File(dir, 0), Listed::File(p, _) | Listed::Folder(p)) if p != &dir && p.starts_with(&dir) => {
+                    Listed::Folder(dir)
+                }
+                (before, _) => before,
+            };
+            (pending, ready) = if empty { (Some(next), None) } else { (None, Some(next)) };
+            return Some((Ok(before), (keys, pending, ready)));
+        }
+    })
+    .boxed()
 }
 
 /// What the key `rel` (relative to the prefix) is.
@@ -96,6 +138,28 @@ fn classify(rel: &str, size: u64) -> Listed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn empty_objects_named_like_folders_are_folders() {
+        let w = |s: &str| WirePath::parse(s).unwrap();
+        let keys = vec![
+            Listed::File(w("a"), 0),
+            Listed::File(w("a/x"), 3),
+            Listed::File(w("b"), 0),
+            Listed::File(w("c"), 0),
+            Listed::File(w("c/y"), 0),
+            Listed::File(w("d"), 0),
+        ];
+        let got: Vec<_> = folder_objects(futures_util::stream::iter(keys.into_iter().map(Ok)).boxed())
+            .map(|l| match l.unwrap() {
+                Listed::File(p, n) => format!("file {p} {n}"),
+                Listed::Folder(p) => format!("folder {p}"),
+                Listed::Invalid(r) => format!("invalid {r}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(got, ["folder a", "file a/x 3", "file b 0", "folder c", "file c/y 0", "file d 0"]);
+    }
 
     #[test]
     fn keys_are_classified() {

@@ -27,6 +27,9 @@ use crate::protocol::{ErrorCode, FileHeader, Frame, Have, WirePath};
 use crate::store::StoreError;
 use crate::transfer::{self, Destination, FileOutcome};
 
+/// The largest object an upload can make: S3 takes 10,000 parts at most.
+const MAX_OBJECT: u64 = 10_000 * PART as u64;
+
 /// Probes answered against the store at once.
 const PROBES_IN_FLIGHT: usize = 64;
 /// Files whose completion (a `PUT`, or completing a multipart upload) may
@@ -109,7 +112,13 @@ impl Conn {
         let max = self.shared.max_size.unwrap_or(u64::MAX);
         let claim = self.object_claims.remove(&h.path);
         let resume = match (h.offset, claim) {
-            (0, _) => None,
+            // The client starts over: the upload it was offered goes now
+            // (its state is about to be replaced, and with it its record).
+            (0, Some(c)) => {
+                b.forget_partial(&c.id, std::time::Duration::ZERO).await;
+                None
+            }
+            (0, None) => None,
             (offset, Some(c)) if c.resumable.offset == offset && c.id == self.partial_id(&h) => Some(c),
             (offset, _) => {
                 return Err(Error::protocol(
@@ -128,6 +137,16 @@ impl Conn {
                     h.path,
                     human_bytes(size),
                     human_bytes(max)
+                ),
+            }),
+            (Ok(()), Some(size)) if size > MAX_OBJECT => Err(StoreError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "{}: {} is larger than this server's object store takes ({}: 10,000 parts of {})",
+                    h.path,
+                    human_bytes(size),
+                    human_bytes(MAX_OBJECT),
+                    human_bytes(PART as u64)
                 ),
             }),
             (Ok(()), _) => self.start_upload(&b, &h, resume).await,
@@ -150,12 +169,12 @@ impl Conn {
             info!(path = %h.path, offset = h.offset, "resuming");
         }
         let (tx, rx) = oneshot::channel();
-        let sink = ObjectSink { upload: Some(upload), done: Some(tx) };
+        let sink = ObjectSink { upload: Some((upload, charge)), done: Some(tx) };
         let meter = Meter::off();
         let outcome = transfer::receive_into(&mut self.r, &h, Some(sink), max, &meter, blake3::Hasher::new());
         match outcome.await? {
             FileOutcome::Ok(got) => {
-                let Ok(upload) = rx.await else {
+                let Ok((upload, charge)) = rx.await else {
                     let message = format!("{}: the received file was lost before it could be stored", h.path);
                     return self.reply_in_order(Frame::Error { code: ErrorCode::Io, message }).await;
                 };
@@ -163,6 +182,10 @@ impl Conn {
                 if let Err(e) = self.refresh() {
                     upload.abort().await;
                     return Err(e);
+                }
+                // Versions of one path complete in the order they came.
+                if self.completing_on(&h.path) {
+                    self.commit_batch().await?;
                 }
                 let task = tokio::spawn(async move {
                     let r = upload.finish(got.size, got.blake3).await;
@@ -203,6 +226,11 @@ impl Conn {
                 self.w.send(&Frame::Error { code: e.code, message: e.message }).await
             }
         }
+    }
+
+    /// True when an upload of `p` is completing.
+    fn completing_on(&self, p: &WirePath) -> bool {
+        self.batch.iter().any(|r| matches!(r, Reply::Object(c) if c.path == *p))
     }
 
     /// Completions under way.
@@ -264,19 +292,21 @@ fn busy() -> StoreError {
     )
 }
 
-/// Where a pushed file's bytes go: its upload. Once the payload is whole,
-/// the upload is handed back (the caller completes it, which checks the
-/// BLAKE3); dropped mid-file (the connection was cut), it is suspended:
-/// the parts in flight are let finish and recorded, for a resume.
+/// Where a pushed file's bytes go: its upload, with the memory it holds.
+/// Once the payload is whole, the upload is handed back (the caller
+/// completes it, which checks the BLAKE3); dropped mid-file (the connection
+/// was cut), it is suspended: the parts in flight are let finish and
+/// recorded, for a resume. The memory stays charged until the upload is
+/// done with, wherever that happens.
 struct ObjectSink {
-    upload: Option<Upload>,
-    done: Option<oneshot::Sender<Upload>>,
+    upload: Option<(Upload, Charge)>,
+    done: Option<oneshot::Sender<(Upload, Charge)>>,
 }
 
 impl Destination for ObjectSink {
     async fn write(&mut self, data: &[u8]) -> std::result::Result<(), StoreError> {
         match self.upload.as_mut() {
-            Some(up) => up.write(data).await,
+            Some((up, _)) => up.write(data).await,
             None => Err(StoreError::new(ErrorCode::Io, "the upload is over")),
         }
     }
@@ -293,16 +323,22 @@ impl Destination for ObjectSink {
     }
 
     fn discard(mut self) {
-        if let Some(up) = self.upload.take() {
-            tokio::spawn(up.abort());
+        if let Some((up, charge)) = self.upload.take() {
+            tokio::spawn(async move {
+                up.abort().await;
+                drop(charge);
+            });
         }
     }
 }
 
 impl Drop for ObjectSink {
     fn drop(&mut self) {
-        if let Some(up) = self.upload.take() {
-            tokio::spawn(up.suspend());
+        if let Some((up, charge)) = self.upload.take() {
+            tokio::spawn(async move {
+                up.suspend().await;
+                drop(charge);
+            });
         }
     }
 }

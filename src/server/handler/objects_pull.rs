@@ -28,6 +28,16 @@ const AHEAD: usize = 32;
 /// when the whole answer fits.
 const COUNT_FIRST: usize = 10_000;
 
+/// Memory a key counted first holds besides its name.
+const LISTED_COST: usize = 64;
+
+fn listed_len(l: &Listed) -> usize {
+    match l {
+        Listed::File(p, _) | Listed::Folder(p) => p.as_str().len(),
+        Listed::Invalid(raw) => raw.len(),
+    }
+}
+
 /// A listed key, with the object's bytes when it was small enough to fetch
 /// ahead (and the memory they hold, charged to the client's share).
 enum Next {
@@ -42,7 +52,12 @@ impl Conn {
         if !path.is_root() {
             match b.stat(&path).await {
                 Ok(Some(_)) => {
-                    if let Err(e) = self.send_object(&b, &path, &relative(&path, &path), None).await? {
+                    let rel = relative(&path, &path);
+                    // As a local walk does: an excluded item yields nothing.
+                    if self.get_filter.as_ref().is_some_and(|(f, _)| excluded(f, &rel, false)) {
+                        return self.w.send(&Frame::Ok).await;
+                    }
+                    if let Err(e) = self.send_object(&b, &path, &rel, None).await? {
                         warn!(path = %path, "pull refused: {}", e.message);
                         return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
                     }
@@ -56,11 +71,20 @@ impl Conn {
             Ok(l) => self.unfiltered_out(l, &path),
             Err(e) => return self.answer(&path, "pull", Err(e)).await,
         };
+        // Keys counted first are held (charged to this client's share) until
+        // sent; past the share, counting stops and no total is given.
         let mut first = Vec::new();
         let mut ended = false;
+        let mut held = self.budget.try_charge(0);
         while first.len() < COUNT_FIRST {
             match listing.next().await {
-                Some(Ok(l)) => first.push(l),
+                Some(Ok(l)) => {
+                    let cost = LISTED_COST + listed_len(&l);
+                    first.push(l);
+                    if !held.as_mut().is_some_and(|c| c.grow(cost)) {
+                        break;
+                    }
+                }
                 Some(Err(e)) => return self.answer(&path, "pull", Err(e)).await,
                 None => {
                     ended = true;
@@ -78,6 +102,7 @@ impl Conn {
             self.w.send(&Frame::Total { files, bytes }).await?;
         }
         let rest = if ended { stream::empty().boxed() } else { listing };
+        let _held = held;
         let keys = stream::iter(first.into_iter().map(Ok)).chain(rest);
         let (budget, bucket) = (self.budget.clone(), b.clone());
         let mut ahead = keys
@@ -88,7 +113,7 @@ impl Conn {
                         Listed::File(p, size) => {
                             let charge = if size <= SMALL { budget.try_charge(size as usize) } else { None };
                             let read = match charge {
-                                Some(charge) => fetch_whole(&b, &p).await.map(|r| (r, charge)),
+                                Some(charge) => fetch_whole(&b, &p, size).await.map(|r| (r, charge)),
                                 None => None,
                             };
                             Next::File(p, read)
@@ -270,8 +295,12 @@ impl Conn {
 
 /// A small object read whole (`None` if it cannot be: it is then read as
 /// any other, in its turn, and fails there if it must).
-async fn fetch_whole(b: &Bucket, p: &WirePath) -> Option<Reading> {
+async fn fetch_whole(b: &Bucket, p: &WirePath, charged: u64) -> Option<Reading> {
     let mut r = b.open_read(p, 0).await.ok()?;
+    // Replaced by a larger object since it was listed: read in its turn.
+    if r.info.size > charged {
+        return None;
+    }
     let mut whole = Vec::with_capacity(r.info.size as usize);
     while let Some(chunk) = r.body.next().await {
         whole.extend_from_slice(&chunk.ok()?);
