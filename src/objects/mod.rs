@@ -33,7 +33,7 @@ mod tree;
 pub use location::Location;
 pub use meta::{FOLDER_MARKER, Info};
 pub use partial::Resumable;
-pub use read::{Listed, Reading};
+pub use read::{Listed, RANGE, RANGES_IN_FLIGHT, Reading};
 
 /// How long [`Bucket::check`] waits for the store.
 const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);

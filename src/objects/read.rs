@@ -28,7 +28,14 @@ pub enum Listed {
 pub struct Reading {
     pub info: Info,
     pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+    /// The version read (every later range must be of it).
+    pub etag: Option<String>,
 }
+
+/// Bytes per ranged read of a large object, and ranges in flight at once:
+/// one stream from the store runs at a fraction of what several do.
+pub const RANGE: u64 = 8 << 20;
+pub const RANGES_IN_FLIGHT: usize = 4;
 
 impl Bucket {
     /// Every key under the folder `p` (the whole prefix for the root, less
@@ -73,8 +80,61 @@ impl Bucket {
             info.blake3 = self.recorded_sum(p, &tag).await;
         }
         let path = p.clone();
+        let etag = got.meta.e_tag.clone();
         let body = got.into_stream().map_err(move |e| store_error(&path, &e)).boxed();
-        Ok(Reading { info, body })
+        Ok(Reading { info, body, etag })
+    }
+
+    /// Bytes `from..to` of the version `etag` of `p`, read as ranges of
+    /// [`RANGE`] bytes, [`RANGES_IN_FLIGHT`] at a time, in order. A range
+    /// of another version (the object was replaced meanwhile) is an error,
+    /// never mixed in.
+    pub fn read_ranges(
+        &self,
+        p: &WirePath,
+        etag: String,
+        from: u64,
+        to: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let key = self.key(p)?;
+        let (store, path) = (self.store.clone(), p.clone());
+        let starts = (from..to).step_by(RANGE as usize);
+        Ok(futures_util::stream::iter(starts)
+            .map(move |start| {
+                let (store, key, path, etag) = (store.clone(), key.clone(), path.clone(), etag.clone());
+                async move {
+                    let range = start..(start + RANGE).min(to);
+                    let opts = GetOptions { range: Some(range.into()), if_match: Some(etag), ..Default::default() };
+                    let got = store.get_opts(&key, opts).await.map_err(|e| store_error(&path, &e))?;
+                    got.bytes().await.map_err(|e| store_error(&path, &e))
+                }
+            })
+            .buffered(RANGES_IN_FLIGHT)
+            .boxed())
+    }
+
+    /// The size of each file directly in the folder `dir`, by name, from a
+    /// listing of at most `at_most` keys under it (`None` past that, or if
+    /// the listing failed). Listings may lag writes made through other
+    /// nodes: a name missing here may still exist.
+    pub async fn sizes_in(&self, dir: &WirePath, at_most: usize) -> Option<std::collections::HashMap<String, u64>> {
+        let key = self.key(dir).ok()?;
+        let strip = key.as_ref().len() + usize::from(!key.as_ref().is_empty());
+        let mut sizes = std::collections::HashMap::new();
+        let mut keys = self.store.list(Some(&key));
+        let mut seen = 0;
+        while let Some(m) = keys.next().await {
+            let m = m.ok()?;
+            seen += 1;
+            if seen > at_most {
+                return None;
+            }
+            let name = m.location.as_ref().get(strip..).unwrap_or_default();
+            if !name.contains('/') {
+                sizes.insert(name.to_owned(), m.size);
+            }
+        }
+        Some(sizes)
     }
 
     /// True when the folder `p` has its marker object.

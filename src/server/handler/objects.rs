@@ -64,16 +64,24 @@ impl Conn {
     /// clients allowed to read it, and the partial upload this client left
     /// of this version of the file, claimed until its `File`.
     pub(super) async fn probe_objects(&mut self, b: Bucket, asks: Vec<Ask>) -> Result<()> {
+        let listed = folder_sizes(&b, &asks).await;
         let answers: Vec<_> = futures_util::stream::iter(asks)
             .map(|(path, size, id, allowed, readable)| {
                 let b = b.clone();
+                // A folder listing that shows no file of this size spares
+                // the HEAD: there is nothing the same to skip sending.
+                let absent = path.parent().and_then(|d| listed.get(&d)).is_some_and(|names| {
+                    path.file_name().and_then(|n| names.get(n)).is_none_or(|&listed_size| listed_size != size)
+                });
                 async move {
                     let found = match allowed {
                         Err(e) => Err(e),
                         Ok(()) => {
-                            let complete = match b.stat(&path).await {
-                                Ok(Some(info)) if readable && info.size == size => info.blake3,
-                                _ => None,
+                            let complete = match (readable && !absent).then(|| b.stat(&path)) {
+                                Some(stat) => {
+                                    stat.await.ok().flatten().filter(|i| i.size == size).and_then(|i| i.blake3)
+                                }
+                                None => None,
                             };
                             let partial = if size >= RESUMABLE_MIN { b.partial(&id).await } else { None };
                             Ok((complete, partial))
@@ -195,7 +203,7 @@ impl Conn {
                 let done = Completing { task, path: h.path.clone(), size: got.size, blake3: got.blake3, started };
                 self.batch.push(Reply::Object(done));
                 if self.completing() >= COMPLETIONS_IN_FLIGHT {
-                    self.commit_batch().await?;
+                    self.answer_oldest().await?;
                 }
                 Ok(())
             }
@@ -226,6 +234,32 @@ impl Conn {
                 self.w.send(&Frame::Error { code: e.code, message: e.message }).await
             }
         }
+    }
+
+    /// Makes room for one more completion: waits for the oldest, then
+    /// answers it and whatever follows it that is ready, in order. (Waiting
+    /// for them all would stall the client's window on the slowest.)
+    async fn answer_oldest(&mut self) -> Result<()> {
+        let mut waited = false;
+        while let Some(first) = self.batch.first() {
+            let ready = match first {
+                Reply::Ready(_) => true,
+                Reply::Object(c) => !waited || c.task.is_finished(),
+                _ => false,
+            };
+            if !ready {
+                break;
+            }
+            match self.batch.remove(0) {
+                Reply::Ready(frame) => self.w.send(&frame).await?,
+                Reply::Object(c) => {
+                    waited = true;
+                    self.answer_completed(c).await?;
+                }
+                _ => unreachable!("checked above"),
+            }
+        }
+        Ok(())
     }
 
     /// True when an upload of `p` is completing.
@@ -283,6 +317,31 @@ impl Conn {
         }
         (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(PART * (parts + 1)).map(|c| (c, parts)))
     }
+}
+
+/// Folders listed at most for one run of probes, and keys per listing: a
+/// run of probes in a few folders lists them instead of a `HEAD` per file.
+const PROBE_FOLDERS: usize = 64;
+const PROBE_LISTING: usize = 5_000;
+
+/// What the folders of a run of probes hold (those listed whole), when
+/// the run has several probes per folder.
+async fn folder_sizes(
+    b: &Bucket,
+    asks: &[Ask],
+) -> std::collections::HashMap<WirePath, std::collections::HashMap<String, u64>> {
+    let mut folders: Vec<WirePath> = asks.iter().filter(|a| a.3.is_ok() && a.4).filter_map(|a| a.0.parent()).collect();
+    folders.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    folders.dedup();
+    if folders.is_empty() || folders.len() > PROBE_FOLDERS || asks.len() < 4 * folders.len() {
+        return Default::default();
+    }
+    futures_util::stream::iter(folders)
+        .map(|d| async move { b.sizes_in(&d, PROBE_LISTING).await.map(|sizes| (d, sizes)) })
+        .buffer_unordered(16)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
 }
 
 fn busy() -> StoreError {
