@@ -127,13 +127,13 @@ fn a_server_killed_mid_write_never_shows_a_truncated_file_and_the_retry_complete
 /// A TCP proxy in front of `target` that cuts its first connection (both
 /// sides) once `limit` bytes have crossed it in the direction chosen; later
 /// connections pass untouched.
-struct CuttingProxy {
-    addr: String,
+pub(crate) struct CuttingProxy {
+    pub(crate) addr: String,
     stop: Arc<AtomicBool>,
 }
 
 impl CuttingProxy {
-    fn new(target: &str, limit: u64, server_to_client: bool) -> CuttingProxy {
+    pub(crate) fn new(target: &str, limit: u64, server_to_client: bool) -> CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));

@@ -232,3 +232,33 @@ fn a_store_that_is_down_or_refuses_stops_serve_at_start_said_plainly() {
     let (code, err) = serve("s3://Bad_Bucket", &g.endpoint(1), &secret);
     assert!(code == Some(2) && !err.is_empty(), "{err}");
 }
+
+#[test]
+fn a_pull_cut_midway_resumes_from_the_bucket_and_a_read_only_server_refuses_writes() {
+    let g = Garage::start();
+    let pki = Pki::new();
+    let work = Dir::new();
+    let a = serve_store(&pki, &g, "pull", 1, &[]);
+    let data = random_bytes(30 * MIB + 9, 6);
+    work.write("b.bin", &data);
+    client(&pki, "client", work.path(), "push", &a, &["b.bin"]).assert_code(0);
+
+    // Cut after 12 MiB on the way back; the retry offers what arrived.
+    let proxy = crate::resume::CuttingProxy::new(&a.addr, 12 * MIB as u64, true);
+    let pull = spawn_client(&pki, work.path(), &["pull", &proxy.addr, "b.bin", "--out", "got", "--json"], &[]);
+    let run = finish(pull, Duration::from_secs(120));
+    run.assert_code(0);
+    let line = file_line(&run);
+    assert!(line["resumed_from"].as_u64().unwrap() > 0, "{run}");
+    assert!(line["bytes_received"].as_u64().unwrap() < 2 * data.len() as u64, "{run}");
+    assert_eq!(std::fs::read(work.join("got/b.bin")).unwrap(), data);
+
+    // --read-only holds for a bucket too: reads yes, writes and removals no.
+    let ro = serve_store(&pki, &g, "pull", 1, &["--read-only"]);
+    work.write("new.txt", b"new");
+    let refused = client(&pki, "client", work.path(), "push", &ro, &["new.txt"]);
+    assert!(refused.code() == 4 && refused.stderr().contains("read-only"), "{refused}");
+    client(&pki, "client", work.path(), "rm", &ro, &["b.bin"]).assert_code(4);
+    client(&pki, "client", work.path(), "pull", &ro, &["b.bin", "--out", "ro"]).assert_code(0);
+    assert_eq!(std::fs::read(work.join("ro/b.bin")).unwrap(), data);
+}
