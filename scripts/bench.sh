@@ -8,7 +8,9 @@
 # Scenarios (see --help): big (one large file, push and pull), small (many
 # 4 KiB files), medium (1 MiB files), single (a 1 KiB file as a whole
 # command), latency (1 KiB files through scripts/delay_proxy.py, 25 ms each
-# way), concurrency (many xfer clients pushing to one server at once).
+# way), concurrency (many xfer clients pushing to one server at once),
+# store (xfer serve --store against rclone on a 3-node Garage cluster:
+# scripts/bench-store.sh, which builds Garage the first time).
 #
 # How it measures, and why:
 # - Every run gets a fresh server process (xfer serve, a per-run sshd, socat,
@@ -38,7 +40,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ORIG_ARGS=("$@")
 PROXY_PY="$REPO/scripts/delay_proxy.py"
-ALL_SCENARIOS=big,small,medium,single,latency,concurrency
+ALL_SCENARIOS=big,small,medium,single,latency,concurrency,store
 
 # ---------------------------------------------------------------- options ---
 
@@ -1072,10 +1074,18 @@ main() {
     if wants concurrency; then
         run_concurrency
     fi
+    if wants store; then
+        log "== store: xfer serve --store vs rclone (scripts/bench-store.sh)"
+        local quick=()
+        [ "$QUICK" = 1 ] && quick=(--quick)
+        XFER_BIN=$XFER BENCH_DIR=$W "$REPO/scripts/bench-store.sh" "${quick[@]}" --runs "$RUNS" > "$W/store.md"
+        cat "$W/store.md"
+    fi
     log "== done in $((SECONDS - started)) s of measurements"
 
     local report=$W/BENCHMARKS.md
     write_report "$report"
+    [ -s "$W/store.md" ] && cat "$W/store.md" >> "$report"
     if [ "$WRITE" = 1 ]; then
         cp "$report" "$REPO/BENCHMARKS.md"
         log "== wrote $REPO/BENCHMARKS.md"

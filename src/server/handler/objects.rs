@@ -30,6 +30,9 @@ use crate::transfer::{self, Destination, FileOutcome};
 /// The largest object an upload can make: S3 takes 10,000 parts at most.
 const MAX_OBJECT: u64 = 10_000 * PART as u64;
 
+/// Longest a push waits for memory for its upload before it is refused.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Probes answered against the store at once.
 const PROBES_IN_FLIGHT: usize = 64;
 /// Files whose completion (a `PUT`, or completing a multipart upload) may
@@ -285,15 +288,7 @@ impl Conn {
         h: &FileHeader,
         resume: Option<Claim>,
     ) -> std::result::Result<(Upload, Charge), StoreError> {
-        let (charge, parts) = match self.upload_memory(h.known_size()) {
-            Some(x) => x,
-            // Completions under way hold memory: wait for them, then try again.
-            None if self.completing() > 0 => {
-                self.commit_batch().await.map_err(|e| StoreError::new(ErrorCode::Io, e.to_string()))?;
-                self.upload_memory(h.known_size()).ok_or_else(busy)?
-            }
-            None => return Err(busy()),
-        };
+        let (charge, parts) = self.wait_for_memory(h.known_size()).await?;
         let upload = match resume {
             Some(c) => b.resume(c.id, c.resumable, h.mode, h.mtime)?,
             None => {
@@ -306,6 +301,25 @@ impl Conn {
             }
         };
         Ok((upload.with_parts_in_flight(parts), charge))
+    }
+
+    /// The memory for an upload, waiting for it while other transfers hold
+    /// it: the oldest completion of this connection first, then (bounded)
+    /// other connections. The client's bytes wait in the connection.
+    async fn wait_for_memory(&mut self, size: Option<u64>) -> std::result::Result<(Charge, usize), StoreError> {
+        let deadline = tokio::time::Instant::now() + MEMORY_WAIT;
+        loop {
+            if let Some(x) = self.upload_memory(size) {
+                return Ok(x);
+            }
+            if self.completing() > 0 {
+                self.answer_oldest().await.map_err(|e| StoreError::new(ErrorCode::Io, e.to_string()))?;
+            } else if tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            } else {
+                return Err(busy());
+            }
+        }
     }
 
     /// The memory an upload of `size` bytes holds (a small file whole until
