@@ -34,8 +34,8 @@ pub struct Reading {
 
 /// Bytes per ranged read of a large object, and ranges in flight at once:
 /// one stream from the store runs at a fraction of what several do.
-pub const RANGE: u64 = 8 << 20;
-pub const RANGES_IN_FLIGHT: usize = 4;
+pub const RANGE: u64 = 4 << 20;
+pub const RANGES_IN_FLIGHT: usize = 8;
 
 impl Bucket {
     /// Every key under the folder `p` (the whole prefix for the root, less

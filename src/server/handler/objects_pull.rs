@@ -23,7 +23,7 @@ use crate::transfer::Held;
 /// Objects up to this size are fetched whole, ahead of their turn.
 const SMALL: u64 = 256 * 1024;
 /// Objects fetched ahead at once.
-const AHEAD: usize = 32;
+const AHEAD: usize = 64;
 /// Keys listed before the first file is sent, to give the client a total
 /// when the whole answer fits.
 const COUNT_FIRST: usize = 10_000;
