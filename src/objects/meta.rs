@@ -9,8 +9,10 @@
 //! Each upload carries a random tag in its metadata (`xfer-upload`) and the
 //! record names the tag it is for: it is believed only for the object with
 //! that tag, so a record left behind by a replaced or racing version is
-//! never taken for the current one, and no object of this server's is ever
-//! visible without its hash.
+//! never taken for the current one, and an upload never completes before
+//! its record is written. (Racing uploads of one path can still leave the
+//! object without a believed record: it is then hashed when read, and a
+//! re-push sends it again. Nothing ever carries a wrong hash.)
 //!
 //! Folders exist in a bucket only through what is in them; an empty folder
 //! is a marker object, `FOLDER/.xfer-folder`, which listings leave out.

@@ -393,6 +393,9 @@ impl Upload {
             }
         }
         if self.partial.is_none() || self.saved == 0 {
+            // Not ours to remove: the state under this name, if any, is
+            // another attempt's.
+            self.partial = None;
             self.abort().await;
         }
     }

@@ -9,7 +9,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use super::meta::{info_from, upload_tag};
 use super::{Bucket, FOLDER_MARKER, Info, store_error};
-use crate::protocol::WirePath;
+use crate::protocol::{ErrorCode, WirePath};
 use crate::store::{STAGING_DIR, StoreError};
 
 /// One key under a folder being walked.
@@ -104,20 +104,35 @@ impl Bucket {
                 let (store, key, path, etag) = (store.clone(), key.clone(), path.clone(), etag.clone());
                 async move {
                     let range = start..(start + RANGE).min(to);
-                    let opts = GetOptions { range: Some(range.into()), if_match: Some(etag), ..Default::default() };
+                    let want = range.end - range.start;
+                    let opts =
+                        GetOptions { range: Some(range.into()), if_match: Some(etag.clone()), ..Default::default() };
                     let got = store.get_opts(&key, opts).await.map_err(|e| store_error(&path, &e))?;
-                    got.bytes().await.map_err(|e| store_error(&path, &e))
+                    // Not only the store's word: the version and length are checked.
+                    if got.meta.e_tag.as_deref() != Some(etag.as_str()) {
+                        return Err(StoreError::new(ErrorCode::Conflict, format!("{path}: replaced while being read")));
+                    }
+                    let bytes = got.bytes().await.map_err(|e| store_error(&path, &e))?;
+                    if bytes.len() as u64 != want {
+                        return Err(StoreError::new(ErrorCode::Io, format!("{path}: the store sent a short range")));
+                    }
+                    Ok(bytes)
                 }
             })
             .buffered(RANGES_IN_FLIGHT)
             .boxed())
     }
 
-    /// The size of each file directly in the folder `dir`, by name, from a
-    /// listing of at most `at_most` keys under it (`None` past that, or if
-    /// the listing failed). Listings may lag writes made through other
-    /// nodes: a name missing here may still exist.
-    pub async fn sizes_in(&self, dir: &WirePath, at_most: usize) -> Option<std::collections::HashMap<String, u64>> {
+    /// The size of each of the files `wanted` found directly in the folder
+    /// `dir`, by name, from a listing of at most `at_most` keys under it
+    /// (`None` past that, or if the listing failed). Listings may lag
+    /// writes made through other nodes: a name missing here may still exist.
+    pub async fn sizes_in(
+        &self,
+        dir: &WirePath,
+        wanted: &std::collections::HashSet<String>,
+        at_most: usize,
+    ) -> Option<std::collections::HashMap<String, u64>> {
         let key = self.key(dir).ok()?;
         let strip = key.as_ref().len() + usize::from(!key.as_ref().is_empty());
         let mut sizes = std::collections::HashMap::new();
@@ -130,7 +145,7 @@ impl Bucket {
                 return None;
             }
             let name = m.location.as_ref().get(strip..).unwrap_or_default();
-            if !name.contains('/') {
+            if wanted.contains(name) {
                 sizes.insert(name.to_owned(), m.size);
             }
         }
@@ -151,7 +166,9 @@ fn folder_objects(
     keys: BoxStream<'static, Result<Listed, StoreError>>,
 ) -> BoxStream<'static, Result<Listed, StoreError>> {
     type State = (BoxStream<'static, Result<Listed, StoreError>>, Option<Listed>, Option<Listed>);
-    let start: State = (keys, None, None);
+    // Fused: the last key may be held back one step, and the listing's
+    // stream must not be polled again once it ended.
+    let start: State = (keys.fuse().boxed(), None, None);
     futures_util::stream::unfold(start, |(mut keys, mut pending, mut ready)| async move {
         loop {
             if let Some(r) = ready.take() {
@@ -210,7 +227,10 @@ mod tests {
             Listed::File(w("c/y"), 0),
             Listed::File(w("d"), 0),
         ];
-        let got: Vec<_> = folder_objects(futures_util::stream::iter(keys.into_iter().map(Ok)).boxed())
+        // As the store's listing: a stream that must not be polled after its end.
+        let keys =
+            futures_util::stream::unfold(keys.into_iter(), |mut it| async move { it.next().map(|k| (Ok(k), it)) });
+        let got: Vec<_> = folder_objects(keys.boxed())
             .map(|l| match l.unwrap() {
                 Listed::File(p, n) => format!("file {p} {n}"),
                 Listed::Folder(p) => format!("folder {p}"),

@@ -308,17 +308,27 @@ impl Conn {
     /// other connections. The client's bytes wait in the connection.
     async fn wait_for_memory(&mut self, size: Option<u64>) -> std::result::Result<(Charge, usize), StoreError> {
         let deadline = tokio::time::Instant::now() + MEMORY_WAIT;
+        let io = |e: Error| StoreError::new(ErrorCode::Io, e.to_string());
+        // What could never fit in this client's share is refused at once.
+        let least = size.filter(|&s| s <= PART as u64).map_or(2 * PART, |s| s as usize);
+        if least > self.budget.limit() {
+            return Err(busy());
+        }
         loop {
             if let Some(x) = self.upload_memory(size) {
                 return Ok(x);
             }
             if self.completing() > 0 {
-                self.answer_oldest().await.map_err(|e| StoreError::new(ErrorCode::Io, e.to_string()))?;
-            } else if tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            } else {
+                self.answer_oldest().await.map_err(io)?;
+                continue;
+            }
+            if tokio::time::Instant::now() >= deadline || self.token.is_cancelled() {
                 return Err(busy());
             }
+            // Replies owed go out before waiting.
+            self.commit_batch().await.map_err(io)?;
+            self.w.flush().await.map_err(io)?;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
@@ -344,14 +354,17 @@ async fn folder_sizes(
     b: &Bucket,
     asks: &[Ask],
 ) -> std::collections::HashMap<WirePath, std::collections::HashMap<String, u64>> {
-    let mut folders: Vec<WirePath> = asks.iter().filter(|a| a.3.is_ok() && a.4).filter_map(|a| a.0.parent()).collect();
-    folders.sort_by(|x, y| x.as_str().cmp(y.as_str()));
-    folders.dedup();
+    let mut folders: std::collections::HashMap<WirePath, std::collections::HashSet<String>> = Default::default();
+    for (path, _, _, allowed, readable) in asks {
+        if let (Ok(()), true, Some(dir), Some(name)) = (allowed, readable, path.parent(), path.file_name()) {
+            folders.entry(dir).or_default().insert(name.to_owned());
+        }
+    }
     if folders.is_empty() || folders.len() > PROBE_FOLDERS || asks.len() < 4 * folders.len() {
         return Default::default();
     }
     futures_util::stream::iter(folders)
-        .map(|d| async move { b.sizes_in(&d, PROBE_LISTING).await.map(|sizes| (d, sizes)) })
+        .map(|(d, names)| async move { b.sizes_in(&d, &names, PROBE_LISTING).await.map(|sizes| (d, sizes)) })
         .buffer_unordered(16)
         .filter_map(std::future::ready)
         .collect()

@@ -215,7 +215,7 @@ impl Conn {
                 Err(e) => return Ok(Err(e)),
             },
         };
-        let info = reading.info.clone();
+        let mut info = reading.info.clone();
         let (offset, hasher, carry) = match resumable(&held, &info) {
             Some(offset) => match hash_prefix(&mut reading.body, offset).await {
                 Ok((hasher, carry))
@@ -224,9 +224,12 @@ impl Conn {
                     (offset, hasher, carry)
                 }
                 // Not the client's prefix after all: from the start.
+                // (What is sent is then described by this second read: the
+                // object may have been replaced in between.)
                 _ => match b.open_read(p, 0).await {
                     Ok(r) => {
                         reading = r;
+                        info = reading.info.clone();
                         (0, blake3::Hasher::new(), Bytes::new())
                     }
                     Err(e) => return Ok(Err(e)),
@@ -363,7 +366,12 @@ async fn hash_prefix(
 /// (`GET x/d` yields `d/…`), as a local root's walk does.
 fn relative(asked: &WirePath, p: &WirePath) -> WirePath {
     match asked.parent().filter(|d| !d.is_root()) {
-        Some(parent) => WirePath::parse(&p.as_str()[parent.as_str().len() + 1..]).unwrap_or_else(|_| p.clone()),
+        Some(parent) => p
+            .as_str()
+            .strip_prefix(parent.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| WirePath::parse(rest).ok())
+            .unwrap_or_else(|| p.clone()),
         None => p.clone(),
     }
 }
