@@ -24,6 +24,8 @@ use tracing::{Instrument, info, info_span, warn};
 #[cfg(feature = "s3")]
 mod objects;
 #[cfg(feature = "s3")]
+mod objects_probe;
+#[cfg(feature = "s3")]
 mod objects_pull;
 mod pull;
 mod push;

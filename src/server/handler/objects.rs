@@ -1,4 +1,4 @@
-//! A push and its probes on a server whose storage is a bucket. Each file
+//! A push on a server whose storage is a bucket. Each file
 //! streams into an [`Upload`] (parts in flight while the next arrive),
 //! which checks the size and BLAKE3 and only then completes; completions
 //! run in the background, several files at once, and are answered
@@ -9,7 +9,6 @@
 
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -23,7 +22,7 @@ use crate::meter::Meter;
 use crate::objects::{Bucket, IN_FLIGHT, PART, Resumable, Upload};
 use crate::partial::{PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
-use crate::protocol::{ErrorCode, FileHeader, Frame, Have, WirePath};
+use crate::protocol::{ErrorCode, FileHeader, Frame, WirePath};
 use crate::store::StoreError;
 use crate::transfer::{self, Destination, FileOutcome};
 
@@ -33,8 +32,6 @@ const MAX_OBJECT: u64 = 10_000 * PART as u64;
 /// Longest a push waits for memory for its upload before it is refused.
 const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Probes answered against the store at once.
-const PROBES_IN_FLIGHT: usize = 64;
 /// Files whose completion (a `PUT`, or completing a multipart upload) may
 /// be under way at once for one connection, their `STORED` waiting.
 const COMPLETIONS_IN_FLIGHT: usize = 64;
@@ -42,14 +39,10 @@ const COMPLETIONS_IN_FLIGHT: usize = 64;
 /// attempt that is over: a new upload of the same path may abort it.
 const STALE_STATE: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// What a probe asks: path, size, the partial id of that version, whether
-/// this client may push it and whether it may read it.
-pub(super) type Ask = (WirePath, u64, PartialId, std::result::Result<(), StoreError>, bool);
-
 /// A partial upload offered to this client, held until its `File`.
 pub(super) struct Claim {
-    id: PartialId,
-    resumable: Resumable,
+    pub(super) id: PartialId,
+    pub(super) resumable: Resumable,
 }
 
 /// A file whose upload is completing in the background.
@@ -62,61 +55,6 @@ pub(super) struct Completing {
 }
 
 impl Conn {
-    /// Answers probes from the store: the BLAKE3 of a stored file of the
-    /// same size (from its metadata: nothing is read back), shown only to
-    /// clients allowed to read it, and the partial upload this client left
-    /// of this version of the file, claimed until its `File`.
-    pub(super) async fn probe_objects(&mut self, b: Bucket, asks: Vec<Ask>) -> Result<()> {
-        let listed = folder_sizes(&b, &asks).await;
-        let answers: Vec<_> = futures_util::stream::iter(asks)
-            .map(|(path, size, id, allowed, readable)| {
-                let b = b.clone();
-                // A folder listing that shows no file of this size spares
-                // the HEAD: there is nothing the same to skip sending.
-                let absent = path.parent().and_then(|d| listed.get(&d)).is_some_and(|names| {
-                    path.file_name().and_then(|n| names.get(n)).is_none_or(|&listed_size| listed_size != size)
-                });
-                async move {
-                    let found = match allowed {
-                        Err(e) => Err(e),
-                        Ok(()) => {
-                            let complete = match (readable && !absent).then(|| b.stat(&path)) {
-                                Some(stat) => {
-                                    stat.await.ok().flatten().filter(|i| i.size == size).and_then(|i| i.blake3)
-                                }
-                                None => None,
-                            };
-                            let partial = if size >= RESUMABLE_MIN { b.partial(&id).await } else { None };
-                            Ok((complete, partial))
-                        }
-                    };
-                    (path, id, found)
-                }
-            })
-            .buffered(PROBES_IN_FLIGHT)
-            .collect()
-            .await;
-        for (path, id, found) in answers {
-            let frame = match found {
-                Err(e) => {
-                    warn!(path = %path, "push refused: {}", e.message);
-                    Frame::Error { code: e.code, message: e.message }
-                }
-                Ok((complete, partial)) => {
-                    let mut have = Have { complete, ..Have::default() };
-                    if let Some(resumable) = partial {
-                        (have.offset, have.prefix) = (resumable.offset, resumable.prefix);
-                        info!(path = %path, offset = resumable.offset, "offering a partial upload for resume");
-                        self.object_claims.insert(path, Claim { id, resumable });
-                    }
-                    Frame::Have(have)
-                }
-            };
-            self.reply_in_order(frame).await?;
-        }
-        Ok(())
-    }
-
     /// Receives one pushed file into the bucket.
     pub(super) async fn put_object(&mut self, b: Bucket, h: FileHeader) -> Result<()> {
         let started = Instant::now();
@@ -341,34 +279,6 @@ impl Conn {
         }
         (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(PART * (parts + 1)).map(|c| (c, parts)))
     }
-}
-
-/// Folders listed at most for one run of probes, and keys per listing: a
-/// run of probes in a few folders lists them instead of a `HEAD` per file.
-const PROBE_FOLDERS: usize = 64;
-const PROBE_LISTING: usize = 5_000;
-
-/// What the folders of a run of probes hold (those listed whole), when
-/// the run has several probes per folder.
-async fn folder_sizes(
-    b: &Bucket,
-    asks: &[Ask],
-) -> std::collections::HashMap<WirePath, std::collections::HashMap<String, u64>> {
-    let mut folders: std::collections::HashMap<WirePath, std::collections::HashSet<String>> = Default::default();
-    for (path, _, _, allowed, readable) in asks {
-        if let (Ok(()), true, Some(dir), Some(name)) = (allowed, readable, path.parent(), path.file_name()) {
-            folders.entry(dir).or_default().insert(name.to_owned());
-        }
-    }
-    if folders.is_empty() || folders.len() > PROBE_FOLDERS || asks.len() < 4 * folders.len() {
-        return Default::default();
-    }
-    futures_util::stream::iter(folders)
-        .map(|(d, names)| async move { b.sizes_in(&d, &names, PROBE_LISTING).await.map(|sizes| (d, sizes)) })
-        .buffer_unordered(16)
-        .filter_map(std::future::ready)
-        .collect()
-        .await
 }
 
 fn busy() -> StoreError {
