@@ -100,6 +100,18 @@ fn what_one_server_stores_the_other_serves_verified_with_its_metadata() {
     client(&pki, "client", out.path(), "pull", &a, &["dist", "--out", "some", "--exclude", "*.bin"]).assert_code(0);
     assert!(out.join("some/dist/docs/readme.txt").exists() && !out.join("some/dist/app.bin").exists());
 
+    // As on a disk: a file never replaces a folder, nothing goes beneath a
+    // file, and a folder never replaces a file.
+    let w2 = Dir::new();
+    w2.write("docs", b"a file where a folder is");
+    let r = client(&pki, "client", w2.path(), "push", &a, &["docs", "--to", "dist"]);
+    assert!(r.code() == 4 && r.stderr().contains("is a folder on the server"), "{r}");
+    w2.write("app.bin/inner", b"beneath a file");
+    let r = client(&pki, "client", w2.path(), "push", &a, &["app.bin", "--to", "dist"]);
+    assert!(r.code() == 4 && r.stderr().contains("is a file on the server"), "{r}");
+    client(&pki, "client", out.path(), "pull", &b, &["dist/app.bin", "--out", "still"]).assert_code(0);
+    assert_eq!(std::fs::read(out.join("still/app.bin")).unwrap(), big);
+
     // `ls` shows the mtime as pushed, not the upload time.
     let ls = client(&pki, "client", work.path(), "ls", &a, &["dist/docs", "--json"]);
     let entry = ls.assert_code(0).json().into_iter().find(|l| l["path"] == "dist/docs/readme.txt");

@@ -90,6 +90,10 @@ impl Bucket {
             return Err(StoreError::new(ErrorCode::BadPath, "the root folder itself cannot be created"));
         }
         self.key(p)?;
+        // As a local root would: a folder never replaces a file.
+        if self.stat(p).await?.is_some() {
+            return Err(StoreError::new(ErrorCode::Conflict, format!("{p}: is a file on the server")));
+        }
         let marker = p.join(FOLDER_MARKER).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
         self.store.put(&self.raw_key(&marker), PutPayload::default()).await.map(|_| ()).map_err(|e| store_error(p, &e))
     }

@@ -123,16 +123,17 @@ impl Bucket {
             .boxed())
     }
 
-    /// The size of each of the files `wanted` found directly in the folder
-    /// `dir`, by name, from a listing of at most `at_most` keys under it
-    /// (`None` past that, or if the listing failed). Listings may lag
-    /// writes made through other nodes: a name missing here may still exist.
+    /// Each of the names `wanted` found directly in the folder `dir`: the
+    /// size of a file, or `None` for a folder; from a listing of at most
+    /// `at_most` keys under it (`None` past that, or if the listing
+    /// failed). Listings may lag writes made through other nodes: a name
+    /// missing here may still exist.
     pub async fn sizes_in(
         &self,
         dir: &WirePath,
         wanted: &std::collections::HashSet<String>,
         at_most: usize,
-    ) -> Option<std::collections::HashMap<String, u64>> {
+    ) -> Option<std::collections::HashMap<String, Option<u64>>> {
         let key = self.key(dir).ok()?;
         let strip = key.as_ref().len() + usize::from(!key.as_ref().is_empty());
         let mut sizes = std::collections::HashMap::new();
@@ -144,12 +145,28 @@ impl Bucket {
             if seen > at_most {
                 return None;
             }
-            let name = m.location.as_ref().get(strip..).unwrap_or_default();
-            if wanted.contains(name) {
-                sizes.insert(name.to_owned(), m.size);
+            let rel = m.location.as_ref().get(strip..).unwrap_or_default();
+            match rel.split_once('/') {
+                Some((name, _)) if wanted.contains(name) => {
+                    sizes.insert(name.to_owned(), None);
+                }
+                None if wanted.contains(rel) => {
+                    sizes.entry(rel.to_owned()).or_insert(Some(m.size));
+                }
+                _ => {}
             }
         }
         Some(sizes)
+    }
+
+    /// True when something is stored under `p/`: `p` is a folder.
+    pub async fn is_folder(&self, p: &WirePath) -> Result<bool, StoreError> {
+        let key = self.key(p)?;
+        match self.store.list(Some(&key)).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(store_error(p, &e)),
+        }
     }
 
     /// True when the folder `p` has its marker object.

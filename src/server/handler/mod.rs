@@ -41,6 +41,8 @@ use crate::hashes::{HASH_ALLOWANCE, Work};
 use crate::partial::Partial;
 use crate::protocol::enroll::ENROLL_ALPN;
 use crate::protocol::{ALPN, ErrorCode, FileHeader, Frame, FrameError, Timestamp, UNKNOWN_SIZE, VERSION, WirePath};
+#[cfg(feature = "s3")]
+use crate::server::storage::Storage;
 use crate::store::{GroupSize, StoreError};
 use crate::throttle::Throttled;
 use crate::tls;
@@ -427,7 +429,13 @@ impl Conn {
             Frame::Probe { path, size, mtime } => self.probe(path, size, mtime).await,
             Frame::Offer(o) => self.offer(o),
             Frame::Dir { path, .. } => {
-                let r = match self.authorize(Perm::Write, &path) {
+                let allowed = self.authorize(Perm::Write, &path);
+                // A bucket's folders are made in the background, answered in order.
+                #[cfg(feature = "s3")]
+                if let (Ok(()), Storage::Objects(b)) = (&allowed, &self.shared.storage) {
+                    return self.mkdir_object(b.clone(), path).await;
+                }
+                let r = match allowed {
                     Ok(()) => self.shared.storage.mkdir(&path).await,
                     Err(e) => Err(e),
                 };

@@ -45,8 +45,10 @@ pub(super) struct Claim {
     pub(super) resumable: Resumable,
 }
 
-/// A file whose upload is completing in the background.
+/// A file whose upload is completing in the background (or a folder whose
+/// marker is being stored).
 pub(super) struct Completing {
+    pub(super) folder: bool,
     pub(super) task: JoinHandle<std::result::Result<(), StoreError>>,
     pub(super) path: WirePath,
     pub(super) size: u64,
@@ -141,7 +143,8 @@ impl Conn {
                     drop(charge); // the memory the upload held is free now
                     r
                 });
-                let done = Completing { task, path: h.path.clone(), size: got.size, blake3: got.blake3, started };
+                let (path, size, blake3) = (h.path.clone(), got.size, got.blake3);
+                let done = Completing { folder: false, task, path, size, blake3, started };
                 self.batch.push(Reply::Object(done));
                 if self.completing() >= COMPLETIONS_IN_FLIGHT {
                     self.answer_oldest().await?;
@@ -159,12 +162,30 @@ impl Conn {
         }
     }
 
+    /// Creates the folder `p` in the background (a `HEAD`, then its marker
+    /// object), its `OK` queued in order like a file's `STORED`.
+    pub(super) async fn mkdir_object(&mut self, b: Bucket, p: WirePath) -> Result<()> {
+        let task = {
+            let p = p.clone();
+            tokio::spawn(async move { b.mkdir(&p).await })
+        };
+        let done = Completing { folder: true, task, path: p, size: 0, blake3: [0; 32], started: Instant::now() };
+        self.batch.push(Reply::Object(done));
+        if self.completing() >= COMPLETIONS_IN_FLIGHT {
+            self.answer_oldest().await?;
+        }
+        Ok(())
+    }
+
     /// Answers a file whose upload was completing, once it has.
     pub(super) async fn answer_completed(&mut self, c: Completing) -> Result<()> {
         let r = match c.task.await {
             Ok(r) => r,
             Err(e) => Err(StoreError::new(ErrorCode::Io, format!("{}: the upload task failed: {e}", c.path))),
         };
+        if c.folder {
+            return self.w.send(&reply_frame(&c.path, r)).await;
+        }
         match r {
             Ok(()) => {
                 self.log_file("received", &c.path, c.size, &c.blake3, c.started);
@@ -278,6 +299,17 @@ impl Conn {
             return self.budget.try_charge(s as usize).map(|c| (c, 1));
         }
         (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(PART * (parts + 1)).map(|c| (c, parts)))
+    }
+}
+
+/// `OK`, or the error, for a request without payload.
+fn reply_frame(p: &WirePath, r: std::result::Result<(), StoreError>) -> Frame {
+    match r {
+        Ok(()) => Frame::Ok,
+        Err(e) => {
+            warn!(path = %p, "mkdir refused: {}", e.message);
+            Frame::Error { code: e.code, message: e.message }
+        }
     }
 }
 
