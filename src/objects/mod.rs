@@ -235,14 +235,17 @@ impl Bucket {
         let name = |k: &Key| k.filename().map(str::to_owned);
         let mut out = Vec::new();
         for folder in &listed.common_prefixes {
-            if let Some(n) = name(folder).filter(|n| !(dir.is_root() && n == crate::store::STAGING_DIR)) {
-                let path = dir.join(&n).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
+            // A name no wire path can hold (another tool wrote it) is left
+            // out rather than failing the whole listing.
+            if let Some(n) = name(folder).filter(|n| !(dir.is_root() && n == crate::store::STAGING_DIR))
+                && let Ok(path) = dir.join(&n)
+            {
                 out.push(ListEntry { path, size: 0, mtime: Timestamp::default(), is_dir: true });
             }
         }
         for o in &listed.objects {
             let Some(n) = name(&o.location).filter(|n| n != FOLDER_MARKER) else { continue };
-            let path = dir.join(&n).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
+            let Ok(path) = dir.join(&n) else { continue };
             let secs = o.last_modified.timestamp();
             out.push(ListEntry { path, size: o.size, mtime: Timestamp { secs, nanos: 0 }, is_dir: false });
         }
@@ -300,7 +303,30 @@ fn brief(e: &object_store::Error) -> String {
     let line = match (tag("Code"), tag("Message")) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c,
-        _ => text.lines().next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned(),
+        // Without the request's address: peers see these messages, and
+        // the store's endpoint and bucket are the server's business.
+        _ => {
+            let first = text.lines().next().unwrap_or_default();
+            let cut = ["for url (", "http://", "https://"].iter().filter_map(|m| first.find(m)).min();
+            first[..cut.unwrap_or(first.len())].trim_end_matches([' ', ':', '(']).to_owned()
+        }
     };
     crate::text::escape(&line).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_neither_the_endpoint_nor_the_bucket() {
+        let source = "error sending request for url (http://10.0.0.5:3900/artifacts/ci/a.bin?X-Amz-Signature=abc)";
+        let e = object_store::Error::Generic { store: "S3", source: source.into() };
+        let line = brief(&e);
+        assert!(!line.contains("10.0.0.5") && !line.contains("artifacts") && !line.contains("Signature"), "{line}");
+        assert!(line.contains("error sending request"), "{line}");
+        let s3 = "<Error><Code>NoSuchKey</Code><Message>Key not found</Message></Error>";
+        let e = object_store::Error::Generic { store: "S3", source: s3.into() };
+        assert_eq!(brief(&e), "NoSuchKey: Key not found");
+    }
 }
