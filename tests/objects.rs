@@ -228,3 +228,31 @@ fn files_keep_their_metadata_and_folders_are_made_and_removed() {
         assert_eq!(two.remove_path(&p("a"), true).await.unwrap_err().code, ErrorCode::NotFound);
     });
 }
+
+/// Past 10,000 parts of 8 MiB, parts grow (powers of two, each still a
+/// BLAKE3 subtree): an upload of larger parts completes, and resumes from
+/// its state with its own part size.
+#[test]
+fn larger_parts_hash_complete_and_resume_as_their_own_size() {
+    let g = Garage::start();
+    let b = g.bucket("parts", 1);
+    let part = 2 * PART;
+    let data = random_bytes(2 * part + 5_000, 8);
+    let mtime = Timestamp { secs: 1_700_000_000, nanos: 2 };
+    let id = || xfer::partial::PartialId::new("runner-1", &p("huge.bin"), data.len() as u64, mtime);
+    rt().block_on(async {
+        let mut up = b.upload(&p("huge.bin"), 0o644, mtime, Some(id())).unwrap().with_part_len(part);
+        up.write(&data[..part + 100]).await.unwrap();
+        up.write(&data[part + 100..2 * part + 1]).await.unwrap();
+        up.suspend().await;
+        let r = b.partial(&id()).await.expect("a partial upload is kept");
+        assert_eq!(r.offset, 2 * part as u64, "two stored parts of {part} bytes");
+        assert_eq!(r.prefix, *blake3::hash(&data[..2 * part]).as_bytes());
+        let mut up = b.resume(id(), r, 0o644, mtime).unwrap();
+        up.write(&data[2 * part..]).await.unwrap();
+        up.finish(data.len() as u64, *blake3::hash(&data).as_bytes()).await.unwrap();
+        assert_eq!(b.read(&p("huge.bin")).await.unwrap(), data);
+        let info = b.stat(&p("huge.bin")).await.unwrap().unwrap();
+        assert_eq!(info.blake3, Some(*blake3::hash(&data).as_bytes()));
+    });
+}

@@ -44,6 +44,22 @@ const CREDENTIALS: &str = "the credentials were refused (AWS_ACCESS_KEY_ID, AWS_
 /// Bytes per part of a multipart upload: S3's minimum is 5 MiB for every
 /// part but the last; files smaller than one part go in a single `PUT`.
 pub const PART: usize = 8 << 20;
+/// S3 takes 10,000 parts per upload at most: a larger file gets larger
+/// parts (twice as large, as often as needed: a part must stay a BLAKE3
+/// subtree, so a power of two of 1 KiB chunks).
+pub const MAX_PARTS: u64 = 10_000;
+/// The largest object S3 stores (5 TiB).
+pub const MAX_OBJECT: u64 = 5 << 40;
+
+/// The part size for a file of `size` bytes: [`PART`], doubled until
+/// [`MAX_PARTS`] of them hold it.
+pub fn part_for(size: u64) -> usize {
+    let mut part = PART as u64;
+    while size.div_ceil(part) > MAX_PARTS {
+        part *= 2;
+    }
+    part as usize
+}
 /// Parts of one upload in flight at once (memory: this many parts plus the
 /// one filling).
 pub const IN_FLIGHT: usize = 4;
@@ -209,6 +225,7 @@ impl Bucket {
             cvs: Vec::new(),
             in_flight: JoinSet::new(),
             max_in_flight: IN_FLIGHT,
+            part: PART,
             size: 0,
             poisoned: false,
         })
@@ -218,6 +235,7 @@ impl Bucket {
     pub fn resume(&self, id: PartialId, r: Resumable, mode: u32, mtime: Timestamp) -> Result<Upload, StoreError> {
         let p = WirePath::parse(&id.path).map_err(|e| StoreError::new(ErrorCode::BadPath, e.to_string()))?;
         let mut up = self.upload(&p, mode, mtime, Some(id))?;
+        up.part = r.part;
         up.saved = r.parts.len();
         up.parts = r.parts.into_iter().map(Some).collect();
         up.cvs = r.cvs;
@@ -317,6 +335,15 @@ fn brief(e: &object_store::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_grow_as_powers_of_two_to_stay_within_ten_thousand() {
+        assert_eq!(part_for(0), PART);
+        assert_eq!(part_for(MAX_PARTS * PART as u64), PART);
+        assert_eq!(part_for(MAX_PARTS * PART as u64 + 1), 2 * PART);
+        assert_eq!(part_for(MAX_OBJECT), 1 << 30); // 5 TiB: 5,120 parts of 1 GiB
+        assert!((MAX_OBJECT).div_ceil(part_for(MAX_OBJECT) as u64) <= MAX_PARTS);
+    }
 
     #[test]
     fn errors_name_neither_the_endpoint_nor_the_bucket() {

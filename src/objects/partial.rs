@@ -34,6 +34,13 @@ pub(super) struct State {
     /// The upload's tag (see `meta`).
     #[serde(default)]
     tag: String,
+    /// Bytes per part.
+    #[serde(default = "default_part")]
+    part: u64,
+}
+
+fn default_part() -> u64 {
+    PART as u64
 }
 
 /// A partial upload another attempt can continue.
@@ -48,6 +55,7 @@ pub struct Resumable {
     pub(super) cvs: Vec<ChainingValue>,
     pub(super) first: [u8; 32],
     pub(super) tag: String,
+    pub(super) part: usize,
 }
 
 impl Bucket {
@@ -66,16 +74,18 @@ impl Bucket {
         if (s.peer.as_str(), s.path.as_str(), s.size, s.mtime)
             != (&*id.peer, &*id.path, id.size, (mtime.secs, mtime.nanos))
             || s.parts.is_empty()
-            || (s.parts.len() as u64) * PART as u64 >= s.size
+            || !(s.part.is_power_of_two() && s.part >= PART as u64)
+            || (s.parts.len() as u64) * s.part >= s.size
         {
             return None;
         }
         let cvs = s.parts.iter().map(|(_, cv)| from_hex(cv)).collect::<Option<Vec<_>>>()?;
         let first = from_hex(&s.first)?;
-        let offset = s.parts.len() as u64 * PART as u64;
-        let prefix = if cvs.len() == 1 { first } else { tree::root(&cvs, PART as u64, offset) };
+        let offset = s.parts.len() as u64 * s.part;
+        let prefix = if cvs.len() == 1 { first } else { tree::root(&cvs, s.part, offset) };
         let parts = s.parts.into_iter().map(|(id, _)| PartId { content_id: id }).collect();
-        Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first, tag: s.tag })
+        let part = s.part as usize;
+        Some(Resumable { offset, prefix, upload: s.upload, parts, cvs, first, tag: s.tag, part })
     }
 
     /// Gives up the partial upload kept for `id`'s path and sender, whatever
@@ -151,6 +161,7 @@ impl Upload {
             parts: (0..done).map(|i| (self.parts[i].clone().expect("counted").content_id, hex(&self.cvs[i]))).collect(),
             first: hex(&first),
             tag: self.tag.clone(),
+            part: self.part as u64,
         };
         let json = serde_json::to_vec(&state).expect("state serializes");
         let key = self.bucket.partial_key(id);

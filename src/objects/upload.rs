@@ -7,7 +7,7 @@ use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
 use tokio::task::JoinSet;
 
-use super::{Bucket, PART, partial, store_error, tree};
+use super::{Bucket, partial, store_error, tree};
 use crate::partial::PartialId;
 use crate::protocol::{ErrorCode, WirePath};
 use crate::store::StoreError;
@@ -38,12 +38,32 @@ pub struct Upload {
     /// Parts in flight at most: the memory the upload takes is this many
     /// parts plus the one filling.
     pub(super) max_in_flight: usize,
+    /// Bytes per part ([`super::part_for`] the file's size).
+    pub(super) part: usize,
     pub(super) size: u64,
     /// A write or a part failed: the upload can only be aborted.
     pub(super) poisoned: bool,
 }
 
 impl Upload {
+    /// Sizes the parts for a file of `size` bytes (more than 10,000 parts
+    /// of the default size need larger ones). Before the first write only.
+    pub fn sized_for(mut self, size: u64) -> Upload {
+        if self.parts.is_empty() && self.filling.is_empty() {
+            self.part = super::part_for(size);
+        }
+        self
+    }
+
+    /// Parts of `len` bytes, a power of two at least [`super::PART`]
+    /// (tests: [`Upload::sized_for`] picks larger parts only past 78 GiB).
+    #[doc(hidden)]
+    pub fn with_part_len(mut self, len: usize) -> Upload {
+        assert!(len.is_power_of_two() && len >= super::PART && self.parts.is_empty() && self.filling.is_empty());
+        self.part = len;
+        self
+    }
+
     /// Keeps at most `n` parts (at least one) in flight, to fit the memory
     /// the caller could set aside for this upload.
     pub fn with_parts_in_flight(mut self, n: usize) -> Upload {
@@ -66,10 +86,10 @@ impl Upload {
         }
         self.size += data.len() as u64;
         while !data.is_empty() {
-            if self.filling.len() == PART {
+            if self.filling.len() == self.part {
                 self.send_part().await?;
             }
-            let n = data.len().min(PART - self.filling.len());
+            let n = data.len().min(self.part - self.filling.len());
             self.filling.extend_from_slice(&data[..n]);
             data = &data[n..];
         }
@@ -93,11 +113,11 @@ impl Upload {
         }
         let index = self.parts.len();
         self.parts.push(None);
-        // Hashing 8 MiB is CPU work: off the async workers.
+        // Hashing a part is CPU work: off the async workers.
         let data = bytes::Bytes::from(std::mem::take(&mut self.filling));
-        let part = data.clone();
+        let (part, len) = (data.clone(), self.part as u64);
         let (cv, first) = tokio::task::spawn_blocking(move || {
-            (tree::part_cv(index as u64 * PART as u64, &part), (index == 0).then(|| *blake3::hash(&part).as_bytes()))
+            (tree::part_cv(index as u64 * len, &part), (index == 0).then(|| *blake3::hash(&part).as_bytes()))
         })
         .await
         .map_err(|e| StoreError::new(ErrorCode::Io, format!("{}: {e}", self.path)))?;
@@ -168,7 +188,7 @@ impl Upload {
             None => Some(*blake3::hash(&self.filling).as_bytes()),
             // A multipart file has two parts or more (see `write`).
             Some(_) if self.cvs.len() < 2 => None,
-            Some(_) => Some(tree::root(&self.cvs, PART as u64, self.size)),
+            Some(_) => Some(tree::root(&self.cvs, self.part as u64, self.size)),
         };
         if got != Some(blake3) {
             let message = format!("{}: the data does not match the sender's size and BLAKE3; not stored", self.path);

@@ -19,15 +19,12 @@ use crate::auth::Perm;
 use crate::budget::Charge;
 use crate::error::{Error, Result};
 use crate::meter::Meter;
-use crate::objects::{Bucket, IN_FLIGHT, PART, Resumable, Upload};
+use crate::objects::{Bucket, IN_FLIGHT, MAX_OBJECT, Resumable, Upload, part_for};
 use crate::partial::{PartialId, RESUMABLE_MIN};
 use crate::progress::human_bytes;
 use crate::protocol::{ErrorCode, FileHeader, Frame, WirePath};
 use crate::store::StoreError;
 use crate::transfer::{self, Destination, FileOutcome};
-
-/// The largest object an upload can make: S3 takes 10,000 parts at most.
-const MAX_OBJECT: u64 = 10_000 * PART as u64;
 
 /// Longest a push waits for memory for its upload before it is refused.
 const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -93,11 +90,10 @@ impl Conn {
             (Ok(()), Some(size)) if size > MAX_OBJECT => Err(StoreError {
                 code: ErrorCode::TooLarge,
                 message: format!(
-                    "{}: {} is larger than this server's object store takes ({}: 10,000 parts of {})",
+                    "{}: {} is larger than an object store takes ({})",
                     h.path,
                     human_bytes(size),
-                    human_bytes(MAX_OBJECT),
-                    human_bytes(PART as u64)
+                    human_bytes(MAX_OBJECT)
                 ),
             }),
             (Ok(()), _) => self.start_upload(&b, &h, resume).await,
@@ -256,7 +252,11 @@ impl Conn {
                     // An older attempt's upload would lose its only record.
                     b.forget_partial(id, STALE_STATE).await;
                 }
-                b.upload(&h.path, h.mode, h.mtime, id)?
+                let up = b.upload(&h.path, h.mode, h.mtime, id)?;
+                match h.known_size() {
+                    Some(size) => up.sized_for(size),
+                    None => up,
+                }
             }
         };
         Ok((upload.with_parts_in_flight(parts), charge))
@@ -269,9 +269,17 @@ impl Conn {
         let deadline = tokio::time::Instant::now() + MEMORY_WAIT;
         let io = |e: Error| StoreError::new(ErrorCode::Io, e.to_string());
         // What could never fit in this client's share is refused at once.
-        let least = size.filter(|&s| s <= PART as u64).map_or(2 * PART, |s| s as usize);
+        let part = size.map_or(crate::objects::PART, part_for);
+        let least = size.filter(|&s| s <= part as u64).map_or(2 * part, |s| s as usize);
         if least > self.budget.limit() {
-            return Err(busy());
+            return Err(StoreError::new(
+                ErrorCode::Busy,
+                format!(
+                    "this file needs {} of the server's memory for its upload; its --max-memory gives each client {}",
+                    human_bytes(least as u64),
+                    human_bytes(self.budget.limit() as u64)
+                ),
+            ));
         }
         loop {
             if let Some(x) = self.upload_memory(size) {
@@ -295,10 +303,11 @@ impl Conn {
     /// its `PUT`; a large one, the part filling and those in flight), with
     /// as many parts in flight as this client's share allows.
     fn upload_memory(&self, size: Option<u64>) -> Option<(Charge, usize)> {
-        if let Some(s) = size.filter(|&s| s <= PART as u64) {
+        let part = size.map_or(crate::objects::PART, part_for);
+        if let Some(s) = size.filter(|&s| s <= part as u64) {
             return self.budget.try_charge(s as usize).map(|c| (c, 1));
         }
-        (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(PART * (parts + 1)).map(|c| (c, parts)))
+        (1..=IN_FLIGHT).rev().find_map(|parts| self.budget.try_charge(part * (parts + 1)).map(|c| (c, parts)))
     }
 }
 
