@@ -245,6 +245,22 @@ fn a_store_that_is_down_or_refuses_stops_serve_at_start_said_plainly() {
     assert!(!err.contains(&secret[..16]), "no secret in output");
     let (code, err) = serve("s3://Bad_Bucket", &g.endpoint(1), &secret);
     assert!(code == Some(2) && !err.is_empty(), "{err}");
+
+    // A store that goes away while serving: the push fails (after the
+    // store client's retries), said plainly, and the server goes on.
+    let work = Dir::new();
+    let mut a = serve_store(&pki, &g, "gone", 1, &[]);
+    work.write("one.txt", b"one");
+    client(&pki, "client", work.path(), "push", &a, &["one.txt"]).assert_code(0);
+    g.kill(1);
+    work.write("two.txt", b"two");
+    let push = spawn_client(&pki, work.path(), &["push", &a.addr, "two.txt", "--retry", "0"], &[]);
+    let run = finish(push, Duration::from_secs(120));
+    assert!(![0, 3].contains(&run.code()) && run.stderr().contains("two.txt"), "{run}");
+    assert!(!run.stderr().contains(&g.endpoint(1)), "the store's address stays the server's business: {run}");
+    let ls = finish(spawn_client(&pki, work.path(), &["ls", &a.addr], &[]), Duration::from_secs(120));
+    assert!(ls.code() != 0 && ls.stderr().contains("store"), "answered, with the reason: {ls}");
+    assert!(a.terminate().is_some_and(|st| st.success()), "the server was still serving:\n{}", a.log());
 }
 
 #[test]

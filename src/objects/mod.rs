@@ -36,6 +36,10 @@ pub use partial::Resumable;
 pub use read::{Listed, RANGE, RANGES_IN_FLIGHT, Reading};
 pub use upload::Upload;
 
+/// How long a request to the store is retried (nodes restarting, a
+/// network blip) before the failure is reported.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// How long [`Bucket::check`] waits for the store.
 const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -106,7 +110,10 @@ impl Bucket {
     /// (keys, region, `AWS_ENDPOINT_URL`), what `access` names overriding
     /// it. Nothing is contacted yet: see [`Bucket::check`].
     pub fn open(location: Location, access: &Access) -> Result<Bucket, StoreError> {
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+        // A store that is down is said so within a client's idle timeout
+        // (60 s by default), not after the library's three minutes.
+        let retry = object_store::RetryConfig { max_retries: 5, retry_timeout: STORE_RETRY, ..Default::default() };
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&location.bucket).with_retry(retry);
         if let Some(e) = &access.endpoint {
             b = b.with_endpoint(e);
         }
@@ -305,7 +312,11 @@ fn store_error(p: &WirePath, e: &object_store::Error) -> StoreError {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => ErrorCode::Conflict,
         _ => ErrorCode::Io,
     };
-    StoreError::new(code, format!("{p}: {}", brief(e)))
+    let why = brief(e);
+    match code {
+        ErrorCode::Io => StoreError::new(code, format!("{p}: the server's object store failed: {why}")),
+        _ => StoreError::new(code, format!("{p}: {why}")),
+    }
 }
 
 /// An error in a line: S3's own code and message when the store sent
@@ -325,8 +336,8 @@ fn brief(e: &object_store::Error) -> String {
         // the store's endpoint and bucket are the server's business.
         _ => {
             let first = text.lines().next().unwrap_or_default();
-            let cut = ["for url (", "http://", "https://"].iter().filter_map(|m| first.find(m)).min();
-            first[..cut.unwrap_or(first.len())].trim_end_matches([' ', ':', '(']).to_owned()
+            let words: Vec<&str> = first.split_whitespace().filter(|w| !w.contains("://")).collect();
+            words.join(" ")
         }
     };
     crate::text::escape(&line).into_owned()
