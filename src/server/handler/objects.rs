@@ -15,7 +15,6 @@ use tracing::{info, warn};
 
 use super::Conn;
 use super::push::Reply;
-use crate::auth::Perm;
 use crate::budget::Charge;
 use crate::error::{Error, Result};
 use crate::meter::Meter;
@@ -75,18 +74,8 @@ impl Conn {
                 ));
             }
         };
-        let allowed = self.authorize(Perm::Write, &h.path).and_then(|()| self.case_names.check(&h.path));
-        let started_upload = match (allowed, h.known_size()) {
+        let started_upload = match (self.push_allowed(&h), h.known_size()) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(size)) if size > max => Err(StoreError {
-                code: ErrorCode::TooLarge,
-                message: format!(
-                    "{}: {} is larger than this server's --max-size of {}",
-                    h.path,
-                    human_bytes(size),
-                    human_bytes(max)
-                ),
-            }),
             (Ok(()), Some(size)) if size > MAX_OBJECT => Err(StoreError {
                 code: ErrorCode::TooLarge,
                 message: format!(

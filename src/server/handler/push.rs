@@ -232,6 +232,26 @@ impl Conn {
         Ok((resume, blake3::Hasher::new()))
     }
 
+    /// Whether this client may push `h` here: policy, `--read-only`, names
+    /// and `--max-size`.
+    pub(super) fn push_allowed(&mut self, h: &FileHeader) -> std::result::Result<(), StoreError> {
+        self.authorize(Perm::Write, &h.path)?;
+        self.case_names.check(&h.path)?;
+        let max = self.shared.max_size.unwrap_or(u64::MAX);
+        match h.known_size() {
+            Some(size) if size > max => Err(StoreError {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "{}: {} is larger than this server's --max-size of {}",
+                    h.path,
+                    human_bytes(size),
+                    human_bytes(max)
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Receives one pushed file.
     pub(super) async fn put(&mut self, h: FileHeader) -> Result<()> {
         let root = match &self.shared.storage {
@@ -243,19 +263,9 @@ impl Conn {
         let size = h.known_size();
         let max = self.shared.max_size.unwrap_or(u64::MAX);
         let (resume, prefix) = self.resume_for(&h)?;
-        let allowed = self.authorize(Perm::Write, &h.path).and_then(|()| self.case_names.check(&h.path));
-        let staged = match (allowed, size) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(size)) if size > max => Err(StoreError {
-                code: ErrorCode::TooLarge,
-                message: format!(
-                    "{}: {} is larger than this server's --max-size of {}",
-                    h.path,
-                    human_bytes(size),
-                    human_bytes(max)
-                ),
-            }),
-            (Ok(()), _) => {
+        let staged = match self.push_allowed(&h) {
+            Err(e) => Err(e),
+            Ok(()) => {
                 let p = h.path.clone();
                 let near = self.batch.iter().rev().find_map(|r| match r {
                     Reply::File(pending) => pending.staged.near(),
