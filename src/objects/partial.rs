@@ -178,17 +178,11 @@ impl Upload {
     }
 }
 
+/// Lower-case hex, as `b3sum` prints a hash (chaining values too).
 pub(super) fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    crate::transfer::hex(b)
 }
 
 pub(super) fn from_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
 }

@@ -49,21 +49,25 @@ enum Next {
 impl Conn {
     /// Answers a `GET`: one file, or a folder and everything under it.
     pub(super) async fn get_objects(&mut self, b: Bucket, path: WirePath) -> Result<()> {
+        // A file is read at once (one GET, no HEAD first); not found, it
+        // may be a folder.
         if !path.is_root() {
-            match b.stat(&path).await {
-                Ok(Some(_)) => {
-                    let rel = relative(&path, &path);
-                    // As a local walk does: an excluded item yields nothing.
-                    if self.get_filter.as_ref().is_some_and(|(f, _)| excluded(f, &rel, false)) {
-                        return self.w.send(&Frame::Ok).await;
-                    }
-                    if let Err(e) = self.send_object(&b, &path, &rel, None).await? {
+            let rel = relative(&path, &path);
+            // As a local walk does: an excluded item yields nothing.
+            if self.get_filter.as_ref().is_some_and(|(f, _)| excluded(f, &rel, false))
+                && matches!(b.stat(&path).await, Ok(Some(_)))
+            {
+                return self.w.send(&Frame::Ok).await;
+            }
+            match b.open_read(&path, 0).await {
+                Ok(reading) => {
+                    if let Err(e) = self.send_object(&b, &path, &rel, Some(reading)).await? {
                         warn!(path = %path, "pull refused: {}", e.message);
                         return self.w.send(&Frame::Error { code: e.code, message: e.message }).await;
                     }
                     return self.w.send(&Frame::Ok).await;
                 }
-                Ok(None) => {}
+                Err(e) if e.code == ErrorCode::NotFound => {}
                 Err(e) => return self.answer(&path, "pull", Err(e)).await,
             }
         }
