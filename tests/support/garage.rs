@@ -31,25 +31,29 @@ fn ensure_installed() {
 impl Garage {
     pub fn start() -> Garage {
         ensure_installed();
-        let dir = tempfile::Builder::new().prefix("xfer-garage-").tempdir().unwrap();
-        let out = Command::new(script()).arg("start").arg(dir.path()).output().expect("run scripts/garage.sh start");
-        if !out.status.success() {
-            let _ = Command::new(script()).arg("stop").arg(dir.path()).status();
+        // Free ports are picked before Garage binds them: a test starting
+        // its own cluster at the same moment can take one. Tried again then.
+        let mut failures = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new().prefix("xfer-garage-").tempdir().unwrap();
+            let out =
+                Command::new(script()).arg("start").arg(dir.path()).output().expect("run scripts/garage.sh start");
+            if !out.status.success() {
+                let _ = Command::new(script()).arg("stop").arg(dir.path()).status();
+                failures.push_str(&String::from_utf8_lossy(&out.stdout));
+                failures.push_str(&String::from_utf8_lossy(&out.stderr));
+                continue;
+            }
+            let text = std::fs::read_to_string(dir.path().join("env")).unwrap();
+            let env = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+                .collect();
+            return Garage { dir, env };
         }
-        assert!(
-            out.status.success(),
-            "the Garage cluster did not start:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.path().join("env")).unwrap();
-        let env = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
-        Garage { dir, env }
+        panic!("the Garage cluster did not start, three times:\n{failures}");
     }
 
     /// The S3 endpoint of node `n` (1-3).
